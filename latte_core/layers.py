@@ -1,0 +1,67 @@
+"""Small building blocks shared by the Latte transformer and the VAE.
+
+Written with formulations that are fast on MindSpore's CPU kernels as well as on Ascend: the
+tanh-GELU is composed from elementwise ops (MindSpore's fused CPU GELU is ~6x slower), and the
+affine-free LayerNorm uses the LayerNorm primitive with constant scale/shift so that official
+checkpoints, which have no parameters for these norms, load one-to-one.
+"""
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x):
+    """GELU with the tanh approximation (PyTorch's approximate="tanh"), from elementwise ops."""
+    return 0.5 * x * (1.0 + ops.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+
+
+def modulate(x, shift, scale):
+    """adaLN modulation: x (N, T, D), shift/scale (N, D)."""
+    return x * (1 + scale.expand_dims(1)) + shift.expand_dims(1)
+
+
+class GELUTanh(nn.Cell):
+    def construct(self, x):
+        return gelu_tanh(x)
+
+
+class LayerNormNoAffine(nn.Cell):
+    """LayerNorm over the last axis with no learnable parameters (elementwise_affine=False)."""
+
+    def __init__(self, hidden_size, eps=1e-6):
+        super().__init__()
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        self.gamma = Tensor(np.ones(hidden_size, np.float32))
+        self.beta = Tensor(np.zeros(hidden_size, np.float32))
+
+    def construct(self, x):
+        y, _, _ = self.norm(x, self.gamma.astype(x.dtype), self.beta.astype(x.dtype))
+        return y
+
+
+class Mlp(nn.Cell):
+    """Two-layer MLP with tanh-GELU; names (fc1, fc2) follow timm's Mlp used by the reference."""
+
+    def __init__(self, in_features, hidden_features):
+        super().__init__()
+        self.fc1 = nn.Dense(in_features, hidden_features)
+        self.fc2 = nn.Dense(hidden_features, in_features)
+
+    def construct(self, x):
+        return self.fc2(gelu_tanh(self.fc1(x)))
+
+
+class EmbeddingTable(nn.Cell):
+    """A lookup table whose parameter is called `weight`, as torch.nn.Embedding's is."""
+
+    def __init__(self, num_embeddings, embedding_dim, std=0.02):
+        super().__init__()
+        self.weight = Parameter(initializer(Normal(std), (num_embeddings, embedding_dim), ms.float32), name="weight")
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)

@@ -1,0 +1,1 @@
+"""Staged batch jobs and the `latte` command line."""

@@ -1,0 +1,118 @@
+"""The `latte` command line: `latte <stage> [options]`.
+
+Exit codes: 0 all done, 1 finished with failed inputs, 2 bad usage or bad input.
+"""
+import json
+import logging
+import os
+
+import click
+
+
+class BadInput(click.ClickException):
+    """A user error (bad file, bad option value): one line on stderr, exit code 2."""
+    exit_code = 2
+
+
+def setup_mindspore(device, mode="graph"):
+    import mindspore as ms
+    ms.set_device(device)
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose):
+    """Latte toolkit: ingest videos, cache VAE latents, train and sample Latte on MindSpore.
+
+    \b
+    Example:
+      latte convert latte --source skytimelapse.pt --target skytimelapse.ckpt
+      latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2
+    """
+    # MindSpore's C++ warnings are noise for users; set before mindspore is first imported.
+    os.environ.setdefault("GLOG_v", "3")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------------------------------- convert
+@main.group()
+def convert():
+    """Convert official checkpoints into MindSpore files."""
+
+
+@convert.command("latte")
+@click.option("--source", required=True, type=click.Path(dir_okay=False),
+              help="Official Latte checkpoint: .pt/.pth/.bin (read without torch), .safetensors or .ckpt.")
+@click.option("--target", required=True, type=click.Path(dir_okay=False),
+              help="Output file: .ckpt (MindSpore) or .safetensors.")
+@click.option("--model", "model_name", default=None,
+              help="Check the weights are this variant (e.g. Latte-XL/2); read off the weights otherwise.")
+def convert_latte_command(source, target, model_name):
+    """Convert an official Latte checkpoint (a state dict, or a training dict: "ema" preferred).
+
+    \b
+    Example:
+      latte convert latte --source models/skytimelapse.pt --target models/skytimelapse.ckpt
+    """
+    from latte_core.checkpoint import CheckpointError
+    from latte_core.convert import convert_latte
+    try:
+        config = convert_latte(source, target, model_name)
+    except CheckpointError as err:
+        raise BadInput(str(err)) from None
+    click.echo(json.dumps({"target": target, "architecture": config}))
+
+
+# ---------------------------------------------------------------------------------------- bench
+@main.group()
+def bench():
+    """Speed and memory benchmarks; each prints one JSON line."""
+
+
+@bench.command("step")
+@click.option("--model", "model_name", default="Latte-S/2", show_default=True, help="Latte variant.")
+@click.option("--frames", default=8, show_default=True, help="Frames per clip.")
+@click.option("--latent", default=16, show_default=True, help="Latent height and width.")
+@click.option("--batch", default=2, show_default=True, help="Clips per step.")
+@click.option("--steps", default=5, show_default=True, help="Steps to run; the first (compile) is reported apart.")
+@click.option("--flash-attention/--no-flash-attention", default=False, show_default=True,
+              help="Use the flash attention backend (fused on Ascend, block-wise elsewhere).")
+@click.option("--device", default="CPU", show_default=True, type=click.Choice(["CPU", "GPU", "Ascend"]))
+def bench_step_command(model_name, frames, latent, batch, steps, flash_attention, device):
+    """Time a training step (forward + diffusion loss + backward + AdamW) in graph mode.
+
+    \b
+    Example:
+      latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --steps 5
+    """
+    from latte_core import LATTE_MODELS
+    from train.bench import bench_step
+    if model_name not in LATTE_MODELS:
+        raise BadInput(f"unknown Latte variant {model_name!r}; choose one of {', '.join(LATTE_MODELS)}")
+    if steps < 2:
+        raise BadInput("--steps must be at least 2 (the first step includes graph compilation)")
+    setup_mindspore(device)
+    click.echo(json.dumps(bench_step(model_name, frames, latent, batch, steps, flash_attention)))
+
+
+@bench.command("attention")
+@click.option("--tokens", default=16384, show_default=True, help="Sequence length (one head group).")
+@click.option("--head-dim", default=64, show_default=True, help="Head size.")
+@click.option("--block-size", default=512, show_default=True, help="Key block of the block-wise path.")
+def bench_attention_command(tokens, head_dim, block_size):
+    """Peak memory of plain vs flash (block-wise) attention, forward + backward, on CPU.
+
+    Each path runs in a fresh process; `attention_mb` is its peak RSS above the RSS before the call.
+
+    \b
+    Example:
+      latte bench attention --tokens 16384
+    """
+    from train.bench import bench_attention
+    click.echo(json.dumps(bench_attention(tokens, head_dim, block_size)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: the compiled step, and (later) the loop, checkpoints and distributed set-up."""
