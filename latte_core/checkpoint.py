@@ -243,11 +243,15 @@ def match_state_dict(params, state, source, recompute=()):
     return matched
 
 
-def load_weights(model, path, recompute=()):
-    """Load a checkpoint file of any supported format into `model` (strict: every parameter)."""
+def load_weights(model, path, recompute=(), transform=None):
+    """Load a checkpoint file of any supported format into `model` (strict: every parameter).
+    `transform` maps the file's names onto the model's (e.g. an older layout)."""
     import mindspore as ms
     params = {p.name: p for p in model.get_parameters()}
-    matched = match_state_dict(params, read_state_dict(path), os.fspath(path), recompute)
+    state = read_state_dict(path)
+    if transform is not None:
+        state = transform(state)
+    matched = match_state_dict(params, state, os.fspath(path), recompute)
     for name, array in matched.items():
         params[name].set_data(ms.Tensor(array, params[name].dtype))
     return model

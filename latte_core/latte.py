@@ -14,6 +14,7 @@ from mindspore.common.initializer import Normal, XavierUniform, Zero, initialize
 
 from .attention import Attention, describe_attention_backend
 from .layers import EmbeddingTable, LayerNormNoAffine, Mlp, modulate
+from .runtime import prefer_avx2_onednn
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class Latte(nn.Cell):
         enable_flash_attention=False,
     ):
         super().__init__()
+        prefer_avx2_onednn()
         if condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
         if patch_embedder not in PATCH_EMBEDDERS:

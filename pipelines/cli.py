@@ -16,6 +16,8 @@ class BadInput(click.ClickException):
 
 def setup_mindspore(device, mode="graph"):
     import mindspore as ms
+    from latte_core.runtime import prefer_avx2_onednn
+    prefer_avx2_onednn()
     ms.set_device(device)
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
 
@@ -65,6 +67,38 @@ def convert_latte_command(source, target, model_name):
     click.echo(json.dumps({"target": target, "architecture": config}))
 
 
+@convert.command("vae")
+@click.option("--source", required=True, type=click.Path(),
+              help="A diffusers folder (config.json + diffusion_pytorch_model.safetensors/.bin) or one "
+                   "weights file in the diffusers or original LDM layout (first_stage_model. prefix allowed).")
+@click.option("--target", required=True, type=click.Path(dir_okay=False),
+              help="Output file: .ckpt (MindSpore) or .safetensors.")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="diffusers config.json for a single weights file; otherwise the architecture is read "
+                   "off the weights, with 32 norm groups as in every published SD VAE.")
+def convert_vae_command(source, target, config_path):
+    """Convert a Stable Diffusion VAE (e.g. sd-vae-ft-mse) to a MindSpore file with diffusers names.
+
+    \b
+    Example:
+      latte convert vae --source sd-vae-ft-mse/ --target models/sd-vae-ft-mse.ckpt
+    """
+    from latte_core.checkpoint import CheckpointError
+    from latte_core.convert import convert_vae
+    config = None
+    if config_path is not None:
+        try:
+            with open(config_path) as handle:
+                config = json.load(handle)
+        except (OSError, ValueError) as err:
+            raise BadInput(f"{config_path}: unreadable config ({err})") from None
+    try:
+        result = convert_vae(source, target, config)
+    except CheckpointError as err:
+        raise BadInput(str(err)) from None
+    click.echo(json.dumps({"target": target, "config": result}))
+
+
 # ---------------------------------------------------------------------------------------- bench
 @main.group()
 def bench():
@@ -95,6 +129,27 @@ def bench_step_command(model_name, frames, latent, batch, steps, flash_attention
         raise BadInput("--steps must be at least 2 (the first step includes graph compilation)")
     setup_mindspore(device)
     click.echo(json.dumps(bench_step(model_name, frames, latent, batch, steps, flash_attention)))
+
+
+@bench.command("vae")
+@click.option("--size", default=256, show_default=True, help="Frame height and width.")
+@click.option("--batch", default=4, show_default=True, help="Frames per encoder call.")
+@click.option("--repeats", default=3, show_default=True, help="Timed encoder calls after the compiling one.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]),
+              help="Compute dtype of convolutions and projections.")
+@click.option("--device", default="CPU", show_default=True, type=click.Choice(["CPU", "GPU", "Ascend"]))
+def bench_vae_command(size, batch, repeats, dtype, device):
+    """Encoding speed of the full sd-vae-ft-mse architecture (random weights), graph mode.
+
+    \b
+    Example:
+      latte bench vae --size 256 --batch 4
+    """
+    from train.bench import bench_vae
+    if size % 8 or size <= 0:
+        raise BadInput(f"--size must be a positive multiple of 8, got {size}")
+    setup_mindspore(device)
+    click.echo(json.dumps(bench_vae(size, batch, repeats, dtype)))
 
 
 @bench.command("attention")

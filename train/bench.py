@@ -43,6 +43,28 @@ def bench_step(model_name="Latte-S/2", frames=8, latent=16, batch=2, steps=5, fl
     }
 
 
+def bench_vae(size=256, batch=4, repeats=3, dtype="float32", seed=0):
+    """Frames per second of AutoencoderKL.encode (posterior moments) with sd-vae-ft-mse's shape."""
+    import mindspore as ms
+    from latte_core import AutoencoderKL
+
+    ms.set_seed(seed)
+    vae = AutoencoderKL()  # diffusers' defaults are sd-vae-ft-mse's architecture
+    vae.set_compute_dtype(getattr(ms, dtype))
+    frames = np.random.default_rng(seed).uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        vae.encode(ms.Tensor(frames)).mean.asnumpy()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times[1:])
+    return {
+        "bench": "vae", "size": size, "batch": batch, "dtype": dtype, "device": ms.get_context("device_target"),
+        "first_call_s": round(times[0], 3), "median_call_s": round(median, 3),
+        "encode_frames_per_s": round(batch / median, 4), "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
 def _attention_peak(backend, tokens, head_dim, block_size, queue):
     """Child process: forward + backward of one attention head group; reports RSS figures in MB."""
     import os
