@@ -1,0 +1,35 @@
+import json
+import os
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from pipelines.cli import main
+
+
+def test_help_lists_the_stages_with_an_example():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for stage in ("convert", "bench"):
+        assert stage in result.output
+    assert "Example" in result.output
+
+
+def test_unknown_variant_is_bad_usage():
+    result = CliRunner().invoke(main, ["bench", "step", "--model", "Latte-M/2"])
+    assert result.exit_code == 2
+    assert "unknown Latte variant 'Latte-M/2'" in result.output and "Latte-XL/8" in result.output
+
+
+def test_bench_step_prints_one_json_line_with_the_figures(tmp_path):
+    latte = os.path.join(os.path.dirname(sys.executable), "latte")
+    proc = subprocess.run([latte, "bench", "step", "--model", "Latte-S/8", "--frames", "2", "--latent", "16",
+                           "--batch", "1", "--steps", "3"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    figures = json.loads(lines[0])
+    assert figures["model"] == "Latte-S/8" and figures["steps"] == 3 and len(figures["step_times_s"]) == 2
+    assert 0 < figures["median_step_s"] < figures["first_step_s"]
+    assert figures["peak_rss_mb"] > 100
