@@ -38,6 +38,82 @@ def main(verbose):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+# ---------------------------------------------------------------------------------------- ingest
+INGEST_FIELDS = {"sources": (list, str), "out": str, "num_frames": int, "sample_stride": int, "verify": bool,
+                 "workers": int, "scheduler": str, "decode_timeout": (int, float), "unit_size": int}
+INGEST_ALIASES = {"data_folder": "sources", "csv_path": "sources", "data_path": "sources",
+                  "sample_n_frames": "num_frames"}
+
+
+@main.command()
+@click.option("--source", "sources", multiple=True, type=click.Path(),
+              help="Folder (searched recursively for videos and frame folders), video file, or .csv/.json "
+                   "list with a `video` column (and optional `caption`, `class`). Repeatable.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (resumable).")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML with any of: " + ", ".join(sorted(set(INGEST_FIELDS) | set(INGEST_ALIASES))))
+@click.option("--num-frames", "--num_frames", "num_frames", type=int, help="Clip length; shorter inputs fail as too short.")
+@click.option("--sample-stride", "--sample_stride", "sample_stride", type=int, help="Frame stride of a clip [1].")
+@click.option("--verify/--no-verify", default=None, help="Decode every frame (default: container metadata only).")
+@click.option("--workers", type=int, help="Local dask worker processes [1]; 0 runs in this process.")
+@click.option("--scheduler", help="Address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786.")
+@click.option("--retry-failed", is_flag=True, help="Also re-try the inputs that failed before.")
+@click.option("--timeout", "decode_timeout", type=float, help="Seconds before a hung decode is killed [60].")
+@click.option("--unit-size", type=int, help="Inputs per unit of work [32].")
+def ingest(sources, out_dir, config_path, num_frames, sample_stride, verify, workers, scheduler, retry_failed,
+           decode_timeout, unit_size):
+    """Find videos, check they decode, and write DIR/manifest.parquet and DIR/failures.parquet.
+
+    Re-running the same command resumes: units already in DIR/ledger.jsonl are skipped.
+    Exit code 0: every input usable; 1: some inputs failed (see the summary and failures.parquet).
+
+    \b
+    Example:
+      latte ingest --source sky_train/ --out work/ingest --num-frames 16 --sample-stride 3 --workers 2
+    """
+    from pipelines.config import ConfigError, load_stage_config
+    from pipelines.ingest import IngestError, run_ingest
+    settings = {"sources": [], "out": None, "num_frames": None, "sample_stride": 1, "verify": False, "workers": 1,
+                "scheduler": None, "decode_timeout": 60.0, "unit_size": 32}
+    if config_path:
+        try:
+            loaded = load_stage_config(config_path, INGEST_FIELDS, INGEST_ALIASES)
+        except ConfigError as err:
+            raise BadInput(str(err)) from None
+        if isinstance(loaded.get("sources"), str):
+            loaded["sources"] = [loaded["sources"]]
+        settings.update({k: v for k, v in loaded.items() if v is not None})
+    overrides = {"out": out_dir, "num_frames": num_frames, "sample_stride": sample_stride, "verify": verify,
+                 "workers": workers, "scheduler": scheduler, "decode_timeout": decode_timeout, "unit_size": unit_size}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if sources:
+        settings["sources"] = list(sources)
+    if not settings["out"]:
+        raise BadInput("give --out (or `out:` in the config)")
+    try:
+        summary = run_ingest(settings["sources"], settings["out"], settings["num_frames"], settings["sample_stride"],
+                             settings["verify"], settings["workers"], settings["scheduler"], retry_failed,
+                             settings["decode_timeout"], settings["unit_size"])
+    except (IngestError, RuntimeError) as err:
+        raise BadInput(str(err)) from None
+    _print_ingest_summary(summary)
+    if summary["failed"] or summary["unit_errors"]:
+        raise SystemExit(1)
+
+
+def _print_ingest_summary(summary):
+    click.echo(f"ingest: {summary['ok']} usable, {summary['failed']} failed of {summary['inputs']} inputs; "
+               f"{summary['frames']} frames; {summary['units_run']} units run, {summary['units_skipped']} "
+               f"already done; {summary['seconds']} s ({summary['videos_per_s']} videos/s)")
+    for category, count in sorted(summary["failed_by_category"].items()):
+        click.echo(f"  failed, {category}: {count}")
+    if summary["unit_errors"]:
+        click.echo(f"  units that raised (re-run to retry): {', '.join(summary['unit_errors'])}")
+    click.echo(f"  manifest: {os.path.join(summary['out_dir'], 'manifest.parquet')}")
+    if summary["failed"]:
+        click.echo(f"  failures: {os.path.join(summary['out_dir'], 'failures.parquet')}")
+
+
 # ---------------------------------------------------------------------------------------- convert
 @main.group()
 def convert():
@@ -150,6 +226,24 @@ def bench_vae_command(size, batch, repeats, dtype, device):
         raise BadInput(f"--size must be a positive multiple of 8, got {size}")
     setup_mindspore(device)
     click.echo(json.dumps(bench_vae(size, batch, repeats, dtype)))
+
+
+@bench.command("ingest")
+@click.option("--source", "sources", multiple=True, required=True, type=click.Path(exists=True),
+              help="Inputs to ingest (as for `latte ingest`). Repeatable.")
+@click.option("--workers", default=0, show_default=True,
+              help="Ingest workers (0: in this process, one decode child, i.e. one core).")
+@click.option("--replan-inputs", default=10000, show_default=True,
+              help="Also time re-planning a finished run over this many synthetic inputs (0: skip).")
+def bench_ingest_command(sources, workers, replan_inputs):
+    """`ingest --verify` against a plain sequential decord/PIL decode of the same files, in one run.
+
+    \b
+    Example:
+      latte bench ingest --source sky_train/
+    """
+    from pipelines.bench import bench_ingest
+    click.echo(json.dumps(bench_ingest(list(sources), workers, replan_inputs)))
 
 
 @bench.command("attention")

@@ -1,0 +1,1 @@
+"""Cache formats, clip sampling, the streaming loader and the uncached video path."""

@@ -1,0 +1,314 @@
+"""Stage 1, ingest: find the videos, check they decode, record what they are.
+
+    sources ─ discover ─▶ inputs (sorted by video_id) ─ plan ─▶ units of `unit_size` inputs
+      └ each unit (any runner): probe every input in a killable child ─▶ units/<unit_id>.parquet
+        (atomic rename) ─▶ one ledger row ─▶ at the end manifest.parquet + failures.parquet
+
+A unit's id is a hash of its members, so the same inputs give the same plan whatever the number of
+workers, and a re-run skips every unit already in the ledger.
+"""
+import csv
+import hashlib
+import json
+import logging
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
+
+from .ledger import JobLock, Ledger, remove_abandoned_staging, sha256_of, write_atomically
+from .runners import run_units
+
+logger = logging.getLogger(__name__)
+
+LIST_EXTENSIONS = (".csv", ".json")
+MANIFEST_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("path", pa.string()), ("kind", pa.string()), ("num_frames", pa.int64()),
+    ("fps", pa.float64()), ("height", pa.int64()), ("width", pa.int64()), ("label", pa.int64()),
+    ("caption", pa.string()),
+])
+FAILURE_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("path", pa.string()), ("kind", pa.string()), ("category", pa.string()),
+    ("message", pa.string()),
+])
+# every row of a unit's part file: the manifest columns, then the outcome
+UNIT_SCHEMA = pa.schema(list(MANIFEST_SCHEMA) + [("category", pa.string()), ("message", pa.string())])
+
+
+class IngestError(ValueError):
+    """Bad usage of the ingest stage (a missing source, an output folder of another job)."""
+
+
+# ------------------------------------------------------------------------------------------ discovery
+def discover(sources):
+    """Inputs {video_id, path, kind, label, caption} from source paths, sorted by video_id.
+
+    A folder is walked recursively: video files are inputs, and so is every folder that holds images
+    directly (a frame folder) or holds nothing at all (an empty frame folder, reported as failed).
+    A .csv/.json file lists videos in a `video` column (paths relative to the list's folder), with
+    optional `caption` and `class`. Ids are paths relative to the source root (the list's folder).
+    """
+    inputs = []
+    for source in sources:
+        source = os.path.abspath(source)
+        if os.path.isdir(source):
+            inputs.extend(_walk(source))
+        elif os.path.isfile(source) and source.lower().endswith(LIST_EXTENSIONS):
+            inputs.extend(_read_list(source))
+        elif os.path.isfile(source) and source.lower().endswith(VIDEO_EXTENSIONS):
+            inputs.append(_input(os.path.basename(source), source, "video"))
+        else:
+            raise IngestError(f"{source}: not a folder, a video file ({', '.join(VIDEO_EXTENSIONS)}) "
+                              f"or a .csv/.json list")
+    inputs.sort(key=lambda item: (item["video_id"], item["path"]))
+    seen = set()
+    for item in inputs:
+        if item["video_id"] in seen:
+            item["failure"] = ("duplicate", f"{item['path']}: video id {item['video_id']!r} is already taken "
+                                            f"by an input of another source")
+        seen.add(item["video_id"])
+    return inputs
+
+
+def _input(video_id, path, kind, label=None, caption=None):
+    return {"video_id": video_id.replace(os.sep, "/"), "path": path, "kind": kind, "label": label,
+            "caption": caption}
+
+
+def _walk(root):
+    found = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        subfolders, has_images, has_entries = [], False, False
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                has_entries = True
+                name = entry.name.lower()
+                if entry.is_dir(follow_symlinks=True):
+                    subfolders.append(entry.path)
+                elif name.endswith(VIDEO_EXTENSIONS):
+                    found.append(_input(os.path.relpath(entry.path, root), entry.path, "video"))
+                elif name.endswith(IMAGE_EXTENSIONS):
+                    has_images = True
+        if folder != root and (has_images or not has_entries):
+            found.append(_input(os.path.relpath(folder, root), folder, "frames"))
+        stack.extend(sorted(subfolders, key=natural_key))
+    return found
+
+
+def _read_list(path):
+    folder = os.path.dirname(path)
+    try:
+        if path.lower().endswith(".json"):
+            with open(path) as handle:
+                rows = json.load(handle)
+            if not isinstance(rows, list):
+                raise IngestError(f"{path}: expected a JSON list of objects with a 'video' key")
+        else:
+            with open(path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+    except (OSError, ValueError, csv.Error) as err:
+        raise IngestError(f"{path}: unreadable list ({err})") from None
+    found = []
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not row.get("video"):
+            raise IngestError(f"{path}: entry {number} has no 'video' path")
+        relative = os.path.normpath(str(row["video"]))
+        full = os.path.join(folder, relative)
+        label = row.get("class")
+        try:
+            label = None if label in (None, "") else int(label)
+        except ValueError:
+            raise IngestError(f"{path}: entry {number} has a non-integer class {label!r}") from None
+        found.append(_input(relative, full, "frames" if os.path.isdir(full) else "video",
+                            label, row.get("caption") or None))
+    return found
+
+
+# ------------------------------------------------------------------------------------------ planning
+def unit_id_of(members, prefix="u"):
+    digest = hashlib.sha1(json.dumps([[m["video_id"], m["path"]] for m in members]).encode()).hexdigest()
+    return f"{prefix}-{digest[:16]}"
+
+
+def plan_units(inputs, unit_size, done_ids, prefix="u"):
+    """Split the sorted inputs into units; returns (pending units, number already done)."""
+    pending, done = [], 0
+    for start in range(0, len(inputs), unit_size):
+        members = inputs[start:start + unit_size]
+        unit_id = unit_id_of(members, prefix)
+        if unit_id in done_ids:
+            done += 1
+        else:
+            pending.append({"unit_id": unit_id, "inputs": members})
+    return pending, done
+
+
+# ------------------------------------------------------------------------------------------ the unit
+_DECODERS = {}
+
+
+def _decoder(timeout):
+    """One decode child per worker process and timeout, reused across units."""
+    from .decode_worker import DecodeWorker
+    if timeout not in _DECODERS:
+        _DECODERS[timeout] = DecodeWorker(timeout)
+    return _DECODERS[timeout]
+
+
+def ingest_unit(spec):
+    """Probe every input of one unit and commit units/<unit_id>.parquet; returns the ledger record."""
+    started = time.perf_counter()
+    decoder = _decoder(spec["timeout"])
+    rows = []
+    for item in spec["inputs"]:
+        row = {name: item.get(name) for name in ("video_id", "path", "kind", "label", "caption")}
+        row.update(num_frames=None, fps=None, height=None, width=None, category=None, message=None)
+        if item.get("failure"):
+            row["category"], row["message"] = item["failure"]
+        else:
+            answer = decoder.probe(item["kind"], item["path"], spec["verify"])
+            if not answer.pop("ok"):
+                row["category"], row["message"] = answer["category"], answer["message"]
+            else:
+                row.update(answer)
+                if spec["min_frames"] and answer["num_frames"] < spec["min_frames"]:
+                    row["category"] = "too short"
+                    row["message"] = (f"{item['path']}: {answer['num_frames']} frames, a clip of "
+                                      f"{spec['num_frames']} frames with stride {spec['sample_stride']} "
+                                      f"needs {spec['min_frames']}")
+        rows.append(row)
+    probe_seconds = time.perf_counter() - started
+    part = os.path.join(spec["out_dir"], "units", f"{spec['unit_id']}.parquet")
+    table = pa.Table.from_pylist(rows, schema=UNIT_SCHEMA)
+    write_atomically(part, lambda tmp: pq.write_table(table, tmp))
+    failed = sum(row["category"] is not None for row in rows)
+    return {
+        "unit_id": spec["unit_id"], "attempt": spec["attempt"], "inputs": len(rows), "ok": len(rows) - failed,
+        "failed": failed, "frames": sum(row["num_frames"] or 0 for row in rows if row["category"] is None),
+        "bytes": os.path.getsize(part), "sha256": sha256_of(part), "probe_seconds": round(probe_seconds, 4),
+        "write_seconds": round(time.perf_counter() - started - probe_seconds, 4),
+    }
+
+
+# ------------------------------------------------------------------------------------------ the job
+def _job_settings(sources, num_frames, sample_stride, verify, unit_size):
+    """What decides the rows: a folder written with other settings is not resumed with these."""
+    return {"sources": sorted(os.path.abspath(s) for s in sources), "num_frames": num_frames,
+            "sample_stride": sample_stride, "verify": verify, "unit_size": unit_size, "version": 1}
+
+
+def _check_out_dir(out_dir, settings):
+    settings_path = os.path.join(out_dir, "ingest.json")
+    if os.path.exists(settings_path):
+        with open(settings_path) as handle:
+            previous = json.load(handle)
+        if previous != settings:
+            changed = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
+            raise IngestError(f"{out_dir} holds an ingest run with other settings ({', '.join(changed)} differ); "
+                              f"use a new --out folder or the same settings to resume")
+        return
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise IngestError(f"{out_dir} is not empty and holds no ingest run; choose an empty or new folder")
+    os.makedirs(os.path.join(out_dir, "units"), exist_ok=True)
+    write_atomically(settings_path, lambda tmp: _write_json(tmp, settings))
+
+
+def _write_json(path, data):
+    with open(path, "w") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+
+
+def latest_rows(out_dir, ledger_records):
+    """The newest row per input over all committed units (a retry supersedes the failure it retried)."""
+    latest = {}
+    for record in ledger_records:
+        part = os.path.join(out_dir, "units", f"{record['unit_id']}.parquet")
+        if sha256_of(part) != record["sha256"]:
+            raise RuntimeError(f"{part} does not match its ledger checksum: the folder was modified")
+        for row in pq.read_table(part).to_pylist():
+            latest[(row["video_id"], row["path"])] = row
+    return [latest[key] for key in sorted(latest)]
+
+
+def _assemble(out_dir, rows):
+    ok = [row for row in rows if row["category"] is None]
+    failed = [row for row in rows if row["category"] is not None]
+    manifest = pa.Table.from_pylist([{k: r[k] for k in MANIFEST_SCHEMA.names} for r in ok], schema=MANIFEST_SCHEMA)
+    failures = pa.Table.from_pylist([{k: r[k] for k in FAILURE_SCHEMA.names} for r in failed], schema=FAILURE_SCHEMA)
+    write_atomically(os.path.join(out_dir, "manifest.parquet"), lambda tmp: pq.write_table(manifest, tmp))
+    write_atomically(os.path.join(out_dir, "failures.parquet"), lambda tmp: pq.write_table(failures, tmp))
+    return ok, failed
+
+
+def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False, workers=1, scheduler=None,
+               retry_failed=False, timeout=60.0, unit_size=32, progress=True):
+    """Run (or resume) the ingest job; returns the summary dict."""
+    if not sources:
+        raise IngestError("give at least one --source")
+    if unit_size < 1 or timeout <= 0 or sample_stride < 1 or (num_frames is not None and num_frames < 1):
+        raise IngestError("unit_size, decode timeout, sample_stride and num_frames must be positive")
+    started = time.perf_counter()
+    if workers == 0 and scheduler is None:
+        _decoder(timeout).start()  # its start-up overlaps discovery and planning
+    out_dir = os.path.abspath(out_dir)
+    settings = _job_settings(sources, num_frames, sample_stride, verify, unit_size)
+    _check_out_dir(out_dir, settings)
+    with JobLock(out_dir):
+        removed = remove_abandoned_staging(os.path.join(out_dir, "units")) + remove_abandoned_staging(out_dir)
+        if removed:
+            logger.info("removed %d staging file(s) left by an interrupted run", removed)
+        ledger = Ledger(out_dir)
+        records = ledger.records()
+        attempt = 1 + max((record["attempt"] for record in records), default=0)
+        inputs = discover(sources)
+        pending, skipped = plan_units(inputs, unit_size, {record["unit_id"] for record in records})
+        logger.info("%d inputs in %d units: %d already done", len(inputs), skipped + len(pending), skipped)
+        if retry_failed:
+            failed_inputs = [_as_input(row) for row in latest_rows(out_dir, records) if row["category"] is not None]
+            retries, _ = plan_units(failed_inputs, unit_size, set(), prefix=f"r{attempt}")
+            logger.info("retrying %d failed input(s) in %d unit(s)", len(failed_inputs), len(retries))
+            pending += retries
+        common = {"out_dir": out_dir, "verify": verify, "timeout": timeout, "num_frames": num_frames,
+                  "sample_stride": sample_stride, "attempt": attempt,
+                  "min_frames": num_frames * sample_stride if num_frames else 0}
+        specs = [{**unit, **common} for unit in pending]
+        errors = _run_with_progress(specs, ledger, workers, scheduler, progress)
+        ok, failed = _assemble(out_dir, latest_rows(out_dir, ledger.records()))
+    seconds = time.perf_counter() - started
+    by_category = {}
+    for row in failed:
+        by_category[row["category"]] = by_category.get(row["category"], 0) + 1
+    return {"out_dir": out_dir, "inputs": len(ok) + len(failed), "ok": len(ok), "failed": len(failed),
+            "failed_by_category": by_category, "frames": sum(row["num_frames"] for row in ok),
+            "units_run": len(specs), "units_skipped": skipped, "unit_errors": errors,
+            "seconds": round(seconds, 2),
+            "videos_per_s": round(sum(len(s["inputs"]) for s in specs) / seconds, 2) if specs else 0.0}
+
+
+def _as_input(row):
+    return {"video_id": row["video_id"], "path": row["path"], "kind": row["kind"], "label": row["label"],
+            "caption": row["caption"]}
+
+
+def _run_with_progress(specs, ledger, workers, scheduler, progress):
+    from tqdm.auto import tqdm
+    bar = tqdm(total=sum(len(spec["inputs"]) for spec in specs), unit="video", desc="ingest", disable=not progress)
+    errors = []
+
+    def commit(spec, result):
+        if result is None:
+            errors.append(spec["unit_id"])
+        else:
+            ledger.append(result)
+        bar.update(len(spec["inputs"]))
+
+    try:
+        run_units(ingest_unit, specs, commit, workers, scheduler)
+    finally:
+        bar.close()
+    return errors

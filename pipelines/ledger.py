@@ -1,0 +1,100 @@
+"""The record of committed units of a job, and the atomic commit of a unit's output.
+
+A unit's output becomes visible by one `os.replace` of a finished file; only then is one line
+appended to `ledger.jsonl` (flushed and fsynced). "Done" means "in the ledger": a killed job leaves
+at most a torn last line (ignored and cut off on the next open) and unledgered files (redone).
+"""
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+
+STAGING_PREFIX = ".staging-"
+
+
+def sha256_of(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def staging_path(folder, name):
+    """A unique temporary name next to the final one (same filesystem, so the rename is atomic)."""
+    return os.path.join(folder, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+
+
+def remove_abandoned_staging(folder):
+    """Delete staging files a killed run left behind; returns how many."""
+    if not os.path.isdir(folder):
+        return 0
+    stale = [entry.path for entry in os.scandir(folder) if entry.name.startswith(STAGING_PREFIX)]
+    for path in stale:
+        os.remove(path)
+    return len(stale)
+
+
+def write_atomically(path, write):
+    """Call write(tmp_path), then move tmp_path onto `path` in one rename; nothing is left on error."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = staging_path(folder, os.path.basename(path))
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class Ledger:
+    """Append-only JSON-lines file of unit records, each with a "unit_id"."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, "ledger.jsonl")
+        self._cut_torn_tail()
+
+    def _cut_torn_tail(self):
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, "rb+") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)  # a record cut by a kill: its unit is redone
+
+    def records(self):
+        """All complete records, in commit order."""
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+    def append(self, record):
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+class JobLock:
+    """An exclusive lock on a job folder, so two runs never write into it at once."""
+
+    def __init__(self, folder):
+        self.path = os.path.join(folder, ".lock")
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = open(self.path, "a")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise RuntimeError(f"{os.path.dirname(self.path)} is being written by another running job") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()

@@ -1,0 +1,50 @@
+"""Map a unit function over unit specs: in this process, on local dask worker processes, or on an
+existing dask cluster. The runner is a detail; each unit returns a result record the caller commits."""
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def run_units(work, specs, on_result, workers=1, scheduler=None):
+    """Run work(spec) for every spec and call on_result(spec, result) in this process as each
+    finishes. A unit that raises is logged and reported as on_result(spec, None). workers=0 runs
+    in-process; workers>=1 starts a dask LocalCluster of that many single-threaded processes;
+    `scheduler` ("tcp://host:port") uses an existing cluster instead."""
+    if not specs:
+        return
+    if scheduler is None and workers == 0:
+        for spec in specs:
+            on_result(spec, _guarded(work, spec))
+        return
+    import dask
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    with dask.config.set({"distributed.worker.daemon": False}):
+        if scheduler is not None:
+            cluster, client = None, Client(scheduler)
+        else:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+            client = Client(cluster)
+    try:
+        futures = {client.submit(work, spec, pure=False): spec for spec in specs}
+        for future in as_completed(futures):
+            spec = futures[future]
+            try:
+                result = future.result()
+            except Exception as err:
+                logger.error("unit %s failed: %r", spec.get("unit_id"), err)
+                result = None
+            on_result(spec, result)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _guarded(work, spec):
+    try:
+        return work(spec)
+    except Exception as err:
+        logger.error("unit %s failed: %r", spec.get("unit_id"), err)
+        return None
