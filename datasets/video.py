@@ -43,6 +43,8 @@ def probe_video(path, verify=False):
         raise UnusableInput("missing", f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise UnusableInput("unreadable", f"{path}: empty file (0 bytes)")
+    if path.lower().endswith(".gif"):
+        return _probe_gif(path, verify)
     try:
         reader = decord.VideoReader(path, num_threads=1)
     except Exception as err:  # decord raises its own DECORDError for anything it cannot open
@@ -82,6 +84,29 @@ def _count_decodable(reader, claimed, path):
         raise UnusableInput("truncated", f"{path}: only {decoded} of the {claimed} frames the container "
                                          f"declares decode")
     return decoded
+
+
+def _probe_gif(path, verify):
+    """GIFs are read with PIL: decord rejects many of them (no duration metadata)."""
+    from PIL import Image
+
+    try:
+        image = Image.open(path)
+    except Exception as err:
+        raise UnusableInput("unreadable", f"{path}: unreadable GIF ({_first_line(err)})") from None
+    with image:
+        width, height = image.size
+        count = getattr(image, "n_frames", 1)
+        duration_ms = image.info.get("duration") or 0
+        for index in range(count if verify else 0):
+            try:
+                image.seek(index)
+                image.load()
+            except Exception as err:
+                raise UnusableInput("truncated" if index else "unreadable",
+                                    f"{path}: frame {index} of {count} fails to decode ({_first_line(err)})") from None
+    return {"num_frames": count, "fps": 1000.0 / duration_ms if duration_ms else None, "height": height,
+            "width": width}
 
 
 def probe_frame_folder(folder, verify=False):

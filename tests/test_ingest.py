@@ -235,3 +235,20 @@ def test_config_file_and_bad_usage(dataset, tmp_path):
     result = CliRunner().invoke(main, ["ingest", "--source", str(dataset["src"] / "sky" / "day"), "--out",
                                        str(tmp_path / "out"), "--workers", "0"])
     assert result.exit_code == 2 and "other settings" in result.output and "num_frames" in result.output
+
+
+def test_gif_and_json_list_inputs(tmp_path):
+    from PIL import Image
+    frames = [Image.fromarray(frame) for frame in moving_square_frames(10)]
+    (tmp_path / "src").mkdir()
+    frames[0].save(tmp_path / "src" / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    write_mp4(tmp_path / "src" / "clip.mp4", moving_square_frames(14, seed=1))
+    (tmp_path / "src" / "list.json").write_text(json.dumps([
+        {"video": "anim.gif", "caption": "a gif", "class": 2}, {"video": "clip.mp4"}]))
+    summary = run_ingest([tmp_path / "src" / "list.json"], tmp_path / "out", verify=True, workers=0, progress=False)
+    assert summary["failed"] == 0
+    rows = _rows(tmp_path / "out" / "manifest.parquet")
+    gif = rows["anim.gif"]
+    assert (gif["num_frames"], gif["fps"], gif["height"], gif["width"], gif["label"], gif["caption"]) == (
+        10, 10.0, 48, 64, 2, "a gif")
+    assert rows["clip.mp4"]["num_frames"] == 14 and rows["clip.mp4"]["label"] is None
