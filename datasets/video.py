@@ -6,6 +6,8 @@ from FAILURE_CATEGORIES, so callers can record why an input cannot be used.
 import os
 import re
 
+import numpy as np
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FAILURE_CATEGORIES = ("unreadable", "empty", "truncated", "corrupt frame", "too short", "timeout", "duplicate",
@@ -141,3 +143,38 @@ def _first_line(err):
     """The first line of an error, without decord's "[hh:mm:ss] file.cc:123: " log prefix."""
     text = str(err).strip().splitlines()
     return _LOG_PREFIX.sub("", text[0])[:200] if text else type(err).__name__
+
+
+def iter_frames(path, kind):
+    """Every frame of a video file or frame folder, in order, as uint8 (H, W, 3); decoded
+    sequentially one at a time, so memory does not depend on the video's length."""
+    from PIL import Image
+
+    if kind == "frames":
+        for file in list_frame_files(path):
+            with Image.open(file) as image:
+                yield np.asarray(image.convert("RGB"))
+    elif path.lower().endswith(".gif"):
+        with Image.open(path) as image:
+            for index in range(getattr(image, "n_frames", 1)):
+                image.seek(index)
+                yield np.asarray(image.convert("RGB"))
+    else:
+        import decord
+        reader = decord.VideoReader(path, num_threads=1)
+        for _ in range(len(reader)):
+            yield reader.next().asnumpy()
+
+
+def center_crop_resize(frame, size):
+    """The official Latte rule: center-crop the largest square (on the short edge), then resize it
+    to size x size with bilinear filtering. uint8 (H, W, 3) -> uint8 (size, size, 3)."""
+    from PIL import Image
+
+    height, width = frame.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = frame[top:top + side, left:left + side]
+    if side == size:
+        return np.ascontiguousarray(square)
+    return np.asarray(Image.fromarray(square).resize((size, size), Image.BILINEAR))

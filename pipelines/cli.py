@@ -114,6 +114,116 @@ def _print_ingest_summary(summary):
         click.echo(f"  failures: {os.path.join(summary['out_dir'], 'failures.parquet')}")
 
 
+# ---------------------------------------------------------------------------------------- cache
+CACHE_FIELDS = {"manifest": str, "vae": str, "out": str, "format": str, "image_size": int, "dtype": str,
+                "store": str, "workers": int, "scheduler": str, "micro_batch": int, "shard_videos": int,
+                "chunk_frames": int, "seed": int}
+CACHE_ALIASES = {"cache_folder": "out", "cache_file_type": "format", "vae_path": "vae", "sample_size": "image_size"}
+
+
+@main.command()
+@click.option("--manifest", type=click.Path(), help="Ingest output folder (or its manifest.parquet).")
+@click.option("--vae", "vae", type=click.Path(file_okay=False), help="diffusers AutoencoderKL folder.")
+@click.option("--out", "--cache_folder", "out", type=click.Path(file_okay=False), help="Cache folder (resumable).")
+@click.option("--format", "--cache_file_type", "fmt", type=click.Choice(["numpy", "mindrecord", "parquet"]),
+              help="Shard format [numpy].")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML with any of: " + ", ".join(sorted(set(CACHE_FIELDS) | set(CACHE_ALIASES))))
+@click.option("--image-size", "--image_size", "image_size", type=int, help="Frame size after crop+resize [256].")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), help="Stored dtype [float16].")
+@click.option("--store", type=click.Choice(["posterior", "sample"]),
+              help="posterior: mean and std per frame (a fresh sample each epoch) [default]; sample: one fixed draw.")
+@click.option("--workers", type=int, help="Local dask worker processes, one VAE each [1]; 0 runs in this process.")
+@click.option("--scheduler", help="Address of an existing dask scheduler.")
+@click.option("--micro-batch", type=int, help="Frames per VAE call [8].")
+@click.option("--shard-videos", type=int, help="Videos per shard, the unit of work and of resume [16].")
+@click.option("--chunk-frames", type=int, help="Frames per MindRecord record / Parquet row [16].")
+@click.option("--resume_cache_index", "skip_videos", type=int, default=0,
+              help="The seed's manual resume: skip the first N manifest videos. Not needed here: re-running "
+                   "resumes from the ledger.")
+def cache(manifest, vae, out, fmt, config_path, image_size, dtype, store, workers, scheduler, micro_batch,
+          shard_videos, chunk_frames, skip_videos):
+    """Encode every video of an ingest manifest with the VAE into latent shards.
+
+    Re-running the same command resumes: shards already in CACHE/ledger.jsonl are skipped.
+
+    \b
+    Example:
+      latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --format mindrecord
+    """
+    from pipelines.cache import CacheError, DiskFull, run_cache
+    from pipelines.config import ConfigError, load_stage_config
+    settings = {"manifest": None, "vae": None, "out": None, "format": "numpy", "image_size": 256, "dtype": "float16",
+                "store": "posterior", "workers": 1, "scheduler": None, "micro_batch": 8, "shard_videos": 16,
+                "chunk_frames": 16, "seed": 0}
+    if config_path:
+        try:
+            settings.update({k: v for k, v in load_stage_config(config_path, CACHE_FIELDS, CACHE_ALIASES).items()
+                             if v is not None})
+        except ConfigError as err:
+            raise BadInput(str(err)) from None
+    overrides = {"manifest": manifest, "vae": vae, "out": out, "format": fmt, "image_size": image_size, "dtype": dtype,
+                 "store": store, "workers": workers, "scheduler": scheduler, "micro_batch": micro_batch,
+                 "shard_videos": shard_videos, "chunk_frames": chunk_frames}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("manifest", "vae", "out"):
+        if not settings[key]:
+            raise BadInput(f"give --{key} (or `{key}:` in the config)")
+    if skip_videos:
+        logging.getLogger(__name__).warning("--resume_cache_index %d: skipping the first %d manifest videos "
+                                            "(resume from the ledger needs no index)", skip_videos, skip_videos)
+    setup_mindspore("CPU")
+    try:
+        summary = run_cache(settings["manifest"], settings["vae"], settings["out"], settings["format"],
+                            settings["image_size"], settings["dtype"], settings["store"], settings["workers"],
+                            settings["scheduler"], settings["micro_batch"], settings["shard_videos"],
+                            settings["chunk_frames"], skip_videos, settings["seed"])
+    except DiskFull as err:  # before RuntimeError, its base: committed shards stay valid, exit 1
+        click.echo(f"Error: {err}", err=True)
+        raise SystemExit(1)
+    except (CacheError, RuntimeError) as err:
+        raise BadInput(str(err)) from None
+    click.echo(f"cache: {summary['videos']} videos, {summary['frames']} frames cached, {summary['failed']} failed; "
+               f"{summary['shards_run']} shards run, {summary['shards_skipped']} already done; "
+               f"{summary['seconds']} s ({summary['frames_per_s']} frames/s)")
+    click.echo(f"  report: latte report {summary['out_dir']}")
+    if summary["failed"] or summary["shard_errors"]:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("cache_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--verify", is_flag=True, help="Re-hash every shard and compare with the ledger (exit 1 on a mismatch).")
+def report(cache_dir, as_json, verify):
+    """Summarise a cache: videos, frames, bytes, size ratio to the sources, failures, time per phase.
+
+    \b
+    Example:
+      latte report work/cache --verify
+    """
+    from pipelines.report import cache_report
+    try:
+        result = cache_report(cache_dir, verify)
+    except FileNotFoundError as err:
+        raise BadInput(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"{result['cache']} ({result['format']}, {result['store']}, {result['dtype']}, "
+                   f"{result['image_size']}px){'' if result['finished'] else ' — not finished'}")
+        click.echo(f"  {result['videos']} videos, {result['frames']} frames in {result['shards']} shards, "
+                   f"{result['bytes'] / 1e6:.1f} MB ({result['cache_to_source_bytes']} x the sources)")
+        click.echo(f"  failed: {result['failed']} {result['failed_by_category'] or ''}")
+        click.echo("  seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds_by_phase"].items()))
+        if verify:
+            click.echo(f"  verified shards: {result['verified_shards']}")
+            for line in result["corrupt_shards"]:
+                click.echo(f"  CORRUPT {line}")
+    if verify and result["corrupt_shards"]:
+        raise SystemExit(1)
+
+
 # ---------------------------------------------------------------------------------------- convert
 @main.group()
 def convert():

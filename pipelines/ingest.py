@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 
 from datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
 
-from .ledger import JobLock, Ledger, remove_abandoned_staging, sha256_of, write_atomically
-from .runners import run_units
+from .ledger import JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, write_atomically
+from .runners import run_and_commit
 
 logger = logging.getLogger(__name__)
 
@@ -202,27 +202,6 @@ def _job_settings(sources, num_frames, sample_stride, verify, unit_size):
             "sample_stride": sample_stride, "verify": verify, "unit_size": unit_size, "version": 1}
 
 
-def _check_out_dir(out_dir, settings):
-    settings_path = os.path.join(out_dir, "ingest.json")
-    if os.path.exists(settings_path):
-        with open(settings_path) as handle:
-            previous = json.load(handle)
-        if previous != settings:
-            changed = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
-            raise IngestError(f"{out_dir} holds an ingest run with other settings ({', '.join(changed)} differ); "
-                              f"use a new --out folder or the same settings to resume")
-        return
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise IngestError(f"{out_dir} is not empty and holds no ingest run; choose an empty or new folder")
-    os.makedirs(os.path.join(out_dir, "units"), exist_ok=True)
-    write_atomically(settings_path, lambda tmp: _write_json(tmp, settings))
-
-
-def _write_json(path, data):
-    with open(path, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-
-
 def latest_rows(out_dir, ledger_records):
     """The newest row per input over all committed units (a retry supersedes the failure it retried)."""
     latest = {}
@@ -257,7 +236,7 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
         _decoder(timeout).start()  # its start-up overlaps discovery and planning
     out_dir = os.path.abspath(out_dir)
     settings = _job_settings(sources, num_frames, sample_stride, verify, unit_size)
-    _check_out_dir(out_dir, settings)
+    open_job_folder(out_dir, "ingest.json", settings, "units", IngestError)
     with JobLock(out_dir):
         removed = remove_abandoned_staging(os.path.join(out_dir, "units")) + remove_abandoned_staging(out_dir)
         if removed:
@@ -277,7 +256,8 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
                   "sample_stride": sample_stride, "attempt": attempt,
                   "min_frames": num_frames * sample_stride if num_frames else 0}
         specs = [{**unit, **common} for unit in pending]
-        errors = _run_with_progress(specs, ledger, workers, scheduler, progress)
+        errors = run_and_commit(ingest_unit, specs, ledger, lambda spec: len(spec["inputs"]), "ingest", "video",
+                                workers, scheduler, progress)
         ok, failed = _assemble(out_dir, latest_rows(out_dir, ledger.records()))
     seconds = time.perf_counter() - started
     by_category = {}
@@ -293,22 +273,3 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
 def _as_input(row):
     return {"video_id": row["video_id"], "path": row["path"], "kind": row["kind"], "label": row["label"],
             "caption": row["caption"]}
-
-
-def _run_with_progress(specs, ledger, workers, scheduler, progress):
-    from tqdm.auto import tqdm
-    bar = tqdm(total=sum(len(spec["inputs"]) for spec in specs), unit="video", desc="ingest", disable=not progress)
-    errors = []
-
-    def commit(spec, result):
-        if result is None:
-            errors.append(spec["unit_id"])
-        else:
-            ledger.append(result)
-        bar.update(len(spec["inputs"]))
-
-    try:
-        run_units(ingest_unit, specs, commit, workers, scheduler)
-    finally:
-        bar.close()
-    return errors

@@ -50,6 +50,31 @@ def write_atomically(path, write):
             os.remove(tmp)
 
 
+def write_json_atomically(path, data):
+    def write(tmp):
+        with open(tmp, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+    write_atomically(path, write)
+
+
+def open_job_folder(out_dir, settings_name, settings, subfolder, error=ValueError):
+    """Create `out_dir` for a job with `settings` (saved as `settings_name`), or check that an existing
+    one was made with the same settings, so runs are resumed and never mixed. Raises `error`."""
+    settings_path = os.path.join(out_dir, settings_name)
+    if os.path.exists(settings_path):
+        with open(settings_path) as handle:
+            previous = json.load(handle)
+        if previous != settings:
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise error(f"{out_dir} holds a run made with other settings ({', '.join(changed)} differ); refusing "
+                        f"to mix them: use a new --out folder, or the same settings to resume")
+        return
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise error(f"{out_dir} is not empty and holds no {settings_name}; choose an empty or new folder")
+    os.makedirs(os.path.join(out_dir, subfolder), exist_ok=True)
+    write_json_atomically(settings_path, settings)
+
+
 class Ledger:
     """Append-only JSON-lines file of unit records, each with a "unit_id"."""
 

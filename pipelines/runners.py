@@ -5,16 +5,17 @@ import logging
 logger = logging.getLogger(__name__)
 
 
-def run_units(work, specs, on_result, workers=1, scheduler=None):
+def run_units(work, specs, on_result, workers=1, scheduler=None, stop_on=()):
     """Run work(spec) for every spec and call on_result(spec, result) in this process as each
-    finishes. A unit that raises is logged and reported as on_result(spec, None). workers=0 runs
+    finishes. A unit that raises is logged and reported as on_result(spec, None), except for the
+    exception types in `stop_on`, which cancel the remaining units and propagate. workers=0 runs
     in-process; workers>=1 starts a dask LocalCluster of that many single-threaded processes;
     `scheduler` ("tcp://host:port") uses an existing cluster instead."""
     if not specs:
         return
     if scheduler is None and workers == 0:
         for spec in specs:
-            on_result(spec, _guarded(work, spec))
+            on_result(spec, _guarded(work, spec, stop_on))
         return
     import dask
     from dask.distributed import Client, LocalCluster, as_completed
@@ -32,6 +33,9 @@ def run_units(work, specs, on_result, workers=1, scheduler=None):
             spec = futures[future]
             try:
                 result = future.result()
+            except stop_on:
+                client.cancel(list(futures))
+                raise
             except Exception as err:
                 logger.error("unit %s failed: %r", spec.get("unit_id"), err)
                 result = None
@@ -42,9 +46,32 @@ def run_units(work, specs, on_result, workers=1, scheduler=None):
             cluster.close()
 
 
-def _guarded(work, spec):
+def _guarded(work, spec, stop_on):
     try:
         return work(spec)
+    except stop_on:
+        raise
     except Exception as err:
         logger.error("unit %s failed: %r", spec.get("unit_id"), err)
         return None
+
+
+def run_and_commit(work, specs, ledger, weight, desc, unit, workers=1, scheduler=None, progress=True, stop_on=()):
+    """run_units with the commit every stage does: append each result to the ledger as it arrives and
+    advance a progress bar by weight(spec) ({unit}s). Returns the ids of units that raised."""
+    from tqdm.auto import tqdm
+    bar = tqdm(total=sum(weight(spec) for spec in specs), unit=unit, desc=desc, disable=not progress)
+    errors = []
+
+    def commit(spec, result):
+        if result is None:
+            errors.append(spec["unit_id"])
+        else:
+            ledger.append(result)
+        bar.update(weight(spec))
+
+    try:
+        run_units(work, specs, commit, workers, scheduler, stop_on)
+    finally:
+        bar.close()
+    return errors

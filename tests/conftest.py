@@ -8,15 +8,20 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import mindspore as ms  # noqa: E402
 
+from latte_core.runtime import prefer_avx2_onednn  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get("LATTE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+
+# Once per session, before any kernel runs (MindSpore refuses a device change after that).
+prefer_avx2_onednn()
+ms.set_device("CPU")
 
 
 @pytest.fixture(autouse=True)
 def graph_mode_on_cpu(tmp_path, monkeypatch):
     # MindSpore writes compile reports (rank_0/, rewritten_network/) into the working directory.
     monkeypatch.chdir(tmp_path)
-    ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
     yield
 

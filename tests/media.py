@@ -49,3 +49,24 @@ def truncate(path, keep_fraction=0.5):
     with open(path, "wb") as handle:
         handle.write(data[: int(len(data) * keep_fraction)])
     return path
+
+
+def write_vae_folder(folder, block_out_channels=(8, 8, 8, 8), groups=4, layers_per_block=1, seed=0):
+    """A diffusers-format AutoencoderKL folder with random weights (8x downsampling by default)."""
+    import json
+
+    import mindspore as ms
+    from safetensors.numpy import save_file
+
+    from latte_core import AutoencoderKL
+
+    ms.set_seed(seed)
+    config = {"block_out_channels": list(block_out_channels), "layers_per_block": layers_per_block,
+              "norm_num_groups": groups, "latent_channels": 4, "scaling_factor": 0.18215}
+    vae = AutoencoderKL.from_config(config)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as handle:
+        json.dump(config, handle)
+    save_file({p.name: p.asnumpy() for p in vae.get_parameters()},
+              os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+    return folder

@@ -1,0 +1,64 @@
+"""Parquet cache shards: one row per chunk of frames, readable by pyarrow, pandas and dask.
+
+    <shard>/shard.parquet, columns: video (int32 offset), start (int32), frames (int32),
+    shape (list<int32>), <field> (binary: the chunk's array in the cache dtype)
+
+Row groups are sized to about `ROW_GROUP_BYTES` so readers can fetch parts of a shard.
+"""
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FILE_NAME = "shard.parquet"
+ROW_GROUP_BYTES = 96 << 20  # within the 64-128 MB that columnar readers handle well
+
+
+class ShardWriter:
+    def __init__(self, folder, *, fields, chunk_frames, frame_nbytes):
+        self.path = os.path.join(folder, FILE_NAME)
+        self.fields = fields
+        self.chunk_frames = chunk_frames
+        self.schema = pa.schema([("video", pa.int32()), ("start", pa.int32()), ("frames", pa.int32()),
+                                 ("shape", pa.list_(pa.int32()))] + [(f, pa.binary()) for f in fields])
+        self.writer = pq.ParquetWriter(self.path, self.schema)
+        self.rows, self.buffered_bytes = [], 0
+        self.count = 0
+
+    def add(self, arrays):
+        frames = len(arrays[self.fields[0]])
+        for start in range(0, frames, self.chunk_frames):
+            row = {"video": self.count, "start": start}
+            for field in self.fields:
+                chunk = np.ascontiguousarray(arrays[field][start:start + self.chunk_frames])
+                row.update(frames=len(chunk), shape=list(chunk.shape))
+                row[field] = chunk.tobytes()
+                self.buffered_bytes += chunk.nbytes
+            self.rows.append(row)
+            if self.buffered_bytes >= ROW_GROUP_BYTES:
+                self._flush()
+        self.count += 1
+        return self.count - 1
+
+    def _flush(self):
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows, self.buffered_bytes = [], 0
+
+    def close(self):
+        self._flush()
+        self.writer.close()
+
+
+def read_video(folder, offset, fields, dtype, frames):
+    table = pq.read_table(os.path.join(folder, FILE_NAME), filters=[("video", "=", offset)],
+                          columns=["start", "shape"] + list(fields))
+    rows = sorted(table.to_pylist(), key=lambda row: row["start"])
+    out = {}
+    for field in fields:
+        parts = [np.frombuffer(row[field], dtype=dtype).reshape(row["shape"]) for row in rows]
+        out[field] = np.concatenate(parts) if parts else np.zeros((0,), dtype)
+        if len(out[field]) != frames:
+            raise IOError(f"{folder}: video {offset} has {len(out[field])} frames in the shard, the index says {frames}")
+    return out

@@ -1,0 +1,296 @@
+"""Stage 2, cache: encode every video of a manifest once with the VAE into latent shards.
+
+    manifest.parquet ─ plan ─▶ shards of `shard_videos` videos (sorted by video_id; id = hash of members)
+      └ each shard (any runner, VAE loaded once per worker process):
+          decode frames sequentially ─▶ center-crop + resize ─▶ [-1, 1] ─▶ VAE encode in micro-batches
+          ─▶ posterior mean + std (or one sample) per frame ─▶ shard writer (numpy | mindrecord | parquet)
+          in shards/.staging-*/ ─▶ one rename to shards/<shard>/ ─▶ one ledger line (index rows inside)
+      └ at the end: index.parquet and failures.parquet from the ledger
+
+Decoding runs in a thread ahead of the encoder (a bounded queue of micro-batches), and shards are
+written as each video finishes, so decode, encode and write overlap.
+"""
+import errno
+import hashlib
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datasets.cache import FORMATS, fields_for
+from datasets.video import center_crop_resize, iter_frames
+
+from .ledger import STAGING_PREFIX, JobLock, Ledger, open_job_folder, sha256_of, staging_path, write_atomically
+from .runners import run_and_commit
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+CROP_RULE = "center-crop the short-edge square, bilinear resize to image_size (PIL), scale to [-1, 1]"
+INDEX_SCHEMA = pa.schema([("video_id", pa.string()), ("shard", pa.string()), ("offset", pa.int32()),
+                          ("frames", pa.int32()), ("label", pa.int64()), ("caption", pa.string())])
+FAILURE_SCHEMA = pa.schema([("video_id", pa.string()), ("path", pa.string()), ("category", pa.string()),
+                            ("message", pa.string())])
+
+
+class CacheError(ValueError):
+    """Bad usage of the cache stage: a missing manifest or VAE, a folder of another cache."""
+
+
+class DiskFull(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------ fingerprint
+def vae_fingerprint(vae_dir):
+    """sha256 over the VAE folder's config and weights: a different VAE gives different latents."""
+    digest = hashlib.sha256()
+    names = [n for n in ("config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+             if os.path.isfile(os.path.join(vae_dir, n))]
+    if "config.json" not in names or len(names) < 2:
+        raise CacheError(f"{vae_dir}: expected a diffusers VAE folder (config.json + diffusion_pytorch_model.*)")
+    for name in names:
+        digest.update(name.encode())
+        digest.update(sha256_of(os.path.join(vae_dir, name)).encode())
+    return digest.hexdigest()
+
+
+def cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shard_videos):
+    from latte_core import AutoencoderKL
+    with open(os.path.join(vae_dir, "config.json")) as handle:
+        config = json.load(handle)
+    vae_config = AutoencoderKL.from_config(config, vae_dir).config
+    return {
+        "version": CACHE_VERSION, "format": fmt, "vae_sha256": vae_fingerprint(vae_dir),
+        "scaling_factor": vae_config["scaling_factor"], "latent_channels": vae_config["latent_channels"],
+        "downsample_factor": 2 ** (len(vae_config["block_out_channels"]) - 1), "image_size": image_size,
+        "crop": CROP_RULE, "store": store, "fields": list(fields_for(store)), "dtype": dtype,
+        "chunk_frames": chunk_frames, "shard_videos": shard_videos,
+    }
+
+
+# ------------------------------------------------------------------------------------------ the shard
+_VAES = {}
+
+
+def _vae(vae_dir):
+    """The VAE, loaded once per worker process (the transformer is never built here)."""
+    if vae_dir not in _VAES:
+        import mindspore as ms
+        from latte_core import AutoencoderKL
+        ms.set_context(mode=ms.GRAPH_MODE)
+        _VAES[vae_dir] = AutoencoderKL.from_pretrained(vae_dir)
+    return _VAES[vae_dir]
+
+
+def _frame_batches(item, image_size, micro_batch, out):
+    """Producer thread: decode + crop/resize + normalise, put (N, 3, S, S) float32 batches on `out`,
+    then None; an exception is put on the queue for the consumer to raise."""
+    try:
+        batch = []
+        for frame in iter_frames(item["path"], item["kind"]):
+            batch.append(center_crop_resize(frame, image_size))
+            if len(batch) == micro_batch:
+                out.put(_to_input(batch))
+                batch = []
+        if batch:
+            out.put(_to_input(batch))
+        out.put(None)
+    except Exception as err:  # reported by the consumer as this video's failure
+        out.put(err)
+
+
+def _to_input(frames):
+    return (np.stack(frames).astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)
+
+
+def encode_video_frames(vae, item, spec, timings):
+    """All frames of one video -> {field: (frames, C, h, w)} in the cache dtype."""
+    import mindspore as ms
+    batches = queue.Queue(maxsize=4)
+    producer = threading.Thread(target=_frame_batches, args=(item, spec["image_size"], spec["micro_batch"], batches),
+                                daemon=True)
+    producer.start()
+    outputs = {field: [] for field in fields_for(spec["store"])}
+    rng = np.random.default_rng([spec["seed"], int(hashlib.sha1(item["video_id"].encode()).hexdigest()[:8], 16)])
+    while True:
+        waited = time.perf_counter()
+        batch = batches.get()
+        timings["decode"] += time.perf_counter() - waited  # time the encoder waited for frames
+        if batch is None:
+            break
+        if isinstance(batch, Exception):
+            producer.join()
+            raise batch
+        started = time.perf_counter()
+        count = len(batch)
+        if count < spec["micro_batch"]:  # pad: graph mode would compile again for every new batch size
+            batch = np.concatenate([batch, np.repeat(batch[-1:], spec["micro_batch"] - count, axis=0)])
+        posterior = vae.encode(ms.Tensor(batch))
+        if spec["store"] == "posterior":
+            outputs["mean"].append(posterior.mean.asnumpy()[:count].astype(spec["dtype"]))
+            outputs["std"].append(posterior.std.asnumpy()[:count].astype(spec["dtype"]))
+        else:  # one fixed draw, as MindONE's cache stores; seeded per video for reproducibility
+            noise = rng.standard_normal((count,) + tuple(posterior.mean.shape[1:])).astype(np.float32)
+            sample = posterior.mean.asnumpy()[:count] + posterior.std.asnumpy()[:count] * noise
+            outputs["sample"].append(sample.astype(spec["dtype"]))
+        timings["encode"] += time.perf_counter() - started
+    producer.join()
+    if not outputs[next(iter(outputs))]:
+        raise ValueError(f"{item['path']}: no frames decoded")
+    return {field: np.concatenate(parts) for field, parts in outputs.items()}
+
+
+def cache_shard(spec):
+    """Encode one shard's videos and commit shards/<shard_id>/; returns the ledger record."""
+    vae = _vae(spec["vae_dir"])
+    shards_dir = os.path.join(spec["out_dir"], "shards")
+    staging = staging_path(shards_dir, spec["unit_id"])
+    final = os.path.join(shards_dir, spec["unit_id"])
+    fields = fields_for(spec["store"])
+    latent = spec["image_size"] // spec["downsample_factor"]
+    frame_nbytes = len(fields) * spec["latent_channels"] * latent * latent * np.dtype(spec["dtype"]).itemsize
+    timings = {"decode": 0.0, "encode": 0.0, "write": 0.0}
+    index, failures, source_bytes = [], [], 0
+    try:
+        os.makedirs(staging)
+        writer = FORMATS[spec["format"]].ShardWriter(staging, fields=fields, chunk_frames=spec["chunk_frames"],
+                                                     frame_nbytes=frame_nbytes)
+        for item in spec["videos"]:
+            try:
+                arrays = encode_video_frames(vae, item, spec, timings)
+            except Exception as err:  # one bad video fails that video, not the shard
+                failures.append({"video_id": item["video_id"], "path": item["path"], "category": "unreadable",
+                                 "message": f"{item['path']}: {str(err).splitlines()[0][:300] if str(err) else repr(err)}"})
+                continue
+            started = time.perf_counter()
+            offset = writer.add(arrays)
+            timings["write"] += time.perf_counter() - started
+            index.append({"video_id": item["video_id"], "shard": spec["unit_id"], "offset": offset,
+                          "frames": len(arrays[fields[0]]), "label": item.get("label"), "caption": item.get("caption")})
+            source_bytes += _source_size(item)
+        started = time.perf_counter()
+        writer.close()
+        _fsync_folder(staging)
+        digest, size = shard_digest(staging)
+        if os.path.exists(final):  # committed by a run that was killed before its ledger line
+            shutil.rmtree(final)
+        os.rename(staging, final)
+        timings["write"] += time.perf_counter() - started
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if err.errno == errno.ENOSPC:
+            raise DiskFull(f"no space left on the device holding {spec['out_dir']} while writing shard "
+                           f"{spec['unit_id']}; committed shards are intact, free space and re-run") from None
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"unit_id": spec["unit_id"], "videos": len(index), "failed": len(failures),
+            "frames": sum(row["frames"] for row in index), "bytes": size, "sha256": digest,
+            "source_bytes": source_bytes,
+            "seconds": {k: round(v, 4) for k, v in timings.items()}, "index": index, "failures": failures}
+
+
+def _source_size(item):
+    if item["kind"] == "frames":
+        return sum(entry.stat().st_size for entry in os.scandir(item["path"]) if entry.is_file())
+    return os.path.getsize(item["path"])
+
+
+def shard_digest(folder):
+    """sha256 over a shard folder's files (names and bytes, in name order) and their total size."""
+    digest, size = hashlib.sha256(), 0
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+        digest.update(name.encode())
+    return digest.hexdigest(), size
+
+
+def _fsync_folder(folder):
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name), "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+# ------------------------------------------------------------------------------------------ the job
+def plan_shards(videos, shard_videos, done_ids):
+    pending, done = [], 0
+    for start in range(0, len(videos), shard_videos):
+        members = videos[start:start + shard_videos]
+        key = json.dumps([[m["video_id"], m["path"], m["num_frames"]] for m in members])
+        shard_id = "s-" + hashlib.sha1(key.encode()).hexdigest()[:16]
+        if shard_id in done_ids:
+            done += 1
+        else:
+            pending.append({"unit_id": shard_id, "videos": members})
+    return pending, done
+
+
+def _read_manifest(manifest):
+    path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
+    if not os.path.isfile(path):
+        raise CacheError(f"{manifest}: no manifest.parquet (run `latte ingest` first)")
+    rows = pq.read_table(path).to_pylist()
+    return sorted(rows, key=lambda row: row["video_id"])
+
+
+def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="float16", store="posterior",
+              workers=1, scheduler=None, micro_batch=8, shard_videos=16, chunk_frames=16, skip_videos=0,
+              seed=0, progress=True):
+    """Run (or resume) the cache job; returns the summary dict."""
+    if fmt not in FORMATS:
+        raise CacheError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if dtype not in ("float16", "float32"):
+        raise CacheError(f"dtype must be float16 or float32, got {dtype!r}")
+    if min(image_size, micro_batch, shard_videos, chunk_frames) < 1 or skip_videos < 0:
+        raise CacheError("image_size, micro_batch, shard_videos and chunk_frames must be positive")
+    if not os.path.isdir(vae_dir):
+        raise CacheError(f"{vae_dir}: no such VAE folder")
+    started = time.perf_counter()
+    out_dir = os.path.abspath(out_dir)
+    vae_dir = os.path.abspath(vae_dir)
+    videos = _read_manifest(manifest)[skip_videos:]
+    fingerprint = cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shard_videos)
+    if image_size % fingerprint["downsample_factor"]:
+        raise CacheError(f"image_size {image_size} is not a multiple of the VAE's {fingerprint['downsample_factor']}")
+    open_job_folder(out_dir, "cache.json", fingerprint, "shards", CacheError)
+    with JobLock(out_dir):
+        shards_dir = os.path.join(out_dir, "shards")
+        for entry in os.scandir(shards_dir):
+            if entry.name.startswith(STAGING_PREFIX):
+                shutil.rmtree(entry.path)  # abandoned by a killed run
+        ledger = Ledger(out_dir)
+        pending, skipped = plan_shards(videos, shard_videos, {r["unit_id"] for r in ledger.records()})
+        logger.info("%d videos in %d shards: %d already cached", len(videos), skipped + len(pending), skipped)
+        common = {"out_dir": out_dir, "vae_dir": vae_dir, "format": fmt, "image_size": image_size, "dtype": dtype,
+                  "store": store, "micro_batch": micro_batch, "chunk_frames": chunk_frames, "seed": seed,
+                  "latent_channels": fingerprint["latent_channels"],
+                  "downsample_factor": fingerprint["downsample_factor"]}
+        specs = [{**shard, **common} for shard in pending]
+        errors = run_and_commit(cache_shard, specs, ledger, lambda spec: sum(v["num_frames"] or 0 for v in spec["videos"]),
+                                "cache", "frame", workers, scheduler, progress, stop_on=DiskFull)
+        records = ledger.records()
+        index = [row for record in records for row in record["index"]]
+        failures = [row for record in records for row in record["failures"]]
+        index.sort(key=lambda row: row["video_id"])
+        failures.sort(key=lambda row: row["video_id"])
+        write_atomically(os.path.join(out_dir, "index.parquet"),
+                         lambda tmp: pq.write_table(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), tmp))
+        write_atomically(os.path.join(out_dir, "failures.parquet"),
+                         lambda tmp: pq.write_table(pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA), tmp))
+    seconds = time.perf_counter() - started
+    run_frames = sum(r["frames"] for r in records if r["unit_id"] in {s["unit_id"] for s in specs})
+    return {"out_dir": out_dir, "videos": len(index), "failed": len(failures), "frames": sum(r["frames"] for r in index),
+            "shards_run": len(specs), "shards_skipped": skipped, "shard_errors": errors, "seconds": round(seconds, 2),
+            "frames_per_s": round(run_frames / seconds, 3) if specs else 0.0}
