@@ -392,6 +392,17 @@ class AutoencoderKL(nn.Cell):
         except (TypeError, ValueError) as err:
             raise ValueError(f"{source}: {err}") from None
 
+    def save_pretrained(self, folder):
+        """Write a diffusers-format folder (config.json + diffusion_pytorch_model.safetensors)."""
+        from safetensors.numpy import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "config.json"), "w") as handle:
+            json.dump({"_class_name": "AutoencoderKL", **self.config}, handle, indent=1)
+        save_file({p.name: p.asnumpy() for p in self.get_parameters()},
+                  os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+        return folder
+
     @classmethod
     def from_pretrained(cls, folder):
         """Load a diffusers-format folder: config.json + diffusion_pytorch_model.safetensors (or .bin,

@@ -356,6 +356,26 @@ def bench_ingest_command(sources, workers, replan_inputs):
     click.echo(json.dumps(bench_ingest(list(sources), workers, replan_inputs)))
 
 
+@bench.command("cache")
+@click.option("--format", "fmt", default="numpy", show_default=True, type=click.Choice(["numpy", "mindrecord", "parquet"]))
+@click.option("--vae", "vae_dir", type=click.Path(file_okay=False),
+              help="diffusers VAE folder [a random-weight VAE of sd-vae-ft-mse's architecture].")
+@click.option("--videos", default=2, show_default=True, help="Synthetic H.264 clips to cache.")
+@click.option("--frames", default=16, show_default=True, help="Frames per clip.")
+@click.option("--size", default=256, show_default=True, help="Cached frame size.")
+@click.option("--micro-batch", default=8, show_default=True, help="Frames per VAE call.")
+def bench_cache_command(fmt, vae_dir, videos, frames, size, micro_batch):
+    """End-to-end cache frames/s against encode-only frames/s of the same VAE on the same frames.
+
+    \b
+    Example:
+      latte bench cache --format mindrecord
+    """
+    from pipelines.bench import bench_cache
+    setup_mindspore("CPU")
+    click.echo(json.dumps(bench_cache(fmt, vae_dir, videos, frames, size, micro_batch)))
+
+
 @bench.command("attention")
 @click.option("--tokens", default=16384, show_default=True, help="Sequence length (one head group).")
 @click.option("--head-dim", default=64, show_default=True, help="Head size.")

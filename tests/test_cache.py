@@ -85,9 +85,18 @@ def test_cache_holds_the_vae_posterior_of_the_cropped_frames(ingested, numpy_cac
 def test_formats_hold_identical_content(ingested, numpy_cache, tmp_path, fmt):
     _cache(ingested, tmp_path / fmt, fmt=fmt)
     _assert_same_cache(numpy_cache[0], tmp_path / fmt)
-    if fmt == "parquet":  # plain pyarrow (and so pandas / dask) reads the shards
-        shard = next((tmp_path / fmt / "shards").iterdir()) / "shard.parquet"
-        assert {"video", "start", "frames", "shape", "mean", "std"} <= set(pq.read_schema(shard).names)
+    if fmt == "parquet":  # pyarrow, pandas and dask read the shards as they are
+        import dask.dataframe
+        import pandas
+        shards = sorted(str(path / "shard.parquet") for path in (tmp_path / fmt / "shards").iterdir())
+        frames = pandas.read_parquet(shards[0])
+        assert list(frames.columns) == ["video", "start", "frames", "shape", "mean", "std"]
+        table = dask.dataframe.read_parquet(shards).compute()
+        assert table["frames"].sum() == sum(len(open_cache(tmp_path / fmt).read(v)["mean"])
+                                            for v in open_cache(tmp_path / fmt).ids)
+        row = frames.iloc[0]
+        chunk = np.frombuffer(row["mean"], np.float16).reshape(list(row["shape"]))
+        assert chunk.shape[0] == row["frames"] <= 4
 
 
 def test_sample_store_is_reproducible(ingested, tmp_path):

@@ -185,3 +185,10 @@ def test_float16_compute_stays_close_to_float32(vae_fixture):
     assert decoded.dtype == np.float32 and relative_error(decoded, vae_fixture["io"]["dec"]) < 1e-2
     with pytest.raises(ValueError, match="float16 or float32"):
         vae.set_compute_dtype(ms.int32)
+
+
+def test_save_pretrained_round_trips(vae_fixture, tmp_path):
+    vae = AutoencoderKL.from_pretrained(vae_fixture["folder"])
+    again = AutoencoderKL.from_pretrained(vae.save_pretrained(tmp_path / "copy"))
+    assert again.config == vae.config
+    _assert_matches_reference(again, vae_fixture["io"])
