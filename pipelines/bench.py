@@ -96,7 +96,7 @@ def bench_cache(fmt="numpy", vae_dir=None, videos=2, frames=16, size=256, micro_
         vae_dir = os.path.abspath(vae_dir)
         for i in range(videos):
             write_mp4(os.path.join(scratch, "src", f"clip_{i}.mp4"),
-                      moving_square_frames(frames, height=size, width=size * 4 // 3, seed=i))
+                      moving_square_frames(frames, height=size, width=size * 4 // 3 // 2 * 2, seed=i))  # 4:3, even
         run_ingest([os.path.join(scratch, "src")], os.path.join(scratch, "ingest"), workers=0, progress=False)
         vae = _vae(vae_dir)  # shared with the cache job below: both run on one compiled network
         pixels = [np.stack([center_crop_resize(f, size) for f in iter_frames(os.path.join(scratch, "src", name), "video")])

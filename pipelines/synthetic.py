@@ -23,8 +23,10 @@ def moving_square_frames(num_frames, height=48, width=64, seed=0):
 def write_mp4(path, frames, fps=8, faststart=False):
     """H.264 mp4 (yuv420p); with faststart the index (moov) precedes the data."""
     import imageio_ffmpeg
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise ValueError(f"{path}: H.264 in yuv420p needs even sizes, got {width}x{height}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     params = ["-loglevel", "error"] + (["-movflags", "+faststart"] if faststart else [])
     writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
                                          pix_fmt_out="yuv420p", macro_block_size=1, output_params=params)
