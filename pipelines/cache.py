@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from datasets.cache import FORMATS, fields_for
 from datasets.video import center_crop_resize, iter_frames
 
-from .ledger import STAGING_PREFIX, JobLock, Ledger, open_job_folder, sha256_of, staging_path, write_atomically
+from .ledger import JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, staging_path, write_atomically
 from .runners import run_and_commit
 
 logger = logging.getLogger(__name__)
@@ -266,10 +266,9 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
         raise CacheError(f"image_size {image_size} is not a multiple of the VAE's {fingerprint['downsample_factor']}")
     open_job_folder(out_dir, "cache.json", fingerprint, "shards", CacheError)
     with JobLock(out_dir):
-        shards_dir = os.path.join(out_dir, "shards")
-        for entry in os.scandir(shards_dir):
-            if entry.name.startswith(STAGING_PREFIX):
-                shutil.rmtree(entry.path)  # abandoned by a killed run
+        removed = remove_abandoned_staging(os.path.join(out_dir, "shards")) + remove_abandoned_staging(out_dir)
+        if removed:
+            logger.info("removed %d staging item(s) left by an interrupted run", removed)
         ledger = Ledger(out_dir)
         pending, skipped = plan_shards(videos, shard_videos, {r["unit_id"] for r in ledger.records()})
         logger.info("%d videos in %d shards: %d already cached", len(videos), skipped + len(pending), skipped)

@@ -29,6 +29,9 @@ def main(verbose):
 
     \b
     Example:
+      latte ingest --source sky_train/ --out work/ingest --num-frames 16 --sample-stride 3
+      latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --format mindrecord
+      latte report work/cache --verify
       latte convert latte --source skytimelapse.pt --target skytimelapse.ckpt
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2
     """

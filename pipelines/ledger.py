@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import uuid
 
 STAGING_PREFIX = ".staging-"
@@ -27,12 +28,15 @@ def staging_path(folder, name):
 
 
 def remove_abandoned_staging(folder):
-    """Delete staging files a killed run left behind; returns how many."""
+    """Delete the staging files and folders a killed run left behind; returns how many."""
     if not os.path.isdir(folder):
         return 0
-    stale = [entry.path for entry in os.scandir(folder) if entry.name.startswith(STAGING_PREFIX)]
-    for path in stale:
-        os.remove(path)
+    stale = [entry for entry in os.scandir(folder) if entry.name.startswith(STAGING_PREFIX)]
+    for entry in stale:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.remove(entry.path)
     return len(stale)
 
 
