@@ -13,6 +13,9 @@ import numpy as np
 
 FILE_NAME = "shard.mindrecord"
 MIN_PAGE, MAX_PAGE = 1 << 15, 1 << 28  # MindRecord's limits: 32 KB to 256 MB
+# The header reserves room for page metadata and is written sparse. MindRecord's default (16 MB) made
+# each small shard a 16 MB file to hash; 4 MB still holds the metadata of tens of thousands of pages.
+HEADER_SIZE = 1 << 22
 
 
 def page_size_for(record_bytes):
@@ -38,6 +41,7 @@ class ShardWriter:
         schema.update({field: {"type": "bytes"} for field in fields})
         self.writer = FileWriter(os.path.join(folder, FILE_NAME), shard_num=1, overwrite=False)
         self.writer.add_schema(schema, "latte latent cache")
+        self.writer.set_header_size(HEADER_SIZE)
         self.writer.set_page_size(page_size_for(chunk_frames * frame_nbytes))
         self.count = 0
 

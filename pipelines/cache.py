@@ -90,21 +90,32 @@ def _vae(vae_dir):
     return _VAES[vae_dir]
 
 
-def _frame_batches(item, image_size, micro_batch, out):
+def _frame_batches(item, image_size, micro_batch, out, stop):
     """Producer thread: decode + crop/resize + normalise, put (N, 3, S, S) float32 batches on `out`,
-    then None; an exception is put on the queue for the consumer to raise."""
+    then None; an exception is put on the queue for the consumer to raise. Gives up when `stop` is set
+    (the consumer failed), so it never blocks forever on a full queue."""
+    def put(value):
+        while not stop.is_set():
+            try:
+                out.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     try:
         batch = []
         for frame in iter_frames(item["path"], item["kind"]):
             batch.append(center_crop_resize(frame, image_size))
             if len(batch) == micro_batch:
-                out.put(_to_input(batch))
+                if not put(_to_input(batch)):
+                    return
                 batch = []
-        if batch:
-            out.put(_to_input(batch))
-        out.put(None)
+        if batch and not put(_to_input(batch)):
+            return
+        put(None)
     except Exception as err:  # reported by the consumer as this video's failure
-        out.put(err)
+        put(err)
 
 
 def _to_input(frames):
@@ -113,11 +124,19 @@ def _to_input(frames):
 
 def encode_video_frames(vae, item, spec, timings):
     """All frames of one video -> {field: (frames, C, h, w)} in the cache dtype."""
-    import mindspore as ms
-    batches = queue.Queue(maxsize=4)
-    producer = threading.Thread(target=_frame_batches, args=(item, spec["image_size"], spec["micro_batch"], batches),
-                                daemon=True)
+    batches, stop = queue.Queue(maxsize=4), threading.Event()
+    producer = threading.Thread(target=_frame_batches, daemon=True,
+                                args=(item, spec["image_size"], spec["micro_batch"], batches, stop))
     producer.start()
+    try:
+        return _encode_batches(vae, item, spec, timings, batches)
+    finally:
+        stop.set()
+        producer.join()
+
+
+def _encode_batches(vae, item, spec, timings, batches):
+    import mindspore as ms
     outputs = {field: [] for field in fields_for(spec["store"])}
     rng = np.random.default_rng([spec["seed"], int(hashlib.sha1(item["video_id"].encode()).hexdigest()[:8], 16)])
     while True:
@@ -127,7 +146,6 @@ def encode_video_frames(vae, item, spec, timings):
         if batch is None:
             break
         if isinstance(batch, Exception):
-            producer.join()
             raise batch
         started = time.perf_counter()
         count = len(batch)
@@ -142,7 +160,6 @@ def encode_video_frames(vae, item, spec, timings):
             sample = posterior.mean.asnumpy()[:count] + posterior.std.asnumpy()[:count] * noise
             outputs["sample"].append(sample.astype(spec["dtype"]))
         timings["encode"] += time.perf_counter() - started
-    producer.join()
     if not outputs[next(iter(outputs))]:
         raise ValueError(f"{item['path']}: no frames decoded")
     return {field: np.concatenate(parts) for field, parts in outputs.items()}
@@ -184,19 +201,33 @@ def cache_shard(spec):
             shutil.rmtree(final)
         os.rename(staging, final)
         timings["write"] += time.perf_counter() - started
-    except OSError as err:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
-        if err.errno == errno.ENOSPC:
+        if isinstance(err, Exception) and _disk_full(err, spec["out_dir"]):
             raise DiskFull(f"no space left on the device holding {spec['out_dir']} while writing shard "
                            f"{spec['unit_id']}; committed shards are intact, free space and re-run") from None
         raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"unit_id": spec["unit_id"], "videos": len(index), "failed": len(failures),
             "frames": sum(row["frames"] for row in index), "bytes": size, "sha256": digest,
-            "source_bytes": source_bytes,
+            "disk_bytes": _allocated_bytes(final), "source_bytes": source_bytes,
             "seconds": {k: round(v, 4) for k, v in timings.items()}, "index": index, "failures": failures}
+
+
+def _allocated_bytes(folder):
+    """Bytes the shard occupies on disk (MindRecord files are sparse: apparent size overstates them)."""
+    return sum(entry.stat().st_blocks * 512 for entry in os.scandir(folder) if entry.is_file())
+
+
+def _disk_full(err, folder):
+    """numpy raises OSError(ENOSPC); MindRecord and pyarrow word it in their own exceptions (MindRecord
+    refuses to write once less than about a megabyte is free: "No free disk to be used")."""
+    text = str(err)
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left" in text or "No free disk" in text:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def _source_size(item):

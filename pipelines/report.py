@@ -20,7 +20,7 @@ def cache_report(folder, verify=False):
     if os.path.isfile(failures_path):
         for row in pq.read_table(failures_path).to_pylist():
             failures[row["category"]] = failures.get(row["category"], 0) + 1
-    cache_bytes = sum(r["bytes"] for r in records)
+    cache_bytes = sum(r["disk_bytes"] for r in records)
     source_bytes = sum(r.get("source_bytes", 0) for r in records)
     report = {
         "cache": folder, "format": info["format"], "store": info["store"], "dtype": info["dtype"],

@@ -197,15 +197,25 @@ def test_report_counts_and_detects_a_changed_shard(ingested, tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a size-limited tmpfs needs root (CI runs as root)")
-def test_a_full_disk_stops_the_job_and_keeps_committed_shards(ingested, tmp_path):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_full_disk_stops_the_job_and_keeps_committed_shards(ingested, tmp_path, fmt):
+    # room for the first two shards of a reference run, plus slack for cache.json, the ledger and what
+    # writers need while writing (MindRecord's SQLite index journal, whole pages)
+    reference = tmp_path / "reference"
+    _cache(ingested, reference, fmt=fmt, dtype="float32", shard_videos=1)
+    shard_bytes = [json.loads(line)["disk_bytes"] for line in (reference / "ledger.jsonl").read_text().splitlines()]
+    size_kb = (sum(shard_bytes[:2]) + 96 * 1024) // 1024
     mount = tmp_path / "small"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mount)], check=True)
     try:
         with pytest.raises(DiskFull, match="no space left"):
-            _cache(ingested, mount / "cache", dtype="float32", shard_videos=1)
-        records = [json.loads(line) for line in (mount / "cache" / "ledger.jsonl").read_text().splitlines()]
-        assert 1 <= len(records) < 7
+            _cache(ingested, mount / "cache", fmt=fmt, dtype="float32", shard_videos=1)
+        ledger = mount / "cache" / "ledger.jsonl"
+        records = [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.exists() else []
+        assert len(records) < 7
+        if fmt != "mindrecord":  # MindRecord will not start a file with less than ~1 MB free: it stops at once
+            assert len(records) >= 1
         report = cache_report(mount / "cache", verify=True)
         assert report["corrupt_shards"] == [] and report["verified_shards"] == len(records)
         assert not [n for n in os.listdir(mount / "cache" / "shards") if n.startswith(".staging-")]
