@@ -5,6 +5,7 @@
     CACHE/shards/<shard>/  one folder per shard, in the format's layout (see *_format.py)
     CACHE/ledger.jsonl, CACHE/failures.parquet, CACHE/units/ (job bookkeeping)
 """
+import hashlib
 import json
 import os
 
@@ -57,3 +58,51 @@ class CacheReader:
 
 def open_cache(folder):
     return CacheReader(folder)
+
+
+def read_ledger(folder):
+    """The complete records of `folder/ledger.jsonl`, read-only: a line a running or killed job has
+    not finished (no newline yet) is ignored, never cut, so readers can run beside a job."""
+    path = os.path.join(folder, "ledger.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return [json.loads(line) for line in data[:data.rfind(b"\n") + 1].splitlines() if line.strip()]
+
+
+def shard_digest(folder):
+    """sha256 over a shard folder's files (names and bytes, in name order) and their total size."""
+    digest, size = hashlib.sha256(), 0
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+        digest.update(name.encode())
+    return digest.hexdigest(), size
+
+
+def shard_size(folder):
+    return sum(entry.stat().st_size for entry in os.scandir(folder) if entry.is_file())
+
+
+def check_shards(folder, records, mode="full"):
+    """{shard id: problem} for the ledger records whose shard is missing or whose size ("size") or
+    size and sha256 ("full") differ from what the ledger recorded when the shard was committed."""
+    if mode not in ("full", "size"):
+        raise ValueError(f"shard check must be 'full' or 'size', got {mode!r}")
+    problems = {}
+    for record in records:
+        shard = os.path.join(folder, "shards", record["unit_id"])
+        if not os.path.isdir(shard):
+            problems[record["unit_id"]] = "missing"
+            continue
+        if mode == "size":
+            size, digest = shard_size(shard), record["sha256"]
+        else:
+            digest, size = shard_digest(shard)
+        if size != record["bytes"] or digest != record["sha256"]:
+            problems[record["unit_id"]] = (f"{size} bytes, sha256 {digest[:12]}… differ from the ledger's "
+                                           f"{record['bytes']} bytes, {record['sha256'][:12]}…")
+    return problems

@@ -24,6 +24,17 @@ class ShardWriter:
         pass
 
 
+def read_frames(folder, offset, fields, frame_indices):
+    """Only the frames at `frame_indices` of one video, copied out of the memory maps (the maps are
+    closed again, so streaming many videos does not grow the resident memory)."""
+    out = {}
+    for field in fields:
+        array = np.load(os.path.join(folder, f"{offset}.{field}.npy"), mmap_mode="r")
+        out[field] = np.asarray(array[frame_indices])
+        del array
+    return out
+
+
 def read_video(folder, offset, fields, dtype, frames):
     """Memory-mapped arrays of one video (no copy until they are used)."""
     out = {field: np.load(os.path.join(folder, f"{offset}.{field}.npy"), mmap_mode="r") for field in fields}

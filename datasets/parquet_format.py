@@ -51,6 +51,26 @@ class ShardWriter:
         self.writer.close()
 
 
+def row_group_bounds(folder):
+    """First row of every row group, and the total row count as the last entry."""
+    metadata = pq.ParquetFile(os.path.join(folder, FILE_NAME)).metadata
+    return np.cumsum([0] + [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)])
+
+
+def read_row_group(folder, group, fields):
+    """One row group as a pyarrow Table with `video`, `start`, `shape` and the fields' chunk bytes."""
+    return pq.ParquetFile(os.path.join(folder, FILE_NAME)).read_row_group(
+        group, columns=["video", "start", "shape"] + list(fields))
+
+
+def chunk_of(table, row, fields, dtype):
+    """(video offset, first frame, {field: array}) of one row of a row group, without copying the bytes."""
+    shape = table.column("shape")[row].as_py()
+    arrays = {field: np.frombuffer(table.column(field)[row].as_buffer(), dtype=dtype).reshape(shape)
+              for field in fields}
+    return table.column("video")[row].as_py(), table.column("start")[row].as_py(), arrays
+
+
 def read_video(folder, offset, fields, dtype, frames):
     table = pq.read_table(os.path.join(folder, FILE_NAME), filters=[("video", "=", offset)],
                           columns=["start", "shape"] + list(fields))

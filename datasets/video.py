@@ -166,6 +166,34 @@ def iter_frames(path, kind):
             yield reader.next().asnumpy()
 
 
+def read_frames_at(path, kind, indices):
+    """The frames at `indices` (ascending) of a video file or frame folder: uint8 (len, H, W, 3)."""
+    from PIL import Image
+
+    indices = [int(i) for i in indices]
+    if kind == "frames":
+        files = list_frame_files(path)
+        if indices and indices[-1] >= len(files):
+            raise UnusableInput("too short", f"{path}: frame {indices[-1]} asked for, {len(files)} frames")
+        frames = []
+        for index in indices:
+            with Image.open(files[index]) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        return np.stack(frames)
+    if path.lower().endswith(".gif"):
+        frames = []
+        with Image.open(path) as image:
+            for index in indices:
+                image.seek(index)
+                frames.append(np.asarray(image.convert("RGB")))
+        return np.stack(frames)
+    import decord
+    reader = decord.VideoReader(path, num_threads=1)
+    if indices and indices[-1] >= len(reader):
+        raise UnusableInput("too short", f"{path}: frame {indices[-1]} asked for, {len(reader)} frames")
+    return reader.get_batch(indices).asnumpy()
+
+
 def center_crop_resize(frame, size):
     """The official Latte rule: center-crop the largest square (on the short edge), then resize it
     to size x size with bilinear filtering. uint8 (H, W, 3) -> uint8 (size, size, 3)."""
@@ -178,3 +206,8 @@ def center_crop_resize(frame, size):
     if side == size:
         return np.ascontiguousarray(square)
     return np.asarray(Image.fromarray(square).resize((size, size), Image.BILINEAR))
+
+
+def to_pixels(frames):
+    """uint8 frames (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1], the VAE's input."""
+    return (np.stack(frames).astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)

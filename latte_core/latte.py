@@ -310,10 +310,11 @@ LATTE_MODELS = {
 
 
 def create_latte(name, **kwargs):
-    """Build a named variant, e.g. create_latte("Latte-XL/2", input_size=32, num_frames=16)."""
+    """Build a named variant, e.g. create_latte("Latte-XL/2", input_size=32, num_frames=16); keyword
+    arguments override the variant's own (depth, hidden_size, num_heads) too."""
     if name not in LATTE_MODELS:
         raise ValueError(f"unknown Latte variant {name!r}; choose one of {', '.join(LATTE_MODELS)}")
-    return Latte(**LATTE_MODELS[name], **kwargs)
+    return Latte(**{**LATTE_MODELS[name], **kwargs})
 
 
 def latte_config_from_state_dict(state, in_channels=4):

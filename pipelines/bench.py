@@ -119,3 +119,113 @@ def bench_cache(fmt="numpy", vae_dir=None, videos=2, frames=16, size=256, micro_
             "encode_only_frames_per_s": round(total / encode_s, 3),
             "end_to_end_frames_per_s": round(summary["frames"] / end_to_end_s, 3),
             "end_to_end_to_encode_only": round((summary["frames"] / end_to_end_s) / (total / encode_s), 3)}
+
+
+def write_synthetic_cache(out_dir, fmt="numpy", videos=64, frames=128, latent=32, store="posterior",
+                          dtype="float16", shard_videos=16, chunk_frames=16, seed=0):
+    """A cache folder of random latents, written by the cache stage's own shard writer and ledger (no
+    VAE, no videos), for loader benchmarks at sizes real encoding would take days to produce."""
+    from datasets.cache import fields_for
+
+    from .cache import CROP_RULE, CACHE_VERSION, publish_index, write_shard
+    from .ledger import Ledger, open_job_folder
+
+    fields = fields_for(store)
+    info = {"version": CACHE_VERSION, "format": fmt, "vae_sha256": "synthetic", "scaling_factor": 0.18215,
+            "latent_channels": 4, "downsample_factor": 8, "image_size": latent * 8, "crop": CROP_RULE,
+            "store": store, "fields": list(fields), "dtype": dtype, "chunk_frames": chunk_frames,
+            "shard_videos": shard_videos}
+    open_job_folder(out_dir, "cache.json", info, "shards")
+    ledger = Ledger(out_dir)
+    rng = np.random.default_rng(seed)
+    frame_values = 4 * latent * latent
+    pool = rng.standard_normal(frame_values * (frames + 64)).astype(dtype)  # windows of it fill the videos
+    spec_common = {"out_dir": os.path.abspath(out_dir), "format": fmt, "store": store, "dtype": dtype,
+                   "image_size": latent * 8, "downsample_factor": 8, "latent_channels": 4,
+                   "chunk_frames": chunk_frames}
+    for first in range(0, videos, shard_videos):
+        items = [{"video_id": f"v{i:07d}", "path": "synthetic", "label": i % 10, "caption": None}
+                 for i in range(first, min(first + shard_videos, videos))]
+
+        def arrays():
+            for item in items:
+                shift = int(rng.integers(0, 64)) * frame_values
+                video = {field: pool[shift:shift + frames * frame_values].reshape(frames, 4, latent, latent)
+                         for field in fields}
+                yield item, video, 0
+
+        spec = {**spec_common, "unit_id": f"s-synthetic{first:09d}"}
+        ledger.append(write_shard(spec, arrays(), {"decode": 0.0, "encode": 0.0, "write": 0.0}))
+    publish_index(out_dir, ledger.records())
+    return out_dir
+
+
+def _plain_read(files):
+    """Bytes and seconds of reading every file once, sequentially, in 8 MB blocks."""
+    size, start = 0, time.perf_counter()
+    for path in files:
+        with open(path, "rb", buffering=0) as handle:
+            while True:
+                block = handle.read(8 << 20)
+                if not block:
+                    break
+                size += len(block)
+    return size, time.perf_counter() - start
+
+
+def _loader_figures(cache_dir, loader_options, max_batches, queue):
+    """Child process: a warm plain read of every shard file, then the loader; reports figures."""
+    os.environ.setdefault("GLOG_v", "3")
+    from datasets.loader import CacheLoader
+    from train.bench import peak_rss_mb  # the CLI's benchmarks share their helpers
+
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(os.path.join(cache_dir, "shards"))
+                   for name in names)
+    _plain_read(files)  # warms the page cache
+    plain_bytes, plain_s = _plain_read(files)
+    start = time.perf_counter()
+    loader = CacheLoader(cache_dir, **loader_options)
+    setup_s = time.perf_counter() - start
+    frame_bytes = len(loader.cache.fields) * loader.cache.dtype.itemsize * int(
+        np.prod(loader.cache.read(loader.video_ids[0])[loader.cache.fields[0]].shape[1:]))
+    samples, start = 0, time.perf_counter()
+    for number, batch in enumerate(loader):
+        samples += len(batch["latent"])
+        if max_batches and number + 1 >= max_batches:
+            break
+    loader_s = time.perf_counter() - start
+    loader_bytes = samples * loader.plan.num_frames * frame_bytes
+    queue.put({"plain_read": {"bytes": plain_bytes, "seconds": round(plain_s, 3),
+                              "MB_per_s": round(plain_bytes / plain_s / 1e6, 1)},
+               "loader": {"samples": samples, "seconds": round(loader_s, 3), "setup_seconds": round(setup_s, 3),
+                          "samples_per_s": round(samples / loader_s, 1),
+                          "MB_per_s": round(loader_bytes / loader_s / 1e6, 1)},
+               "peak_rss_mb": round(peak_rss_mb(), 1)})
+
+
+def bench_loader(cache_dir=None, synthetic_gb=1.0, fmt="numpy", batch_size=4, num_frames=16, sample_stride=1,
+                 clips_per_video=None, workers=2, max_batches=0, check="full"):
+    """Loader samples/s and MB/s (stored latent bytes of the frames it delivers) against a plain
+    sequential read of the same shard files, page cache warm, in a fresh process (for its peak RSS).
+    Without `cache_dir`, a synthetic cache of `synthetic_gb` GB in format `fmt` is written first."""
+    from datasets.cache import open_cache
+    from train.bench import run_in_fresh_process
+
+    with tempfile.TemporaryDirectory() as scratch:
+        frames = 128
+        if cache_dir is None:
+            frame_bytes = 2 * 4 * 32 * 32 * 2  # posterior mean + std, float16, 32x32 latents
+            videos = max(1, int(synthetic_gb * 1e9 / (frames * frame_bytes)))
+            cache_dir = write_synthetic_cache(os.path.join(scratch, "cache"), fmt, videos, frames)
+        else:
+            cache = open_cache(cache_dir)
+            frames = int(np.median([cache.entries[v]["frames"] for v in cache.ids]))
+        options = {"batch_size": batch_size, "num_frames": num_frames, "sample_stride": sample_stride,
+                   "clips_per_video": clips_per_video or max(1, frames // num_frames),
+                   "num_parallel_workers": workers, "check": check}
+        figures = run_in_fresh_process(_loader_figures, (cache_dir, options, max_batches), "loader")
+        info = open_cache(cache_dir).info
+    result = {"bench": "loader", "format": info["format"], "store": info["store"], **options,
+              "cache_bytes": figures["plain_read"]["bytes"], **figures}
+    result["loader_to_plain_MB_per_s"] = round(figures["loader"]["MB_per_s"] / figures["plain_read"]["MB_per_s"], 3)
+    return result

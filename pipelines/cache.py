@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datasets.cache import FORMATS, fields_for
-from datasets.video import center_crop_resize, iter_frames
+from datasets.cache import FORMATS, fields_for, shard_digest
+from datasets.video import center_crop_resize, iter_frames, to_pixels
 
 from .ledger import JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, staging_path, write_atomically
 from .runners import run_and_commit
@@ -108,18 +108,14 @@ def _frame_batches(item, image_size, micro_batch, out, stop):
         for frame in iter_frames(item["path"], item["kind"]):
             batch.append(center_crop_resize(frame, image_size))
             if len(batch) == micro_batch:
-                if not put(_to_input(batch)):
+                if not put(to_pixels(batch)):
                     return
                 batch = []
-        if batch and not put(_to_input(batch)):
+        if batch and not put(to_pixels(batch)):
             return
         put(None)
     except Exception as err:  # reported by the consumer as this video's failure
         put(err)
-
-
-def _to_input(frames):
-    return (np.stack(frames).astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)
 
 
 def encode_video_frames(vae, item, spec, timings):
@@ -168,31 +164,45 @@ def _encode_batches(vae, item, spec, timings, batches):
 def cache_shard(spec):
     """Encode one shard's videos and commit shards/<shard_id>/; returns the ledger record."""
     vae = _vae(spec["vae_dir"])
+    timings = {"decode": 0.0, "encode": 0.0, "write": 0.0}
+
+    def encoded():
+        for item in spec["videos"]:
+            try:
+                arrays = encode_video_frames(vae, item, spec, timings)
+            except Exception as err:  # one bad video fails that video, not the shard
+                yield item, err, 0
+                continue
+            yield item, arrays, _source_size(item)
+
+    return write_shard(spec, encoded(), timings)
+
+
+def write_shard(spec, videos, timings):
+    """Write (item, arrays | exception, source bytes) triples into a staging folder, commit it as
+    shards/<unit_id>/ by one rename, and return the ledger record (index and failure rows inside)."""
     shards_dir = os.path.join(spec["out_dir"], "shards")
     staging = staging_path(shards_dir, spec["unit_id"])
     final = os.path.join(shards_dir, spec["unit_id"])
     fields = fields_for(spec["store"])
     latent = spec["image_size"] // spec["downsample_factor"]
     frame_nbytes = len(fields) * spec["latent_channels"] * latent * latent * np.dtype(spec["dtype"]).itemsize
-    timings = {"decode": 0.0, "encode": 0.0, "write": 0.0}
     index, failures, source_bytes = [], [], 0
     try:
         os.makedirs(staging)
         writer = FORMATS[spec["format"]].ShardWriter(staging, fields=fields, chunk_frames=spec["chunk_frames"],
                                                      frame_nbytes=frame_nbytes)
-        for item in spec["videos"]:
-            try:
-                arrays = encode_video_frames(vae, item, spec, timings)
-            except Exception as err:  # one bad video fails that video, not the shard
+        for item, arrays, size in videos:
+            if isinstance(arrays, Exception):
                 failures.append({"video_id": item["video_id"], "path": item["path"], "category": "unreadable",
-                                 "message": f"{item['path']}: {str(err).splitlines()[0][:300] if str(err) else repr(err)}"})
+                                 "message": f"{item['path']}: {_first_line(arrays)}"})
                 continue
             started = time.perf_counter()
             offset = writer.add(arrays)
             timings["write"] += time.perf_counter() - started
             index.append({"video_id": item["video_id"], "shard": spec["unit_id"], "offset": offset,
                           "frames": len(arrays[fields[0]]), "label": item.get("label"), "caption": item.get("caption")})
-            source_bytes += _source_size(item)
+            source_bytes += size
         started = time.perf_counter()
         writer.close()
         _fsync_folder(staging)
@@ -211,6 +221,10 @@ def cache_shard(spec):
             "frames": sum(row["frames"] for row in index), "bytes": size, "sha256": digest,
             "disk_bytes": _allocated_bytes(final), "source_bytes": source_bytes,
             "seconds": {k: round(v, 4) for k, v in timings.items()}, "index": index, "failures": failures}
+
+
+def _first_line(err):
+    return str(err).splitlines()[0][:300] if str(err) else repr(err)
 
 
 def _allocated_bytes(folder):
@@ -234,18 +248,6 @@ def _source_size(item):
     if item["kind"] == "frames":
         return sum(entry.stat().st_size for entry in os.scandir(item["path"]) if entry.is_file())
     return os.path.getsize(item["path"])
-
-
-def shard_digest(folder):
-    """sha256 over a shard folder's files (names and bytes, in name order) and their total size."""
-    digest, size = hashlib.sha256(), 0
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-                size += len(block)
-        digest.update(name.encode())
-    return digest.hexdigest(), size
 
 
 def _fsync_folder(folder):
@@ -274,6 +276,17 @@ def _read_manifest(manifest):
         raise CacheError(f"{manifest}: no manifest.parquet (run `latte ingest` first)")
     rows = pq.read_table(path).to_pylist()
     return sorted(rows, key=lambda row: row["video_id"])
+
+
+def publish_index(out_dir, records):
+    """index.parquet and failures.parquet from the ledger records, sorted by video id; both lists."""
+    index = sorted((row for record in records for row in record["index"]), key=lambda row: row["video_id"])
+    failures = sorted((row for record in records for row in record["failures"]), key=lambda row: row["video_id"])
+    write_atomically(os.path.join(out_dir, "index.parquet"),
+                     lambda tmp: pq.write_table(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), tmp))
+    write_atomically(os.path.join(out_dir, "failures.parquet"),
+                     lambda tmp: pq.write_table(pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA), tmp))
+    return index, failures
 
 
 def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="float16", store="posterior",
@@ -311,14 +324,7 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
         errors = run_and_commit(cache_shard, specs, ledger, lambda spec: sum(v["num_frames"] or 0 for v in spec["videos"]),
                                 "cache", "frame", workers, scheduler, progress, stop_on=DiskFull)
         records = ledger.records()
-        index = [row for record in records for row in record["index"]]
-        failures = [row for record in records for row in record["failures"]]
-        index.sort(key=lambda row: row["video_id"])
-        failures.sort(key=lambda row: row["video_id"])
-        write_atomically(os.path.join(out_dir, "index.parquet"),
-                         lambda tmp: pq.write_table(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), tmp))
-        write_atomically(os.path.join(out_dir, "failures.parquet"),
-                         lambda tmp: pq.write_table(pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA), tmp))
+        index, failures = publish_index(out_dir, records)
     seconds = time.perf_counter() - started
     run_frames = sum(r["frames"] for r in records if r["unit_id"] in {s["unit_id"] for s in specs})
     return {"out_dir": out_dir, "videos": len(index), "failed": len(failures), "frames": sum(r["frames"] for r in index),

@@ -227,6 +227,85 @@ def report(cache_dir, as_json, verify):
         raise SystemExit(1)
 
 
+# ---------------------------------------------------------------------------------------- train
+def _parse_bool(value):
+    if value is None:
+        return None
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise BadInput(f"expected True or False, got {value!r}")
+
+
+@main.command()
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="Training YAML (MindONE's key names; see `latte train --keys`).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
+              help="Train from this cache folder (sets data_folder and train_data_type from its cache.json).")
+@click.option("--output-dir", "--output_path", "output_path", type=click.Path(file_okay=False),
+              help="Run folder: config.json, train_log.jsonl, ckpt/, loss_curve.png.")
+@click.option("--max-steps", "--max_steps", "max_steps", type=int, help="Stop after this many optimizer steps.")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run folder.")
+@click.option("--use_parallel", "--use-parallel", "use_parallel", default=None,
+              help="True: data-parallel over the processes msrun started.")
+@click.option("--device", "device_target", type=click.Choice(["CPU", "GPU", "Ascend"]), help="Device [CPU].")
+@click.option("--keys", "show_keys", is_flag=True, help="List every config key with its default and exit.")
+def train(config_path, cache_dir, output_path, max_steps, resume, use_parallel, device_target, show_keys):
+    """Train Latte from a latent cache (or from videos with a VAE), resumably.
+
+    Writes OUTPUT/train_log.jsonl (a line per step), checkpoints in OUTPUT/ckpt/step-N/ (training
+    state, EMA weights for sampling, loader state) and OUTPUT/loss_curve.png at the end.
+
+    \b
+    Example:
+      latte train -c configs/training/sky_numpy_video.yaml --cache work/cache --output-dir runs/sky
+      msrun --worker_num=2 --local_worker_num=2 --join=True latte train -c ... --use_parallel True
+    """
+    from train.config import TrainConfigError, describe, load_train_config
+    from train.checkpoint import ResumeError
+    from pipelines.ingest import IngestError
+    from train.loop import TrainingError, train as run_training
+    if show_keys:
+        click.echo(describe())
+        return
+    overrides = {"output_path": output_path, "max_steps": max_steps, "use_parallel": _parse_bool(use_parallel),
+                 "device_target": device_target}
+    if cache_dir is not None:
+        try:
+            with open(os.path.join(cache_dir, "cache.json")) as handle:
+                overrides.update(data_folder=cache_dir, train_data_type=json.load(handle)["format"])
+        except (OSError, ValueError, KeyError) as err:
+            raise BadInput(f"{cache_dir}: not a cache folder ({err})") from None
+    try:
+        config = load_train_config(config_path, overrides)
+        if config["train_data_type"] == "video_file":
+            config["data_folder"] = _ingested(config)
+        summary = run_training(config, resume=resume)
+    except (TrainConfigError, TrainingError, ResumeError, IngestError, FileNotFoundError) as err:
+        raise BadInput(str(err)) from None
+    if summary["rank"] == 0:
+        click.echo(f"train: {summary['steps']} steps; last checkpoint {summary['last_checkpoint']}; "
+                   f"log {os.path.join(summary['output_path'], 'train_log.jsonl')}; curve {summary['loss_curve']}")
+
+
+def _ingested(config):
+    """A video data_folder holding no manifest is ingested into OUTPUT/ingest first (resumable)."""
+    from pipelines.ingest import run_ingest
+    folder = config["data_folder"]
+    if os.path.isfile(os.path.join(folder, "manifest.parquet")):
+        return folder
+    if os.path.isfile(os.path.join(folder, "cache.json")):
+        raise BadInput(f"{folder} is a cache: set train_data_type to its format (or use --cache)")
+    if config["use_parallel"]:
+        raise BadInput(f"{folder}: run `latte ingest` first for a distributed run (data_folder must hold a manifest)")
+    target = os.path.join(config["output_path"], "ingest")
+    summary = run_ingest([folder], target, config["num_frames"], config["sample_stride"], workers=0)
+    if not summary["ok"]:
+        raise BadInput(f"{folder}: no usable video for clips of {config['num_frames']} frames (see {target})")
+    return target
+
+
 # ---------------------------------------------------------------------------------------- convert
 @main.group()
 def convert():
@@ -377,6 +456,35 @@ def bench_cache_command(fmt, vae_dir, videos, frames, size, micro_batch):
     from pipelines.bench import bench_cache
     setup_mindspore("CPU")
     click.echo(json.dumps(bench_cache(fmt, vae_dir, videos, frames, size, micro_batch)))
+
+
+@bench.command("loader")
+@click.argument("cache_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--synthetic-gb", default=1.0, show_default=True,
+              help="Without CACHE_DIR: size of a synthetic cache of random latents written first.")
+@click.option("--format", "fmt", default="numpy", show_default=True, type=click.Choice(["numpy", "mindrecord", "parquet"]),
+              help="Format of the synthetic cache.")
+@click.option("--batch", default=4, show_default=True, help="Clips per batch.")
+@click.option("--num-frames", default=16, show_default=True, help="Frames per clip.")
+@click.option("--sample-stride", default=1, show_default=True, help="Frame stride within a clip.")
+@click.option("--workers", default=2, show_default=True, help="Loader num_parallel_workers.")
+@click.option("--max-batches", default=0, show_default=True, help="Stop after this many batches (0: one epoch).")
+@click.option("--check", default="full", show_default=True, type=click.Choice(["full", "size"]),
+              help="Shard check when the loader starts (sha256 or sizes against the ledger).")
+def bench_loader_command(cache_dir, synthetic_gb, fmt, batch, num_frames, sample_stride, workers, max_batches, check):
+    """Loader samples/s and MB/s against a plain sequential read of the same shard files.
+
+    MB/s counts the stored bytes of the frames the loader delivers; the plain read is warm (page
+    cache). The loader runs in a fresh process, whose peak RSS is reported.
+
+    \b
+    Example:
+      latte bench loader work/cache
+      latte bench loader --synthetic-gb 6 --format mindrecord
+    """
+    from pipelines.bench import bench_loader
+    click.echo(json.dumps(bench_loader(cache_dir, synthetic_gb, fmt, batch, num_frames, sample_stride, None,
+                                       workers, max_batches, check)))
 
 
 @bench.command("attention")

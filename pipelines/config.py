@@ -1,5 +1,5 @@
 """Stage configuration from YAML: known keys only, checked types, the seed's spellings accepted."""
-import yaml
+from train.config import read_yaml_mapping
 
 
 class ConfigError(ValueError):
@@ -14,13 +14,7 @@ def load_stage_config(path, fields, aliases=None):
     An unknown key or a value of the wrong type raises ConfigError naming it and the file.
     """
     aliases = aliases or {}
-    try:
-        with open(path) as handle:
-            raw = yaml.safe_load(handle) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: unreadable config ({err})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    raw = read_yaml_mapping(path, ConfigError)
     nested = raw.pop("data_config", None) or {}
     if not isinstance(nested, dict):
         raise ConfigError(f"{path}: data_config must be a mapping")

@@ -11,6 +11,8 @@ import os
 import shutil
 import uuid
 
+from datasets.cache import read_ledger
+
 STAGING_PREFIX = ".staging-"
 
 
@@ -96,10 +98,7 @@ class Ledger:
 
     def records(self):
         """All complete records, in commit order."""
-        if not os.path.exists(self.path):
-            return []
-        with open(self.path) as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        return read_ledger(os.path.dirname(self.path))
 
     def append(self, record):
         with open(self.path, "a") as handle:

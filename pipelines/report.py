@@ -4,8 +4,7 @@ import os
 
 import pyarrow.parquet as pq
 
-from .cache import shard_digest
-from .ledger import Ledger
+from datasets.cache import check_shards, read_ledger
 
 
 def cache_report(folder, verify=False):
@@ -14,7 +13,7 @@ def cache_report(folder, verify=False):
         raise FileNotFoundError(f"{folder}: not a cache folder (no cache.json)")
     with open(os.path.join(folder, "cache.json")) as handle:
         info = json.load(handle)
-    records = Ledger(folder).records()
+    records = read_ledger(folder)
     failures = {}
     failures_path = os.path.join(folder, "failures.parquet")
     if os.path.isfile(failures_path):
@@ -33,16 +32,7 @@ def cache_report(folder, verify=False):
         "finished": os.path.isfile(os.path.join(folder, "index.parquet")),
     }
     if verify:
-        bad = []
-        for record in records:
-            shard = os.path.join(folder, "shards", record["unit_id"])
-            if not os.path.isdir(shard):
-                bad.append(f"{record['unit_id']}: missing")
-                continue
-            digest, size = shard_digest(shard)
-            if digest != record["sha256"] or size != record["bytes"]:
-                bad.append(f"{record['unit_id']}: {size} bytes, sha256 {digest[:12]}… differ from the ledger's "
-                           f"{record['bytes']} bytes, {record['sha256'][:12]}…")
-        report["verified_shards"] = len(records) - len(bad)
-        report["corrupt_shards"] = bad
+        problems = check_shards(folder, records, "full")
+        report["verified_shards"] = len(records) - len(problems)
+        report["corrupt_shards"] = [f"{shard}: {problem}" for shard, problem in sorted(problems.items())]
     return report

@@ -47,3 +47,27 @@ def latte_fixture(fixtures_dir):
 def relative_error(ours, ref):
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@pytest.fixture(scope="session")
+def caches(tmp_path_factory, fixtures_dir):
+    """Seven H.264 clips (9 to 27 frames) and a 5-frame folder (shorter than the tests' clips), cached
+    in every format with the fixture VAE: 32 px frames, 8x8 latents, shards of 2 videos, chunks of 4."""
+    from pipelines.cache import run_cache
+    from pipelines.ingest import run_ingest
+    from media import moving_square_frames, write_frame_folder, write_mp4
+    root = tmp_path_factory.mktemp("loader")
+    for i in range(7):
+        write_mp4(root / "src" / f"clip_{i}.mp4", moving_square_frames(9 + 3 * i, height=40, width=56, seed=i))
+    write_frame_folder(root / "src" / "sky" / "short", moving_square_frames(5, seed=7))
+    run_ingest([root / "src"], root / "ingest", workers=0, progress=False)
+    vae = fixtures_dir / "vae" / "vae_small_diffusers"
+    out = {"root": root, "ingest": root / "ingest", "vae": vae}
+    for fmt in ("numpy", "mindrecord", "parquet"):
+        run_cache(root / "ingest", vae, root / fmt, fmt=fmt, image_size=32, workers=0, shard_videos=2,
+                  chunk_frames=4, micro_batch=4, progress=False)
+        out[fmt] = root / fmt
+    run_cache(root / "ingest", vae, root / "float32", fmt="numpy", image_size=32, dtype="float32", workers=0,
+              shard_videos=2, chunk_frames=4, micro_batch=4, progress=False)
+    out["float32"] = root / "float32"
+    return out

@@ -3,7 +3,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from latte_core import Latte, create_diffusion
-from train.step import ClassDiffusionLoss, DiffusionLoss, TrainStep
+from train.step import AccumulatingStep, ClassDiffusionLoss, DiffusionLoss, TrainStep, Updater
 
 
 def _tiny_latte(**kwargs):
@@ -16,13 +16,13 @@ def test_tiny_latte_overfits_one_clip():
     ms.set_seed(0)
     model = _tiny_latte()
     pos_before = model.pos_embed.asnumpy().copy()
-    step = TrainStep(DiffusionLoss(model, create_diffusion("")), learning_rate=3e-3)
+    step = TrainStep(DiffusionLoss(model, create_diffusion("")), Updater(model.trainable_params(), learning_rate=3e-3))
     rng = np.random.default_rng(0)
     clip = np.tanh(rng.standard_normal((1, 4, 4, 8, 8))).astype(np.float32)
     x = Tensor(np.repeat(clip, 4, axis=0))
     t = Tensor(np.array([50, 300, 600, 900], np.int32))
     noise = Tensor(rng.standard_normal((4, 4, 4, 8, 8)).astype(np.float32))
-    losses = [float(step(x, t, noise).asnumpy()) for _ in range(120)]
+    losses = [float(step(x, t, noise)[0].asnumpy()) for _ in range(120)]
     assert np.isfinite(losses).all()
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
     np.testing.assert_array_equal(model.pos_embed.asnumpy(), pos_before)
@@ -32,13 +32,59 @@ def test_class_conditional_step_runs_and_updates_the_label_table():
     ms.set_seed(0)
     model = _tiny_latte(condition="class", num_classes=3)
     table_before = model.y_embedder.embedding_table.weight.asnumpy().copy()
-    step = TrainStep(ClassDiffusionLoss(model, create_diffusion("")), learning_rate=1e-3)
+    step = TrainStep(ClassDiffusionLoss(model, create_diffusion("")), Updater(model.trainable_params(), learning_rate=1e-3))
     rng = np.random.default_rng(1)
     x = Tensor(rng.standard_normal((2, 4, 4, 8, 8)).astype(np.float32))
     args = (x, Tensor(np.array([3, 800], np.int32)), Tensor(rng.standard_normal((2, 4, 4, 8, 8)).astype(np.float32)),
-            Tensor(np.array([0, 2], np.int32)))
+            Tensor(np.array([0, 2], np.int32)), Tensor(np.array([0, 0], np.int32)))
     for _ in range(3):
-        loss = step(*args)
+        loss, _, finite = step(*args)
+    assert bool(finite.asnumpy())
     assert np.isfinite(loss.asnumpy())
     # the adaLN layers start at zero, so the table gets gradient once they have moved
     assert np.abs(model.y_embedder.embedding_table.weight.asnumpy() - table_before).max() > 0
+
+
+def _weights(model):
+    return {p.name: p.asnumpy().copy() for p in model.trainable_params()}
+
+
+def test_accumulated_micro_batches_equal_one_large_batch_step():
+    rng = np.random.default_rng(2)
+    x, noise = (rng.standard_normal((4, 4, 4, 8, 8)).astype(np.float32) for _ in range(2))
+    t = np.array([10, 200, 500, 900], np.int32)
+    ms.set_seed(1)
+    whole_model = _tiny_latte()
+    ms.set_seed(1)
+    micro_model = _tiny_latte()
+    options = dict(learning_rate=1e-3, weight_decay=0.01, max_grad_norm=0.5)
+    whole = TrainStep(DiffusionLoss(whole_model, create_diffusion("")), Updater(whole_model.trainable_params(), **options))
+    micro = AccumulatingStep(DiffusionLoss(micro_model, create_diffusion("")),
+                             Updater(micro_model.trainable_params(), **options), accumulation_steps=2)
+    for _ in range(3):
+        _, whole_norm, _ = whole(Tensor(x), Tensor(t), Tensor(noise))
+        for half in (slice(0, 2), slice(2, 4)):
+            micro.micro(Tensor(x[half]), Tensor(t[half]), Tensor(noise[half]))
+        micro_norm, finite = micro.apply()
+        assert bool(finite.asnumpy())
+        np.testing.assert_allclose(micro_norm.asnumpy(), whole_norm.asnumpy(), rtol=1e-5)
+    expected, got = _weights(whole_model), _weights(micro_model)
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_an_update_with_non_finite_gradients_changes_nothing():
+    ms.set_seed(0)
+    model = _tiny_latte()
+    updater = Updater(model.trainable_params(), learning_rate=1e-2, ema=None,
+                      loss_scaler=ms.amp.DynamicLossScaler(2.0 ** 16, 2, 1000))
+    step = TrainStep(DiffusionLoss(model, create_diffusion("")), updater)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 4, 8, 8)).astype(np.float32)
+    x[0, 0, 0, 0, 0] = np.inf
+    before = _weights(model)
+    _, _, finite = step(Tensor(x), Tensor(np.array([1, 2], np.int32)), Tensor(np.zeros_like(x)))
+    assert not bool(finite.asnumpy())
+    assert float(updater.loss_scaler.scale_value.asnumpy()) == 2.0 ** 15  # lowered, step skipped
+    after = _weights(model)
+    assert all(np.array_equal(before[name], after[name]) for name in before)

@@ -15,14 +15,14 @@ def bench_step(model_name="Latte-S/2", frames=8, latent=16, batch=2, steps=5, fl
     import mindspore as ms
     from latte_core import create_latte
     from latte_core.diffusion import create_diffusion
-    from train.step import DiffusionLoss, TrainStep
+    from train.step import DiffusionLoss, TrainStep, Updater
 
     if steps < 2:
         raise ValueError("--steps must be at least 2 (the first step includes graph compilation)")
     ms.set_seed(seed)
     model = create_latte(model_name, input_size=latent, num_frames=frames, enable_flash_attention=flash_attention)
     diffusion = create_diffusion("")
-    step = TrainStep(DiffusionLoss(model, diffusion), learning_rate=1e-4)
+    step = TrainStep(DiffusionLoss(model, diffusion), Updater(model.trainable_params(), learning_rate=1e-4))
     rng = np.random.default_rng(seed)
     shape = (batch, frames, model.in_channels, latent, latent)
     times = []
@@ -31,7 +31,7 @@ def bench_step(model_name="Latte-S/2", frames=8, latent=16, batch=2, steps=5, fl
         t = ms.Tensor(rng.integers(0, diffusion.num_timesteps, batch).astype(np.int32))
         noise = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
         start = time.perf_counter()
-        loss = step(x, t, noise)
+        loss, _, _ = step(x, t, noise)
         loss.asnumpy()  # wait for the step to finish
         times.append(time.perf_counter() - start)
     return {
@@ -100,20 +100,33 @@ def _attention_peak(backend, tokens, head_dim, block_size, queue):
                "seconds": round(time.perf_counter() - start, 3)})
 
 
-def bench_attention(tokens=16384, head_dim=64, block_size=512):
-    """Peak memory of plain vs block-wise attention (forward + backward), each in a fresh process."""
+def run_in_fresh_process(target, args, what):
+    """Run target(*args, queue) in a spawned process (its own peak RSS) and return what it put on the
+    queue; a child that dies first raises instead of leaving the caller waiting."""
     import multiprocessing
+    import queue as queues
 
     context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=target, args=tuple(args) + (results,))
+    process.start()
+    while True:
+        try:
+            figures = results.get(timeout=1.0)
+            break
+        except queues.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"{what} benchmark process failed (exit code {process.exitcode})") from None
+    process.join()
+    return figures
+
+
+def bench_attention(tokens=16384, head_dim=64, block_size=512):
+    """Peak memory of plain vs block-wise attention (forward + backward), each in a fresh process."""
     result = {"bench": "attention", "tokens": tokens, "head_dim": head_dim, "block_size": block_size}
     for backend in ("plain", "flash"):
-        queue = context.Queue()
-        process = context.Process(target=_attention_peak, args=(backend, tokens, head_dim, block_size, queue))
-        process.start()
-        process.join()
-        if process.exitcode != 0:
-            raise RuntimeError(f"{backend} attention benchmark process failed (exit code {process.exitcode})")
-        figures = queue.get()
+        figures = run_in_fresh_process(_attention_peak, (backend, tokens, head_dim, block_size),
+                                       f"{backend} attention")
         figures["attention_mb"] = round(figures["peak_rss_mb"] - figures["baseline_rss_mb"], 1)
         result[backend] = figures
     result["flash_to_plain_attention_mb"] = round(

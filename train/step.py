@@ -1,17 +1,25 @@
-"""The compiled training step: diffusion loss, gradients, AdamW update.
+"""The compiled training step: diffusion loss, gradients, loss scaling, clipping, AdamW, EMA.
 
-Kept apart from the loop so it can be tested and benchmarked on its own; the loop feeds it
-batches of latents, timesteps and noise drawn from seeded numpy generators.
+    TrainStep(*batch)          -> loss, grad_norm, finite     one batch, one optimizer update
+    AccumulatingStep: .micro(*batch) -> loss  sums gradients into buffers (accumulation_steps times),
+                      .apply()         -> grad_norm, finite   then one update on their mean
+
+An update whose gradients hold inf/NaN changes no weight: with a dynamic loss scale (AMP O2) the step
+is skipped and the scale lowered; at float32 the caller stops the run. The optimizer is Adam with
+bias correction plus decoupled weight decay, i.e. PyTorch's AdamW as the reference trains with.
+The loop feeds latents, timesteps and noise drawn from seeded numpy generators (resumable).
+Every cell here is built with auto_prefix=False, so the model's parameters keep their own names
+(x_embedder.proj.weight, ...) in checkpoints instead of a wrapper's path.
 """
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 
 class DiffusionLoss(nn.Cell):
     """Mean diffusion loss of `network` on a batch (B, F, C, H, W) at timesteps t with given noise."""
 
     def __init__(self, network, diffusion):
-        super().__init__()
+        super().__init__(auto_prefix=False)
         self.network = network
         self.diffusion = diffusion
 
@@ -20,22 +28,150 @@ class DiffusionLoss(nn.Cell):
 
 
 class ClassDiffusionLoss(DiffusionLoss):
-    def construct(self, x_start, t, noise, y):
-        return self.diffusion.training_losses(self.network, x_start, t, {"y": y}, noise)["loss"].mean()
+    """As DiffusionLoss, with class labels y and the label-dropout decisions made by the caller
+    (force_drop_ids = 1 replaces a label by the null class), so that they are reproducible."""
+
+    def construct(self, x_start, t, noise, y, force_drop_ids):
+        kwargs = {"y": y, "force_drop_ids": force_drop_ids}
+        return self.diffusion.training_losses(self.network, x_start, t, kwargs, noise)["loss"].mean()
+
+
+class EMA(nn.Cell):
+    """Exponential moving average of parameters, kept in non-trainable copies named ema.<name>."""
+
+    def __init__(self, params, decay):
+        super().__init__(auto_prefix=False)
+        self.decay = decay
+        self.params = ParameterTuple(params)
+        self.shadow = ParameterTuple([Parameter(p.data.copy(), name=f"ema.{p.name}", requires_grad=False)
+                                      for p in params])
+
+    def construct(self):
+        for param, shadow in zip(self.params, self.shadow):
+            ops.assign(shadow, shadow * self.decay + param * (1.0 - self.decay))
+        return True
+
+
+class Updater(nn.Cell):
+    """Gradients -> one parameter update: average across devices, unscale, finite check, global norm
+    (and clipping), decoupled weight decay, Adam, EMA, loss-scale adjustment. Returns (norm, finite)."""
+
+    def __init__(self, params, learning_rate=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 max_grad_norm=None, loss_scaler=None, ema=None, grad_reducer=None):
+        super().__init__(auto_prefix=False)
+        self.params = ParameterTuple(params)
+        self.optimizer = nn.Adam(params, learning_rate=learning_rate, beta1=betas[0], beta2=betas[1], eps=eps)
+        self.weight_decay = weight_decay
+        self.max_grad_norm = max_grad_norm
+        self.loss_scaler = loss_scaler
+        self.ema = ema
+        self.grad_reducer = grad_reducer
+
+    def set_learning_rate(self, value):
+        self.optimizer.learning_rate.set_data(Tensor(value, ms.float32))
+
+    def construct(self, grads):
+        if self.grad_reducer is not None:
+            grads = self.grad_reducer(grads)
+        if self.loss_scaler is not None:
+            grads = self.loss_scaler.unscale(grads)
+        norm = ops.sqrt(sum(ops.square(g.astype(ms.float32)).sum() for g in grads))
+        finite = ops.isfinite(norm)  # any inf/NaN gradient makes the norm inf/NaN (cheaper than all_finite)
+        if self.max_grad_norm is not None:
+            factor = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
+            grads = tuple(g * factor for g in grads)
+        if finite:
+            if self.weight_decay > 0:
+                shrink = 1.0 - self.optimizer.learning_rate * self.weight_decay
+                for param in self.params:
+                    ops.assign(param, param * shrink)
+            self.optimizer(grads)
+            if self.ema is not None:
+                self.ema()
+        if self.loss_scaler is not None:
+            self.loss_scaler.adjust(finite)
+        return norm, finite
+
+
+class _ScaledLoss(nn.Cell):
+    def __init__(self, loss_net, loss_scaler):
+        super().__init__(auto_prefix=False)
+        self.loss_net = loss_net
+        self.loss_scaler = loss_scaler
+
+    def construct(self, *inputs):
+        return self.loss_net(*inputs) * self.loss_scaler.scale_value
 
 
 class TrainStep(nn.Cell):
-    """One optimisation step: loss and gradients by value_and_grad, then AdamW. Returns the loss."""
+    """One batch, one update: returns (loss, grad_norm, finite)."""
 
-    def __init__(self, loss_net, learning_rate=1e-4, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8):
-        super().__init__()
-        self.loss_net = loss_net
-        params = loss_net.trainable_params()
-        self.optimizer = nn.AdamWeightDecay(params, learning_rate=learning_rate, beta1=betas[0],
-                                            beta2=betas[1], eps=eps, weight_decay=weight_decay)
-        self.grad_fn = ms.value_and_grad(self.loss_net, None, self.optimizer.parameters)
+    def __init__(self, loss_net, updater):
+        super().__init__(auto_prefix=False)
+        self.updater = updater
+        self.loss_scaler = updater.loss_scaler
+        scaled = loss_net if self.loss_scaler is None else _ScaledLoss(loss_net, self.loss_scaler)
+        self.grad_fn = ms.value_and_grad(scaled, None, updater.params)
 
     def construct(self, *inputs):
         loss, grads = self.grad_fn(*inputs)
-        self.optimizer(grads)
+        norm, finite = self.updater(grads)
+        if self.loss_scaler is not None:
+            loss = loss / self.loss_scaler.scale_value
+        return loss, norm, finite
+
+
+class _MicroStep(nn.Cell):
+    def __init__(self, loss_net, updater, sums):
+        super().__init__(auto_prefix=False)
+        self.loss_scaler = updater.loss_scaler
+        scaled = loss_net if self.loss_scaler is None else _ScaledLoss(loss_net, self.loss_scaler)
+        self.grad_fn = ms.value_and_grad(scaled, None, updater.params)
+        self.sums = sums
+
+    def construct(self, *inputs):
+        loss, grads = self.grad_fn(*inputs)
+        for total, grad in zip(self.sums, grads):
+            ops.assign_add(total, grad)
+        if self.loss_scaler is not None:
+            loss = loss / self.loss_scaler.scale_value
         return loss
+
+
+class _ApplyStep(nn.Cell):
+    def __init__(self, updater, sums, steps):
+        super().__init__(auto_prefix=False)
+        self.updater = updater
+        self.sums = sums
+        self.steps = steps
+
+    def construct(self):
+        norm, finite = self.updater(tuple(total / self.steps for total in self.sums))
+        for total in self.sums:
+            ops.assign(total, ops.zeros_like(total))
+        return norm, finite
+
+
+class AccumulatingStep:
+    """Gradient accumulation: `micro(*batch)` sums gradients (accumulation_steps times), then `apply()`
+    updates once with their mean, which equals one step on the concatenated batch."""
+
+    def __init__(self, loss_net, updater, accumulation_steps):
+        # named apart from optimizer state: a name like accum.<param> collides with it under jit
+        self.sums = ParameterTuple([Parameter(ops.zeros_like(p), name=f"grad_sum.{p.name}", requires_grad=False)
+                                    for p in updater.params])
+        self.micro = _MicroStep(loss_net, updater, self.sums)
+        self.apply = _ApplyStep(updater, self.sums, float(accumulation_steps))
+        self.updater = updater
+
+
+class MeanOverRanks(nn.Cell):
+    """The mean of a tensor over the ranks of a data-parallel job (every rank must call it)."""
+
+    def __init__(self, world_size):
+        super().__init__(auto_prefix=False)
+        self.all_reduce = ops.AllReduce()
+        self.world_size = world_size
+
+    def construct(self, x):
+        return self.all_reduce(x) / self.world_size

@@ -1,0 +1,170 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from datasets.cache import open_cache
+from datasets.loader import CacheLoader, ClipPlan, CorruptCache, VideoLoader
+from pipelines.cli import main
+
+FORMATS = ("numpy", "mindrecord", "parquet")
+CLIP = dict(num_frames=4, sample_stride=2)  # a clip spans 7 frames
+
+
+def _all(loader):
+    return [{key: np.array(value) for key, value in batch.items()} for batch in loader]
+
+
+def _assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a["index"], b["index"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_array_equal(a["latent"], b["latent"])
+
+
+def test_a_clip_is_the_posterior_sample_of_its_frames(caches):
+    loader = CacheLoader(caches["numpy"], batch_size=2, seed=3, **CLIP)
+    assert loader.skipped_short == 1 and len(loader.video_ids) == 7
+    video, start = loader.plan.epoch(0)
+    cache = open_cache(caches["numpy"])
+    batch = next(iter(loader))
+    assert batch["latent"].shape == (2, 4, 4, 8, 8) and batch["latent"].dtype == np.float32
+    for latent, position in zip(batch["latent"], batch["index"]):
+        stored = cache.read(loader.video_ids[video[position]])
+        frames = start[position] + 2 * np.arange(4)
+        mean, std = (stored[f][frames].astype(np.float32) for f in ("mean", "std"))
+        noise = np.random.default_rng([3, 0, int(position)]).standard_normal(mean.shape, dtype=np.float32)
+        np.testing.assert_allclose(latent, (mean + std * noise) * 0.18215, rtol=1e-6, atol=1e-7)
+
+
+def test_every_format_and_worker_count_gives_the_same_batches(caches):
+    reference = _all(CacheLoader(caches["numpy"], batch_size=3, clips_per_video=2, seed=1, shuffle_window=2, **CLIP))
+    assert len(reference) == 7 * 2 // 3
+    for fmt in FORMATS:
+        for workers in (1, 2):
+            loader = CacheLoader(caches[fmt], batch_size=3, clips_per_video=2, seed=1, shuffle_window=2,
+                                 num_parallel_workers=workers, **CLIP)
+            _assert_same_batches(reference, _all(loader))
+
+
+def test_samples_are_reproducible_and_differ_between_epochs(caches):
+    loader = CacheLoader(caches["parquet"], batch_size=7, seed=5, shuffle=False, **CLIP)
+    first, second = _all(loader), _all(loader)
+    assert loader.state_dict()["epoch"] == 2
+    again = _all(CacheLoader(caches["parquet"], batch_size=7, seed=5, shuffle=False, **CLIP))
+    _assert_same_batches(first, again)
+    assert not np.allclose(first[0]["latent"], second[0]["latent"])  # new clips and a new posterior draw
+    other_seed = _all(CacheLoader(caches["parquet"], batch_size=7, seed=6, shuffle=False, **CLIP))
+    assert not np.allclose(first[0]["latent"], other_seed[0]["latent"])
+
+
+def test_shuffle_visits_shards_in_windows():
+    groups = np.repeat(np.arange(12), 5)  # 12 shards of 5 videos
+    plan = ClipPlan(np.full(60, 20), groups, num_frames=4, clips_per_video=2, seed=0, shuffle_window=3)
+    video, start = plan.epoch(0)
+    assert sorted(video.tolist()) == sorted(np.repeat(np.arange(60), 2).tolist())
+    assert (start >= 0).all() and (start + plan.span <= 20).all()
+    windows = [set(groups[video[i:i + 30]]) for i in range(0, 120, 30)]  # 3 shards x 5 videos x 2 clips
+    assert all(len(w) == 3 for w in windows) and len(set().union(*windows)) == 12
+    assert not np.array_equal(video, plan.epoch(1)[0])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_rank_shards_are_disjoint_and_equally_long(caches, fmt):
+    options = dict(batch_size=2, clips_per_video=3, seed=2, **CLIP)  # 21 clips: 3 global batches of 3 x 2
+    ranks = [_all(CacheLoader(caches[fmt], rank=r, world_size=3, **options)) for r in range(3)]
+    assert [len(batches) for batches in ranks] == [3, 3, 3]
+    seen = np.concatenate([b["index"] for batches in ranks for b in batches])
+    assert sorted(seen.tolist()) == list(range(18))
+
+
+def test_exact_resume_mid_epoch_whatever_the_workers(caches):
+    options = dict(batch_size=2, clips_per_video=2, seed=4, **CLIP)
+    uninterrupted = CacheLoader(caches["mindrecord"], **options)
+    expected = _all(uninterrupted) + _all(uninterrupted)  # two epochs
+    first = CacheLoader(caches["mindrecord"], num_parallel_workers=1, **options)
+    taken = []
+    for batch in first:
+        taken.append(batch)
+        if len(taken) == 4:
+            break
+    state = json.loads(json.dumps(first.state_dict()))  # a small JSON-able dict
+    assert state["epoch"] == 0 and state["position"] == 8
+    resumed = CacheLoader(caches["mindrecord"], num_parallel_workers=2, **options)
+    resumed.load_state_dict(state)
+    _assert_same_batches(expected, taken + _all(resumed) + _all(resumed))
+
+
+def test_resume_with_another_world_size_continues_the_same_plan(caches):
+    options = dict(batch_size=2, clips_per_video=4, seed=8, **CLIP)  # 28 clips
+    single = CacheLoader(caches["numpy"], **options)
+    iterator = iter(single)
+    consumed = [next(iterator)["index"] for _ in range(3)]
+    state = single.state_dict()
+    rest = []
+    for rank in range(2):
+        loader = CacheLoader(caches["numpy"], rank=rank, world_size=2, **options)
+        loader.load_state_dict(state)
+        rest += [b["index"] for b in _all(loader)]
+    assert sorted(np.concatenate(consumed + rest).tolist()) == list(range(6 + 20))
+
+
+def test_state_of_another_plan_is_refused(caches):
+    loader = CacheLoader(caches["numpy"], batch_size=2, seed=1, **CLIP)
+    state = loader.state_dict()
+    state["seed"] = 2
+    with pytest.raises(ValueError, match="seed"):
+        loader.load_state_dict(state)
+
+
+@pytest.mark.parametrize("check", ["full", "size"])
+def test_a_corrupt_shard_is_reported_then_skipped_or_fatal(caches, tmp_path, check):
+    import shutil
+    copy = tmp_path / "cache"
+    shutil.copytree(caches["parquet"], copy)
+    index = open_cache(copy).entries
+    shard = copy / "shards" / index["clip_2.mp4"]["shard"]  # with clip_3.mp4
+    data = bytearray((shard / "shard.parquet").read_bytes())
+    if check == "full":
+        data[len(data) // 3] ^= 0x01
+    else:
+        data = data[:-100]
+    (shard / "shard.parquet").write_bytes(bytes(data))
+    with pytest.raises(CorruptCache, match=shard.name):
+        CacheLoader(copy, batch_size=2, on_corrupt="raise", check=check, **CLIP)
+    loader = CacheLoader(copy, batch_size=1, on_corrupt="skip", check=check, **CLIP)
+    assert list(loader.corrupt) == [shard.name] and loader.skipped_corrupt == 2
+    assert "clip_2.mp4" not in loader.video_ids and "clip_3.mp4" not in loader.video_ids
+    assert len(_all(loader)) == 5  # 8 videos, 2 in the corrupt shard, 1 too short
+
+
+def test_the_uncached_path_matches_the_cache(caches):
+    from latte_core import AutoencoderKL
+    vae = AutoencoderKL.from_pretrained(caches["vae"])
+    options = dict(batch_size=3, clips_per_video=1, seed=9, shuffle=False, **CLIP)  # one order for both
+    cached = _all(CacheLoader(caches["float32"], **options))
+    uncached = _all(VideoLoader(caches["ingest"], vae, image_size=32, micro_batch=4, num_parallel_workers=2, **options))
+    assert len(uncached) == len(cached) == 2
+    for a, b in zip(cached, uncached):
+        np.testing.assert_array_equal(a["index"], b["index"])
+        np.testing.assert_allclose(a["latent"], b["latent"], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_settings_are_refused(caches):
+    with pytest.raises(ValueError, match="no video holds a clip"):
+        CacheLoader(caches["numpy"], batch_size=1, num_frames=20, sample_stride=2)
+    with pytest.raises(ValueError, match="rank"):
+        CacheLoader(caches["numpy"], batch_size=1, rank=2, world_size=2, **CLIP)
+    with pytest.raises(ValueError, match="global batch"):
+        CacheLoader(caches["numpy"], batch_size=8, **CLIP)
+
+
+def test_bench_loader_prints_its_figures(caches):
+    result = CliRunner().invoke(main, ["bench", "loader", str(caches["mindrecord"]), "--batch", "2", "--num-frames",
+                                       "4", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert figures["format"] == "mindrecord" and figures["loader"]["samples"] > 0
+    assert figures["plain_read"]["bytes"] > 0 and figures["peak_rss_mb"] > 0

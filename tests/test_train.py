@@ -1,0 +1,187 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import mindspore as ms
+
+from conftest import ROOT
+from pipelines.cli import main
+from train.config import TrainConfigError, load_train_config
+from train.loop import learning_rate
+
+BIN = os.path.dirname(sys.executable)
+TINY = {"model_name": "Latte-S/2", "depth": 2, "hidden_size": 64, "num_heads": 4, "image_size": 32, "num_frames": 4,
+        "dtype": "fp32", "amp_level": "O0", "train_data_type": "numpy", "start_learning_rate": 1e-3,
+        "train_batch_size": 2, "use_ema": True, "ema_decay": 0.9, "step_mode": True, "ckpt_save_interval": 3,
+        "ckpt_max_keep": 5, "seed": 0, "epochs": 100}
+
+
+def _config(tmp_path, name="config.yaml", **overrides):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({**TINY, **overrides}))
+    return str(path)
+
+
+def _train(config, *args):
+    result = CliRunner().invoke(main, ["train", "-c", config, *args])
+    return result
+
+
+def _log(run):
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def _state(folder):
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(folder / "train_state.ckpt")).items()}
+
+
+def test_resume_continues_bit_identically(caches, tmp_path):
+    """6 steps in one go, and 3 steps + kill + resume + 3 steps: the same losses and final state
+    (weights, EMA, Adam moments, loss scale), with accumulation, clipping and an fp16 loss scale."""
+    options = dict(gradient_accumulation_steps=2, clip_grad=True, max_grad_norm=0.5, amp_level="O2", dtype="fp16",
+                   init_loss_scale=1024, scale_window=2, num_parallel_workers=2)
+    whole = tmp_path / "whole"
+    assert _train(_config(tmp_path, **options), "--cache", str(caches["numpy"]), "--output-dir", str(whole),
+                  "--max-steps", "6").exit_code == 0
+    parts = tmp_path / "parts"
+    config = _config(tmp_path, "parts.yaml", **options)
+    assert _train(config, "--cache", str(caches["numpy"]), "--output-dir", str(parts), "--max-steps", "3").exit_code == 0
+    refused = _train(config, "--cache", str(caches["numpy"]), "--output-dir", str(parts), "--max-steps", "6")
+    assert refused.exit_code == 2 and "--resume" in refused.output
+    result = _train(config, "--cache", str(caches["numpy"]), "--output-dir", str(parts), "--max-steps", "6", "--resume")
+    assert result.exit_code == 0, result.output
+    assert [r["loss"] for r in _log(parts)] == [r["loss"] for r in _log(whole)]
+    assert [r["loss_scale"] for r in _log(whole)][-1] != 1024  # the scale moved and was carried over
+    expected, got = _state(whole / "ckpt" / "step-00000006"), _state(parts / "ckpt" / "step-00000006")
+    assert set(expected) == set(got) and any(k.startswith("ema.") for k in got) and "scale_value" in got
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    state = json.loads((parts / "ckpt" / "step-00000006" / "state.json").read_text())
+    assert state["step"] == 6 and state["loader"]["position"] > 0
+    assert (parts / "loss_curve.png").stat().st_size > 1000
+
+
+def test_sampling_weights_load_strictly_into_a_plain_latte(caches, tmp_path):
+    run = tmp_path / "run"
+    assert _train(_config(tmp_path), "--cache", str(caches["numpy"]), "--output-dir", str(run),
+                  "--max-steps", "7").exit_code == 0
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["step-00000003", "step-00000006", "step-00000007"]
+    from latte_core import create_latte
+    model = create_latte("Latte-S/2", depth=2, hidden_size=64, num_heads=4, input_size=8, num_frames=4)
+    weights = ms.load_checkpoint(str(run / "ckpt" / "step-00000007" / "ema.ckpt"))
+    assert ms.load_param_into_net(model, weights, strict_load=True) == ([], [])
+    ema = _state(run / "ckpt" / "step-00000007")
+    np.testing.assert_array_equal(model.final_layer.linear.weight.asnumpy(), ema["ema.final_layer.linear.weight"])
+    assert not np.array_equal(ema["ema.final_layer.linear.weight"], ema["final_layer.linear.weight"])
+
+
+def test_checkpoints_beyond_ckpt_max_keep_are_deleted(caches, tmp_path):
+    run = tmp_path / "run"
+    assert _train(_config(tmp_path, ckpt_save_interval=1, ckpt_max_keep=2), "--cache", str(caches["numpy"]),
+                  "--output-dir", str(run), "--max-steps", "4").exit_code == 0
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["step-00000003", "step-00000004"]
+
+
+def test_a_tiny_latte_overfits_a_tiny_cache(caches, tmp_path):
+    """Documented in README: on the 7-clip test cache, a 2-block Latte's loss falls from ~1 to below
+    0.25 (mean of the last 20 of 300 steps)."""
+    run = tmp_path / "run"
+    config = _config(tmp_path, start_learning_rate=2e-3, train_batch_size=7, use_ema=False, ckpt_save_interval=300,
+                     num_frames=8, sample_stride=1, hidden_size=96)
+    result = _train(config, "--cache", str(caches["numpy"]), "--output-dir", str(run), "--max-steps", "300")
+    assert result.exit_code == 0, result.output
+    losses = [r["loss"] for r in _log(run)]
+    assert np.mean(losses[:5]) > 0.8 and np.mean(losses[-20:]) < 0.25, (losses[:5], losses[-20:])
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(caches, tmp_path):
+    from datasets.cache import open_cache, read_ledger, shard_digest
+    cache = tmp_path / "cache"
+    shutil.copytree(caches["float32"], cache)
+    entry = open_cache(cache).entries["clip_5.mp4"]  # the data itself holds a NaN (checksums agree)
+    shard = cache / "shards" / entry["shard"]
+    mean = np.load(shard / f"{entry['offset']}.mean.npy")
+    mean[:] = np.nan
+    np.save(shard / f"{entry['offset']}.mean.npy", mean)
+    records = read_ledger(cache)
+    for record in records:
+        if record["unit_id"] == entry["shard"]:
+            record["sha256"], record["bytes"] = shard_digest(shard)
+    (cache / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = tmp_path / "run"
+    result = _train(_config(tmp_path, ckpt_save_interval=1, train_batch_size=1, shuffle=False), "--cache", str(cache),
+                    "--output-dir", str(run), "--max-steps", "20")
+    assert result.exit_code == 2 and "not finite" in result.output
+    bad_step = int(result.output.split("step ")[1].split(":")[0])
+    saved = sorted(p.name for p in (run / "ckpt").iterdir())
+    assert saved[-1] == f"step-{bad_step - 1:08d}"
+    assert all(np.isfinite(v).all() for v in _state(run / "ckpt" / saved[-1]).values())
+
+
+def test_two_msrun_workers_equal_one_worker_with_twice_the_batch(caches, tmp_path):
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "GLOG_v": "3"}
+    parallel, single = tmp_path / "parallel", tmp_path / "single"
+    command = ["msrun", "--worker_num=2", "--local_worker_num=2", "--master_port=8191", f"--log_dir={tmp_path / 'logs'}",
+               "--join=True", os.path.join(BIN, "latte"), "train", "-c", _config(tmp_path, "b1.yaml", train_batch_size=1),
+               "--cache", str(caches["numpy"]), "--output-dir", str(parallel), "--max-steps", "3", "--use_parallel", "True"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert _train(_config(tmp_path, "b2.yaml", train_batch_size=2), "--cache", str(caches["numpy"]), "--output-dir",
+                  str(single), "--max-steps", "3").exit_code == 0
+    assert [round(r["loss"], 5) for r in _log(parallel)] == [round(r["loss"], 5) for r in _log(single)]
+    expected, got = _state(single / "ckpt" / "step-00000003"), _state(parallel / "ckpt" / "step-00000003")
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_training_from_videos_and_class_labels(caches, tmp_path):
+    """The uncached path (decode + the VAE every step) with class labels from a CSV list."""
+    source = tmp_path / "videos"
+    shutil.copytree(caches["root"] / "src", source, ignore=shutil.ignore_patterns("sky"))
+    (source / "list.csv").write_text("video,class\n" + "".join(f"clip_{i}.mp4,{i % 3}\n" for i in range(7)))
+    run = tmp_path / "run"
+    config = _config(tmp_path, train_data_type="video_file", data_folder=str(source / "list.csv"),
+                     vae_checkpoint=str(caches["vae"]), condition="class", num_classes=3)
+    result = _train(config, "--output-dir", str(run), "--max-steps", "2")
+    assert result.exit_code == 0, result.output
+    assert (run / "ingest" / "manifest.parquet").is_file() and len(_log(run)) == 2
+    state = _state(run / "ckpt" / "step-00000002")
+    assert state["y_embedder.embedding_table.weight"].shape == (4, 64)  # 3 classes + the null class
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(TrainConfigError, match="unknown key 'learning_rat'"):
+        load_train_config(_config(tmp_path, learning_rat=1e-4, data_folder="x"))
+    with pytest.raises(TrainConfigError, match="train_batch_size must be int"):
+        load_train_config(_config(tmp_path, train_batch_size="5", data_folder="x"))
+    with pytest.raises(TrainConfigError, match="image_video_joint"):
+        load_train_config(_config(tmp_path, image_video_joint=True, data_folder="x"))
+    result = _train(_config(tmp_path, dtype="bf16", amp_level="O2", data_folder="x"))
+    assert result.exit_code == 2 and "bf16 needs Ascend" in result.output
+    shipped = load_train_config(str(ROOT / "configs/training/sky_numpy_video.yaml"), {"data_folder": "cache"})
+    assert shipped["num_frames"] == 128 and shipped["gradient_accumulation_steps"] == 4
+    assert shipped["sample_stride"] == 1 and shipped["train_data_type"] == "numpy" and shipped["use_recompute"]
+    shipped = load_train_config(str(ROOT / "configs/training/sky_video.yaml"), {"data_folder": "sky_train"})
+    assert (shipped["train_batch_size"], shipped["sample_stride"], shipped["dtype"]) == (5, 3, "fp16")
+
+
+def test_learning_rate_schedules():
+    config = {"start_learning_rate": 1.0, "end_learning_rate": 0.0, "warmup_steps": 4, "decay_steps": 0,
+              "scheduler": "cosine_decay"}
+    rates = [learning_rate(config, step, 14) for step in range(14)]
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0] and rates[4] == 1.0
+    assert rates[9] == pytest.approx(0.5) and rates[-1] < 0.03
+    assert learning_rate({**config, "scheduler": "constant"}, 100, 14) == 1.0
+
+
+def test_every_key_is_documented_in_the_readme():
+    from train.config import KEYS
+    readme = (ROOT / "README.md").read_text()
+    assert [key.name for key in KEYS if f"| `{key.name}` |" not in readme] == []

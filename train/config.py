@@ -1,0 +1,191 @@
+"""The training configuration: one typed table of keys (MindONE's Latte key names), read from YAML.
+
+A config file may name a `data_config_file` whose `data_config:` section is merged in (as MindONE's
+configs do); command-line options override both. Unknown keys and wrong types are errors naming the
+key and the file. `describe()` prints the table; README.md documents it.
+"""
+import dataclasses
+import os
+
+import yaml
+
+
+class TrainConfigError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    name: str
+    types: tuple
+    default: object
+    doc: str
+    choices: tuple = ()
+
+
+def _key(name, types, default, doc, choices=()):
+    return Key(name, types if isinstance(types, tuple) else (types,), default, doc, choices)
+
+
+NUMBER = (int, float)
+KEYS = [
+    # task and model
+    _key("condition", (str, type(None)), None, "null (unconditional) or class; text is not supported yet",
+         (None, "class")),
+    _key("num_classes", int, 0, "classes of a class-conditional model (labels come from the data)"),
+    _key("class_dropout_prob", NUMBER, 0.1, "label dropout for classifier-free guidance"),
+    _key("model_name", str, "Latte-XL/2", "variant: Latte-S/2 ... Latte-XL/8"),
+    _key("depth", (int, type(None)), None, "override the variant's block count (spatial + temporal), e.g. for a "
+                                           "small model"),
+    _key("hidden_size", (int, type(None)), None, "override the variant's width"),
+    _key("num_heads", (int, type(None)), None, "override the variant's attention heads"),
+    _key("image_size", int, 256, "frame size in pixels (latents are image_size / 8, or the cache's)"),
+    _key("num_frames", int, 16, "frames per training clip"),
+    _key("learn_sigma", bool, True, "predict the variance too (2x output channels), as the reference"),
+    _key("patch_embedder", str, "conv", "conv or linear (MindONE's choice for bf16 on Ascend)", ("conv", "linear")),
+    _key("enable_flash_attention", bool, False,
+         "fused flash attention on Ascend; block-wise attention (linear memory) elsewhere"),
+    _key("use_recompute", bool, False, "recompute every transformer block in the backward pass (less memory)"),
+    _key("pretrained_model_path", str, "", "start from these weights (.ckpt/.safetensors/.pt; sin-cos tables "
+                                             "are recomputed for this model's size)"),
+    _key("vae_checkpoint", str, "", "VAE for training from videos: a diffusers folder, or a .ckpt of "
+                                      "sd-vae-ft-mse's architecture (latte convert vae)"),
+    _key("sd_scale_factor", NUMBER, 0.18215, "latent scaling factor; must match the cache's when training from one"),
+    _key("dtype", str, "fp32", "compute dtype under amp_level O2: fp16, or bf16 (Ascend only)", ("fp32", "fp16", "bf16")),
+    _key("amp_level", str, "O2", "O0: float32 everywhere; O2: the network in `dtype`, a dynamic loss scale",
+         ("O0", "O2")),
+    # data
+    _key("dataset_name", str, "sky", "a name for the logs"),
+    _key("data_config_file", str, "", "YAML whose data_config: section holds the data keys below"),
+    _key("data_folder", str, "", "a cache folder (latte cache), an ingest folder, or a folder of videos / frame "
+                                   "folders (ingested into output_path/ingest first)"),
+    _key("train_data_type", str, "numpy", "video_file (decode + VAE on the fly) or the cache's format",
+         ("video_file", "numpy", "mindrecord", "parquet")),
+    _key("sample_stride", int, 1, "frame stride within a clip"),
+    _key("clips_per_video", int, 1, "random clips drawn from each video per epoch"),
+    _key("shuffle", bool, True, "shuffle clips (within windows of shuffle_window shards)"),
+    _key("shuffle_window", int, 4, "shards whose clips are shuffled together (the bounded shuffle buffer)"),
+    _key("num_parallel_workers", int, 1, "loader threads"),
+    _key("on_corrupt", str, "skip", "a shard that disagrees with the ledger: skip it (reported) or raise",
+         ("skip", "raise")),
+    _key("max_rowsize", (int, type(None)), None, "MindONE's shared-memory size for process workers: no effect "
+                                                   "here (the loader uses threads); reported"),
+    _key("use_safer_augment", bool, False, "MindONE option; not supported (must be false)"),
+    _key("image_video_joint", bool, False, "MindONE's joint image-video training; not supported (must be false)"),
+    _key("use_image_num", (int, type(None)), None, "MindONE's images per video clip; not supported (null or 0)"),
+    _key("dataset_sink_mode", bool, False, "sink the data to the device (Ascend); on CPU it cannot act: reported"),
+    # optimisation
+    _key("start_learning_rate", NUMBER, 1e-4, "peak learning rate"),
+    _key("end_learning_rate", NUMBER, 0.0, "final learning rate of cosine_decay"),
+    _key("scheduler", str, "constant", "constant or cosine_decay, after warmup_steps of linear warm-up",
+         ("constant", "cosine_decay")),
+    _key("warmup_steps", int, 0, "optimizer steps of linear warm-up from 0"),
+    _key("decay_steps", int, 0, "optimizer steps of the cosine decay (0: until the last step)"),
+    _key("train_batch_size", int, 5, "clips per micro-batch on each device"),
+    _key("gradient_accumulation_steps", int, 1, "micro-batches summed into one optimizer step"),
+    _key("weight_decay", NUMBER, 0.0, "decoupled weight decay (AdamW)"),
+    _key("betas", list, [0.9, 0.999], "Adam betas"),
+    _key("optim_eps", NUMBER, 1e-8, "Adam epsilon"),
+    _key("clip_grad", bool, False, "clip the gradients' global norm to max_grad_norm"),
+    _key("max_grad_norm", NUMBER, 0.1, "clipping threshold"),
+    _key("use_ema", bool, True, "keep an exponential moving average of the weights"),
+    _key("ema_decay", NUMBER, 0.9999, "EMA decay per optimizer step"),
+    _key("init_loss_scale", NUMBER, 65536.0, "initial dynamic loss scale (amp_level O2)"),
+    _key("loss_scale_factor", int, 2, "the loss scale is divided by this on overflow, multiplied after "
+                                             "scale_window good steps"),
+    _key("scale_window", int, 1000, "good steps before the loss scale grows"),
+    _key("epochs", int, 3000, "epochs to train (max_steps stops earlier)"),
+    _key("max_steps", (int, type(None)), None, "optimizer steps to train"),
+    _key("seed", int, 42, "seed of the initial weights, the loader and the diffusion noise"),
+    # run
+    _key("output_path", str, "outputs/train", "run folder: config, log, checkpoints, loss curve"),
+    _key("log_interval", int, 1, "optimizer steps between log lines"),
+    _key("ckpt_save_interval", int, 50, "epochs (or steps with step_mode) between checkpoints"),
+    _key("step_mode", bool, False, "ckpt_save_interval counts optimizer steps instead of epochs"),
+    _key("ckpt_max_keep", int, 3, "checkpoints kept (the oldest are deleted)"),
+    _key("use_parallel", bool, False, "data-parallel over the processes msrun started"),
+    _key("device_target", str, "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend")),
+]
+KEYS_BY_NAME = {key.name: key for key in KEYS}
+ALIASES = {"use_model_dtype": "dtype", "output_dir": "output_path", "cache_folder": "data_folder"}
+
+
+def _check(name, value, source):
+    key = KEYS_BY_NAME[name]
+    wrong = not isinstance(value, key.types) or (isinstance(value, bool) and bool not in key.types)
+    if wrong:
+        raise TrainConfigError(f"{source}: {name} must be {'/'.join(t.__name__ for t in key.types)}, got {value!r}")
+    if key.choices and value not in key.choices:
+        raise TrainConfigError(f"{source}: {name} must be one of {', '.join(map(str, key.choices))}, got {value!r}")
+    return float(value) if float in key.types and type(value) is int else value
+
+
+def read_yaml_mapping(path, error=TrainConfigError):
+    """The top-level mapping of a YAML file; `error` names the file when it is unreadable or not one."""
+    try:
+        with open(path) as handle:
+            raw = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise error(f"{path}: unreadable config ({err})") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a mapping of keys to values")
+    return raw
+
+
+def _merge(values, raw, source):
+    nested = raw.pop("data_config", None) or {}
+    if not isinstance(nested, dict):
+        raise TrainConfigError(f"{source}: data_config must be a mapping")
+    for key, value in {**raw, **nested}.items():
+        name = ALIASES.get(key, key)
+        if name not in KEYS_BY_NAME:
+            raise TrainConfigError(f"{source}: unknown key {key!r}; known keys: "
+                                   f"{', '.join(sorted(set(KEYS_BY_NAME) | set(ALIASES)))}")
+        values[name] = _check(name, value, source)
+
+
+def load_train_config(path=None, overrides=None):
+    """{key: value} for every key: defaults < config file (< its data_config_file) < overrides."""
+    values = {key.name: key.default for key in KEYS}
+    if path:
+        raw = read_yaml_mapping(path)
+        data_file = raw.get("data_config_file")
+        _merge(values, raw, path)
+        if data_file:
+            candidates = [data_file, os.path.join(os.path.dirname(os.path.abspath(path)), data_file)]
+            found = next((c for c in candidates if os.path.isfile(c)), None)
+            if found is None:
+                raise TrainConfigError(f"{path}: data_config_file {data_file!r} not found")
+            _merge(values, read_yaml_mapping(found), found)
+            values["data_config_file"] = data_file  # the data file's own keys may not re-point it
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _check(name, value, "command line")
+    validate(values)
+    return values
+
+
+def validate(values):
+    """Checks across keys, and MindONE keys whose features this toolkit does not have."""
+    positive = ("image_size", "num_frames", "sample_stride", "clips_per_video", "shuffle_window",
+                "num_parallel_workers", "train_batch_size", "gradient_accumulation_steps", "epochs", "log_interval",
+                "ckpt_save_interval", "ckpt_max_keep", "scale_window")
+    for name in positive:
+        if values[name] < 1:
+            raise TrainConfigError(f"{name} must be at least 1, got {values[name]}")
+    if values["max_steps"] is not None and values["max_steps"] < 1:
+        raise TrainConfigError(f"max_steps must be at least 1, got {values['max_steps']}")
+    if len(values["betas"]) != 2 or not all(0 <= b < 1 for b in values["betas"]):
+        raise TrainConfigError(f"betas must be two numbers in [0, 1), got {values['betas']}")
+    if values["condition"] == "class" and values["num_classes"] < 1:
+        raise TrainConfigError("condition: class needs num_classes >= 1")
+    if values["use_safer_augment"] or values["image_video_joint"] or values["use_image_num"]:
+        raise TrainConfigError("use_safer_augment, image_video_joint and use_image_num (MindONE's joint "
+                               "image-video training) are not supported: set them to false / null")
+    if not values["data_folder"]:
+        raise TrainConfigError("data_folder is empty: give a cache folder (or --cache)")
+
+
+def describe():
+    """One line per key: name, default, meaning."""
+    return "\n".join(f"{key.name} [{key.default!r}]: {key.doc}" for key in KEYS)

@@ -1,0 +1,372 @@
+"""`latte train`: the training loop, top to bottom.
+
+    devices (msrun ranks) ─ loader (cache or videos + VAE) ─ Latte (+ pretrained, recompute, AMP)
+      ─ compiled step (train/step.py) ─ resume from OUTPUT/ckpt/ ─ loop:
+          lr(step) ─ accumulation_steps micro-batches (timesteps, noise, label dropout from numpy
+          generators seeded by (seed, epoch, sample)) ─ update ─ JSONL log line ─ checkpoint
+      ─ last checkpoint, loss curve PNG
+
+Every random draw is a function of the seed and the sample's place in the data plan, so a run resumed
+from a checkpoint continues bit-identically, and 2 ranks × batch b compute what 1 rank × batch 2b does.
+"""
+import json
+import logging
+import math
+import os
+import time
+
+import numpy as np
+
+from .checkpoint import checkpoint_dirs, load_checkpoint, remove_staging, save_checkpoint
+from .plot import plot_loss_curve
+
+logger = logging.getLogger(__name__)
+DIFFUSION_STREAM = 1  # keeps the diffusion draws apart from the loader's posterior draws
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------ pure pieces
+def learning_rate(config, step, max_steps):
+    """The learning rate of optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
+    peak, warmup = config["start_learning_rate"], config["warmup_steps"]
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if config["scheduler"] == "constant":
+        return peak
+    decay = config["decay_steps"] or max(1, max_steps - warmup)
+    progress = min(1.0, (step - warmup) / decay)
+    return config["end_learning_rate"] + 0.5 * (peak - config["end_learning_rate"]) * (1 + math.cos(math.pi * progress))
+
+
+def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob):
+    """Per sample: timestep, noise and label-dropout decision, from a generator seeded by the sample."""
+    t = np.empty(len(indices), np.int32)
+    noise = np.empty((len(indices),) + tuple(shape), np.float32)
+    drop = np.zeros(len(indices), np.int32)
+    for i, index in enumerate(indices):
+        rng = np.random.default_rng([seed, DIFFUSION_STREAM, epoch, int(index)])
+        t[i] = rng.integers(0, num_timesteps)
+        noise[i] = rng.standard_normal(shape, dtype=np.float32)
+        drop[i] = rng.random() < dropout_prob
+    return t, noise, drop
+
+
+# ------------------------------------------------------------------------------------------ set-up
+def setup_devices(config):
+    """Device and graph mode; with use_parallel, join the msrun job. Returns (rank, world size)."""
+    import mindspore as ms
+    from latte_core.runtime import prefer_avx2_onednn
+    prefer_avx2_onednn()
+    try:
+        ms.set_device(config["device_target"])
+    except (RuntimeError, ValueError) as err:
+        raise TrainingError(f"device_target {config['device_target']}: {err}") from None
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(config["seed"])
+    if not config["use_parallel"]:
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+    try:
+        init()
+    except RuntimeError as err:
+        raise TrainingError(f"use_parallel: cannot join a distributed job ({str(err).splitlines()[0]}); "
+                            f"start the run with msrun") from None
+    rank, world = get_rank(), get_group_size()
+    ms.reset_auto_parallel_context()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=world)
+    return rank, world
+
+
+def report_device_limits(config):
+    """Keys that cannot act on this device: stop for those that would change the numbers, say so for the rest."""
+    device = config["device_target"]
+    if config["amp_level"] == "O2" and config["dtype"] == "bf16" and device != "Ascend":
+        raise TrainingError(f"dtype bf16 needs Ascend: MindSpore has no bf16 MatMul/LayerNorm on {device}; "
+                            f"use dtype fp16 or fp32")
+    if config["dataset_sink_mode"] and device != "Ascend":
+        logger.warning("dataset_sink_mode: True cannot act on %s (sinking needs Ascend); batches are fed "
+                       "step by step", device)
+    if config["max_rowsize"] is not None:
+        logger.warning("max_rowsize has no effect here: the loader uses threads, not shared-memory processes")
+    if config["enable_flash_attention"] and device != "Ascend":
+        logger.info("enable_flash_attention on %s: block-wise attention (linear memory), not the fused kernel",
+                    device)
+
+
+def load_vae(path):
+    from latte_core import AutoencoderKL
+    from latte_core.checkpoint import load_weights
+    if not path:
+        raise TrainingError("train_data_type video_file needs vae_checkpoint (a diffusers VAE folder or .ckpt)")
+    if os.path.isdir(path):
+        return AutoencoderKL.from_pretrained(path)
+    return load_weights(AutoencoderKL(), path)  # sd-vae-ft-mse's architecture
+
+
+def build_loader(config, rank, world):
+    """(loader, latent size, latent channels) for the data the config names."""
+    from datasets.cache import open_cache
+    from datasets.loader import CacheLoader, VideoLoader
+    folder = config["data_folder"]
+    common = dict(batch_size=config["train_batch_size"], num_frames=config["num_frames"],
+                  sample_stride=config["sample_stride"], clips_per_video=config["clips_per_video"], seed=config["seed"],
+                  rank=rank, world_size=world, shuffle=config["shuffle"],
+                  num_parallel_workers=config["num_parallel_workers"])
+    if config["train_data_type"] == "video_file":
+        vae = load_vae(config["vae_checkpoint"])
+        if abs(vae.config["scaling_factor"] - config["sd_scale_factor"]) > 1e-9:
+            raise TrainingError(f"sd_scale_factor {config['sd_scale_factor']} differs from the VAE's "
+                                f"scaling_factor {vae.config['scaling_factor']}")
+        factor = 2 ** (len(vae.config["block_out_channels"]) - 1)
+        if config["image_size"] % factor:
+            raise TrainingError(f"image_size {config['image_size']} is not a multiple of the VAE's {factor}")
+        loader = VideoLoader(folder, vae, image_size=config["image_size"], **common)
+        return loader, config["image_size"] // factor, vae.config["latent_channels"]
+    info = open_cache(folder).info
+    if info["format"] != config["train_data_type"]:
+        raise TrainingError(f"{folder} is a {info['format']} cache, but train_data_type is {config['train_data_type']}")
+    for key, mine in (("image_size", config["image_size"]), ("scaling_factor", config["sd_scale_factor"])):
+        if abs(info[key] - mine) > 1e-9:
+            raise TrainingError(f"{folder} was cached with {key} {info[key]}, the config says {mine}")
+    loader = CacheLoader(folder, shuffle_window=config["shuffle_window"], on_corrupt=config["on_corrupt"], **common)
+    return loader, info["image_size"] // info["downsample_factor"], info["latent_channels"]
+
+
+def build_model(config, latent_size, channels):
+    import mindspore as ms
+    from latte_core import LATTE_MODELS, create_latte
+    from latte_core.checkpoint import load_weights
+    if config["model_name"] not in LATTE_MODELS:
+        raise TrainingError(f"unknown model_name {config['model_name']!r}; choose one of {', '.join(LATTE_MODELS)}")
+    overrides = {k: config[k] for k in ("depth", "hidden_size", "num_heads") if config[k] is not None}
+    model = create_latte(config["model_name"], input_size=latent_size, in_channels=channels, **overrides,
+                         num_frames=config["num_frames"], learn_sigma=config["learn_sigma"],
+                         condition=config["condition"], num_classes=max(config["num_classes"], 1),
+                         class_dropout_prob=config["class_dropout_prob"], patch_embedder=config["patch_embedder"],
+                         enable_flash_attention=config["enable_flash_attention"])
+    if config["pretrained_model_path"]:
+        load_weights(model, config["pretrained_model_path"], recompute=("pos_embed", "temp_embed"))
+        logger.info("started from %s", config["pretrained_model_path"])
+    if config["use_recompute"]:
+        for block in model.blocks:
+            block.recompute()
+    if config["amp_level"] == "O2" and config["dtype"] != "fp32":
+        ms.amp.auto_mixed_precision(model, "O2", dtype=ms.float16 if config["dtype"] == "fp16" else ms.bfloat16)
+    model.set_train(True)
+    return model
+
+
+def build_step(config, model, diffusion, world):
+    """(step object, updater, EMA or None) for the config: fused step, or micro-steps + apply."""
+    import mindspore as ms
+    from mindspore import nn
+    from .step import EMA, AccumulatingStep, ClassDiffusionLoss, DiffusionLoss, TrainStep, Updater
+    params = model.trainable_params()
+    ema = EMA(params, config["ema_decay"]) if config["use_ema"] else None
+    scaler = None
+    if config["amp_level"] == "O2" and config["dtype"] != "fp32":
+        scaler = ms.amp.DynamicLossScaler(config["init_loss_scale"], config["loss_scale_factor"], config["scale_window"])
+    reducer = nn.DistributedGradReducer(params, mean=True, degree=world) if world > 1 else None
+    updater = Updater(params, learning_rate=config["start_learning_rate"], betas=tuple(config["betas"]),
+                      eps=config["optim_eps"], weight_decay=config["weight_decay"],
+                      max_grad_norm=config["max_grad_norm"] if config["clip_grad"] else None,
+                      loss_scaler=scaler, ema=ema, grad_reducer=reducer)
+    loss_net = (ClassDiffusionLoss if config["condition"] == "class" else DiffusionLoss)(model, diffusion)
+    steps = config["gradient_accumulation_steps"]
+    step = TrainStep(loss_net, updater) if steps == 1 else AccumulatingStep(loss_net, updater, steps)
+    return step, updater, ema
+
+
+def _state_cells(model, updater):
+    cells = [model, updater.optimizer]
+    if updater.ema is not None:
+        cells.append(updater.ema)
+    if updater.loss_scaler is not None:
+        cells.append(_ScalerCell(updater.loss_scaler))
+    return cells
+
+
+class _ScalerCell:
+    """Exposes a DynamicLossScaler's two parameters (scale, good-step counter) like a cell's."""
+
+    def __init__(self, scaler):
+        self.scaler = scaler
+
+    def get_parameters(self):
+        return iter((self.scaler.scale_value, self.scaler.counter))
+
+
+def _sampling_weights(model, ema):
+    """{name: Parameter} of a plain Latte state dict: the EMA weights where there are any."""
+    weights = {p.name: p for p in model.get_parameters()}
+    if ema is not None:
+        weights.update({p.name: s for p, s in zip(ema.params, ema.shadow)})
+    return weights
+
+
+# ------------------------------------------------------------------------------------------ the log
+class RunLog:
+    """OUTPUT/train_log.jsonl, one line per optimizer step. On resume, lines of steps after the
+    checkpoint (done before a crash, redone now) are dropped so the log reads as one run."""
+
+    def __init__(self, path, resume_step, enabled=True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        kept = []
+        if resume_step and os.path.exists(path):
+            with open(path) as handle:
+                for line in handle:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        break  # a line cut by a kill
+                    if record["step"] > resume_step:
+                        break
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        with open(path + ".tmp", "w") as handle:
+            handle.writelines(kept)
+        os.replace(path + ".tmp", path)
+
+    def write(self, record):
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def curve(self):
+        with open(self.path) as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+        return [r["step"] for r in records], [r["loss"] for r in records]
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def train(config, resume=False, progress=True):
+    """Train (or resume) the run the config describes; returns a summary dict."""
+    import mindspore as ms
+    from mindspore import Tensor
+    from tqdm.auto import tqdm
+    from latte_core import create_diffusion
+
+    report_device_limits(config)
+    rank, world = setup_devices(config)
+    is_main = rank == 0
+    out = os.path.abspath(config["output_path"])
+    ckpt_root = os.path.join(out, "ckpt")
+    existing = checkpoint_dirs(ckpt_root)
+    if existing and not resume:
+        raise TrainingError(f"{out} already holds checkpoints ({os.path.basename(existing[-1])}); pass --resume to "
+                            f"continue that run, or choose another output_path")
+    if is_main:
+        os.makedirs(out, exist_ok=True)
+        remove_staging(ckpt_root)
+        with open(os.path.join(out, "config.json"), "w") as handle:
+            json.dump(config, handle, indent=1, sort_keys=True)
+
+    loader, latent_size, channels = build_loader(config, rank, world)
+    model = build_model(config, latent_size, channels)
+    diffusion = create_diffusion("", learn_sigma=config["learn_sigma"])
+    step_fn, updater, ema = build_step(config, model, diffusion, world)
+    loss_of_all_ranks = _rank_mean(world)
+    accumulation = config["gradient_accumulation_steps"]
+    steps_per_epoch = max(1, loader.batches_per_epoch // accumulation)
+    max_steps = config["max_steps"] or config["epochs"] * steps_per_epoch
+    save_every = config["ckpt_save_interval"] * (1 if config["step_mode"] else steps_per_epoch)
+
+    step = 0
+    if resume and existing:
+        state = load_checkpoint(existing[-1], _state_cells(model, updater))
+        loader.load_state_dict(state["loader"])
+        step = state["step"]
+        logger.info("resumed from %s (step %d, epoch %d)", existing[-1], step, loader.epoch)
+    elif resume:
+        logger.info("--resume: no checkpoint in %s yet, starting at step 0", ckpt_root)
+    params = sum(int(np.prod(p.shape)) for p in model.trainable_params())
+    logger.info("rank %d/%d: %s (%.1fM parameters), latents %dx%d, %d frames, batch %d x %d accumulation x %d "
+                "ranks, %d steps/epoch, amp %s %s, %s", rank, world, config["model_name"], params / 1e6, latent_size,
+                latent_size, config["num_frames"], config["train_batch_size"], accumulation, world, steps_per_epoch,
+                config["amp_level"], config["dtype"], config["data_folder"])
+
+    log = RunLog(os.path.join(out, "train_log.jsonl"), step, enabled=is_main)
+    bar = tqdm(total=max_steps, initial=step, unit="step", disable=not (progress and is_main))
+    stream = _endless(loader)
+    last_checkpoint = existing[-1] if resume and existing else None
+    frames_per_sample = config["num_frames"]
+    while step < max_steps:
+        started = time.perf_counter()
+        lr = learning_rate(config, step, max_steps)
+        updater.set_learning_rate(lr)
+        losses = []
+        for _ in range(accumulation):
+            batch = next(stream)
+            inputs = _step_inputs(batch, loader.epoch, config, diffusion.num_timesteps, Tensor)
+            if accumulation == 1:
+                loss, norm, finite = step_fn(*inputs)
+            else:
+                loss = step_fn.micro(*inputs)
+            losses.append(float(loss_of_all_ranks(loss).asnumpy()))
+        if accumulation > 1:
+            norm, finite = step_fn.apply()
+        finite, loss = bool(finite.asnumpy()), float(np.mean(losses))
+        step += 1
+        if not finite and updater.loss_scaler is None:
+            raise TrainingError(f"step {step}: the loss or gradients are not finite (loss {loss}); the update was "
+                                f"not applied and nothing was saved; last good checkpoint: {last_checkpoint}")
+        seconds = time.perf_counter() - started
+        samples = config["train_batch_size"] * accumulation * world
+        record = {"step": step, "epoch": loader.epoch, "loss": loss, "lr": lr, "grad_norm": float(norm.asnumpy()),
+                  "loss_scale": float(updater.loss_scaler.scale_value.asnumpy()) if updater.loss_scaler else 1.0,
+                  "skipped": not finite, "seconds": round(seconds, 4), "samples_per_s": round(samples / seconds, 3),
+                  "frames_per_s": round(samples * frames_per_sample / seconds, 2)}
+        log.write(record)
+        bar.update(1)
+        if step % config["log_interval"] == 0:
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        if step % save_every == 0 or step == max_steps:
+            last_checkpoint = _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main)
+    bar.close()
+    curve = None
+    if is_main:
+        curve = plot_loss_curve(*log.curve(), os.path.join(out, "loss_curve.png"), f"{config['model_name']} loss")
+    return {"output_path": out, "steps": step, "last_checkpoint": last_checkpoint, "loss_curve": curve,
+            "rank": rank, "world_size": world}
+
+
+def _rank_mean(world):
+    """The logged loss is the mean over all ranks' samples (rank 0's alone would differ from a
+    single-process run on the same global batch)."""
+    if world == 1:
+        return lambda loss: loss
+    from .step import MeanOverRanks
+    return MeanOverRanks(world)
+
+
+def _endless(loader):
+    while True:
+        yield from loader
+
+
+def _step_inputs(batch, epoch, config, num_timesteps, tensor):
+    latent = batch["latent"]
+    t, noise, drop = diffusion_draws(batch["index"], epoch, config["seed"], latent.shape[1:], num_timesteps,
+                                     config["class_dropout_prob"] if config["condition"] == "class" else 0.0)
+    inputs = [tensor(latent), tensor(t), tensor(noise)]
+    if config["condition"] == "class":
+        labels = batch["label"]
+        if (labels < 0).any() or (labels >= config["num_classes"]).any():
+            raise TrainingError(f"class labels must be 0..{config['num_classes'] - 1} for every video; this batch has "
+                                f"{sorted(set(labels.tolist()))} (-1: the video has no class)")
+        inputs += [tensor(labels.astype(np.int32)), tensor(drop)]
+    return inputs
+
+
+def _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main):
+    folder = os.path.join(ckpt_root, f"step-{step:08d}")
+    if is_main:
+        state = {"step": step, "loader": loader.state_dict(), "config": config}
+        save_checkpoint(ckpt_root, step, _state_cells(model, updater), _sampling_weights(model, ema), state,
+                        config["ckpt_max_keep"])
+    return folder
+
