@@ -149,7 +149,7 @@ def write_synthetic_cache(out_dir, fmt="numpy", videos=64, frames=128, latent=32
 
         def arrays():
             for item in items:
-                shift = int(rng.integers(0, 64)) * frame_values
+                shift = int(rng.integers(0, 64 * frame_values))  # not frame-aligned: no two chunks alike
                 video = {field: pool[shift:shift + frames * frame_values].reshape(frames, 4, latent, latent)
                          for field in fields}
                 yield item, video, 0
