@@ -124,14 +124,17 @@ class MidBlock(nn.Cell):
 
 
 class Downsample2D(nn.Cell):
-    """Stride-2 3x3 conv after padding one pixel on the right and bottom only (diffusers' padding=0)."""
+    """Stride-2 3x3 conv padding one pixel on the bottom and right only (diffusers pads with F.pad).
+
+    The padding is the convolution's own (top, bottom, left, right): the gradient of a separate
+    ops.pad hangs MindSpore 2.10's CPU runtime after a few dozen executions of a training graph."""
 
     def __init__(self, channels):
         super().__init__()
-        self.conv = conv3x3(channels, channels, stride=2, padding=0)
+        self.conv = conv3x3(channels, channels, stride=2, padding=(0, 1, 0, 1))
 
     def construct(self, x):
-        return self.conv(ops.pad(x, (0, 1, 0, 1)))
+        return self.conv(x)
 
 
 class Upsample2D(nn.Cell):
@@ -244,7 +247,7 @@ class DiagonalGaussian:
 
 class _EncodeMoments(nn.Cell):
     def __init__(self, vae):
-        super().__init__()
+        super().__init__(auto_prefix=False)  # a prefix would rename the VAE's parameters to vae.*
         self.vae = vae
 
     def construct(self, x):
