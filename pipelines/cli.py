@@ -262,12 +262,12 @@ def train(config_path, cache_dir, output_path, max_steps, resume, use_parallel, 
       latte train -c configs/training/sky_numpy_video.yaml --cache work/cache --output-dir runs/sky
       msrun --worker_num=2 --local_worker_num=2 --join=True latte train -c ... --use_parallel True
     """
-    from train.config import TrainConfigError, describe, load_train_config
+    from train.config import TRAIN_KEYS, TrainConfigError, load_train_config
     from train.checkpoint import ResumeError
     from pipelines.ingest import IngestError
     from train.loop import TrainingError, train as run_training
     if show_keys:
-        click.echo(describe())
+        click.echo(TRAIN_KEYS.describe())
         return
     overrides = {"output_path": output_path, "max_steps": max_steps, "use_parallel": _parse_bool(use_parallel),
                  "device_target": device_target}
@@ -304,6 +304,147 @@ def _ingested(config):
     if not summary["ok"]:
         raise BadInput(f"{folder}: no usable video for clips of {config['num_frames']} frames (see {target})")
     return target
+
+
+@main.command("train-vae")
+@click.option("--manifest", required=True, type=click.Path(exists=True), help="Ingest folder whose frames to learn.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="New diffusers VAE folder.")
+@click.option("--image-size", default=64, show_default=True, help="Frame size (crop rule).")
+@click.option("--block-out-channels", default="32,64,64", show_default=True,
+              help="Channels per level; n levels downsample by 2^(n-1).")
+@click.option("--layers-per-block", default=1, show_default=True)
+@click.option("--norm-groups", default=16, show_default=True, help="GroupNorm groups.")
+@click.option("--latent-channels", default=4, show_default=True)
+@click.option("--steps", default=2000, show_default=True)
+@click.option("--batch", default=16, show_default=True, help="Frames per step.")
+@click.option("--lr", default=1e-3, show_default=True, help="Learning rate (after 100 warm-up steps).")
+@click.option("--kl-weight", default=1e-3, show_default=True, help="Weight of the KL term (per latent element).")
+@click.option("--seed", default=0, show_default=True)
+def train_vae_command(manifest, out_dir, image_size, block_out_channels, layers_per_block, norm_groups,
+                      latent_channels, steps, batch, lr, kl_weight, seed):
+    """Train a small AutoencoderKL (L1 reconstruction + KL) on a manifest's frames.
+
+    Writes a diffusers folder (config.json with the measured scaling_factor, safetensors) with
+    train_vae_log.jsonl, loss_curve.png and train_vae_summary.json beside it.
+
+    \b
+    Example:
+      latte train-vae --manifest work/ingest --out models/vae-clouds --image-size 64 --steps 2000
+    """
+    setup_mindspore("CPU")
+    from train.vae import train_vae
+    try:
+        channels = tuple(int(c) for c in block_out_channels.split(","))
+        summary = train_vae(manifest, out_dir, image_size, channels, layers_per_block, norm_groups,
+                            latent_channels, steps, batch, lr, kl_weight, seed)
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as err:
+        raise BadInput(str(err)) from None
+    click.echo(json.dumps(summary))
+
+
+# ---------------------------------------------------------------------------------------- sample
+@main.command()
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="Inference YAML (MindONE's keys; `latte sample --keys`). Default: the shipped cloud model.")
+@click.option("--checkpoint", help="Latte weights (.pt/.ckpt/.safetensors) or a run's ckpt/step-N folder.")
+@click.option("--vae", "vae_checkpoint", help="VAE: diffusers folder or .ckpt.")
+@click.option("--sampler", type=click.Choice(["ddpm", "ddim"]), help="Sampler [ddpm].")
+@click.option("--steps", "sampling_steps", type=int, help="Sampling steps [250].")
+@click.option("--eta", "ddim_eta", type=float, help="DDIM eta [0].")
+@click.option("--cfg-scale", "guidance_scale", type=float, help="Classifier-free guidance scale (class models).")
+@click.option("--class-labels", help="Comma-separated classes, one per video (cycled).")
+@click.option("--seed", type=int, help="Noise seed [42].")
+@click.option("--num-videos", type=int, help="Videos to make [4].")
+@click.option("--batch-size", type=int, help="Videos sampled together [4].")
+@click.option("--output-dir", "output_path", type=click.Path(file_okay=False), help="Output folder [samples].")
+@click.option("--device", "device_target", type=click.Choice(["CPU", "GPU", "Ascend"]), help="Device [CPU].")
+@click.option("--keys", "show_keys", is_flag=True, help="List every config key with its default and exit.")
+def sample(config_path, checkpoint, vae_checkpoint, sampler, sampling_steps, ddim_eta, guidance_scale, class_labels,
+           seed, num_videos, batch_size, output_path, device_target, show_keys):
+    """Sample videos: DDPM (250 steps) or DDIM, GIF + MP4 + latents (.npy) per video.
+
+    \b
+    Examples:
+      latte sample                                   # the shipped cloud model, no downloads
+      latte sample -c configs/inference/sky.yaml     # the converted official Sky Timelapse Latte-XL/2
+      latte sample --checkpoint runs/sky/ckpt/step-00001000 --sampler ddim --steps 50
+    """
+    from pipelines.sample import SAMPLE_KEYS, SampleError, run_sample, summary_table
+    if show_keys:
+        click.echo(SAMPLE_KEYS.describe())
+        return
+    labels = None
+    if class_labels:
+        try:
+            labels = [int(label) for label in class_labels.split(",")]
+        except ValueError:
+            raise BadInput(f"--class-labels must be integers separated by commas, got {class_labels!r}") from None
+    overrides = {"checkpoint": checkpoint, "vae_checkpoint": vae_checkpoint, "sampling_steps": sampling_steps,
+                 "ddim_sampling": None if sampler is None else sampler == "ddim", "ddim_eta": ddim_eta,
+                 "guidance_scale": guidance_scale, "class_labels": labels, "seed": seed, "num_videos": num_videos,
+                 "batch_size": batch_size, "output_path": output_path, "device_target": device_target}
+    try:
+        config = SAMPLE_KEYS.load(config_path, overrides)
+        setup_mindspore(config["device_target"])
+        summary = run_sample(config)
+    except SampleError as err:
+        raise BadInput(str(err)) from None
+    click.echo(summary_table(summary))
+    click.echo(f"{summary['videos']} videos in {summary['output_path']}")
+
+
+@main.command()
+@click.argument("samples_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--manifest", required=True, type=click.Path(exists=True), help="Ingest folder of the training videos.")
+@click.option("--vae", "vae_checkpoint", required=True, help="The VAE the model was trained with.")
+@click.option("--real-clips", default=64, show_default=True, help="Real clips to compare with.")
+def quality(samples_dir, manifest, vae_checkpoint, real_clips):
+    """Check sampled videos against the training videos and two baselines (exit 1 if it fails).
+
+    Appearance: Fréchet distance of per-frame VAE-latent features to real clips, against decoded
+    noise. Motion: frame-to-frame change within the real clips' range, while real frames shuffled
+    in time fall outside it.
+
+    \b
+    Example:
+      latte quality samples/ --manifest work/ingest --vae models/vae-clouds
+    """
+    from pipelines.quality import check_samples, read_sample_gifs
+    from pipelines.sample import SampleError, load_vae
+    setup_mindspore("CPU")
+    try:
+        result = check_samples(read_sample_gifs(samples_dir), manifest, load_vae(vae_checkpoint), real_clips)
+    except (SampleError, FileNotFoundError, ValueError) as err:
+        raise BadInput(str(err)) from None
+    click.echo(json.dumps(result))
+    if not result["passed"]:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option("--out", "out_dir", default="latte-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for everything the demo makes (re-running resumes).")
+@click.option("--videos", default=48, show_default=True, help="Procedural cloud clips to generate.")
+@click.option("--train-steps", default=200, show_default=True, help="Training steps from the shipped Latte.")
+@click.option("--sample-steps", default=250, show_default=True, help="DDPM steps.")
+@click.option("--num-videos", default=4, show_default=True, help="Videos to sample.")
+def demo(out_dir, videos, train_steps, sample_steps, num_videos):
+    """The whole pipeline on procedural videos, no downloads: generate → ingest → cache → train → sample.
+
+    \b
+    Example:
+      latte demo --out latte-demo
+    """
+    from pipelines.demo import run_demo
+    setup_mindspore("CPU")
+    summary = run_demo(out_dir, videos, train_steps, sample_steps, num_videos)
+    out = summary["out"]
+    click.echo(f"demo finished in {summary['total_seconds']} s ({summary['seconds']}):")
+    click.echo(f"  {summary['videos']} videos: {out}/videos, manifest {out}/ingest/manifest.parquet")
+    click.echo(f"  cache: {out}/cache ({summary['cached_frames']} frames), report {out}/cache_report.json")
+    click.echo(f"  training: {summary['train_steps']} steps, loss curve {summary['loss_curve']}")
+    click.echo(f"  samples: {', '.join(summary['samples'])}")
+    click.echo(f"  quality check {'passed' if summary['quality_passed'] else 'FAILED'}: {out}/quality.json")
 
 
 # ---------------------------------------------------------------------------------------- convert

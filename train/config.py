@@ -2,7 +2,7 @@
 
 A config file may name a `data_config_file` whose `data_config:` section is merged in (as MindONE's
 configs do); command-line options override both. Unknown keys and wrong types are errors naming the
-key and the file. `describe()` prints the table; README.md documents it.
+key and the file. `TRAIN_KEYS.describe()` prints the table; README.md documents it.
 """
 import dataclasses
 import os
@@ -106,18 +106,7 @@ KEYS = [
     _key("use_parallel", bool, False, "data-parallel over the processes msrun started"),
     _key("device_target", str, "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend")),
 ]
-KEYS_BY_NAME = {key.name: key for key in KEYS}
 ALIASES = {"use_model_dtype": "dtype", "output_dir": "output_path", "cache_folder": "data_folder"}
-
-
-def _check(name, value, source):
-    key = KEYS_BY_NAME[name]
-    wrong = not isinstance(value, key.types) or (isinstance(value, bool) and bool not in key.types)
-    if wrong:
-        raise TrainConfigError(f"{source}: {name} must be {'/'.join(t.__name__ for t in key.types)}, got {value!r}")
-    if key.choices and value not in key.choices:
-        raise TrainConfigError(f"{source}: {name} must be one of {', '.join(map(str, key.choices))}, got {value!r}")
-    return float(value) if float in key.types and type(value) is int else value
 
 
 def read_yaml_mapping(path, error=TrainConfigError):
@@ -132,35 +121,62 @@ def read_yaml_mapping(path, error=TrainConfigError):
     return raw
 
 
-def _merge(values, raw, source):
-    nested = raw.pop("data_config", None) or {}
-    if not isinstance(nested, dict):
-        raise TrainConfigError(f"{source}: data_config must be a mapping")
-    for key, value in {**raw, **nested}.items():
-        name = ALIASES.get(key, key)
-        if name not in KEYS_BY_NAME:
-            raise TrainConfigError(f"{source}: unknown key {key!r}; known keys: "
-                                   f"{', '.join(sorted(set(KEYS_BY_NAME) | set(ALIASES)))}")
-        values[name] = _check(name, value, source)
+class KeyTable:
+    """A stage's typed keys: defaults < YAML file (a `data_config:` section and a `data_config_file`
+    are merged in, as MindONE's configs nest data keys) < overrides. Errors name key and file."""
+
+    def __init__(self, keys, aliases, error):
+        self.keys, self.aliases, self.error = keys, aliases, error
+        self.by_name = {key.name: key for key in keys}
+
+    def check(self, name, value, source):
+        key = self.by_name[name]
+        if not isinstance(value, key.types) or (isinstance(value, bool) and bool not in key.types):
+            raise self.error(f"{source}: {name} must be {'/'.join(t.__name__ for t in key.types)}, got {value!r}")
+        if key.choices and value not in key.choices:
+            raise self.error(f"{source}: {name} must be one of {', '.join(map(str, key.choices))}, got {value!r}")
+        return float(value) if float in key.types and type(value) is int else value
+
+    def _merge(self, values, raw, source):
+        nested = raw.pop("data_config", None) or {}
+        if not isinstance(nested, dict):
+            raise self.error(f"{source}: data_config must be a mapping")
+        for key, value in {**raw, **nested}.items():
+            name = self.aliases.get(key, key)
+            if name not in self.by_name:
+                raise self.error(f"{source}: unknown key {key!r}; known keys: "
+                                 f"{', '.join(sorted(set(self.by_name) | set(self.aliases)))}")
+            values[name] = self.check(name, value, source)
+
+    def load(self, path=None, overrides=None):
+        values = {key.name: key.default for key in self.keys}
+        if path:
+            raw = read_yaml_mapping(path, self.error)
+            data_file = raw.get("data_config_file")
+            self._merge(values, raw, path)
+            if data_file:
+                candidates = [data_file, os.path.join(os.path.dirname(os.path.abspath(path)), data_file)]
+                found = next((c for c in candidates if os.path.isfile(c)), None)
+                if found is None:
+                    raise self.error(f"{path}: data_config_file {data_file!r} not found")
+                self._merge(values, read_yaml_mapping(found, self.error), found)
+                values["data_config_file"] = data_file  # the data file's own keys may not re-point it
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = self.check(name, value, "command line")
+        return values
+
+    def describe(self):
+        """One line per key: name, default, meaning."""
+        return "\n".join(f"{key.name} [{key.default!r}]: {key.doc}" for key in self.keys)
+
+
+TRAIN_KEYS = KeyTable(KEYS, ALIASES, TrainConfigError)
 
 
 def load_train_config(path=None, overrides=None):
-    """{key: value} for every key: defaults < config file (< its data_config_file) < overrides."""
-    values = {key.name: key.default for key in KEYS}
-    if path:
-        raw = read_yaml_mapping(path)
-        data_file = raw.get("data_config_file")
-        _merge(values, raw, path)
-        if data_file:
-            candidates = [data_file, os.path.join(os.path.dirname(os.path.abspath(path)), data_file)]
-            found = next((c for c in candidates if os.path.isfile(c)), None)
-            if found is None:
-                raise TrainConfigError(f"{path}: data_config_file {data_file!r} not found")
-            _merge(values, read_yaml_mapping(found), found)
-            values["data_config_file"] = data_file  # the data file's own keys may not re-point it
-    for name, value in (overrides or {}).items():
-        if value is not None:
-            values[name] = _check(name, value, "command line")
+    """{key: value} for every training key: defaults < config file < overrides, then checked."""
+    values = TRAIN_KEYS.load(path, overrides)
     validate(values)
     return values
 
@@ -184,8 +200,3 @@ def validate(values):
                                "image-video training) are not supported: set them to false / null")
     if not values["data_folder"]:
         raise TrainConfigError("data_folder is empty: give a cache folder (or --cache)")
-
-
-def describe():
-    """One line per key: name, default, meaning."""
-    return "\n".join(f"{key.name} [{key.default!r}]: {key.doc}" for key in KEYS)

@@ -1,0 +1,223 @@
+"""`latte sample`: videos from Latte weights: diffusion sampling, VAE decoding, GIF / MP4 / latents.
+
+    checkpoint (official .pt, converted .ckpt/.safetensors, or a run's ckpt/step-N/ folder: its EMA
+    weights and the architecture in its state.json) + VAE (diffusers folder or .ckpt)
+      ─ noise from numpy (seed) ─ DDPM (250 steps) or DDIM (eta) ─ classifier-free guidance for class
+        models (cfg scale > 1) ─ VAE decode in frame micro-batches ─ OUTPUT/sample_NNN.{gif,mp4,npy}
+
+Without a config, the project's own small weights (train/pretrained/, trained on procedural clouds)
+are used, so `latte sample` works on a fresh machine with no downloads.
+"""
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from train.config import Key, KeyTable
+
+logger = logging.getLogger(__name__)
+PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "pretrained")
+
+
+class SampleError(ValueError):
+    pass
+
+
+SAMPLE_KEYS = KeyTable([
+    Key("checkpoint", (str,), os.path.join(PRETRAINED, "latte-clouds"),
+        "Latte weights: .pt/.pth (official, read without torch), .ckpt, .safetensors, or a run's ckpt/step-N folder"),
+    Key("vae_checkpoint", (str,), os.path.join(PRETRAINED, "vae-clouds"),
+        "VAE: a diffusers folder, or a .ckpt of sd-vae-ft-mse's architecture"),
+    Key("model_name", (str, type(None)), None, "variant for a plain weights file (read from a run folder)"),
+    Key("depth", (int, type(None)), None, "override the variant's blocks"),
+    Key("hidden_size", (int, type(None)), None, "override the variant's width"),
+    Key("num_heads", (int, type(None)), None, "override the variant's heads"),
+    Key("condition", (str, type(None)), None, "null or class (read from a run folder)", (None, "class")),
+    Key("num_classes", (int,), 0, "classes of a class-conditional model"),
+    Key("image_size", (int, type(None)), None, "frame size in pixels (a run folder's by default)"),
+    Key("num_frames", (int, type(None)), None, "frames per video (a run folder's by default)"),
+    Key("sd_scale_factor", (int, float, type(None)), None, "latent scaling factor (the VAE's by default)"),
+    Key("enable_flash_attention", (bool,), False, "flash attention (fused on Ascend, block-wise elsewhere)"),
+    Key("use_fp16", (bool,), False, "run the transformer in float16 (meant for Ascend; slower on CPU)"),
+    Key("sampling_steps", (int,), 250, "diffusion steps of the sampler"),
+    Key("ddim_sampling", (bool,), False, "DDIM instead of DDPM"),
+    Key("ddim_eta", (int, float), 0.0, "DDIM eta (0: deterministic)"),
+    Key("guidance_scale", (int, float), 1.0, "classifier-free guidance scale for class models (1: none)"),
+    Key("class_labels", (list, type(None)), None, "class of each video (cycled); default 0, 1, 2, ..."),
+    Key("num_videos", (int,), 4, "videos to make"),
+    Key("batch_size", (int,), 4, "videos sampled together"),
+    Key("seed", (int,), 42, "seed of the initial and per-step noise"),
+    Key("decode_micro_batch", (int,), 8, "frames per VAE decoder call"),
+    Key("fps", (int,), 8, "frame rate of the GIF and MP4 files"),
+    Key("output_path", (str,), "samples", "folder for sample_NNN.gif / .mp4 / .npy and summary.json"),
+    Key("device_target", (str,), "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend")),
+], {"guidance": "guidance_scale", "num_samples": "num_videos", "output_dir": "output_path"}, SampleError)
+
+
+def _model_settings(config):
+    """(weights file, Latte constructor settings) for the checkpoint the config names."""
+    from latte_core.latte import LATTE_MODELS
+    path = config["checkpoint"]
+    settings = {}
+    if os.path.isdir(path):
+        weights = os.path.join(path, "ema.ckpt")
+        state_path = os.path.join(path, "state.json")
+        if not os.path.isfile(weights) or not os.path.isfile(state_path):
+            raise SampleError(f"{path}: a checkpoint folder needs ema.ckpt and state.json (a `latte train` ckpt/step-N)")
+        with open(state_path) as handle:
+            trained = json.load(handle)["config"]
+        settings = {k: trained[k] for k in ("model_name", "depth", "hidden_size", "num_heads", "condition",
+                                            "num_classes", "image_size", "num_frames", "learn_sigma",
+                                            "patch_embedder", "sd_scale_factor")}
+    elif os.path.isfile(path):
+        weights = path
+    else:
+        raise SampleError(f"{path}: no such checkpoint")
+    for key in ("model_name", "depth", "hidden_size", "num_heads", "condition", "image_size", "num_frames",
+                "sd_scale_factor"):
+        if config[key] is not None:
+            settings[key] = config[key]
+    if config["num_classes"]:
+        settings["num_classes"] = config["num_classes"]
+    if settings.get("model_name") not in LATTE_MODELS:
+        raise SampleError(f"model_name {settings.get('model_name')!r}: give one of {', '.join(LATTE_MODELS)}")
+    for key, default in (("image_size", 256), ("num_frames", 16)):
+        settings.setdefault(key, default)
+    return weights, settings
+
+
+def load_vae(path):
+    from latte_core import AutoencoderKL
+    from latte_core.checkpoint import load_weights
+    if os.path.isdir(path):
+        return AutoencoderKL.from_pretrained(path)
+    if os.path.isfile(path):
+        return load_weights(AutoencoderKL(), path)
+    raise SampleError(f"{path}: no such VAE folder or file")
+
+
+def _guided_cell(model, scale):
+    """The model under classifier-free guidance, as one compiled cell: the reference's sampling on a
+    doubled batch (conditions, then null classes), guiding the epsilon channels."""
+    from mindspore import nn
+
+    class Guided(nn.Cell):
+        def __init__(self):
+            super().__init__(auto_prefix=False)
+            self.model = model
+
+        def construct(self, x, t, y):
+            return self.model.forward_with_cfg(x, t, y, scale)
+
+    return Guided()
+
+
+def run_sample(config, progress=True):
+    """Sample config["num_videos"] videos; returns the summary (also written as summary.json)."""
+    import mindspore as ms
+    from mindspore import Tensor
+    from latte_core import create_diffusion, create_latte
+    from latte_core.checkpoint import CheckpointError, load_weights
+    from .synthetic import write_mp4
+
+    for key in ("sampling_steps", "num_videos", "batch_size", "decode_micro_batch", "fps"):
+        if config[key] < 1:
+            raise SampleError(f"{key} must be at least 1, got {config[key]}")
+    started = time.perf_counter()
+    weights, settings = _model_settings(config)
+    try:
+        vae = load_vae(config["vae_checkpoint"])
+    except CheckpointError as err:
+        raise SampleError(str(err)) from None
+    factor = vae.downsample_factor
+    if settings["image_size"] % factor:
+        raise SampleError(f"image_size {settings['image_size']} is not a multiple of the VAE's {factor}")
+    scale = settings.get("sd_scale_factor") or vae.config["scaling_factor"]
+    overrides = {k: settings[k] for k in ("depth", "hidden_size", "num_heads", "learn_sigma", "patch_embedder")
+                 if settings.get(k) is not None}
+    condition = settings.get("condition")
+    model = create_latte(settings["model_name"], input_size=settings["image_size"] // factor,
+                         in_channels=vae.config["latent_channels"], num_frames=settings["num_frames"],
+                         condition=condition, num_classes=max(settings.get("num_classes") or 1, 1),
+                         enable_flash_attention=config["enable_flash_attention"], **overrides)
+    try:
+        load_weights(model, weights, recompute=("pos_embed", "temp_embed"))
+    except CheckpointError as err:
+        raise SampleError(str(err)) from None
+    model.set_train(False)
+    if config["use_fp16"]:
+        ms.amp.auto_mixed_precision(model, "O2", dtype=ms.float16)
+    load_s = time.perf_counter() - started
+
+    guided = condition == "class" and config["guidance_scale"] > 1.0
+    if condition == "class":
+        labels = config["class_labels"] or list(range(settings["num_classes"]))
+        if any(not 0 <= int(label) < settings["num_classes"] for label in labels):
+            raise SampleError(f"class_labels {labels} must lie in 0..{settings['num_classes'] - 1}")
+    net = _guided_cell(model, float(config["guidance_scale"])) if guided else model
+    steps = config["sampling_steps"]
+    diffusion = create_diffusion(f"ddim{steps}" if config["ddim_sampling"] else str(steps),
+                                 learn_sigma=model.learn_sigma)
+    shape_one = (settings["num_frames"], model.in_channels) + (settings["image_size"] // factor,) * 2
+
+    started = time.perf_counter()  # compile: the first call of the network, on a dummy batch
+    dummy_batch = 2 * config["batch_size"] if guided else config["batch_size"]
+    dummy = [Tensor(np.zeros((dummy_batch,) + shape_one, np.float32)), Tensor(np.zeros(dummy_batch, np.int32))]
+    if condition == "class":
+        dummy.append(Tensor(np.zeros(dummy_batch, np.int32)))
+    net(*dummy).asnumpy()
+    compile_s = time.perf_counter() - started
+
+    out = os.path.abspath(config["output_path"])
+    os.makedirs(out, exist_ok=True)
+    started, written = time.perf_counter(), []
+    for first in range(0, config["num_videos"], config["batch_size"]):
+        count = config["batch_size"]  # always whole batches: one compiled shape; extra videos are dropped
+        rng = np.random.default_rng([config["seed"], first])
+        noise = rng.standard_normal((count,) + shape_one).astype(np.float32)
+        kwargs = None
+        if condition == "class":
+            y = np.array([labels[(first + i) % len(labels)] for i in range(count)], np.int32)
+            if guided:
+                noise = np.concatenate([noise, noise])
+                y = np.concatenate([y, np.full(count, settings["num_classes"], np.int32)])
+            kwargs = {"y": Tensor(y)}
+        loop = diffusion.ddim_sample_loop if config["ddim_sampling"] else diffusion.p_sample_loop
+        extra = {"eta": float(config["ddim_eta"])} if config["ddim_sampling"] else {}
+        latents = loop(net, noise.shape, noise=noise, model_kwargs=kwargs, progress=progress,
+                       seed=config["seed"] + first + 1, **extra).asnumpy()[:count]
+        videos = vae.decode_video(latents / scale, micro_batch=config["decode_micro_batch"])
+        frames = (np.clip((videos + 1.0) * 127.5, 0, 255) + 0.5).astype(np.uint8).transpose(0, 1, 3, 4, 2)
+        for i in range(min(count, config["num_videos"] - first)):
+            name = os.path.join(out, f"sample_{first + i:03d}")
+            np.save(name + ".npy", latents[i])
+            _write_gif(name + ".gif", frames[i], config["fps"])
+            write_mp4(name + ".mp4", frames[i], fps=config["fps"])
+            written.append(name + ".gif")
+    sample_s = time.perf_counter() - started
+    summary = {"checkpoint": config["checkpoint"], "model": settings["model_name"], "condition": condition,
+               "image_size": settings["image_size"], "num_frames": settings["num_frames"],
+               "method": "ddim" if config["ddim_sampling"] else "ddpm", "steps": steps,
+               "guidance_scale": config["guidance_scale"] if guided else None, "videos": len(written),
+               "checkpoint_loading_s": round(load_s, 2), "compile_s": round(compile_s, 2),
+               "total_sample_s": round(sample_s, 2), "output_path": out, "files": written}
+    with open(os.path.join(out, "summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=1)
+    return summary
+
+
+def _write_gif(path, frames, fps):
+    from PIL import Image
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+def summary_table(summary):
+    """The seed's closing table, in Markdown."""
+    header = ("| model | image size | frames | method | steps | ckpt loading time | compile time | "
+              "total sample time |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    return header + (f"| {summary['model']} | {summary['image_size']}x{summary['image_size']} | "
+                     f"{summary['num_frames']} | {summary['method']} | {summary['steps']} | "
+                     f"{summary['checkpoint_loading_s']}s | {summary['compile_s']}s | {summary['total_sample_s']}s |")
