@@ -13,7 +13,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, XavierUniform, Zero, initializer
 
 from .attention import Attention, describe_attention_backend
-from .layers import EmbeddingTable, LayerNormNoAffine, Mlp, modulate
+from .layers import Dense, EmbeddingTable, GatedResidual, Mlp, ModulatedLayerNorm
 from .runtime import prefer_avx2_onednn
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class PatchEmbed(nn.Cell):
             self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size,
                                   pad_mode="valid", has_bias=True)
         else:
-            self.proj = nn.Dense(in_channels * patch_size * patch_size, hidden_size)
+            self.proj = Dense(in_channels * patch_size * patch_size, hidden_size)
 
     def construct(self, x):
         n, c, h, w = x.shape
@@ -67,7 +67,7 @@ class TimestepEmbedder(nn.Cell):
     def __init__(self, hidden_size, frequency_embedding_size=256, max_period=10000):
         super().__init__()
         self.mlp = nn.SequentialCell(
-            nn.Dense(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Dense(hidden_size, hidden_size))
+            Dense(frequency_embedding_size, hidden_size), nn.SiLU(), Dense(hidden_size, hidden_size))
         half = frequency_embedding_size // 2
         self.freqs = Tensor(np.exp(-math.log(max_period) * np.arange(half, dtype=np.float32) / half))
         self.odd = frequency_embedding_size % 2
@@ -108,30 +108,31 @@ class TransformerBlock(nn.Cell):
 
     def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, attention_backend="plain"):
         super().__init__()
-        self.norm1 = LayerNormNoAffine(hidden_size)
+        self.norm1 = ModulatedLayerNorm(hidden_size)
         self.attn = Attention(hidden_size, num_heads, qkv_bias=True, backend=attention_backend)
-        self.norm2 = LayerNormNoAffine(hidden_size)
+        self.norm2 = ModulatedLayerNorm(hidden_size)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.adaLN_modulation = nn.SequentialCell(nn.SiLU(), nn.Dense(hidden_size, 6 * hidden_size))
+        self.adaLN_modulation = nn.SequentialCell(nn.SiLU(), Dense(hidden_size, 6 * hidden_size))
+        self.residual = GatedResidual()
 
     def construct(self, x, c):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(
             self.adaLN_modulation(c), 6, axis=1)  # each (N, D)
-        x = x + gate_msa.expand_dims(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        x = x + gate_mlp.expand_dims(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = self.residual(x, gate_msa, self.attn(self.norm1(x, shift_msa, scale_msa)))  # x + gate·attn(...)
+        x = self.residual(x, gate_mlp, self.mlp(self.norm2(x, shift_mlp, scale_mlp)))
         return x  # (N, T, D)
 
 
 class FinalLayer(nn.Cell):
     def __init__(self, hidden_size, patch_size, out_channels):
         super().__init__()
-        self.norm_final = LayerNormNoAffine(hidden_size)
-        self.linear = nn.Dense(hidden_size, patch_size * patch_size * out_channels)
-        self.adaLN_modulation = nn.SequentialCell(nn.SiLU(), nn.Dense(hidden_size, 2 * hidden_size))
+        self.norm_final = ModulatedLayerNorm(hidden_size)
+        self.linear = Dense(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.SequentialCell(nn.SiLU(), Dense(hidden_size, 2 * hidden_size))
 
     def construct(self, x, c):
         shift, scale = ops.chunk(self.adaLN_modulation(c), 2, axis=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))  # (N, T, p·p·C_out)
+        return self.linear(self.norm_final(x, shift, scale))  # (N, T, p·p·C_out)
 
 
 class Latte(nn.Cell):
@@ -188,7 +189,7 @@ class Latte(nn.Cell):
             self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         elif condition == "text":
             self.text_embedding_projection = nn.SequentialCell(
-                nn.SiLU(), nn.Dense(TEXT_TOKENS * TEXT_DIM, hidden_size))
+                nn.SiLU(), Dense(TEXT_TOKENS * TEXT_DIM, hidden_size))
         self.grid = self.x_embedder.grid
         self.pos_embed = Parameter(
             Tensor(get_2d_sincos_pos_embed(hidden_size, self.grid)[None], ms.float32),

@@ -1,9 +1,11 @@
 """Small building blocks shared by the Latte transformer and the VAE.
 
-Written with formulations that are fast on MindSpore's CPU kernels as well as on Ascend: the
-tanh-GELU is composed from elementwise ops (MindSpore's fused CPU GELU is ~6x slower), and the
-affine-free LayerNorm uses the LayerNorm primitive with constant scale/shift so that official
-checkpoints, which have no parameters for these norms, load one-to-one.
+Each block has two paths chosen when it is built: the CPU kernels of `kernels.py` (float32 on CPU,
+when available) and MindSpore's ops everywhere else (Ascend, float16 under AMP, kernels switched
+off). The MindSpore path uses formulations that are fast on its CPU kernels too: the tanh-GELU is
+composed from elementwise ops (MindSpore's fused CPU GELU is ~6x slower), and the affine-free
+LayerNorm uses the LayerNorm primitive with constant scale/shift so that official checkpoints, which
+have no parameters for these norms, load one-to-one.
 """
 import math
 
@@ -11,6 +13,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
+
+from . import kernels
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -26,9 +30,18 @@ def modulate(x, shift, scale):
     return x * (1 + scale.expand_dims(1)) + shift.expand_dims(1)
 
 
-class GELUTanh(nn.Cell):
+class Dense(nn.Dense):
+    """nn.Dense (same parameters, `weight` (out, in) and `bias`) whose float32 CPU path is one fused
+    kernel over BLAS, forward and backward."""
+
+    def __init__(self, in_channels, out_channels, has_bias=True):
+        super().__init__(in_channels, out_channels, has_bias=has_bias)
+        self.kernel = kernels.dense_op() if has_bias and kernels.enabled() and kernels.has_blas() else None
+
     def construct(self, x):
-        return gelu_tanh(x)
+        if self.kernel is not None and x.dtype == ms.float32:
+            return self.kernel(x, self.weight, self.bias)
+        return super().construct(x)
 
 
 class LayerNormNoAffine(nn.Cell):
@@ -45,16 +58,56 @@ class LayerNormNoAffine(nn.Cell):
         return y
 
 
+class ModulatedLayerNorm(LayerNormNoAffine):
+    """adaLN's input: modulate(LayerNorm(x), shift, scale), fused into one kernel on CPU.
+    x (N, T, D), shift/scale (N, D) -> (N, T, D)."""
+
+    def __init__(self, hidden_size, eps=1e-6):
+        super().__init__(hidden_size, eps)
+        self.kernel = kernels.norm_modulate_op() if kernels.enabled() else None
+        self.eps = kernels.scalar_input(eps)
+
+    def construct(self, x, shift, scale):
+        if self.kernel is not None and x.dtype == ms.float32:
+            return self.kernel(x, shift, scale, self.eps)[0]
+        return modulate(super().construct(x), shift, scale)
+
+
+class GatedResidual(nn.Cell):
+    """adaLN-Zero's residual: x + gate·h with x, h (N, T, D) and gate (N, D)."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = kernels.gated_residual_op() if kernels.enabled() else None
+
+    def construct(self, x, gate, h):
+        if self.kernel is not None and x.dtype == ms.float32:
+            return self.kernel(x, gate, h)
+        return x + gate.expand_dims(1) * h
+
+
+class GELUTanh(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.kernel = kernels.gelu_tanh_op() if kernels.enabled() else None
+
+    def construct(self, x):
+        if self.kernel is not None and x.dtype == ms.float32:
+            return self.kernel(x)
+        return gelu_tanh(x)
+
+
 class Mlp(nn.Cell):
     """Two-layer MLP with tanh-GELU; names (fc1, fc2) follow timm's Mlp used by the reference."""
 
     def __init__(self, in_features, hidden_features):
         super().__init__()
-        self.fc1 = nn.Dense(in_features, hidden_features)
-        self.fc2 = nn.Dense(hidden_features, in_features)
+        self.fc1 = Dense(in_features, hidden_features)
+        self.act = GELUTanh()
+        self.fc2 = Dense(hidden_features, in_features)
 
     def construct(self, x):
-        return self.fc2(gelu_tanh(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class EmbeddingTable(nn.Cell):

@@ -17,6 +17,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, Zero, initializer
 
+from . import kernels
+from .layers import Dense
 from .runtime import prefer_avx2_onednn
 
 logger = logging.getLogger(__name__)
@@ -45,19 +47,29 @@ REQUIRED_CONFIG_KEYS = ("block_out_channels", "latent_channels")
 #################################################################################
 
 class GroupNorm(nn.Cell):
-    """GroupNorm over (N, C, H, W) with parameters named weight/bias as in PyTorch."""
+    """GroupNorm over (N, C, H, W) with parameters named weight/bias as in PyTorch, optionally followed
+    by SiLU (as before every convolution of a resnet block), fused into one kernel on CPU."""
 
-    def __init__(self, num_groups, num_channels, eps=1e-6):
+    def __init__(self, num_groups, num_channels, eps=1e-6, silu=False):
         super().__init__()
         if num_channels % num_groups:
             raise ValueError(f"{num_channels} channels cannot be split into {num_groups} groups")
         self.num_groups = num_groups
         self.eps = eps
+        self.silu = silu
         self.weight = Parameter(initializer("ones", (num_channels,), ms.float32), name="weight")
         self.bias = Parameter(initializer("zeros", (num_channels,), ms.float32), name="bias")
+        self.kernel = None
+        if kernels.enabled():
+            self.kernel = kernels.group_norm_silu_op() if silu else kernels.group_norm_op()
+        self.eps_input = kernels.scalar_input(eps)
+        self.groups_marker = Tensor(np.zeros(num_groups, np.float32))
 
     def construct(self, x):
-        return ops.group_norm(x, self.num_groups, self.weight.astype(x.dtype), self.bias.astype(x.dtype), self.eps)
+        if self.kernel is not None and x.dtype == ms.float32:
+            return self.kernel(x, self.weight, self.bias, self.eps_input, self.groups_marker)[0]
+        y = ops.group_norm(x, self.num_groups, self.weight.astype(x.dtype), self.bias.astype(x.dtype), self.eps)
+        return ops.silu(y) if self.silu else y
 
 
 def conv3x3(in_channels, out_channels, stride=1, padding=1):
@@ -71,17 +83,17 @@ def conv1x1(in_channels, out_channels):
 class ResnetBlock2D(nn.Cell):
     def __init__(self, in_channels, out_channels, groups):
         super().__init__()
-        self.norm1 = GroupNorm(groups, in_channels)
+        self.norm1 = GroupNorm(groups, in_channels, silu=True)
         self.conv1 = conv3x3(in_channels, out_channels)
-        self.norm2 = GroupNorm(groups, out_channels)
+        self.norm2 = GroupNorm(groups, out_channels, silu=True)
         self.conv2 = conv3x3(out_channels, out_channels)
         self.has_shortcut = in_channels != out_channels
         if self.has_shortcut:
             self.conv_shortcut = conv1x1(in_channels, out_channels)
 
     def construct(self, x):
-        h = self.conv1(ops.silu(self.norm1(x)))
-        h = self.conv2(ops.silu(self.norm2(h)))
+        h = self.conv1(self.norm1(x))  # norm1 and norm2 end with SiLU
+        h = self.conv2(self.norm2(h))
         if self.has_shortcut:
             x = self.conv_shortcut(x)
         return x + h
@@ -93,10 +105,10 @@ class SpatialSelfAttention(nn.Cell):
     def __init__(self, channels, groups):
         super().__init__()
         self.group_norm = GroupNorm(groups, channels)
-        self.to_q = nn.Dense(channels, channels)
-        self.to_k = nn.Dense(channels, channels)
-        self.to_v = nn.Dense(channels, channels)
-        self.to_out = nn.CellList([nn.Dense(channels, channels)])
+        self.to_q = Dense(channels, channels)
+        self.to_k = Dense(channels, channels)
+        self.to_v = Dense(channels, channels)
+        self.to_out = nn.CellList([Dense(channels, channels)])
         self.scale = channels ** -0.5
 
     def construct(self, x):
@@ -188,7 +200,7 @@ class Encoder(nn.Cell):
             previous = channels
         self.down_blocks = nn.CellList(blocks)
         self.mid_block = MidBlock(previous, groups, mid_attention)
-        self.conv_norm_out = GroupNorm(groups, previous)
+        self.conv_norm_out = GroupNorm(groups, previous, silu=True)
         self.conv_out = conv3x3(previous, 2 * latent_channels)
 
     def construct(self, x):
@@ -196,7 +208,7 @@ class Encoder(nn.Cell):
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(ops.silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out(x))  # norm, then SiLU
 
 
 class Decoder(nn.Cell):
@@ -214,14 +226,14 @@ class Decoder(nn.Cell):
             blocks.append(ResnetStack(previous, channels, layers_per_block + 1, groups, None if last else "up"))
             previous = channels
         self.up_blocks = nn.CellList(blocks)
-        self.conv_norm_out = GroupNorm(groups, previous)
+        self.conv_norm_out = GroupNorm(groups, previous, silu=True)
         self.conv_out = conv3x3(previous, out_channels)
 
     def construct(self, z):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(ops.silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out(x))  # norm, then SiLU
 
 
 #################################################################################

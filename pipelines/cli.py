@@ -514,6 +514,15 @@ def bench():
     """Speed and memory benchmarks; each prints one JSON line."""
 
 
+KERNELS_OPTION = click.option(
+    "--kernels", default="both", show_default=True, type=click.Choice(["on", "off", "both"]),
+    help="latte_core's CPU kernels (on), MindSpore's own ops (off), or both paths in one run.")
+
+
+def _kernel_paths(choice):
+    return ("on", "off") if choice == "both" else (choice,)
+
+
 @bench.command("step")
 @click.option("--model", "model_name", default="Latte-S/2", show_default=True, help="Latte variant.")
 @click.option("--frames", default=8, show_default=True, help="Frames per clip.")
@@ -523,8 +532,13 @@ def bench():
 @click.option("--flash-attention/--no-flash-attention", default=False, show_default=True,
               help="Use the flash attention backend (fused on Ascend, block-wise elsewhere).")
 @click.option("--device", default="CPU", show_default=True, type=click.Choice(["CPU", "GPU", "Ascend"]))
-def bench_step_command(model_name, frames, latent, batch, steps, flash_attention, device):
+@KERNELS_OPTION
+def bench_step_command(model_name, frames, latent, batch, steps, flash_attention, device, kernels):
     """Time a training step (forward + diffusion loss + backward + AdamW) in graph mode.
+
+    Each kernel path runs in a fresh process. The top-level figures are the first path's (kernels
+    on); `kernels_off` holds the other, `kernels_speedup` their ratio, and `matmul` the dense layers'
+    GFLOP/s inside the step against numpy's BLAS on the same matmul shapes.
 
     \b
     Example:
@@ -536,8 +550,8 @@ def bench_step_command(model_name, frames, latent, batch, steps, flash_attention
         raise BadInput(f"unknown Latte variant {model_name!r}; choose one of {', '.join(LATTE_MODELS)}")
     if steps < 2:
         raise BadInput("--steps must be at least 2 (the first step includes graph compilation)")
-    setup_mindspore(device)
-    click.echo(json.dumps(bench_step(model_name, frames, latent, batch, steps, flash_attention)))
+    click.echo(json.dumps(bench_step(model_name, frames, latent, batch, steps, flash_attention, device=device,
+                                     kernels=_kernel_paths(kernels))))
 
 
 @bench.command("vae")
@@ -547,8 +561,11 @@ def bench_step_command(model_name, frames, latent, batch, steps, flash_attention
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]),
               help="Compute dtype of convolutions and projections.")
 @click.option("--device", default="CPU", show_default=True, type=click.Choice(["CPU", "GPU", "Ascend"]))
-def bench_vae_command(size, batch, repeats, dtype, device):
+@KERNELS_OPTION
+def bench_vae_command(size, batch, repeats, dtype, device, kernels):
     """Encoding speed of the full sd-vae-ft-mse architecture (random weights), graph mode.
+
+    Each kernel path runs in a fresh process; the top-level figures are the first path's.
 
     \b
     Example:
@@ -557,8 +574,7 @@ def bench_vae_command(size, batch, repeats, dtype, device):
     from train.bench import bench_vae
     if size % 8 or size <= 0:
         raise BadInput(f"--size must be a positive multiple of 8, got {size}")
-    setup_mindspore(device)
-    click.echo(json.dumps(bench_vae(size, batch, repeats, dtype)))
+    click.echo(json.dumps(bench_vae(size, batch, repeats, dtype, device=device, kernels=_kernel_paths(kernels))))
 
 
 @bench.command("ingest")

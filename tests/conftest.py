@@ -26,6 +26,18 @@ def graph_mode_on_cpu(tmp_path, monkeypatch):
     yield
 
 
+@pytest.fixture(params=["kernels-on", "kernels-off"])
+def kernel_path(request):
+    """Run a test with models built on latte_core's CPU kernels, and again on MindSpore's own ops."""
+    from latte_core import kernels
+    on = request.param == "kernels-on"
+    previous = kernels.set_enabled(on)
+    if on:
+        assert kernels.enabled() and kernels.has_blas(), "the CPU kernels did not build on this machine"
+    yield on
+    kernels.set_enabled(previous)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir():
     if not FIXTURES.is_dir():

@@ -33,3 +33,9 @@ def test_bench_step_prints_one_json_line_with_the_figures(tmp_path):
     assert figures["model"] == "Latte-S/8" and figures["steps"] == 3 and len(figures["step_times_s"]) == 2
     assert 0 < figures["median_step_s"] < figures["first_step_s"]
     assert figures["peak_rss_mb"] > 100
+    # both kernel paths, each measured in its own process
+    assert figures["kernels"] == "on" and figures["kernels_off"]["kernels"] == "off"
+    assert 0 < figures["kernels_off"]["median_step_s"] < figures["kernels_off"]["first_step_s"]
+    assert figures["kernels_speedup"] == round(figures["kernels_off"]["median_step_s"] / figures["median_step_s"], 3)
+    assert figures["kernel_ms_per_step"]["dense_backward"] > 0 and figures["matmul"]["distinct_shapes"] > 1
+    assert figures["matmul"]["gflops_in_step"] > 0 and figures["matmul"]["numpy_gflops_same_shapes"] > 0

@@ -48,9 +48,10 @@ class _CFG(nn.Cell):
 
 
 @pytest.mark.parametrize("source", ["pt", "safetensors"])
-def test_forward_and_cfg_match_the_pytorch_reference(latte_fixture, source):
+def test_forward_and_cfg_match_the_pytorch_reference(latte_fixture, source, kernel_path):
     io = latte_fixture["io"]
     model = _load(latte_fixture, source)
+    assert (model.blocks[0].attn.kernel is not None) == kernel_path
     out = model(Tensor(io["x"]), Tensor(io["t"]), Tensor(io["y"])).asnumpy()
     assert out.shape == io["out_class"].shape
     assert relative_error(out, io["out_class"]) < 1e-4

@@ -14,6 +14,8 @@ Every cell here is built with auto_prefix=False, so the model's parameters keep 
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
+from latte_core import kernels
+
 
 class DiffusionLoss(nn.Cell):
     """Mean diffusion loss of `network` on a batch (B, F, C, H, W) at timesteps t with given noise."""
@@ -66,6 +68,7 @@ class Updater(nn.Cell):
         self.loss_scaler = loss_scaler
         self.ema = ema
         self.grad_reducer = grad_reducer
+        self.squared_sum = kernels.squared_sum_op() if kernels.enabled() else None
 
     def set_learning_rate(self, value):
         self.optimizer.learning_rate.set_data(Tensor(value, ms.float32))
@@ -75,7 +78,7 @@ class Updater(nn.Cell):
             grads = self.grad_reducer(grads)
         if self.loss_scaler is not None:
             grads = self.loss_scaler.unscale(grads)
-        norm = ops.sqrt(sum(ops.square(g.astype(ms.float32)).sum() for g in grads))
+        norm = ops.sqrt(self._sum_of_squares(grads))
         finite = ops.isfinite(norm)  # any inf/NaN gradient makes the norm inf/NaN (cheaper than all_finite)
         if self.max_grad_norm is not None:
             factor = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
@@ -91,6 +94,11 @@ class Updater(nn.Cell):
         if self.loss_scaler is not None:
             self.loss_scaler.adjust(finite)
         return norm, finite
+
+    def _sum_of_squares(self, grads):
+        if self.squared_sum is not None:
+            return sum(self.squared_sum(g.astype(ms.float32)) for g in grads).reshape(())
+        return sum(ops.square(g.astype(ms.float32)).sum() for g in grads)
 
 
 class _ScaledLoss(nn.Cell):

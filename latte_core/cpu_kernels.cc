@@ -1,0 +1,645 @@
+// CPU kernels for the Latte step and the SD VAE, loaded by MindSpore as "aot" custom ops
+// (latte_core/kernels.py builds this file with g++ on first use and caches the library).
+//
+// Every entry point has MindSpore's AOT signature:
+//   int f(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra)
+// params holds the inputs, then the outputs; all tensors are contiguous float32. A non-zero return makes
+// MindSpore raise. Dense layers call the sgemm of the BLAS named at build time (numpy's OpenBLAS) through
+// LATTE_SGEMM; everything else is plain loops the compiler vectorises (-O3 -march=native, omp simd).
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+#include <sched.h>
+
+namespace {
+
+int available_cores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+const int kCores = available_cores();
+
+// Runs body(begin, end) over [0, n) in contiguous chunks, one per core, when the work (n · cost_per_item
+// elements) is large enough to pay for starting threads; otherwise on the calling thread.
+template <class Body>
+void parallel_for(int64_t n, int64_t cost_per_item, Body body) {
+  const int64_t threads = std::min<int64_t>(kCores, n);
+  if (threads <= 1 || n * cost_per_item < (int64_t{1} << 17)) {
+    body(int64_t{0}, n);
+    return;
+  }
+  std::vector<std::thread> workers;
+  const int64_t chunk = (n + threads - 1) / threads;
+  for (int64_t begin = chunk; begin < n; begin += chunk)
+    workers.emplace_back(body, begin, std::min(n, begin + chunk));
+  body(int64_t{0}, std::min(n, chunk));
+  for (auto &worker : workers) worker.join();
+}
+
+bool all_float32(int nparam, const char **dtypes) {
+  for (int i = 0; i < nparam; ++i)
+    if (std::strcmp(dtypes[i], "float32") != 0 && std::strcmp(dtypes[i], "float") != 0) return false;
+  return true;
+}
+
+int64_t elements(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+// rows of a (..., last) tensor, i.e. the product of all but its last dimension
+int64_t leading(int ndim, const int64_t *shape) { return elements(ndim - 1, shape); }
+
+// exp(x) for float32 to ~1 ulp, in arithmetic the compiler vectorises (std::exp stays scalar without
+// -ffast-math): x = k·ln2 + r, exp(r) by a degree-7 polynomial, 2^k through the exponent bits. The round
+// to nearest integer adds and subtracts 1.5·2²³ (floor() blocks vectorisation under trapping math).
+inline float fast_exp(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * __builtin_bit_cast(float, (static_cast<int32_t>(k) + 127) << 23);
+}
+
+inline float sigmoid(float v) { return 1.0f / (1.0f + fast_exp(-v)); }
+
+// d/dv of v·sigmoid(v)
+inline float silu_slope(float v) {
+  const float s = sigmoid(v);
+  return s * (1.0f + v * (1.0f - s));
+}
+
+constexpr float kGeluA = 1.5957691216057308f;   // 2·sqrt(2/π)
+constexpr float kGeluB = 0.0713548162726009f;   // 2·sqrt(2/π)·0.044715
+
+// Per-kernel counters (calls, nanoseconds, floating-point operations of the BLAS calls), read by
+// `latte bench` through latte_kernel_stats: the matmul rate inside a training step is measured, not guessed.
+enum Kernel {
+  kDenseForward, kDenseBackward, kNormModulateForward, kNormModulateBackward, kGatedResidualForward,
+  kGatedResidualBackward, kGeluForward, kGeluBackward, kSquaredSum, kGroupNormForward, kGroupNormBackward,
+  kAttentionForward, kAttentionBackward, kNumKernels
+};
+const char *const kKernelNames[kNumKernels] = {
+  "dense_forward", "dense_backward", "norm_modulate_forward", "norm_modulate_backward", "gated_residual_forward",
+  "gated_residual_backward", "gelu_tanh_forward", "gelu_tanh_backward", "squared_sum", "group_norm_forward",
+  "group_norm_backward", "attention_forward", "attention_backward"};
+std::atomic<int64_t> g_calls[kNumKernels], g_nanoseconds[kNumKernels], g_flops[kNumKernels];
+
+class Timed {
+ public:
+  explicit Timed(Kernel kernel, int64_t flops = 0) : kernel_(kernel), start_(std::chrono::steady_clock::now()) {
+    g_calls[kernel] += 1;
+    g_flops[kernel] += flops;
+  }
+  ~Timed() {
+    g_nanoseconds[kernel_] += std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  Kernel kernel_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// The distinct (m, n, k, transposes) of the dense layers' sgemm calls and how often each ran, so that a
+// benchmark can time the BLAS alone on exactly the step's matmuls.
+struct GemmShape {
+  int64_t m, n, k;
+  int trans_a, trans_b;
+  int64_t calls;
+};
+std::mutex g_shapes_mutex;
+std::vector<GemmShape> g_shapes;
+
+#define F32(i) static_cast<float *>(params[i])
+#define CF32(i) static_cast<const float *>(params[i])
+#define AOT_ARGS int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *
+#define REQUIRE_F32 \
+  if (!all_float32(nparam, dtypes)) return 1
+
+}  // namespace
+
+extern "C" {
+
+// name, calls, nanoseconds and flops of kernel i; returns 0, or 1 past the last kernel
+int latte_kernel_stats(int i, const char **name, int64_t *calls, int64_t *nanoseconds, int64_t *flops) {
+  if (i < 0 || i >= kNumKernels) return 1;
+  *name = kKernelNames[i];
+  *calls = g_calls[i];
+  *nanoseconds = g_nanoseconds[i];
+  *flops = g_flops[i];
+  return 0;
+}
+
+void latte_kernel_stats_reset() {
+  for (int i = 0; i < kNumKernels; ++i) g_calls[i] = g_nanoseconds[i] = g_flops[i] = 0;
+  std::lock_guard<std::mutex> lock(g_shapes_mutex);
+  g_shapes.clear();
+}
+
+// ------------------------------------------------------------------------------------------- dense
+#ifdef LATTE_SGEMM
+void LATTE_SGEMM(int order, int trans_a, int trans_b, LATTE_BLAS_INT m, LATTE_BLAS_INT n, LATTE_BLAS_INT k,
+                 float alpha, const float *a, LATTE_BLAS_INT lda, const float *b, LATTE_BLAS_INT ldb, float beta,
+                 float *c, LATTE_BLAS_INT ldc);
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+
+// row-major c = a·b (with the transposes), beta = 0 or 1, recorded in g_shapes
+void dense_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const float *a, const float *b, float beta,
+                float *c) {
+  {
+    std::lock_guard<std::mutex> lock(g_shapes_mutex);
+    auto found = std::find_if(g_shapes.begin(), g_shapes.end(), [&](const GemmShape &s) {
+      return s.m == m && s.n == n && s.k == k && s.trans_a == trans_a && s.trans_b == trans_b;
+    });
+    if (found == g_shapes.end()) g_shapes.push_back({m, n, k, trans_a, trans_b, 1});
+    else found->calls += 1;
+  }
+  LATTE_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, 1.0f, a,
+              trans_a ? m : k, b, trans_b ? k : n, beta, c, n);
+}
+
+int latte_gemm_shape(int i, int64_t *m, int64_t *n, int64_t *k, int *trans_a, int *trans_b, int64_t *calls) {
+  std::lock_guard<std::mutex> lock(g_shapes_mutex);
+  if (i < 0 || i >= static_cast<int>(g_shapes.size())) return 1;
+  const GemmShape &s = g_shapes[i];
+  *m = s.m, *n = s.n, *k = s.k, *trans_a = s.trans_a, *trans_b = s.trans_b, *calls = s.calls;
+  return 0;
+}
+
+int latte_has_blas() { return 1; }
+
+// y = x·wᵀ + b.   x (..., K), w (N, K), b (N) -> y (..., N)
+int latte_dense_forward(AOT_ARGS) {
+  REQUIRE_F32;
+  const float *x = CF32(0), *w = CF32(1), *b = CF32(2);
+  float *y = F32(3);
+  const int64_t m = leading(ndims[0], shapes[0]), k = shapes[0][ndims[0] - 1], n = shapes[1][0];
+  Timed timed(kDenseForward, 2 * m * n * k);
+  for (int64_t i = 0; i < m; ++i) std::memcpy(y + i * n, b, n * sizeof(float));
+  dense_gemm(0, 1, m, n, k, x, w, 1.0f, y);
+  return 0;
+}
+
+// dx = dy·w, dw = dyᵀ·x, db = Σ_rows dy.   dy (..., N), x (..., K), w (N, K) -> dx, dw, db
+int latte_dense_backward(AOT_ARGS) {
+  REQUIRE_F32;
+  const float *dy = CF32(0), *x = CF32(1), *w = CF32(2);
+  float *dx = F32(3), *dw = F32(4), *db = F32(5);
+  const int64_t m = leading(ndims[1], shapes[1]), k = shapes[1][ndims[1] - 1], n = shapes[2][0];
+  Timed timed(kDenseBackward, 4 * m * n * k);
+  dense_gemm(0, 0, m, k, n, dy, w, 0.0f, dx);
+  dense_gemm(1, 0, n, k, m, dy, x, 0.0f, dw);
+  // db: each thread sums all rows over its own slice of the columns
+  parallel_for((n + 63) / 64, 64 * m, [=](int64_t begin, int64_t end) {
+    const int64_t first = begin * 64, last = std::min(n, end * 64);
+    std::fill(db + first, db + last, 0.0f);
+    for (int64_t i = 0; i < m; ++i) {
+      const float *row = dy + i * n;
+#pragma omp simd
+      for (int64_t j = first; j < last; ++j) db[j] += row[j];
+    }
+  });
+  return 0;
+}
+#else
+int latte_has_blas() { return 0; }
+#endif
+
+// ------------------------------------------------------------------- LayerNorm + adaLN modulation
+// y = LN(x)·(1 + scale) + shift, LN without affine parameters.
+// x (N, T, D), shift and scale (N, D), eps (1) -> y (N, T, D), stats (N, T, 2) = (mean, 1/std)
+int latte_norm_modulate_forward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kNormModulateForward);
+  const float *x = CF32(0), *shift = CF32(1), *scale = CF32(2);
+  const float eps = CF32(3)[0];
+  float *y = F32(4), *stats = F32(5);
+  const int64_t n = shapes[0][0], t = shapes[0][1], d = shapes[0][2];
+  parallel_for(n, t * d, [=](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float *sh = shift + i * d, *sc = scale + i * d;
+      for (int64_t j = 0; j < t; ++j) {
+        const int64_t row = i * t + j;
+        const float *xr = x + row * d;
+        float *yr = y + row * d;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t c = 0; c < d; ++c) sum += xr[c];
+        const float mean = sum / d;
+        float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+        for (int64_t c = 0; c < d; ++c) sq += (xr[c] - mean) * (xr[c] - mean);
+        const float rstd = 1.0f / std::sqrt(sq / d + eps);
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) yr[c] = (xr[c] - mean) * rstd * (1.0f + sc[c]) + sh[c];
+        stats[2 * row] = mean;
+        stats[2 * row + 1] = rstd;
+      }
+    }
+  });
+  return 0;
+}
+
+// dy, x, scale, stats -> dx (N, T, D), dshift (N, D), dscale (N, D)
+int latte_norm_modulate_backward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kNormModulateBackward);
+  const float *dy = CF32(0), *x = CF32(1), *scale = CF32(2), *stats = CF32(3);
+  float *dx = F32(4), *dshift = F32(5), *dscale = F32(6);
+  const int64_t n = shapes[1][0], t = shapes[1][1], d = shapes[1][2];
+  parallel_for(n, t * d, [=](int64_t begin, int64_t end) {
+    std::vector<float> g(d), xhat(d);
+    for (int64_t i = begin; i < end; ++i) {
+      const float *sc = scale + i * d;
+      float *dsh = dshift + i * d, *dsc = dscale + i * d;
+      std::fill(dsh, dsh + d, 0.0f);
+      std::fill(dsc, dsc + d, 0.0f);
+      for (int64_t j = 0; j < t; ++j) {
+        const int64_t row = i * t + j;
+        const float *xr = x + row * d, *dyr = dy + row * d;
+        const float mean = stats[2 * row], rstd = stats[2 * row + 1];
+        float sum_g = 0.0f, sum_gx = 0.0f;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+        for (int64_t c = 0; c < d; ++c) {
+          xhat[c] = (xr[c] - mean) * rstd;
+          g[c] = dyr[c] * (1.0f + sc[c]);
+          dsh[c] += dyr[c];
+          dsc[c] += dyr[c] * xhat[c];
+          sum_g += g[c];
+          sum_gx += g[c] * xhat[c];
+        }
+        const float mean_g = sum_g / d, mean_gx = sum_gx / d;
+        float *dxr = dx + row * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) dxr[c] = rstd * (g[c] - mean_g - xhat[c] * mean_gx);
+      }
+    }
+  });
+  return 0;
+}
+
+// -------------------------------------------------------------------------------- gated residual
+// out = x + gate·h.   x, h (N, T, D), gate (N, D) -> out (N, T, D)
+int latte_gated_residual_forward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kGatedResidualForward);
+  const float *x = CF32(0), *gate = CF32(1), *h = CF32(2);
+  float *out = F32(3);
+  const int64_t n = shapes[0][0], t = shapes[0][1], d = shapes[0][2];
+  parallel_for(n, t * d, [=](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float *gr = gate + i * d;
+      for (int64_t j = 0; j < t; ++j) {
+        const int64_t offset = (i * t + j) * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) out[offset + c] = x[offset + c] + gr[c] * h[offset + c];
+      }
+    }
+  });
+  return 0;
+}
+
+// dy, gate, h -> dgate (N, D) = Σ_t dy·h, dh (N, T, D) = gate·dy   (dx = dy needs no kernel)
+int latte_gated_residual_backward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kGatedResidualBackward);
+  const float *dy = CF32(0), *gate = CF32(1), *h = CF32(2);
+  float *dgate = F32(3), *dh = F32(4);
+  const int64_t n = shapes[2][0], t = shapes[2][1], d = shapes[2][2];
+  parallel_for(n, t * d, [=](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float *gr = gate + i * d;
+      float *dg = dgate + i * d;
+      std::fill(dg, dg + d, 0.0f);
+      for (int64_t j = 0; j < t; ++j) {
+        const int64_t offset = (i * t + j) * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) {
+          dg[c] += dy[offset + c] * h[offset + c];
+          dh[offset + c] = gr[c] * dy[offset + c];
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+// -------------------------------------------------------------------------------------- tanh-GELU
+// GELU with the tanh approximation written as x·sigmoid(2u), u = sqrt(2/π)·(x + 0.044715·x³)
+int latte_gelu_tanh_forward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kGeluForward);
+  const float *x = CF32(0);
+  float *y = F32(1);
+  const int64_t size = elements(ndims[0], shapes[0]);
+  parallel_for(size, 1, [=](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const float v = x[i];
+      y[i] = v * sigmoid(v * (kGeluA + kGeluB * v * v));
+    }
+  });
+  return 0;
+}
+
+// dy, x -> dx = dy·(s + x·s·(1 − s)·2u'), s = sigmoid(2u)
+int latte_gelu_tanh_backward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kGeluBackward);
+  const float *dy = CF32(0), *x = CF32(1);
+  float *dx = F32(2);
+  const int64_t size = elements(ndims[1], shapes[1]);
+  parallel_for(size, 1, [=](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const float v = x[i];
+      const float s = sigmoid(v * (kGeluA + kGeluB * v * v));
+      dx[i] = dy[i] * (s + v * s * (1.0f - s) * (kGeluA + 3.0f * kGeluB * v * v));
+    }
+  });
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------ squared sum
+// x (any shape) -> out (1) = Σ x², accumulated in double (the gradient norm of a whole model)
+int latte_squared_sum(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kSquaredSum);
+  const float *x = CF32(0);
+  const int64_t size = elements(ndims[0], shapes[0]);
+  constexpr int64_t kBlock = 4096;
+  const int64_t blocks = (size + kBlock - 1) / kBlock;
+  std::vector<double> partial(blocks);
+  parallel_for(blocks, kBlock, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t stop = std::min(size, (b + 1) * kBlock);
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = b * kBlock; i < stop; ++i) sum += x[i] * x[i];
+      partial[b] = sum;
+    }
+  });
+  double total = 0.0;
+  for (double p : partial) total += p;
+  F32(1)[0] = static_cast<float>(total);
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------- attention
+// Multi-head softmax attention straight from the fused qkv projection, one (sample, head) pair at a
+// time with BLAS calls on strided views of qkv: no (B, H, N, d) transposes and no (B, H, N, N) score
+// tensor (one N×N buffer per thread).
+#ifdef LATTE_SGEMM
+namespace {
+
+struct Heads {
+  int64_t batch, tokens, channels, heads, head_dim;
+  float scale;
+  Heads(const int64_t *qkv_shape, int64_t num_heads)
+      : batch(qkv_shape[0]), tokens(qkv_shape[1]), channels(qkv_shape[2] / 3), heads(num_heads),
+        head_dim(channels / num_heads), scale(1.0f / std::sqrt(static_cast<float>(channels / num_heads))) {}
+  // offset of head h of part (0 q, 1 k, 2 v) of sample b in qkv; its rows are 3·channels apart
+  int64_t offset(int64_t b, int64_t h, int part) const { return b * tokens * 3 * channels + part * channels + h * head_dim; }
+};
+
+}  // namespace
+
+// qkv (B, N, 3C), heads (H) -> out (B, N, C), logsumexp (B, H, N); the heads input only carries H in its shape
+int latte_attention_forward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kAttentionForward);
+  const float *qkv = CF32(0);
+  float *out = F32(2), *lse = F32(3);
+  const Heads g(shapes[0], shapes[1][0]);
+  const int64_t n = g.tokens, d = g.head_dim, ld = 3 * g.channels;
+  parallel_for(g.batch * g.heads, n * n * d, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(n * n);
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t b = pair / g.heads, h = pair % g.heads;
+      LATTE_SGEMM(kRowMajor, kNoTrans, kTrans, n, n, d, g.scale, qkv + g.offset(b, h, 0), ld, qkv + g.offset(b, h, 1),
+                  ld, 0.0f, scores.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        float *s = scores.data() + i * n;
+        float top = s[0];
+        for (int64_t j = 1; j < n; ++j) top = std::max(top, s[j]);
+        float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t j = 0; j < n; ++j) {
+          s[j] = fast_exp(s[j] - top);
+          total += s[j];
+        }
+        const float inverse = 1.0f / total;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) s[j] *= inverse;
+        lse[pair * n + i] = top + std::log(total);
+      }
+      LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, n, d, n, 1.0f, scores.data(), n, qkv + g.offset(b, h, 2), ld, 0.0f,
+                  out + b * n * g.channels + h * d, g.channels);
+    }
+  });
+  return 0;
+}
+
+// dout (B, N, C), qkv, out, logsumexp -> dqkv (B, N, 3C)
+int latte_attention_backward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kAttentionBackward);
+  const float *dout = CF32(0), *qkv = CF32(1), *out = CF32(2), *lse = CF32(3);
+  float *dqkv = F32(4);
+  const Heads g(shapes[1], shapes[3][1]);
+  const int64_t n = g.tokens, d = g.head_dim, ld = 3 * g.channels, c = g.channels;
+  parallel_for(g.batch * g.heads, 2 * n * n * d, [&](int64_t begin, int64_t end) {
+    std::vector<float> probs(n * n), dscores(n * n);
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t b = pair / g.heads, h = pair % g.heads;
+      const float *q = qkv + g.offset(b, h, 0), *k = qkv + g.offset(b, h, 1), *v = qkv + g.offset(b, h, 2);
+      const float *dor = dout + b * n * c + h * d, *orow = out + b * n * c + h * d;
+      LATTE_SGEMM(kRowMajor, kNoTrans, kTrans, n, n, d, g.scale, q, ld, k, ld, 0.0f, probs.data(), n);
+      LATTE_SGEMM(kRowMajor, kNoTrans, kTrans, n, n, d, 1.0f, dor, c, v, ld, 0.0f, dscores.data(), n);  // dP
+      for (int64_t i = 0; i < n; ++i) {
+        float *p = probs.data() + i * n, *ds = dscores.data() + i * n;
+        const float row_lse = lse[pair * n + i];
+        float delta = 0.0f;
+#pragma omp simd reduction(+ : delta)
+        for (int64_t e = 0; e < d; ++e) delta += dor[i * c + e] * orow[i * c + e];
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          p[j] = fast_exp(p[j] - row_lse);
+          ds[j] = p[j] * (ds[j] - delta) * g.scale;  // dS, with the score scale folded in
+        }
+      }
+      float *dq = dqkv + g.offset(b, h, 0), *dk = dqkv + g.offset(b, h, 1), *dv = dqkv + g.offset(b, h, 2);
+      LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, n, d, n, 1.0f, dscores.data(), n, k, ld, 0.0f, dq, ld);
+      LATTE_SGEMM(kRowMajor, kTrans, kNoTrans, n, d, n, 1.0f, dscores.data(), n, q, ld, 0.0f, dk, ld);
+      LATTE_SGEMM(kRowMajor, kTrans, kNoTrans, n, d, n, 1.0f, probs.data(), n, dor, c, 0.0f, dv, ld);
+    }
+  });
+  return 0;
+}
+#endif
+
+// ---------------------------------------------------------------------------- GroupNorm (+ SiLU)
+namespace {
+
+// x (N, C, H, W), gamma, beta (C), eps (1), groups (G) -> y (N, C, H, W), stats (N, G, 2) = (mean, 1/std);
+// the groups input only carries the group count in its shape. With silu, y = v·sigmoid(v) of the
+// normalised v.
+int group_norm_forward(void **params, int *ndims, int64_t **shapes, bool silu) {
+  const float *x = CF32(0), *gamma = CF32(1), *beta = CF32(2);
+  const float eps = CF32(3)[0];
+  float *y = F32(5), *stats = F32(6);
+  const int64_t n = shapes[0][0], c = shapes[0][1], groups = shapes[4][0];
+  const int64_t hw = elements(ndims[0], shapes[0]) / (n * c), per_group = c / groups;
+  const int64_t group_size = per_group * hw;
+  parallel_for(n * groups, group_size, [=](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const float *xg = x + item * group_size;
+      double sum = 0.0;
+      for (int64_t ch = 0; ch < per_group; ++ch) {
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < hw; ++i) s += xg[ch * hw + i];
+        sum += s;
+      }
+      const float mean = static_cast<float>(sum / group_size);
+      double sq = 0.0;
+      for (int64_t ch = 0; ch < per_group; ++ch) {
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < hw; ++i) s += (xg[ch * hw + i] - mean) * (xg[ch * hw + i] - mean);
+        sq += s;
+      }
+      const float rstd = static_cast<float>(1.0 / std::sqrt(sq / group_size + eps));
+      const int64_t first_channel = (item % groups) * per_group;
+      float *yg = y + item * group_size;
+      for (int64_t ch = 0; ch < per_group; ++ch) {
+        // (x − mean)·a + b rather than x·a + (b − mean·a): the latter cancels badly when 1/std is large
+        const float a = rstd * gamma[first_channel + ch], b = beta[first_channel + ch];
+        const float *xc = xg + ch * hw;
+        float *yc = yg + ch * hw;
+        if (silu) {
+#pragma omp simd
+          for (int64_t i = 0; i < hw; ++i) {
+            const float v = (xc[i] - mean) * a + b;
+            yc[i] = v * sigmoid(v);
+          }
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < hw; ++i) yc[i] = (xc[i] - mean) * a + b;
+        }
+      }
+      stats[2 * item] = mean;
+      stats[2 * item + 1] = rstd;
+    }
+  });
+  return 0;
+}
+
+// dy, x, gamma, beta, stats -> dx (N, C, H, W), dgamma (C), dbeta (C)
+int group_norm_backward(void **params, int *ndims, int64_t **shapes, bool silu) {
+  const float *dy = CF32(0), *x = CF32(1), *gamma = CF32(2), *beta = CF32(3), *stats = CF32(4);
+  float *dx = F32(5), *dgamma = F32(6), *dbeta = F32(7);
+  const int64_t n = shapes[1][0], c = shapes[1][1], groups = shapes[4][1];
+  const int64_t hw = elements(ndims[1], shapes[1]) / (n * c), per_group = c / groups;
+  const int64_t group_size = per_group * hw;
+  // per-sample sums of the affine gradients, reduced over samples at the end (threads split samples)
+  std::vector<float> dgamma_n(n * c), dbeta_n(n * c);
+  parallel_for(n * groups, group_size, [&](int64_t begin, int64_t end) {
+    std::vector<float> dv(hw);
+    for (int64_t item = begin; item < end; ++item) {
+      const float mean = stats[2 * item], rstd = stats[2 * item + 1];
+      const int64_t sample = item / groups, first_channel = (item % groups) * per_group;
+      const float *xg = x + item * group_size, *dyg = dy + item * group_size;
+      double sum_g = 0.0, sum_gx = 0.0;
+      for (int64_t ch = 0; ch < per_group; ++ch) {
+        const int64_t channel = first_channel + ch;
+        const float *xc = xg + ch * hw, *dyc = dyg + ch * hw;
+        float dgam = 0.0f, dbet = 0.0f, sg = 0.0f, sgx = 0.0f;
+        const float gam = gamma[channel], bet = beta[channel];
+#pragma omp simd reduction(+ : dgam, dbet, sg, sgx)
+        for (int64_t i = 0; i < hw; ++i) {
+          const float xhat = (xc[i] - mean) * rstd;
+          float d = dyc[i];
+          if (silu) d *= silu_slope(xhat * gam + bet);
+          dgam += d * xhat;
+          dbet += d;
+          sg += d * gam;
+          sgx += d * gam * xhat;
+        }
+        dgamma_n[sample * c + channel] = dgam;
+        dbeta_n[sample * c + channel] = dbet;
+        sum_g += sg;
+        sum_gx += sgx;
+      }
+      const float mean_g = static_cast<float>(sum_g / group_size), mean_gx = static_cast<float>(sum_gx / group_size);
+      float *dxg = dx + item * group_size;
+      for (int64_t ch = 0; ch < per_group; ++ch) {
+        const int64_t channel = first_channel + ch;
+        const float *xc = xg + ch * hw, *dyc = dyg + ch * hw;
+        float *dxc = dxg + ch * hw;
+        const float gam = gamma[channel], bet = beta[channel];
+#pragma omp simd
+        for (int64_t i = 0; i < hw; ++i) {
+          const float xhat = (xc[i] - mean) * rstd;
+          float d = dyc[i];
+          if (silu) d *= silu_slope(xhat * gam + bet);
+          dxc[i] = rstd * (d * gam - mean_g - xhat * mean_gx);
+        }
+      }
+    }
+  });
+  for (int64_t ch = 0; ch < c; ++ch) {
+    float g = 0.0f, b = 0.0f;
+    for (int64_t s = 0; s < n; ++s) {
+      g += dgamma_n[s * c + ch];
+      b += dbeta_n[s * c + ch];
+    }
+    dgamma[ch] = g;
+    dbeta[ch] = b;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int latte_group_norm_forward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kGroupNormForward);
+  return group_norm_forward(params, ndims, shapes, false);
+}
+
+int latte_group_norm_silu_forward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kGroupNormForward);
+  return group_norm_forward(params, ndims, shapes, true);
+}
+
+int latte_group_norm_backward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kGroupNormBackward);
+  return group_norm_backward(params, ndims, shapes, false);
+}
+
+int latte_group_norm_silu_backward(AOT_ARGS) {
+  REQUIRE_F32;
+  Timed timed(kGroupNormBackward);
+  return group_norm_backward(params, ndims, shapes, true);
+}
+
+}  // extern "C"

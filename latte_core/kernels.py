@@ -1,0 +1,307 @@
+"""CPU kernels for the ops that MindSpore's CPU backend runs slowly in a Latte step and in the VAE.
+
+Profiling a Latte-S/2 training step and an sd-vae-ft-mse encode on the project's 2-core machines showed
+MindSpore's own matmul and convolution near the cores' peak, and the time lost elsewhere: GroupNorm
+(~25% of a VAE encode), LayerNorm's backward, the ReduceSum of broadcast gradients (adaLN shift, scale
+and gate) and of the gradient norm, bias gradients. `cpu_kernels.cc` holds fused float32 kernels for
+these, each a MindSpore custom op (`ops.Custom(func_type="aot")`) with its backward:
+
+    dense              y = x·wᵀ + b through numpy's OpenBLAS sgemm; backward dx, dw and db in one op
+    norm_modulate      LayerNorm without affine, then the adaLN modulation x·(1 + scale) + shift
+    gated_residual     x + gate·h, the adaLN-Zero residual
+    gelu_tanh          the tanh-approximated GELU
+    attention          multi-head softmax attention read straight from the fused qkv projection
+    squared_sum        Σ x² in one pass (gradient norms)
+    group_norm         GroupNorm, optionally fused with the SiLU that follows it in every VAE resnet
+
+The library is compiled with g++ on first use (-O3 -march=native) into a cache folder
+(`$LATTE_KERNEL_CACHE`, default ~/.cache/latte-toolkit/kernels) under a name that hashes the source,
+the compiler, the CPU and the BLAS, and is reused afterwards. The kernels are used only on CPU, only
+for float32 tensors, and only when `enabled()`: set LATTE_CPU_KERNELS=0 (or call set_enabled(False)
+before building a model) to use MindSpore's ops everywhere. If the library cannot be built, one
+warning is logged and the models use MindSpore's ops. Cells decide when they are built, so switch
+before constructing a model.
+"""
+import ctypes
+import glob
+import hashlib
+import logging
+import os
+import subprocess
+import sysconfig
+import tempfile
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, ops
+
+logger = logging.getLogger(__name__)
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
+# (symbol, C type of its integer arguments) of the sgemm entry points numpy's OpenBLAS builds export
+_SGEMM_SYMBOLS = (("cblas_sgemm64_", "int64_t"), ("scipy_cblas_sgemm64_", "int64_t"),
+                  ("cblas_sgemm", "int"), ("scipy_cblas_sgemm", "int"))
+
+_state = {"enabled": os.environ.get("LATTE_CPU_KERNELS", "1").lower() not in ("0", "false", "off", "no"),
+          "library": None, "failed": False, "ops": {}}
+
+
+def set_enabled(flag):
+    """Use (True) or bypass (False) the kernels in models built from now on; returns the previous
+    setting."""
+    previous, _state["enabled"] = _state["enabled"], bool(flag)
+    return previous
+
+
+def enabled():
+    """True when models built now should use the kernels: on CPU, not switched off, library built."""
+    if not _state["enabled"] or ms.get_context("device_target") != "CPU":
+        return False
+    return library() is not None
+
+
+def has_blas():
+    """True when the library was linked to a BLAS, so that dense layers go through it."""
+    path = library()
+    return path is not None and bool(ctypes.CDLL(path).latte_has_blas())
+
+
+def find_blas():
+    """(library path, sgemm symbol, integer type) of numpy's bundled OpenBLAS, or None."""
+    numpy_dir = os.path.dirname(os.path.abspath(np.__file__))
+    candidates = sorted(glob.glob(os.path.join(os.path.dirname(numpy_dir), "numpy.libs", "*openblas*.so*")))
+    candidates += sorted(glob.glob(os.path.join(numpy_dir, ".libs", "*openblas*.so*")))
+    for path in candidates:
+        try:
+            handle = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for symbol, int_type in _SGEMM_SYMBOLS:
+            if hasattr(handle, symbol):
+                return path, symbol, int_type
+    return None
+
+
+def _cache_dir():
+    default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "latte-toolkit", "kernels")
+    return os.environ.get("LATTE_KERNEL_CACHE", default)
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def _build_command(output, blas):
+    command = ["g++", "-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared",
+               "-fPIC", "-pthread", "-o", output, SOURCE]
+    if blas:
+        path, symbol, int_type = blas
+        # DT_RPATH (not RUNPATH) so that the BLAS finds its own neighbours (libgfortran) in numpy.libs
+        command += [f"-DLATTE_SGEMM={symbol}", f"-DLATTE_BLAS_INT={int_type}", path,
+                    f"-Wl,--disable-new-dtags,-rpath,{os.path.dirname(path)}"]
+    return command
+
+
+def library():
+    """Path of the built kernel library (building it if needed), or None when it cannot be built."""
+    if _state["library"] or _state["failed"]:
+        return _state["library"]
+    try:
+        with open(SOURCE, "rb") as handle:
+            source = handle.read()
+        blas = find_blas()
+        compiler = subprocess.run(["g++", "--version"], capture_output=True, text=True, check=True).stdout
+        key = hashlib.sha256(b"\0".join([source, compiler.encode(), _cpu_flags().encode(), repr(blas).encode(),
+                                         sysconfig.get_platform().encode()])).hexdigest()[:16]
+        folder = _cache_dir()
+        path = os.path.join(folder, f"latte_cpu_kernels-{key}.so")
+        if not os.path.isfile(path):
+            os.makedirs(folder, exist_ok=True)
+            handle, staging = tempfile.mkstemp(prefix=".building-", suffix=".so", dir=folder)
+            os.close(handle)
+            try:
+                result = subprocess.run(_build_command(staging, blas), capture_output=True, text=True)
+                if result.returncode:
+                    raise RuntimeError(f"g++ failed: {result.stderr.strip()[-2000:]}")
+                os.replace(staging, path)  # atomic: concurrent builders (msrun ranks) all end with one file
+            finally:
+                if os.path.exists(staging):
+                    os.remove(staging)
+            logger.info("built the CPU kernels: %s%s", path, "" if blas else " (no BLAS found: dense layers "
+                        "keep MindSpore's matmul)")
+        ctypes.CDLL(path)  # fail here, not inside a graph, if it does not load
+        _state["library"] = path
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        _state["failed"] = True
+        logger.warning("CPU kernels unavailable, using MindSpore's ops instead (%s)", err)
+    return _state["library"]
+
+
+def stats():
+    """{kernel: {"calls", "seconds", "flops"}} accumulated in this process since the last reset (the
+    flops are those of the BLAS calls of the dense kernels)."""
+    path = library()
+    if path is None:
+        return {}
+    lib = ctypes.CDLL(path)
+    name, calls, nanoseconds, flops = ctypes.c_char_p(), ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64()
+    result, i = {}, 0
+    while lib.latte_kernel_stats(i, ctypes.byref(name), ctypes.byref(calls), ctypes.byref(nanoseconds),
+                                 ctypes.byref(flops)) == 0:
+        entry = result.setdefault(name.value.decode(), {"calls": 0, "seconds": 0.0, "flops": 0})
+        entry["calls"] += calls.value
+        entry["seconds"] += nanoseconds.value / 1e9
+        entry["flops"] += flops.value
+        i += 1
+    return result
+
+
+def gemm_shapes():
+    """The distinct sgemm problems of the dense kernels since the last reset: dicts of m, n, k,
+    trans_a, trans_b (row-major c (m, n) = op(a)·op(b)) and calls."""
+    path = library()
+    if path is None or not has_blas():
+        return []
+    lib = ctypes.CDLL(path)
+    m, n, k, calls = ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64()
+    trans_a, trans_b = ctypes.c_int(), ctypes.c_int()
+    shapes, i = [], 0
+    while lib.latte_gemm_shape(i, *(ctypes.byref(v) for v in (m, n, k, trans_a, trans_b, calls))) == 0:
+        shapes.append({"m": m.value, "n": n.value, "k": k.value, "trans_a": bool(trans_a.value),
+                       "trans_b": bool(trans_b.value), "calls": calls.value})
+        i += 1
+    return shapes
+
+
+def reset_stats():
+    path = library()
+    if path is not None:
+        ctypes.CDLL(path).latte_kernel_stats_reset()
+
+
+#################################################################################
+#                     Custom ops and their backward passes                       #
+#################################################################################
+
+def _aot(name, out_shape, out_dtype, bprop=None):
+    return ops.Custom(f"{library()}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot",
+                      bprop=bprop)
+
+
+def _same_dtype(*dtypes):
+    return dtypes[0]
+
+
+def _cached(build):
+    """One instance of each custom op per process, created on first use."""
+    def get():
+        if build.__name__ not in _state["ops"]:
+            _state["ops"][build.__name__] = build()
+        return _state["ops"][build.__name__]
+    get.__name__ = build.__name__
+    get.__doc__ = build.__doc__
+    return get
+
+
+@_cached
+def dense_op():
+    """(x (..., K), weight (N, K), bias (N)) -> x·weightᵀ + bias."""
+    backward = _aot("latte_dense_backward", lambda dy, x, w: (x, w, [w[0]]),
+                    lambda dy, x, w: (x, x, x))
+
+    def bprop(x, weight, bias, out, dout):
+        return backward(dout, x, weight)
+
+    return _aot("latte_dense_forward", lambda x, w, b: list(x[:-1]) + [w[0]], _same_dtype, bprop)
+
+
+@_cached
+def norm_modulate_op():
+    """(x (N, T, D), shift (N, D), scale (N, D), eps (1)) -> (LN(x)·(1 + scale) + shift, stats (N, T, 2))."""
+    backward = _aot("latte_norm_modulate_backward", lambda dy, x, scale, stats: (x, scale, scale),
+                    lambda dy, x, scale, stats: (x, x, x))
+
+    def bprop(x, shift, scale, eps, out, dout):
+        dx, dshift, dscale = backward(dout[0], x, scale, out[1])
+        return dx, dshift, dscale, ops.zeros_like(eps)
+
+    return _aot("latte_norm_modulate_forward", lambda x, sh, sc, eps: (x, [x[0], x[1], 2]),
+                lambda x, sh, sc, eps: (x, x), bprop)
+
+
+@_cached
+def gated_residual_op():
+    """(x (N, T, D), gate (N, D), h (N, T, D)) -> x + gate·h."""
+    backward = _aot("latte_gated_residual_backward", lambda dy, gate, h: (gate, h),
+                    lambda dy, gate, h: (gate, h))
+
+    def bprop(x, gate, h, out, dout):
+        dgate, dh = backward(dout, gate, h)
+        return dout, dgate, dh
+
+    return _aot("latte_gated_residual_forward", lambda x, gate, h: x, _same_dtype, bprop)
+
+
+@_cached
+def gelu_tanh_op():
+    """x -> tanh-approximated GELU of x."""
+    backward = _aot("latte_gelu_tanh_backward", lambda dy, x: x, _same_dtype)
+
+    def bprop(x, out, dout):
+        return (backward(dout, x),)
+
+    return _aot("latte_gelu_tanh_forward", lambda x: x, _same_dtype, bprop)
+
+
+@_cached
+def attention_op():
+    """(qkv (B, N, 3C), heads (H)) -> (softmax attention output (B, N, C), logsumexp (B, H, N)); `heads`
+    is a placeholder whose length is the head count."""
+    backward = _aot("latte_attention_backward", lambda dy, qkv, out, lse: qkv, _same_dtype)
+
+    def bprop(qkv, heads, out, dout):
+        return backward(dout[0], qkv, out[0], out[1]), ops.zeros_like(heads)
+
+    return _aot("latte_attention_forward", lambda qkv, heads: ([qkv[0], qkv[1], qkv[2] // 3], [qkv[0], heads[0], qkv[1]]),
+                lambda qkv, heads: (qkv, qkv), bprop)
+
+
+@_cached
+def squared_sum_op():
+    """x -> (1,) tensor holding Σ x² (no backward: used on gradients)."""
+    return _aot("latte_squared_sum", lambda x: [1], _same_dtype)
+
+
+def _group_norm_op(silu):
+    suffix = "_silu" if silu else ""
+    backward = _aot(f"latte_group_norm{suffix}_backward", lambda dy, x, g, b, stats: (x, g, b),
+                    lambda dy, x, g, b, stats: (x, x, x))
+
+    def bprop(x, gamma, beta, eps, groups, out, dout):
+        dx, dgamma, dbeta = backward(dout[0], x, gamma, beta, out[1])
+        return dx, dgamma, dbeta, ops.zeros_like(eps), ops.zeros_like(groups)
+
+    # `groups` is a (G,) placeholder whose length tells the kernel the group count (via the stats shape)
+    return _aot(f"latte_group_norm{suffix}_forward", lambda x, g, b, eps, groups: (x, [x[0], groups[0], 2]),
+                lambda x, g, b, eps, groups: (x, x), bprop)
+
+
+@_cached
+def group_norm_op():
+    """(x (N, C, ...), gamma (C), beta (C), eps (1), groups (G)) -> (GroupNorm(x), stats (N, G, 2))."""
+    return _group_norm_op(silu=False)
+
+
+@_cached
+def group_norm_silu_op():
+    """As group_norm_op, with SiLU applied to the normalised output."""
+    return _group_norm_op(silu=True)
+
+
+def scalar_input(value):
+    """A (1,) float32 tensor for a kernel's constant input (eps)."""
+    return Tensor(np.array([value], np.float32))

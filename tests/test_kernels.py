@@ -1,0 +1,158 @@
+"""latte_core.kernels: every CPU kernel equals MindSpore's own ops, forward and gradients, on random
+inputs of odd sizes; the library is built from the package's source, and a machine that cannot build
+it falls back to MindSpore's ops with one warning."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from latte_core import kernels
+from latte_core.attention import Attention
+from latte_core.layers import Dense, GatedResidual, GELUTanh, ModulatedLayerNorm
+from latte_core.vae import GroupNorm
+
+from conftest import relative_error
+
+
+class _Weighted(nn.Cell):
+    """Σ cell(*inputs)·cotangent: its gradients are the cell's vector-Jacobian products."""
+
+    def __init__(self, cell, cotangent):
+        super().__init__(auto_prefix=False)
+        self.cell = cell
+        self.cotangent = Tensor(cotangent)
+
+    def construct(self, *inputs):
+        return (self.cell(*inputs) * self.cotangent).sum()
+
+
+def _run(cell, inputs, cotangent):
+    """(output, input gradients, parameter gradients) as numpy arrays."""
+    inputs = [Tensor(x) for x in inputs]
+    params = cell.trainable_params()
+    grads = ms.grad(_Weighted(cell, cotangent), grad_position=tuple(range(len(inputs))), weights=params or None)(*inputs)
+    input_grads, param_grads = (grads if params else (grads, ()))
+    if not isinstance(input_grads, tuple):
+        input_grads = (input_grads,)
+    return (cell(*inputs).asnumpy(), [g.asnumpy() for g in input_grads], [g.asnumpy() for g in param_grads])
+
+
+def _both_paths(build):
+    """The same cell built on the kernels and on MindSpore's ops, with the same parameter values."""
+    previous = kernels.set_enabled(True)
+    try:
+        fast = build()
+        kernels.set_enabled(False)
+        plain = build()
+    finally:
+        kernels.set_enabled(previous)
+    assert fast.kernel is not None and plain.kernel is None
+    for mine, theirs in zip(fast.get_parameters(), plain.get_parameters()):
+        theirs.set_data(mine.data.copy())
+    return fast, plain
+
+
+def _assert_same(build, inputs, out_shape, seed=0):
+    fast, plain = _both_paths(build)
+    cotangent = np.random.default_rng(seed + 1).standard_normal(out_shape).astype(np.float32)
+    out_fast, inputs_fast, params_fast = _run(fast, inputs, cotangent)
+    out_plain, inputs_plain, params_plain = _run(plain, inputs, cotangent)
+    assert out_fast.shape == out_plain.shape == tuple(out_shape)
+    assert relative_error(out_fast, out_plain) < 1e-5
+    for ours, theirs in zip(inputs_fast + params_fast, inputs_plain + params_plain):
+        assert ours.shape == theirs.shape
+        assert relative_error(ours, theirs) < 1e-4
+    assert len(params_fast) == len(params_plain)
+
+
+def _random(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_the_kernels_build_on_this_machine_with_a_blas():
+    assert kernels.enabled() and kernels.has_blas()
+    assert os.path.isfile(kernels.library())
+
+
+@pytest.mark.parametrize("shape, out_features", [((3, 5, 37), 53), ((7, 16), 1), ((2, 1, 9, 130), 24)])
+def test_dense(shape, out_features):
+    def build():
+        cell = Dense(shape[-1], out_features)
+        cell.bias.set_data(Tensor(_random(out_features, seed=2)))
+        return cell
+    _assert_same(build, [_random(*shape)], shape[:-1] + (out_features,))
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 37), (1, 1, 5), (4, 13, 384)])
+def test_layer_norm_with_adaln_modulation(shape):
+    n, _, d = shape
+    inputs = [_random(*shape) * 3 + 1, _random(n, d, seed=1), _random(n, d, seed=2)]
+    _assert_same(lambda: ModulatedLayerNorm(d), inputs, shape)
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 37), (2, 64, 48)])
+def test_gated_residual(shape):
+    n, _, d = shape
+    _assert_same(GatedResidual, [_random(*shape), _random(n, d, seed=1), _random(*shape, seed=2)], shape)
+
+
+@pytest.mark.parametrize("shape", [(5, 37), (2, 3, 1031)])
+def test_gelu_tanh(shape):
+    _assert_same(GELUTanh, [_random(*shape) * 4], shape)
+
+
+@pytest.mark.parametrize("batch, tokens, dim, heads", [(3, 37, 48, 4), (2, 5, 32, 2), (4, 64, 96, 6), (1, 2, 16, 1)])
+def test_attention_from_the_qkv_projection(batch, tokens, dim, heads):
+    _assert_same(lambda: Attention(dim, heads), [_random(batch, tokens, dim)], (batch, tokens, dim))
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("shape, groups", [((2, 6, 5, 7), 3), ((1, 32, 9, 9), 8), ((3, 8, 1, 3), 4)])
+def test_group_norm(shape, groups, silu):
+    def build():
+        cell = GroupNorm(groups, shape[1], silu=silu)
+        cell.weight.set_data(Tensor(_random(shape[1], seed=3)))
+        cell.bias.set_data(Tensor(_random(shape[1], seed=4)))
+        return cell
+    _assert_same(build, [_random(*shape) * 2 - 1], shape)
+
+
+@pytest.mark.parametrize("shape", [(1,), (37, 53), (3, 4097)])
+def test_squared_sum(shape):
+    x = _random(*shape)
+    total = kernels.squared_sum_op()(Tensor(x)).asnumpy()
+    assert total.shape == (1,)
+    assert abs(float(total[0]) - float((x.astype(np.float64) ** 2).sum())) < 1e-5 * (x.astype(np.float64) ** 2).sum()
+
+
+def test_kernels_count_their_calls_and_the_dense_matmul_shapes():
+    kernels.reset_stats()
+    cell = _both_paths(lambda: Dense(37, 53))[0]
+    cell(Tensor(_random(3, 5, 37)))
+    stats = kernels.stats()["dense_forward"]
+    assert stats["calls"] == 1 and stats["flops"] == 2 * 15 * 37 * 53 and stats["seconds"] > 0
+    assert kernels.gemm_shapes() == [{"m": 15, "n": 53, "k": 37, "trans_a": False, "trans_b": True, "calls": 1}]
+
+
+def test_without_a_compiler_the_models_fall_back_with_one_warning(tmp_path):
+    """No g++ on PATH and an empty kernel cache: one warning, MindSpore's ops, the same outputs."""
+    script = (
+        "import logging, numpy as np, mindspore as ms\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "ms.set_device('CPU')\n"
+        "from latte_core import create_latte, kernels\n"
+        "model = create_latte('Latte-S/2', input_size=8, num_frames=2, depth=2, hidden_size=64, num_heads=2)\n"
+        "assert not kernels.enabled() and model.blocks[0].attn.kernel is None\n"
+        "x = ms.Tensor(np.ones((1, 2, 4, 8, 8), np.float32))\n"
+        "print('finite', bool(np.isfinite(model(x, ms.Tensor(np.array([3], np.int32))).asnumpy()).all()))\n")
+    env = {**os.environ, "PATH": str(tmp_path), "LATTE_KERNEL_CACHE": str(tmp_path / "cache"), "GLOG_v": "3"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "finite True" in proc.stdout
+    assert proc.stderr.count("CPU kernels unavailable, using MindSpore's ops instead") == 1
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.so"))
