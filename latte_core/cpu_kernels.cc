@@ -377,27 +377,35 @@ int latte_gelu_tanh_backward(AOT_ARGS) {
 }
 
 // ------------------------------------------------------------------------------------ squared sum
-// x (any shape) -> out (1) = Σ x², accumulated in double (the gradient norm of a whole model)
+// x_1, ..., x_k (any shapes) -> out (1) = Σ_i Σ x_i², accumulated in double: a model's squared
+// gradient norm in one op
 int latte_squared_sum(AOT_ARGS) {
   REQUIRE_F32;
   Timed timed(kSquaredSum);
-  const float *x = CF32(0);
-  const int64_t size = elements(ndims[0], shapes[0]);
   constexpr int64_t kBlock = 4096;
-  const int64_t blocks = (size + kBlock - 1) / kBlock;
-  std::vector<double> partial(blocks);
-  parallel_for(blocks, kBlock, [&](int64_t begin, int64_t end) {
+  struct Block {
+    const float *data;
+    int64_t size;
+  };
+  std::vector<Block> blocks;
+  for (int t = 0; t < nparam - 1; ++t) {
+    const float *x = CF32(t);
+    const int64_t size = elements(ndims[t], shapes[t]);
+    for (int64_t start = 0; start < size; start += kBlock) blocks.push_back({x + start, std::min(kBlock, size - start)});
+  }
+  std::vector<double> partial(blocks.size());
+  parallel_for(static_cast<int64_t>(blocks.size()), kBlock, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t stop = std::min(size, (b + 1) * kBlock);
+      const float *x = blocks[b].data;
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t i = b * kBlock; i < stop; ++i) sum += x[i] * x[i];
+      for (int64_t i = 0; i < blocks[b].size; ++i) sum += x[i] * x[i];
       partial[b] = sum;
     }
   });
   double total = 0.0;
   for (double p : partial) total += p;
-  F32(1)[0] = static_cast<float>(total);
+  F32(nparam - 1)[0] = static_cast<float>(total);
   return 0;
 }
 

@@ -11,7 +11,7 @@ these, each a MindSpore custom op (`ops.Custom(func_type="aot")`) with its backw
     gated_residual     x + gate·h, the adaLN-Zero residual
     gelu_tanh          the tanh-approximated GELU
     attention          multi-head softmax attention read straight from the fused qkv projection
-    squared_sum        Σ x² in one pass (gradient norms)
+    squared_sum        Σ x² over many tensors in one op (the gradient norm)
     group_norm         GroupNorm, optionally fused with the SiLU that follows it in every VAE resnet
 
 The library is compiled with g++ on first use (-O3 -march=native) into a cache folder
@@ -61,9 +61,13 @@ def enabled():
 
 
 def has_blas():
-    """True when the library was linked to a BLAS, so that dense layers go through it."""
+    """True when the library was linked to a BLAS, so that dense layers and attention go through it."""
     path = library()
-    return path is not None and bool(ctypes.CDLL(path).latte_has_blas())
+    if path is None:
+        return False
+    if "has_blas" not in _state:
+        _state["has_blas"] = bool(ctypes.CDLL(path).latte_has_blas())
+    return _state["has_blas"]
 
 
 def find_blas():
@@ -272,8 +276,8 @@ def attention_op():
 
 @_cached
 def squared_sum_op():
-    """x -> (1,) tensor holding Σ x² (no backward: used on gradients)."""
-    return _aot("latte_squared_sum", lambda x: [1], _same_dtype)
+    """(x_1, ..., x_k) -> (1,) tensor holding Σ_i Σ x_i² (no backward: used on gradients)."""
+    return _aot("latte_squared_sum", lambda *shapes: [1], _same_dtype)
 
 
 def _group_norm_op(silu):

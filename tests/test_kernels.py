@@ -121,12 +121,13 @@ def test_group_norm(shape, groups, silu):
     _assert_same(build, [_random(*shape) * 2 - 1], shape)
 
 
-@pytest.mark.parametrize("shape", [(1,), (37, 53), (3, 4097)])
-def test_squared_sum(shape):
-    x = _random(*shape)
-    total = kernels.squared_sum_op()(Tensor(x)).asnumpy()
+@pytest.mark.parametrize("shapes", [[(1,)], [(37, 53)], [(3, 4097), (5,), (2, 3, 4)]])
+def test_squared_sum_of_one_or_many_tensors(shapes):
+    xs = [_random(*shape, seed=i) for i, shape in enumerate(shapes)]
+    total = kernels.squared_sum_op()(*[Tensor(x) for x in xs]).asnumpy()
+    expected = sum(float((x.astype(np.float64) ** 2).sum()) for x in xs)
     assert total.shape == (1,)
-    assert abs(float(total[0]) - float((x.astype(np.float64) ** 2).sum())) < 1e-5 * (x.astype(np.float64) ** 2).sum()
+    assert abs(float(total[0]) - expected) < 1e-5 * expected
 
 
 def test_kernels_count_their_calls_and_the_dense_matmul_shapes():

@@ -97,7 +97,7 @@ class Updater(nn.Cell):
 
     def _sum_of_squares(self, grads):
         if self.squared_sum is not None:
-            return sum(self.squared_sum(g.astype(ms.float32)) for g in grads).reshape(())
+            return self.squared_sum(*[g.astype(ms.float32) for g in grads]).reshape(())
         return sum(ops.square(g.astype(ms.float32)).sum() for g in grads)
 
 
