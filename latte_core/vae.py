@@ -299,8 +299,9 @@ class AutoencoderKL(nn.Cell):
             self.post_quant_conv = conv1x1(latent_channels, latent_channels)
         self.initialize_weights()
         # The compiled encoder entry point, built on first use; kept in a plain dict so that it is not
-        # registered as a sub-cell (it holds this cell, which would make a cycle).
-        self._compiled = {}
+        # registered as a sub-cell (it holds this cell, which would make a cycle). Not `_compiled`:
+        # nn.Cell sets that attribute to True whenever the cell is called in graph mode.
+        self._entry_points = {}
 
     def set_compute_dtype(self, dtype):
         """Run convolutions and projections in `dtype` (ms.float16 or ms.float32); weights stay
@@ -313,7 +314,7 @@ class AutoencoderKL(nn.Cell):
         for _, cell in self.cells_and_names():
             if isinstance(cell, (nn.Conv2d, nn.Dense)):
                 cell.to_float(dtype)
-        self._compiled.clear()
+        self._entry_points.clear()
         return self
 
     def initialize_weights(self):
@@ -346,9 +347,9 @@ class AutoencoderKL(nn.Cell):
         return self.decoder(z)
 
     def _compiled_encode(self):
-        if "encode" not in self._compiled:
-            self._compiled["encode"] = _EncodeMoments(self)
-        return self._compiled["encode"]
+        if "encode" not in self._entry_points:
+            self._entry_points["encode"] = _EncodeMoments(self)
+        return self._entry_points["encode"]
 
 
     # ------------------------------------------------------------------ the one place scaling happens

@@ -186,7 +186,9 @@ def run_sample(config, progress=True):
             kwargs = {"y": Tensor(y)}
         loop = diffusion.ddim_sample_loop if config["ddim_sampling"] else diffusion.p_sample_loop
         extra = {"eta": float(config["ddim_eta"])} if config["ddim_sampling"] else {}
-        latents = loop(net, noise.shape, noise=noise, model_kwargs=kwargs, progress=progress,
+        # no clipping of the predicted x0 to [-1, 1]: that range is the pixels', not the latents'
+        # (the reference samples latents with clip_denoised=False too)
+        latents = loop(net, noise.shape, noise=noise, clip_denoised=False, model_kwargs=kwargs, progress=progress,
                        seed=config["seed"] + first + 1, **extra).asnumpy()[:count]
         videos = vae.decode_video(latents / scale, micro_batch=config["decode_micro_batch"])
         frames = (np.clip((videos + 1.0) * 127.5, 0, 255) + 0.5).astype(np.uint8).transpose(0, 1, 3, 4, 2)
