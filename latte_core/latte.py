@@ -103,8 +103,19 @@ class LabelEmbedder(nn.Cell):
 #                                 Core Latte model                               #
 #################################################################################
 
+def per_row(modulation, rows):
+    """(B, K) per-sample modulation -> (rows, K), each sample's row repeated for its rows // B
+    consecutive token groups (x is sample-major: B·F frames, or B·T token positions)."""
+    b, k = modulation.shape
+    return ops.broadcast_to(modulation.expand_dims(1), (b, rows // b, k)).reshape(rows, k)
+
+
 class TransformerBlock(nn.Cell):
-    """A transformer block with adaptive LayerNorm-Zero conditioning (DiT)."""
+    """A transformer block with adaptive LayerNorm-Zero conditioning (DiT).
+
+    The conditioning c is per sample (B, D): the modulation is computed once per sample and then
+    repeated over the sample's frames or token positions (the reference computes the same values on
+    every repeated row: 8-64x the adaLN matmul work here)."""
 
     def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, attention_backend="plain"):
         super().__init__()
@@ -117,7 +128,7 @@ class TransformerBlock(nn.Cell):
 
     def construct(self, x, c):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(
-            self.adaLN_modulation(c), 6, axis=1)  # each (N, D)
+            per_row(self.adaLN_modulation(c), x.shape[0]), 6, axis=1)  # each (N, D)
         x = self.residual(x, gate_msa, self.attn(self.norm1(x, shift_msa, scale_msa)))  # x + gate·attn(...)
         x = self.residual(x, gate_mlp, self.mlp(self.norm2(x, shift_mlp, scale_mlp)))
         return x  # (N, T, D)
@@ -131,7 +142,7 @@ class FinalLayer(nn.Cell):
         self.adaLN_modulation = nn.SequentialCell(nn.SiLU(), Dense(hidden_size, 2 * hidden_size))
 
     def construct(self, x, c):
-        shift, scale = ops.chunk(self.adaLN_modulation(c), 2, axis=1)
+        shift, scale = ops.chunk(per_row(self.adaLN_modulation(c), x.shape[0]), 2, axis=1)  # c (B, D)
         return self.linear(self.norm_final(x, shift, scale))  # (N, T, p·p·C_out)
 
 
@@ -242,19 +253,16 @@ class Latte(nn.Cell):
             # The reference conditions the final layer on the timestep alone for text (on t + y for classes).
             cond_blocks = cond + self.text_embedding_projection(text_embedding.reshape(b, -1))
         d = cond.shape[-1]
-        cond_spatial = ops.broadcast_to(cond_blocks.expand_dims(1), (b, f, d)).reshape(b * f, d)
-        cond_temporal = ops.broadcast_to(cond_blocks.expand_dims(1), (b, tokens, d)).reshape(b * tokens, d)
 
         for i in range(0, len(self.blocks), 2):
-            x = self.blocks[i](x, cond_spatial)  # (B·F, T, D)
+            x = self.blocks[i](x, cond_blocks)  # (B·F, T, D)
             x = x.reshape(b, f, tokens, d).swapaxes(1, 2).reshape(b * tokens, f, d)  # (B·T, F, D)
             if i == 0:
                 x = x + self.temp_embed
-            x = self.blocks[i + 1](x, cond_temporal)
+            x = self.blocks[i + 1](x, cond_blocks)
             x = x.reshape(b, tokens, f, d).swapaxes(1, 2).reshape(b * f, tokens, d)  # (B·F, T, D)
 
-        cond_final = ops.broadcast_to(cond.expand_dims(1), (b, f, d)).reshape(b * f, d)
-        x = self.final_layer(x, cond_final)  # (B·F, T, p·p·C_out)
+        x = self.final_layer(x, cond)  # (B·F, T, p·p·C_out)
         x = self.unpatchify(x)  # (B·F, C_out, H, W)
         return x.reshape(b, f, self.out_channels, h, w)
 
