@@ -68,7 +68,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=250, num
         "pretrained_model_path": os.path.join(PRETRAINED, "latte-clouds", "ema.ckpt"), "dtype": "fp32",
         "amp_level": "O0", "start_learning_rate": 5e-5, "train_batch_size": 4, "max_steps": train_steps,
         "ema_decay": 0.99, "ckpt_save_interval": train_steps, "step_mode": True, "ckpt_max_keep": 1,
-        "output_path": os.path.join(out, "train"), "seed": seed, "sd_scale_factor": _cache_scale(out)})
+        "output_path": os.path.join(out, "train"), "seed": seed})
     trained = train(config, resume=True, progress=progress)
     stage("train")
     sample_config = SAMPLE_KEYS.load(None, {
@@ -87,7 +87,3 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=250, num
         json.dump(summary, handle, indent=1)
     return summary
 
-
-def _cache_scale(out):
-    with open(os.path.join(out, "cache", "cache.json")) as handle:
-        return json.load(handle)["scaling_factor"]

@@ -50,7 +50,8 @@ KEYS = [
                                              "are recomputed for this model's size)"),
     _key("vae_checkpoint", str, "", "VAE for training from videos: a diffusers folder, or a .ckpt of "
                                       "sd-vae-ft-mse's architecture (latte convert vae)"),
-    _key("sd_scale_factor", NUMBER, 0.18215, "latent scaling factor; must match the cache's when training from one"),
+    _key("sd_scale_factor", NUMBER + (type(None),), None, "latent scaling factor; null: the VAE's (or the cache's); "
+                                                          "a value must match it"),
     _key("dtype", str, "fp32", "compute dtype under amp_level O2: fp16, or bf16 (Ascend only)", ("fp32", "fp16", "bf16")),
     _key("amp_level", str, "O2", "O0: float32 everywhere; O2: the network in `dtype`, a dynamic loss scale",
          ("O0", "O2")),

@@ -117,7 +117,7 @@ def build_loader(config, rank, world):
                   num_parallel_workers=config["num_parallel_workers"])
     if config["train_data_type"] == "video_file":
         vae = load_vae(config["vae_checkpoint"])
-        if abs(vae.config["scaling_factor"] - config["sd_scale_factor"]) > 1e-9:
+        if config["sd_scale_factor"] is not None and abs(vae.config["scaling_factor"] - config["sd_scale_factor"]) > 1e-9:
             raise TrainingError(f"sd_scale_factor {config['sd_scale_factor']} differs from the VAE's "
                                 f"scaling_factor {vae.config['scaling_factor']}")
         factor = 2 ** (len(vae.config["block_out_channels"]) - 1)
@@ -129,7 +129,7 @@ def build_loader(config, rank, world):
     if info["format"] != config["train_data_type"]:
         raise TrainingError(f"{folder} is a {info['format']} cache, but train_data_type is {config['train_data_type']}")
     for key, mine in (("image_size", config["image_size"]), ("scaling_factor", config["sd_scale_factor"])):
-        if abs(info[key] - mine) > 1e-9:
+        if mine is not None and abs(info[key] - mine) > 1e-9:
             raise TrainingError(f"{folder} was cached with {key} {info[key]}, the config says {mine}")
     loader = CacheLoader(folder, shuffle_window=config["shuffle_window"], on_corrupt=config["on_corrupt"], **common)
     return loader, info["image_size"] // info["downsample_factor"], info["latent_channels"]
