@@ -10,6 +10,7 @@
     │   mindrecord:     MindDataset(SubsetSampler(the chunk rows of each clip)) reassembled into clips
     └ per clip: frames start, start + stride, …; latent = (mean + std·ε)·scaling_factor with ε from a
       generator seeded by (seed, epoch, plan position): reproducible, different every epoch
+      (posterior="mean": mean·scaling_factor, for VAEs whose posterior noise would swamp the signal)
       → batches {"latent": (B, F, C, h, w) float32, "label": (B,) int32 (-1: none), "index": (B,) int64}
 
 `state_dict()` is {"epoch", "position", ...settings that fix the plan}; `position` counts samples of the
@@ -31,6 +32,7 @@ from .cache import check_shards, open_cache, read_ledger
 
 logger = logging.getLogger(__name__)
 
+POSTERIOR_MODES = ("sample", "mean")
 PLAN_KEYS = ("seed", "num_frames", "sample_stride", "clips_per_video", "shuffle", "shuffle_window", "videos")
 
 
@@ -80,7 +82,9 @@ class ClipPlan:
 class _ClipLoader:
     """Epochs, positions and rank slices; subclasses turn plan positions into batches."""
 
-    def __init__(self, plan, batch_size, rank, world_size, num_parallel_workers, video_ids):
+    def __init__(self, plan, batch_size, rank, world_size, num_parallel_workers, video_ids, posterior="sample"):
+        if posterior not in POSTERIOR_MODES:
+            raise ValueError(f"posterior must be one of {POSTERIOR_MODES}, got {posterior!r}")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
         if num_parallel_workers < 1 or num_parallel_workers > (os.cpu_count() or 1):
@@ -90,6 +94,7 @@ class _ClipLoader:
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_parallel_workers = num_parallel_workers
         self.video_ids = video_ids
+        self.posterior = posterior
         self.epoch, self.position = 0, 0
         if self.batches_per_epoch == 0:
             raise ValueError(f"{plan.size} clips per epoch do not fill one global batch of "
@@ -142,6 +147,8 @@ class _ClipLoader:
     def _latent(self, arrays, position, scaling_factor):
         if "sample" in arrays:
             latent = arrays["sample"].astype(np.float32)
+        elif self.posterior == "mean":
+            latent = arrays["mean"].astype(np.float32)
         else:  # in place: (mean + std·ε)·scaling_factor
             latent = arrays["std"].astype(np.float32)
             latent *= self._noise(position, latent.shape)
@@ -174,10 +181,13 @@ class CacheLoader(_ClipLoader):
 
     def __init__(self, cache_dir, batch_size, num_frames, sample_stride=1, clips_per_video=1, seed=0, rank=0,
                  world_size=1, shuffle=True, shuffle_window=4, num_parallel_workers=1, on_corrupt="skip",
-                 check="full", cache_bytes=256 << 20):
+                 check="full", cache_bytes=256 << 20, posterior="sample"):
         if on_corrupt not in ("skip", "raise"):
             raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
         self.cache = open_cache(cache_dir)
+        if posterior == "mean" and "mean" not in self.cache.fields:
+            raise ValueError(f"{self.cache.folder}: posterior='mean' needs a cache of the posterior "
+                             f"(latent cache --store posterior); this one stores {self.cache.info['store']!r}")
         self.folder = self.cache.folder
         self.scaling_factor = self.cache.info["scaling_factor"]
         self.chunk_frames = self.cache.info["chunk_frames"]
@@ -205,7 +215,7 @@ class CacheLoader(_ClipLoader):
         plan = ClipPlan([e["frames"] for e in self.entries], [shard_number[e["shard"]] for e in self.entries],
                         num_frames, sample_stride, clips_per_video, seed, shuffle, shuffle_window)
         super().__init__(plan, batch_size, rank, world_size, num_parallel_workers,
-                         [e["video_id"] for e in self.entries])
+                         [e["video_id"] for e in self.entries], posterior)
         self._first_rows, self._shard_rows = self._chunk_rows()
         self._row_groups = _RowGroupCache(cache_bytes)
 
@@ -386,7 +396,8 @@ class VideoLoader(_ClipLoader):
     (in `micro_batch` frames at a time), then sampled from the posterior as the cached path does."""
 
     def __init__(self, manifest, vae, batch_size, num_frames, sample_stride=1, image_size=256, clips_per_video=1,
-                 seed=0, rank=0, world_size=1, shuffle=True, num_parallel_workers=1, micro_batch=8):
+                 seed=0, rank=0, world_size=1, shuffle=True, num_parallel_workers=1, micro_batch=8,
+                 posterior="sample"):
         import pyarrow.parquet as pq
         path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
         if not os.path.isfile(path):
@@ -403,7 +414,7 @@ class VideoLoader(_ClipLoader):
         plan = ClipPlan([row["num_frames"] for row in self.entries], np.zeros(len(self.entries)), num_frames,
                         sample_stride, clips_per_video, seed, shuffle, shuffle_window=1)
         super().__init__(plan, batch_size, rank, world_size, num_parallel_workers,
-                         [row["video_id"] for row in self.entries])
+                         [row["video_id"] for row in self.entries], posterior)
         self.vae, self.image_size, self.micro_batch = vae, image_size, micro_batch
         self.scaling_factor = vae.config["scaling_factor"]
 

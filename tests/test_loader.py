@@ -39,6 +39,25 @@ def test_a_clip_is_the_posterior_sample_of_its_frames(caches):
         np.testing.assert_allclose(latent, (mean + std * noise) * 0.18215, rtol=1e-6, atol=1e-7)
 
 
+def test_posterior_mean_gives_the_scaled_means_in_every_format_and_needs_a_posterior_cache(caches, tmp_path):
+    from pipelines.cache import run_cache
+    loader = CacheLoader(caches["numpy"], batch_size=2, seed=3, posterior="mean", **CLIP)
+    video, start = loader.plan.epoch(0)
+    cache = open_cache(caches["numpy"])
+    reference = _all(loader)
+    for latent, position in zip(reference[0]["latent"], reference[0]["index"]):
+        mean = cache.read(loader.video_ids[video[position]])["mean"][start[position] + 2 * np.arange(4)]
+        np.testing.assert_allclose(latent, mean.astype(np.float32) * 0.18215, rtol=1e-6)
+    for fmt in ("mindrecord", "parquet"):
+        _assert_same_batches(reference, _all(CacheLoader(caches[fmt], batch_size=2, seed=3, posterior="mean", **CLIP)))
+    run_cache(caches["ingest"], caches["vae"], tmp_path / "sampled", fmt="numpy", image_size=32, store="sample",
+              workers=0, progress=False)
+    with pytest.raises(ValueError, match="sampled.*posterior='mean' needs a cache of the posterior"):
+        CacheLoader(tmp_path / "sampled", batch_size=2, posterior="mean", **CLIP)
+    with pytest.raises(ValueError, match="posterior must be one of"):
+        CacheLoader(caches["numpy"], batch_size=2, posterior="mode", **CLIP)
+
+
 def test_every_format_and_worker_count_gives_the_same_batches(caches):
     reference = _all(CacheLoader(caches["numpy"], batch_size=3, clips_per_video=2, seed=1, shuffle_window=2, **CLIP))
     assert len(reference) == 7 * 2 // 3

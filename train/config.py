@@ -67,6 +67,9 @@ KEYS = [
     _key("shuffle", bool, True, "shuffle clips (within windows of shuffle_window shards)"),
     _key("shuffle_window", int, 4, "shards whose clips are shuffled together (the bounded shuffle buffer)"),
     _key("num_parallel_workers", int, 1, "loader threads"),
+    _key("posterior", str, "sample", "latents from the cached posterior: a fresh sample per epoch (mean + std·noise), "
+                                       "or its mean (for VAEs whose posterior noise swamps the signal)",
+         ("sample", "mean")),
     _key("on_corrupt", str, "skip", "a shard that disagrees with the ledger: skip it (reported) or raise",
          ("skip", "raise")),
     _key("max_rowsize", (int, type(None)), None, "MindONE's shared-memory size for process workers: no effect "

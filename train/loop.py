@@ -114,7 +114,7 @@ def build_loader(config, rank, world):
     common = dict(batch_size=config["train_batch_size"], num_frames=config["num_frames"],
                   sample_stride=config["sample_stride"], clips_per_video=config["clips_per_video"], seed=config["seed"],
                   rank=rank, world_size=world, shuffle=config["shuffle"],
-                  num_parallel_workers=config["num_parallel_workers"])
+                  num_parallel_workers=config["num_parallel_workers"], posterior=config["posterior"])
     if config["train_data_type"] == "video_file":
         vae = load_vae(config["vae_checkpoint"])
         if config["sd_scale_factor"] is not None and abs(vae.config["scaling_factor"] - config["sd_scale_factor"]) > 1e-9:
