@@ -62,7 +62,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=250, num
         json.dump(report, handle, indent=1)
     stage("cache")
     architecture = {k: shipped[k] for k in ("model_name", "depth", "hidden_size", "num_heads", "num_frames",
-                                            "image_size", "learn_sigma", "patch_embedder")}
+                                            "image_size", "learn_sigma", "patch_embedder", "posterior")}
     config = load_train_config(None, {
         **architecture, "data_folder": os.path.join(out, "cache"), "train_data_type": "numpy",
         "pretrained_model_path": os.path.join(PRETRAINED, "latte-clouds", "ema.ckpt"), "dtype": "fp32",
