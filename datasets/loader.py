@@ -188,6 +188,7 @@ class CacheLoader(_ClipLoader):
         if posterior == "mean" and "mean" not in self.cache.fields:
             raise ValueError(f"{self.cache.folder}: posterior='mean' needs a cache of the posterior "
                              f"(latent cache --store posterior); this one stores {self.cache.info['store']!r}")
+        self.fields = ("mean",) if posterior == "mean" else self.cache.fields  # the fields a clip reads
         self.folder = self.cache.folder
         self.scaling_factor = self.cache.info["scaling_factor"]
         self.chunk_frames = self.cache.info["chunk_frames"]
@@ -250,20 +251,20 @@ class CacheLoader(_ClipLoader):
         """{field: (F, C, h, w)} of one video's frames at `frame_indices`, in the cache dtype."""
         folder = self.shard_folder(entry["shard"])
         if self.cache.info["format"] == "numpy":
-            return numpy_format.read_frames(folder, entry["offset"], self.cache.fields, frame_indices)
+            return numpy_format.read_frames(folder, entry["offset"], self.fields, frame_indices)
         first_row = self._first_rows[(entry["shard"], entry["offset"])]
         chunks = range(frame_indices[0] // self.chunk_frames, frame_indices[-1] // self.chunk_frames + 1)
         parts = []
         for chunk in chunks:
-            table, row = self._row_groups.row(folder, first_row + chunk, self.cache.fields)
-            offset, first_frame, arrays = parquet_format.chunk_of(table, row, self.cache.fields, self.cache.dtype)
+            table, row = self._row_groups.row(folder, first_row + chunk, self.fields)
+            offset, first_frame, arrays = parquet_format.chunk_of(table, row, self.fields, self.cache.dtype)
             if offset != entry["offset"] or first_frame != chunk * self.chunk_frames:
                 raise IOError(f"{folder}: row {first_row + chunk} holds video {offset} frame {first_frame}, the "
                               f"index says video {entry['offset']} frame {chunk * self.chunk_frames}")
             parts.append(arrays)
         base = chunks[0] * self.chunk_frames
         return {field: np.concatenate([part[field] for part in parts])[frame_indices - base]
-                for field in self.cache.fields}
+                for field in self.fields}
 
     def _mindrecord_batches(self, video, start, positions):
         """MindDataset reads exactly the chunk rows each clip needs, in plan order (SubsetSampler);
@@ -279,7 +280,7 @@ class CacheLoader(_ClipLoader):
             last = (start[position] + self.plan.span - 1) // self.chunk_frames
             chunk = np.minimum(first + np.arange(per_clip), last)  # pad by repeating the last row
             rows[i] = base[entry["shard"]] + self._first_rows[(entry["shard"], entry["offset"])] + chunk
-        fields = list(self.cache.fields)
+        fields = list(self.fields)
 
         # MindDataset refuses a SubsetSampler longer than the files' row count, and clips share rows:
         # the epoch's rows are read in segments of whole clips, each at most that long.
