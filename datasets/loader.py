@@ -144,7 +144,8 @@ class _ClipLoader:
         rng = np.random.default_rng([self.plan.seed, self.epoch, int(position)])
         return rng.standard_normal(shape, dtype=np.float32)
 
-    def _latent(self, arrays, position, scaling_factor):
+    def latent(self, arrays, position, scaling_factor):
+        """The latent of plan position `position` from a clip's cached arrays {field: (F, C, h, w)}."""
         if "sample" in arrays:
             latent = arrays["sample"].astype(np.float32)
         elif self.posterior == "mean":
@@ -328,7 +329,7 @@ class CacheLoader(_ClipLoader):
 
     def _sample(self, arrays, entry, position):
         label = -1 if entry["label"] is None else entry["label"]
-        return self._latent(arrays, position, self.scaling_factor), np.int32(label), np.int64(position)
+        return self.latent(arrays, position, self.scaling_factor), np.int32(label), np.int64(position)
 
 
 class _PlanSource:
@@ -426,7 +427,7 @@ class VideoLoader(_ClipLoader):
                                       num_parallel_workers=self.num_parallel_workers, python_multiprocessing=False)
         for row in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
             mean, std = self.vae.encode_video(row["pixels"], micro_batch=self.micro_batch)
-            latent = np.stack([self._latent({"mean": m, "std": s}, position, self.scaling_factor)
+            latent = np.stack([self.latent({"mean": m, "std": s}, position, self.scaling_factor)
                                for m, s, position in zip(mean, std, row["index"])])
             yield {"latent": latent, "label": row["label"], "index": row["index"]}
 

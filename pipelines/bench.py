@@ -174,7 +174,8 @@ def _plain_read(files):
 
 
 def _loader_figures(cache_dir, loader_options, max_batches, queue):
-    """Child process: a warm plain read of every shard file, then the loader; reports figures."""
+    """Child process: a warm plain read of every shard file, then the loader, then the loader's own
+    per-clip latent arithmetic alone on one thread; reports figures."""
     os.environ.setdefault("GLOG_v", "3")
     from datasets.loader import CacheLoader
     from train.bench import peak_rss_mb  # the CLI's benchmarks share their helpers
@@ -186,27 +187,37 @@ def _loader_figures(cache_dir, loader_options, max_batches, queue):
     start = time.perf_counter()
     loader = CacheLoader(cache_dir, **loader_options)
     setup_s = time.perf_counter() - start
-    frame_bytes = len(loader.cache.fields) * loader.cache.dtype.itemsize * int(
-        np.prod(loader.cache.read(loader.video_ids[0])[loader.cache.fields[0]].shape[1:]))
+    stored = loader.cache.read(loader.video_ids[0])
+    clip = {field: np.array(stored[field][:loader.plan.num_frames]) for field in loader.fields}
+    clip_bytes = sum(array.nbytes for array in clip.values())  # the stored bytes a clip reads
     samples, start = 0, time.perf_counter()
     for number, batch in enumerate(loader):
         samples += len(batch["latent"])
         if max_batches and number + 1 >= max_batches:
             break
     loader_s = time.perf_counter() - start
-    loader_bytes = samples * loader.plan.num_frames * frame_bytes
+    # The floor of the loader's work: posterior sampling of clips already in memory, no I/O, no pipeline.
+    arithmetic = min(samples, 1000)
+    start = time.perf_counter()
+    for position in range(arithmetic):
+        loader.latent(clip, position, loader.scaling_factor)
+    arithmetic_s = time.perf_counter() - start
     queue.put({"plain_read": {"bytes": plain_bytes, "seconds": round(plain_s, 3),
                               "MB_per_s": round(plain_bytes / plain_s / 1e6, 1)},
                "loader": {"samples": samples, "seconds": round(loader_s, 3), "setup_seconds": round(setup_s, 3),
                           "samples_per_s": round(samples / loader_s, 1),
-                          "MB_per_s": round(loader_bytes / loader_s / 1e6, 1)},
+                          "MB_per_s": round(samples * clip_bytes / loader_s / 1e6, 1), "clip_bytes": clip_bytes},
+               "latent_arithmetic_one_thread": {"samples": arithmetic, "seconds": round(arithmetic_s, 3),
+                                                "samples_per_s": round(arithmetic / arithmetic_s, 1),
+                                                "MB_per_s": round(arithmetic * clip_bytes / arithmetic_s / 1e6, 1)},
                "peak_rss_mb": round(peak_rss_mb(), 1)})
 
 
 def bench_loader(cache_dir=None, synthetic_gb=1.0, fmt="numpy", batch_size=4, num_frames=16, sample_stride=1,
-                 clips_per_video=None, workers=2, max_batches=0, check="full"):
+                 clips_per_video=None, workers=2, max_batches=0, check="full", posterior="sample"):
     """Loader samples/s and MB/s (stored latent bytes of the frames it delivers) against a plain
-    sequential read of the same shard files, page cache warm, in a fresh process (for its peak RSS).
+    sequential read of the same shard files, page cache warm, and against the loader's latent arithmetic
+    alone on one thread, in a fresh process (for its peak RSS).
     Without `cache_dir`, a synthetic cache of `synthetic_gb` GB in format `fmt` is written first."""
     from datasets.cache import open_cache
     from train.bench import run_in_fresh_process
@@ -222,10 +233,12 @@ def bench_loader(cache_dir=None, synthetic_gb=1.0, fmt="numpy", batch_size=4, nu
             frames = int(np.median([cache.entries[v]["frames"] for v in cache.ids]))
         options = {"batch_size": batch_size, "num_frames": num_frames, "sample_stride": sample_stride,
                    "clips_per_video": clips_per_video or max(1, frames // num_frames),
-                   "num_parallel_workers": workers, "check": check}
+                   "num_parallel_workers": workers, "check": check, "posterior": posterior}
         figures = run_in_fresh_process(_loader_figures, (cache_dir, options, max_batches), "loader")
         info = open_cache(cache_dir).info
     result = {"bench": "loader", "format": info["format"], "store": info["store"], **options,
               "cache_bytes": figures["plain_read"]["bytes"], **figures}
     result["loader_to_plain_MB_per_s"] = round(figures["loader"]["MB_per_s"] / figures["plain_read"]["MB_per_s"], 3)
+    result["loader_to_latent_arithmetic"] = round(
+        figures["loader"]["samples_per_s"] / figures["latent_arithmetic_one_thread"]["samples_per_s"], 3)
     return result

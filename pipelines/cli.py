@@ -628,11 +628,16 @@ def bench_cache_command(fmt, vae_dir, videos, frames, size, micro_batch):
 @click.option("--max-batches", default=0, show_default=True, help="Stop after this many batches (0: one epoch).")
 @click.option("--check", default="full", show_default=True, type=click.Choice(["full", "size"]),
               help="Shard check when the loader starts (sha256 or sizes against the ledger).")
-def bench_loader_command(cache_dir, synthetic_gb, fmt, batch, num_frames, sample_stride, workers, max_batches, check):
+@click.option("--posterior", default="sample", show_default=True, type=click.Choice(["sample", "mean"]),
+              help="Latents drawn from the cached posterior, or its mean (reads only the mean).")
+def bench_loader_command(cache_dir, synthetic_gb, fmt, batch, num_frames, sample_stride, workers, max_batches, check,
+                         posterior):
     """Loader samples/s and MB/s against a plain sequential read of the same shard files.
 
     MB/s counts the stored bytes of the frames the loader delivers; the plain read is warm (page
-    cache). The loader runs in a fresh process, whose peak RSS is reported.
+    cache). Also timed: the loader's own latent arithmetic (posterior sampling, scaling) on clips
+    already in memory, one thread, no I/O — the floor of its per-sample work. The loader runs in a
+    fresh process, whose peak RSS is reported.
 
     \b
     Example:
@@ -641,7 +646,7 @@ def bench_loader_command(cache_dir, synthetic_gb, fmt, batch, num_frames, sample
     """
     from pipelines.bench import bench_loader
     click.echo(json.dumps(bench_loader(cache_dir, synthetic_gb, fmt, batch, num_frames, sample_stride, None,
-                                       workers, max_batches, check)))
+                                       workers, max_batches, check, posterior)))
 
 
 @bench.command("attention")

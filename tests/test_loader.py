@@ -181,9 +181,19 @@ def test_bad_settings_are_refused(caches):
 
 
 def test_bench_loader_prints_its_figures(caches):
-    result = CliRunner().invoke(main, ["bench", "loader", str(caches["mindrecord"]), "--batch", "2", "--num-frames",
-                                       "4", "--workers", "1"])
-    assert result.exit_code == 0, result.output
-    figures = json.loads(result.output.strip().splitlines()[-1])
-    assert figures["format"] == "mindrecord" and figures["loader"]["samples"] > 0
-    assert figures["plain_read"]["bytes"] > 0 and figures["peak_rss_mb"] > 0
+    def bench(*options):
+        result = CliRunner().invoke(main, ["bench", "loader", str(caches["mindrecord"]), "--batch", "2",
+                                           "--num-frames", "4", "--workers", "1", *options])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output.strip().splitlines()[-1])
+
+    info = open_cache(caches["mindrecord"]).info
+    latent_side = info["image_size"] // info["downsample_factor"]
+    frame_bytes = info["latent_channels"] * latent_side ** 2 * np.dtype(info["dtype"]).itemsize
+    for posterior, fields in (("sample", 2), ("mean", 1)):  # the mean alone reads half the stored bytes
+        figures = bench("--posterior", posterior)
+        assert figures["format"] == "mindrecord" and figures["posterior"] == posterior
+        assert figures["loader"]["samples"] > 0 and figures["loader"]["clip_bytes"] == 4 * fields * frame_bytes
+        assert figures["latent_arithmetic_one_thread"]["samples"] == min(figures["loader"]["samples"], 1000)
+        assert figures["loader_to_latent_arithmetic"] > 0
+        assert figures["plain_read"]["bytes"] > 0 and figures["peak_rss_mb"] > 0
