@@ -144,8 +144,9 @@ class _ClipLoader:
         rng = np.random.default_rng([self.plan.seed, self.epoch, int(position)])
         return rng.standard_normal(shape, dtype=np.float32)
 
-    def latent(self, arrays, position, scaling_factor):
-        """The latent of plan position `position` from a clip's cached arrays {field: (F, C, h, w)}."""
+    def latent(self, arrays, position):
+        """The latent of plan position `position` from a clip's cached arrays {field: (F, C, h, w)}, in the
+        model's space (× self.scaling_factor, which each loader sets from its cache or VAE)."""
         if "sample" in arrays:
             latent = arrays["sample"].astype(np.float32)
         elif self.posterior == "mean":
@@ -154,7 +155,7 @@ class _ClipLoader:
             latent = arrays["std"].astype(np.float32)
             latent *= self._noise(position, latent.shape)
             latent += arrays["mean"]
-        latent *= np.float32(scaling_factor)
+        latent *= np.float32(self.scaling_factor)
         return latent
 
     def _batches(self, video, start, positions):
@@ -329,7 +330,7 @@ class CacheLoader(_ClipLoader):
 
     def _sample(self, arrays, entry, position):
         label = -1 if entry["label"] is None else entry["label"]
-        return self.latent(arrays, position, self.scaling_factor), np.int32(label), np.int64(position)
+        return self.latent(arrays, position), np.int32(label), np.int64(position)
 
 
 class _PlanSource:
@@ -427,7 +428,7 @@ class VideoLoader(_ClipLoader):
                                       num_parallel_workers=self.num_parallel_workers, python_multiprocessing=False)
         for row in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
             mean, std = self.vae.encode_video(row["pixels"], micro_batch=self.micro_batch)
-            latent = np.stack([self.latent({"mean": m, "std": s}, position, self.scaling_factor)
+            latent = np.stack([self.latent({"mean": m, "std": s}, position)
                                for m, s, position in zip(mean, std, row["index"])])
             yield {"latent": latent, "label": row["label"], "index": row["index"]}
 

@@ -200,7 +200,7 @@ def _loader_figures(cache_dir, loader_options, max_batches, queue):
     arithmetic = min(samples, 1000)
     start = time.perf_counter()
     for position in range(arithmetic):
-        loader.latent(clip, position, loader.scaling_factor)
+        loader.latent(clip, position)
     arithmetic_s = time.perf_counter() - start
     queue.put({"plain_read": {"bytes": plain_bytes, "seconds": round(plain_s, 3),
                               "MB_per_s": round(plain_bytes / plain_s / 1e6, 1)},
