@@ -27,6 +27,8 @@ import threading
 import numpy as np
 import pyarrow as pa
 
+from latte_core.errors import UserError
+
 from . import mindrecord_format, numpy_format, parquet_format
 from .cache import check_shards, open_cache, read_ledger
 
@@ -36,7 +38,7 @@ POSTERIOR_MODES = ("sample", "mean")
 PLAN_KEYS = ("seed", "num_frames", "sample_stride", "clips_per_video", "shuffle", "shuffle_window", "videos")
 
 
-class CorruptCache(IOError):
+class CorruptCache(UserError):
     """A shard disagrees with the ledger and the loader was told to stop (on_corrupt="raise")."""
 
 

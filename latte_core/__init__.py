@@ -1,6 +1,17 @@
-"""Model math for Latte: the transformer, attention backends, diffusion, the VAE and checkpoint conversion."""
-from .diffusion import GaussianDiffusion, create_diffusion
-from .latte import LATTE_MODELS, Latte, create_latte
-from .vae import AutoencoderKL
+"""Model math for Latte: the transformer, attention backends, diffusion, the VAE and checkpoint conversion.
 
-__all__ = ["LATTE_MODELS", "AutoencoderKL", "GaussianDiffusion", "Latte", "create_diffusion", "create_latte"]
+The public names load on first use, so `latte_core.errors` (imported by every stage) does not pull in
+MindSpore where a stage has no use for it (ingest, its decode children).
+"""
+import importlib
+
+_PUBLIC = {"GaussianDiffusion": "diffusion", "create_diffusion": "diffusion", "LATTE_MODELS": "latte",
+           "Latte": "latte", "create_latte": "latte", "AutoencoderKL": "vae"}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'latte_core' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)

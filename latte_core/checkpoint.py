@@ -16,10 +16,12 @@ import zipfile
 
 import numpy as np
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file that cannot be read or does not fit the model; the message names the file."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from latte_core.errors import DiskFull, UserError
 from datasets.cache import FORMATS, fields_for, shard_digest
 from datasets.video import center_crop_resize, iter_frames, to_pixels
 
@@ -40,12 +41,8 @@ FAILURE_SCHEMA = pa.schema([("video_id", pa.string()), ("path", pa.string()), ("
                             ("message", pa.string())])
 
 
-class CacheError(ValueError):
+class CacheError(UserError):
     """Bad usage of the cache stage: a missing manifest or VAE, a folder of another cache."""
-
-
-class DiskFull(RuntimeError):
-    pass
 
 
 # ------------------------------------------------------------------------------------------ fingerprint

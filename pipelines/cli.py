@@ -14,6 +14,33 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
+class LatteGroup(click.Group):
+    """The one error rule of every command: a UserError (bad input, key or value) is one `Error:` line and
+    exit 2; a JobAborted (e.g. a full disk; committed units stay valid) one `Error:` line and exit 1; any
+    other exception one `Error:` line and exit 1, its traceback only with `latte -v`."""
+
+    def invoke(self, ctx):
+        from latte_core.errors import JobAborted, UserError
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except UserError as err:
+            _fail(err, 2)
+        except JobAborted as err:
+            _fail(err, 1)
+        except Exception as err:
+            if (ctx.obj or {}).get("verbose"):
+                raise
+            _fail(f"unexpected {type(err).__name__}: {err} (run `latte -v ...` for the traceback)", 1)
+
+
+def _fail(message, code):
+    text = " ".join(str(message).split()) or "failed"
+    click.echo(f"Error: {text}", err=True)
+    raise SystemExit(code)
+
+
 def setup_mindspore(device, mode="graph"):
     import mindspore as ms
     from latte_core.runtime import prefer_avx2_onednn
@@ -22,9 +49,10 @@ def setup_mindspore(device, mode="graph"):
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def main(verbose):
+@click.group(cls=LatteGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages, and show the traceback of an unexpected error.")
+@click.pass_context
+def main(ctx, verbose):
     """Latte toolkit: ingest videos, cache VAE latents, train and sample Latte on MindSpore.
 
     \b
@@ -37,6 +65,7 @@ def main(verbose):
     """
     # MindSpore's C++ warnings are noise for users; set before mindspore is first imported.
     os.environ.setdefault("GLOG_v", "3")
+    ctx.obj = {"verbose": verbose}
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -97,7 +126,7 @@ def ingest(sources, out_dir, config_path, num_frames, sample_stride, verify, wor
         summary = run_ingest(settings["sources"], settings["out"], settings["num_frames"], settings["sample_stride"],
                              settings["verify"], settings["workers"], settings["scheduler"], retry_failed,
                              settings["decode_timeout"], settings["unit_size"])
-    except (IngestError, RuntimeError) as err:
+    except IngestError as err:
         raise BadInput(str(err)) from None
     _print_ingest_summary(summary)
     if summary["failed"] or summary["unit_errors"]:
@@ -154,7 +183,7 @@ def cache(manifest, vae, out, fmt, config_path, image_size, dtype, store, worker
     Example:
       latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --format mindrecord
     """
-    from pipelines.cache import CacheError, DiskFull, run_cache
+    from pipelines.cache import CacheError, run_cache
     from pipelines.config import ConfigError, load_stage_config
     settings = {"manifest": None, "vae": None, "out": None, "format": "numpy", "image_size": 256, "dtype": "float16",
                 "store": "posterior", "workers": 1, "scheduler": None, "micro_batch": 8, "shard_videos": 16,
@@ -181,10 +210,7 @@ def cache(manifest, vae, out, fmt, config_path, image_size, dtype, store, worker
                             settings["image_size"], settings["dtype"], settings["store"], settings["workers"],
                             settings["scheduler"], settings["micro_batch"], settings["shard_videos"],
                             settings["chunk_frames"], skip_videos, settings["seed"])
-    except DiskFull as err:  # before RuntimeError, its base: committed shards stay valid, exit 1
-        click.echo(f"Error: {err}", err=True)
-        raise SystemExit(1)
-    except (CacheError, RuntimeError) as err:
+    except CacheError as err:
         raise BadInput(str(err)) from None
     click.echo(f"cache: {summary['videos']} videos, {summary['frames']} frames cached, {summary['failed']} failed; "
                f"{summary['shards_run']} shards run, {summary['shards_skipped']} already done; "

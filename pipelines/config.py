@@ -1,8 +1,9 @@
 """Stage configuration from YAML: known keys only, checked types, the seed's spellings accepted."""
+from latte_core.errors import UserError
 from train.config import read_yaml_mapping
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     pass
 
 

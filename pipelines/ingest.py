@@ -17,6 +17,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from latte_core.errors import UserError
 from datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
 
 from .ledger import JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, write_atomically
@@ -38,7 +39,7 @@ FAILURE_SCHEMA = pa.schema([
 UNIT_SCHEMA = pa.schema(list(MANIFEST_SCHEMA) + [("category", pa.string()), ("message", pa.string())])
 
 
-class IngestError(ValueError):
+class IngestError(UserError):
     """Bad usage of the ingest stage (a missing source, an output folder of another job)."""
 
 
@@ -208,7 +209,7 @@ def latest_rows(out_dir, ledger_records):
     for record in ledger_records:
         part = os.path.join(out_dir, "units", f"{record['unit_id']}.parquet")
         if sha256_of(part) != record["sha256"]:
-            raise RuntimeError(f"{part} does not match its ledger checksum: the folder was modified")
+            raise UserError(f"{part} does not match its ledger checksum: the folder was modified")
         for row in pq.read_table(part).to_pylist():
             latest[(row["video_id"], row["path"])] = row
     return [latest[key] for key in sorted(latest)]

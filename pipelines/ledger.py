@@ -12,6 +12,7 @@ import shutil
 import uuid
 
 from datasets.cache import read_ledger
+from latte_core.errors import UserError
 
 STAGING_PREFIX = ".staging-"
 
@@ -120,7 +121,7 @@ class JobLock:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.handle.close()
-            raise RuntimeError(f"{os.path.dirname(self.path)} is being written by another running job") from None
+            raise UserError(f"{os.path.dirname(self.path)} is being written by another running job") from None
         return self
 
     def __exit__(self, *exc):

@@ -15,13 +15,14 @@ import time
 
 import numpy as np
 
+from latte_core.errors import UserError
 from train.config import Key, KeyTable
 
 logger = logging.getLogger(__name__)
 PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "pretrained")
 
 
-class SampleError(ValueError):
+class SampleError(UserError):
     pass
 
 

@@ -16,11 +16,13 @@ import shutil
 
 import mindspore as ms
 
+from latte_core.errors import UserError
+
 STAGING_PREFIX = ".staging-"
 _NAME = re.compile(r"^step-(\d{8})$")
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     pass
 
 

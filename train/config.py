@@ -9,8 +9,10 @@ import os
 
 import yaml
 
+from latte_core.errors import UserError
 
-class TrainConfigError(ValueError):
+
+class TrainConfigError(UserError):
     pass
 
 

@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from latte_core.errors import UserError
+
 from .checkpoint import checkpoint_dirs, load_checkpoint, remove_staging, save_checkpoint
 from .plot import plot_loss_curve
 
@@ -24,7 +26,7 @@ logger = logging.getLogger(__name__)
 DIFFUSION_STREAM = 1  # keeps the diffusion draws apart from the loader's posterior draws
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     pass
 
 
