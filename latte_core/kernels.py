@@ -22,6 +22,7 @@ before building a model) to use MindSpore's ops everywhere. If the library canno
 warning is logged and the models use MindSpore's ops. Cells decide when they are built, so switch
 before constructing a model.
 """
+import contextlib
 import ctypes
 import glob
 import hashlib
@@ -84,6 +85,31 @@ def find_blas():
             if hasattr(handle, symbol):
                 return path, symbol, int_type
     return None
+
+
+@contextlib.contextmanager
+def blas_threads(count):
+    """Run the block with numpy's OpenBLAS (the BLAS of the dense and attention kernels) on `count`
+    threads, then restore its previous count. OpenBLAS's sgemm rounds differently with 1 and 2 threads
+    for the same operands on some CPUs (its Haswell kernels, i.e. every AVX2-only x86 machine: 5-20 % of
+    the elements of a 256x64x64 product differ by one float32 ulp; on AVX-512 CPUs only products with a
+    long K), so a job whose bytes must not depend on its runner pins the count. Does nothing where no
+    OpenBLAS with a thread API is loaded."""
+    blas = find_blas()
+    handle = ctypes.CDLL(blas[0]) if blas else None
+    names = [f"{prefix}openblas_{{}}_num_threads{suffix}" for prefix in ("", "scipy_") for suffix in ("64_", "")]
+    name = next((n for n in names if handle is not None and hasattr(handle, n.format("set"))), None)
+    if name is None:
+        yield
+        return
+    set_threads, get_threads = getattr(handle, name.format("set")), getattr(handle, name.format("get"))
+    set_threads.argtypes, get_threads.restype = [ctypes.c_int], ctypes.c_int
+    previous = get_threads()
+    set_threads(count)
+    try:
+        yield
+    finally:
+        set_threads(previous)
 
 
 def _cache_dir():

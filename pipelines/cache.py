@@ -130,6 +130,7 @@ def encode_video_frames(vae, item, spec, timings):
 
 def _encode_batches(vae, item, spec, timings, batches):
     import mindspore as ms
+    from latte_core.kernels import blas_threads
     outputs = {field: [] for field in fields_for(spec["store"])}
     rng = np.random.default_rng([spec["seed"], int(hashlib.sha1(item["video_id"].encode()).hexdigest()[:8], 16)])
     while True:
@@ -144,7 +145,8 @@ def _encode_batches(vae, item, spec, timings, batches):
         count = len(batch)
         if count < spec["micro_batch"]:  # pad: graph mode would compile again for every new batch size
             batch = np.concatenate([batch, np.repeat(batch[-1:], spec["micro_batch"] - count, axis=0)])
-        posterior = vae.encode(ms.Tensor(batch))
+        with blas_threads(1):  # OpenBLAS rounds by its thread count: the same bytes from every runner
+            posterior = vae.encode(ms.Tensor(batch))
         if spec["store"] == "posterior":
             outputs["mean"].append(posterior.mean.asnumpy()[:count].astype(spec["dtype"]))
             outputs["std"].append(posterior.std.asnumpy()[:count].astype(spec["dtype"]))
