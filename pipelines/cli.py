@@ -9,6 +9,12 @@ import os
 import click
 
 
+# numeric options are range-checked by click: a bad value is one "Error: Invalid value for '--x'" line, exit 2
+POSITIVE_INT = click.IntRange(min=1)
+NON_NEGATIVE_INT = click.IntRange(min=0)
+POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
+
+
 class BadInput(click.ClickException):
     """A user error (bad file, bad option value): one line on stderr, exit code 2."""
     exit_code = 2
@@ -84,14 +90,14 @@ INGEST_ALIASES = {"data_folder": "sources", "csv_path": "sources", "data_path": 
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (resumable).")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML with any of: " + ", ".join(sorted(set(INGEST_FIELDS) | set(INGEST_ALIASES))))
-@click.option("--num-frames", "--num_frames", "num_frames", type=int, help="Clip length; shorter inputs fail as too short.")
-@click.option("--sample-stride", "--sample_stride", "sample_stride", type=int, help="Frame stride of a clip [1].")
+@click.option("--num-frames", "--num_frames", "num_frames", type=POSITIVE_INT, help="Clip length; shorter inputs fail as too short.")
+@click.option("--sample-stride", "--sample_stride", "sample_stride", type=POSITIVE_INT, help="Frame stride of a clip [1].")
 @click.option("--verify/--no-verify", default=None, help="Decode every frame (default: container metadata only).")
-@click.option("--workers", type=int, help="Local dask worker processes [1]; 0 runs in this process.")
+@click.option("--workers", type=NON_NEGATIVE_INT, help="Local dask worker processes [1]; 0 runs in this process.")
 @click.option("--scheduler", help="Address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786.")
 @click.option("--retry-failed", is_flag=True, help="Also re-try the inputs that failed before.")
-@click.option("--timeout", "decode_timeout", type=float, help="Seconds before a hung decode is killed [60].")
-@click.option("--unit-size", type=int, help="Inputs per unit of work [32].")
+@click.option("--timeout", "decode_timeout", type=POSITIVE_SECONDS, help="Seconds before a hung decode is killed [60].")
+@click.option("--unit-size", type=POSITIVE_INT, help="Inputs per unit of work [32].")
 def ingest(sources, out_dir, config_path, num_frames, sample_stride, verify, workers, scheduler, retry_failed,
            decode_timeout, unit_size):
     """Find videos, check they decode, and write DIR/manifest.parquet and DIR/failures.parquet.
@@ -161,16 +167,16 @@ CACHE_ALIASES = {"cache_folder": "out", "cache_file_type": "format", "vae_path":
               help="Shard format [numpy].")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML with any of: " + ", ".join(sorted(set(CACHE_FIELDS) | set(CACHE_ALIASES))))
-@click.option("--image-size", "--image_size", "image_size", type=int, help="Frame size after crop+resize [256].")
+@click.option("--image-size", "--image_size", "image_size", type=POSITIVE_INT, help="Frame size after crop+resize [256].")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), help="Stored dtype [float16].")
 @click.option("--store", type=click.Choice(["posterior", "sample"]),
               help="posterior: mean and std per frame (a fresh sample each epoch) [default]; sample: one fixed draw.")
-@click.option("--workers", type=int, help="Local dask worker processes, one VAE each [1]; 0 runs in this process.")
+@click.option("--workers", type=NON_NEGATIVE_INT, help="Local dask worker processes, one VAE each [1]; 0 runs in this process.")
 @click.option("--scheduler", help="Address of an existing dask scheduler.")
-@click.option("--micro-batch", type=int, help="Frames per VAE call [8].")
-@click.option("--shard-videos", type=int, help="Videos per shard, the unit of work and of resume [16].")
-@click.option("--chunk-frames", type=int, help="Frames per MindRecord record / Parquet row [16].")
-@click.option("--resume_cache_index", "skip_videos", type=int, default=0,
+@click.option("--micro-batch", type=POSITIVE_INT, help="Frames per VAE call [8].")
+@click.option("--shard-videos", type=POSITIVE_INT, help="Videos per shard, the unit of work and of resume [16].")
+@click.option("--chunk-frames", type=POSITIVE_INT, help="Frames per MindRecord record / Parquet row [16].")
+@click.option("--resume_cache_index", "skip_videos", type=NON_NEGATIVE_INT, default=0,
               help="The seed's manual resume: skip the first N manifest videos. Not needed here: re-running "
                    "resumes from the ledger.")
 def cache(manifest, vae, out, fmt, config_path, image_size, dtype, store, workers, scheduler, micro_batch,
@@ -271,7 +277,7 @@ def _parse_bool(value):
               help="Train from this cache folder (sets data_folder and train_data_type from its cache.json).")
 @click.option("--output-dir", "--output_path", "output_path", type=click.Path(file_okay=False),
               help="Run folder: config.json, train_log.jsonl, ckpt/, loss_curve.png.")
-@click.option("--max-steps", "--max_steps", "max_steps", type=int, help="Stop after this many optimizer steps.")
+@click.option("--max-steps", "--max_steps", "max_steps", type=NON_NEGATIVE_INT, help="Stop after this many optimizer steps.")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run folder.")
 @click.option("--use_parallel", "--use-parallel", "use_parallel", default=None,
               help="True: data-parallel over the processes msrun started.")
@@ -335,16 +341,16 @@ def _ingested(config):
 @main.command("train-vae")
 @click.option("--manifest", required=True, type=click.Path(exists=True), help="Ingest folder whose frames to learn.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="New diffusers VAE folder.")
-@click.option("--image-size", default=64, show_default=True, help="Frame size (crop rule).")
+@click.option("--image-size", default=64, show_default=True, type=POSITIVE_INT, help="Frame size (crop rule).")
 @click.option("--block-out-channels", default="32,64,64", show_default=True,
               help="Channels per level; n levels downsample by 2^(n-1).")
-@click.option("--layers-per-block", default=1, show_default=True)
-@click.option("--norm-groups", default=16, show_default=True, help="GroupNorm groups.")
-@click.option("--latent-channels", default=4, show_default=True)
-@click.option("--steps", default=2000, show_default=True)
-@click.option("--batch", default=16, show_default=True, help="Frames per step.")
-@click.option("--lr", default=1e-3, show_default=True, help="Learning rate (after 100 warm-up steps).")
-@click.option("--kl-weight", default=1e-3, show_default=True, help="Weight of the KL term (per latent element).")
+@click.option("--layers-per-block", default=1, show_default=True, type=POSITIVE_INT)
+@click.option("--norm-groups", default=16, show_default=True, type=POSITIVE_INT, help="GroupNorm groups.")
+@click.option("--latent-channels", default=4, show_default=True, type=POSITIVE_INT)
+@click.option("--steps", default=2000, show_default=True, type=POSITIVE_INT)
+@click.option("--batch", default=16, show_default=True, type=POSITIVE_INT, help="Frames per step.")
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Learning rate (after 100 warm-up steps).")
+@click.option("--kl-weight", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=False), help="Weight of the KL term (per latent element).")
 @click.option("--seed", default=0, show_default=True)
 def train_vae_command(manifest, out_dir, image_size, block_out_channels, layers_per_block, norm_groups,
                       latent_channels, steps, batch, lr, kl_weight, seed):
@@ -375,13 +381,13 @@ def train_vae_command(manifest, out_dir, image_size, block_out_channels, layers_
 @click.option("--checkpoint", help="Latte weights (.pt/.ckpt/.safetensors) or a run's ckpt/step-N folder.")
 @click.option("--vae", "vae_checkpoint", help="VAE: diffusers folder or .ckpt.")
 @click.option("--sampler", type=click.Choice(["ddpm", "ddim"]), help="Sampler [ddpm].")
-@click.option("--steps", "sampling_steps", type=int, help="Sampling steps [250].")
-@click.option("--eta", "ddim_eta", type=float, help="DDIM eta [0].")
+@click.option("--steps", "sampling_steps", type=POSITIVE_INT, help="Sampling steps [250].")
+@click.option("--eta", "ddim_eta", type=click.FloatRange(min=0), help="DDIM eta [0].")
 @click.option("--cfg-scale", "guidance_scale", type=float, help="Classifier-free guidance scale (class models).")
 @click.option("--class-labels", help="Comma-separated classes, one per video (cycled).")
 @click.option("--seed", type=int, help="Noise seed [42].")
-@click.option("--num-videos", type=int, help="Videos to make [4].")
-@click.option("--batch-size", type=int, help="Videos sampled together [4].")
+@click.option("--num-videos", type=POSITIVE_INT, help="Videos to make [4].")
+@click.option("--batch-size", type=POSITIVE_INT, help="Videos sampled together [4].")
 @click.option("--output-dir", "output_path", type=click.Path(file_okay=False), help="Output folder [samples].")
 @click.option("--device", "device_target", type=click.Choice(["CPU", "GPU", "Ascend"]), help="Device [CPU].")
 @click.option("--keys", "show_keys", is_flag=True, help="List every config key with its default and exit.")
@@ -423,7 +429,7 @@ def sample(config_path, checkpoint, vae_checkpoint, sampler, sampling_steps, ddi
 @click.argument("samples_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--manifest", required=True, type=click.Path(exists=True), help="Ingest folder of the training videos.")
 @click.option("--vae", "vae_checkpoint", required=True, help="The VAE the model was trained with.")
-@click.option("--real-clips", default=64, show_default=True, help="Real clips to compare with.")
+@click.option("--real-clips", default=64, show_default=True, type=POSITIVE_INT, help="Real clips to compare with.")
 def quality(samples_dir, manifest, vae_checkpoint, real_clips):
     """Check sampled videos against the training videos and two baselines (exit 1 if it fails).
 
@@ -450,10 +456,10 @@ def quality(samples_dir, manifest, vae_checkpoint, real_clips):
 @main.command()
 @click.option("--out", "out_dir", default="latte-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for everything the demo makes (re-running resumes).")
-@click.option("--videos", default=48, show_default=True, help="Procedural cloud clips to generate.")
-@click.option("--train-steps", default=200, show_default=True, help="Training steps from the shipped Latte.")
-@click.option("--sample-steps", default=250, show_default=True, help="DDPM steps.")
-@click.option("--num-videos", default=4, show_default=True, help="Videos to sample.")
+@click.option("--videos", default=48, show_default=True, type=POSITIVE_INT, help="Procedural cloud clips to generate.")
+@click.option("--train-steps", default=200, show_default=True, type=NON_NEGATIVE_INT, help="Training steps from the shipped Latte.")
+@click.option("--sample-steps", default=250, show_default=True, type=POSITIVE_INT, help="DDPM steps.")
+@click.option("--num-videos", default=4, show_default=True, type=POSITIVE_INT, help="Videos to sample.")
 def demo(out_dir, videos, train_steps, sample_steps, num_videos):
     """The whole pipeline on procedural videos, no downloads: generate → ingest → cache → train → sample.
 
@@ -551,10 +557,10 @@ def _kernel_paths(choice):
 
 @bench.command("step")
 @click.option("--model", "model_name", default="Latte-S/2", show_default=True, help="Latte variant.")
-@click.option("--frames", default=8, show_default=True, help="Frames per clip.")
-@click.option("--latent", default=16, show_default=True, help="Latent height and width.")
-@click.option("--batch", default=2, show_default=True, help="Clips per step.")
-@click.option("--steps", default=5, show_default=True, help="Steps to run; the first (compile) is reported apart.")
+@click.option("--frames", default=8, show_default=True, type=POSITIVE_INT, help="Frames per clip.")
+@click.option("--latent", default=16, show_default=True, type=POSITIVE_INT, help="Latent height and width.")
+@click.option("--batch", default=2, show_default=True, type=POSITIVE_INT, help="Clips per step.")
+@click.option("--steps", default=5, show_default=True, type=POSITIVE_INT, help="Steps to run; the first (compile) is reported apart.")
 @click.option("--flash-attention/--no-flash-attention", default=False, show_default=True,
               help="Use the flash attention backend (fused on Ascend, block-wise elsewhere).")
 @click.option("--device", default="CPU", show_default=True, type=click.Choice(["CPU", "GPU", "Ascend"]))
@@ -581,9 +587,9 @@ def bench_step_command(model_name, frames, latent, batch, steps, flash_attention
 
 
 @bench.command("vae")
-@click.option("--size", default=256, show_default=True, help="Frame height and width.")
-@click.option("--batch", default=4, show_default=True, help="Frames per encoder call.")
-@click.option("--repeats", default=3, show_default=True, help="Timed encoder calls after the compiling one.")
+@click.option("--size", default=256, show_default=True, type=POSITIVE_INT, help="Frame height and width.")
+@click.option("--batch", default=4, show_default=True, type=POSITIVE_INT, help="Frames per encoder call.")
+@click.option("--repeats", default=3, show_default=True, type=POSITIVE_INT, help="Timed encoder calls after the compiling one.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16"]),
               help="Compute dtype of convolutions and projections.")
 @click.option("--device", default="CPU", show_default=True, type=click.Choice(["CPU", "GPU", "Ascend"]))
@@ -606,9 +612,9 @@ def bench_vae_command(size, batch, repeats, dtype, device, kernels):
 @bench.command("ingest")
 @click.option("--source", "sources", multiple=True, required=True, type=click.Path(exists=True),
               help="Inputs to ingest (as for `latte ingest`). Repeatable.")
-@click.option("--workers", default=0, show_default=True,
+@click.option("--workers", default=0, show_default=True, type=NON_NEGATIVE_INT,
               help="Ingest workers (0: in this process, one decode child, i.e. one core).")
-@click.option("--replan-inputs", default=10000, show_default=True,
+@click.option("--replan-inputs", default=10000, show_default=True, type=NON_NEGATIVE_INT,
               help="Also time re-planning a finished run over this many synthetic inputs (0: skip).")
 def bench_ingest_command(sources, workers, replan_inputs):
     """`ingest --verify` against a plain sequential decord/PIL decode of the same files, in one run.
@@ -625,10 +631,10 @@ def bench_ingest_command(sources, workers, replan_inputs):
 @click.option("--format", "fmt", default="numpy", show_default=True, type=click.Choice(["numpy", "mindrecord", "parquet"]))
 @click.option("--vae", "vae_dir", type=click.Path(file_okay=False),
               help="diffusers VAE folder [a random-weight VAE of sd-vae-ft-mse's architecture].")
-@click.option("--videos", default=2, show_default=True, help="Synthetic H.264 clips to cache.")
-@click.option("--frames", default=16, show_default=True, help="Frames per clip.")
-@click.option("--size", default=256, show_default=True, help="Cached frame size.")
-@click.option("--micro-batch", default=8, show_default=True, help="Frames per VAE call.")
+@click.option("--videos", default=2, show_default=True, type=POSITIVE_INT, help="Synthetic H.264 clips to cache.")
+@click.option("--frames", default=16, show_default=True, type=POSITIVE_INT, help="Frames per clip.")
+@click.option("--size", default=256, show_default=True, type=POSITIVE_INT, help="Cached frame size.")
+@click.option("--micro-batch", default=8, show_default=True, type=POSITIVE_INT, help="Frames per VAE call.")
 def bench_cache_command(fmt, vae_dir, videos, frames, size, micro_batch):
     """End-to-end cache frames/s against encode-only frames/s of the same VAE on the same frames.
 
@@ -647,11 +653,11 @@ def bench_cache_command(fmt, vae_dir, videos, frames, size, micro_batch):
               help="Without CACHE_DIR: size of a synthetic cache of random latents written first.")
 @click.option("--format", "fmt", default="numpy", show_default=True, type=click.Choice(["numpy", "mindrecord", "parquet"]),
               help="Format of the synthetic cache.")
-@click.option("--batch", default=4, show_default=True, help="Clips per batch.")
-@click.option("--num-frames", default=16, show_default=True, help="Frames per clip.")
-@click.option("--sample-stride", default=1, show_default=True, help="Frame stride within a clip.")
-@click.option("--workers", default=2, show_default=True, help="Loader num_parallel_workers.")
-@click.option("--max-batches", default=0, show_default=True, help="Stop after this many batches (0: one epoch).")
+@click.option("--batch", default=4, show_default=True, type=POSITIVE_INT, help="Clips per batch.")
+@click.option("--num-frames", default=16, show_default=True, type=POSITIVE_INT, help="Frames per clip.")
+@click.option("--sample-stride", default=1, show_default=True, type=POSITIVE_INT, help="Frame stride within a clip.")
+@click.option("--workers", default=2, show_default=True, type=POSITIVE_INT, help="Loader num_parallel_workers.")
+@click.option("--max-batches", default=0, show_default=True, type=NON_NEGATIVE_INT, help="Stop after this many batches (0: one epoch).")
 @click.option("--check", default="full", show_default=True, type=click.Choice(["full", "size"]),
               help="Shard check when the loader starts (sha256 or sizes against the ledger).")
 @click.option("--posterior", default="sample", show_default=True, type=click.Choice(["sample", "mean"]),
@@ -676,9 +682,9 @@ def bench_loader_command(cache_dir, synthetic_gb, fmt, batch, num_frames, sample
 
 
 @bench.command("attention")
-@click.option("--tokens", default=16384, show_default=True, help="Sequence length (one head group).")
-@click.option("--head-dim", default=64, show_default=True, help="Head size.")
-@click.option("--block-size", default=512, show_default=True, help="Key block of the block-wise path.")
+@click.option("--tokens", default=16384, show_default=True, type=POSITIVE_INT, help="Sequence length (one head group).")
+@click.option("--head-dim", default=64, show_default=True, type=POSITIVE_INT, help="Head size.")
+@click.option("--block-size", default=512, show_default=True, type=POSITIVE_INT, help="Key block of the block-wise path.")
 def bench_attention_command(tokens, head_dim, block_size):
     """Peak memory of plain vs flash (block-wise) attention, forward + backward, on CPU.
 
