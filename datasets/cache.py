@@ -12,6 +12,8 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 
+from latte_core.errors import UserError
+
 from . import mindrecord_format, numpy_format, parquet_format
 
 FORMATS = {"numpy": numpy_format, "mindrecord": mindrecord_format, "parquet": parquet_format}
@@ -62,13 +64,32 @@ def open_cache(folder):
 
 def read_ledger(folder):
     """The complete records of `folder/ledger.jsonl`, read-only: a line a running or killed job has
-    not finished (no newline yet) is ignored, never cut, so readers can run beside a job."""
+    not finished (no newline yet) is ignored, never cut, so readers can run beside a job. A finished
+    line that is not a JSON record (the file was edited or damaged) raises UserError naming the file
+    and the line: no reader can tell which units it meant."""
     path = os.path.join(folder, "ledger.jsonl")
     if not os.path.exists(path):
         return []
     with open(path, "rb") as handle:
         data = handle.read()
-    return [json.loads(line) for line in data[:data.rfind(b"\n") + 1].splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(data[:data.rfind(b"\n") + 1].split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            reason = f"is not valid JSON ({err.msg} at column {err.colno})"
+        except ValueError:  # bytes that are not UTF-8
+            reason = "is not valid JSON (not UTF-8 text)"
+        else:
+            if isinstance(record, dict) and "unit_id" in record:
+                records.append(record)
+                continue
+            reason = "is not a unit record (a JSON object with a unit_id)"
+        raise UserError(f"{path}: line {number} {reason}; the ledger was modified or damaged: restore it, "
+                        f"or delete that line to redo its unit")
+    return records
 
 
 def shard_digest(folder):

@@ -98,7 +98,7 @@ class Ledger:
                 handle.truncate(data.rfind(b"\n") + 1)  # a record cut by a kill: its unit is redone
 
     def records(self):
-        """All complete records, in commit order."""
+        """All complete records, in commit order (UserError naming the line if one is not a record)."""
         return read_ledger(os.path.dirname(self.path))
 
     def append(self, record):

