@@ -21,7 +21,7 @@ from latte_core.errors import UserError
 from datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
 
 from .ledger import JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, write_atomically
-from .runners import run_and_commit
+from .runners import check_workers, run_and_commit
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +232,7 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
         raise IngestError("give at least one --source")
     if unit_size < 1 or timeout <= 0 or sample_stride < 1 or (num_frames is not None and num_frames < 1):
         raise IngestError("unit_size, decode timeout, sample_stride and num_frames must be positive")
+    check_workers(workers, IngestError)
     started = time.perf_counter()
     if workers == 0 and scheduler is None:
         _decoder(timeout).start()  # its start-up overlaps discovery and planning

@@ -1,8 +1,19 @@
 """Map a unit function over unit specs: in this process, on local dask worker processes, or on an
 existing dask cluster. The runner is a detail; each unit returns a result record the caller commits."""
 import logging
+import numbers
+
+from latte_core.errors import UserError
 
 logger = logging.getLogger(__name__)
+
+
+def check_workers(workers, error=UserError):
+    """Raise `error` naming --workers unless it is a whole number >= 0 (a negative count would start a
+    dask scheduler with no worker, and the job would wait for one forever)."""
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 0:
+        raise error(f"--workers must be 0 (run in this process) or a positive number of worker processes, "
+                    f"got {workers!r}")
 
 
 def run_units(work, specs, on_result, workers=1, scheduler=None, stop_on=()):
@@ -10,7 +21,8 @@ def run_units(work, specs, on_result, workers=1, scheduler=None, stop_on=()):
     finishes. A unit that raises is logged and reported as on_result(spec, None), except for the
     exception types in `stop_on`, which cancel the remaining units and propagate. workers=0 runs
     in-process; workers>=1 starts a dask LocalCluster of that many single-threaded processes;
-    `scheduler` ("tcp://host:port") uses an existing cluster instead."""
+    `scheduler` ("tcp://host:port") uses an existing cluster instead; workers < 0 is a UserError."""
+    check_workers(workers)
     if not specs:
         return
     if scheduler is None and workers == 0:

@@ -71,6 +71,35 @@ def _no_error(proc, code):
     assert "Traceback" not in proc.stderr and "Error:" not in proc.stderr, proc.stderr
 
 
+# ------------------------------------------------------------------------------- 3. negative workers
+@pytest.mark.parametrize("how", ["option", "config"])
+def test_negative_workers_is_an_error_before_anything_is_written(tmp_path, clips, how):
+    _copy(clips[0], tmp_path / "src" / "a.mp4")
+    if how == "option":  # the command's own range check
+        extra = ["--workers", "-1"]
+    else:  # a config file's value reaches run_ingest unchecked by click
+        (tmp_path / "ingest.yaml").write_text("workers: -1\n")
+        extra = ["-c", str(tmp_path / "ingest.yaml")]
+    proc = subprocess.run([LATTE, "ingest", "--out", str(tmp_path / "out"), "--source", str(tmp_path / "src"),
+                           *extra], capture_output=True, text=True, timeout=60)  # it hung forever
+    _one_error_line(proc, 2, "--workers", "-1")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(IngestError, match="--workers"):
+        run_ingest([tmp_path / "src"], tmp_path / "out", workers=-2, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_negative_workers_stops_the_shared_runner_and_the_cache_stage(tmp_path, clips, fixtures_dir):
+    with pytest.raises(UserError, match="--workers"):
+        run_units(len, [{"unit_id": "u"}], lambda spec, result: None, workers=-1)
+    from pipelines.cache import run_cache
+    _copy(clips[0], tmp_path / "src" / "a.mp4")
+    run_ingest([tmp_path / "src"], tmp_path / "ingest", workers=0, progress=False)
+    with pytest.raises(UserError, match="--workers"):  # it hung forever
+        run_cache(tmp_path / "ingest", fixtures_dir / "vae" / "vae_small_diffusers", tmp_path / "cache",
+                  image_size=32, workers=-1, progress=False)
+
+
 # ------------------------------------------------------------------------------- 8. a damaged ledger
 def _garbage_line(lines):
     lines[1] = b"{\"unit_id\": \"u-1\", \"ok\n"  # a line cut short, then the next record written after it
