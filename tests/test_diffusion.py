@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import mindspore as ms
-from mindspore import Tensor
+from mindspore import Tensor, ops
 
 from latte_core import create_diffusion
 from latte_core.diffusion import get_named_beta_schedule, space_timesteps
@@ -146,3 +146,44 @@ def test_ddim_eta0_with_perfect_denoiser_recovers_x0():
 
     out = diffusion.ddim_sample_loop(oracle, SHAPE, noise=rng.standard_normal(SHAPE).astype(np.float32))
     np.testing.assert_allclose(out.asnumpy(), x0, atol=1e-4)
+
+
+def _analytic_eps(x, t):
+    """The fixture's fixed epsilon predictor: tanh(x) · t/1000 + 0.05 · cos(x)."""
+    scale = (t.astype(ms.float32) / 1000.0).reshape((-1,) + (1,) * (x.ndim - 1))
+    return ops.tanh(x) * scale + 0.05 * ops.cos(x)
+
+
+@pytest.mark.parametrize("steps", [10, 20, 25])
+def test_dpm_solver_pp_2m_follows_diffusers_state_by_state(fixtures_dir, steps):
+    """Every state of diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2, lower_order_final,
+    final sigma 0, linspace timesteps) on the Latte schedule. Bound 1e-4 of the state's scale (the
+    fixtures' float32 parity bound): the two compute the coefficients from float64 and float32 ᾱ."""
+    reference = np.load(fixtures_dir / "samplers" / "dpm_solver_pp2m.npz")
+    diffusion = create_diffusion("")
+    np.testing.assert_array_equal(diffusion.dpm_solver_timesteps(steps), reference[f"timesteps_{steps}"])
+    states = [x.asnumpy() for x in diffusion.dpm_solver_sample_progressive(_analytic_eps, reference["x_T"].shape,
+                                                                           steps, noise=reference["x_T"])]
+    assert len(states) == steps
+    for ours, ref in zip(states, reference[f"trajectory_{steps}"]):
+        assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
+    final = diffusion.dpm_solver_sample_loop(_analytic_eps, reference["x_T"].shape, steps, noise=reference["x_T"],
+                                             progress=False)
+    np.testing.assert_array_equal(final.asnumpy(), states[-1])
+
+
+def test_dpm_solver_uses_only_the_epsilon_channels_and_refuses_bad_step_counts():
+    diffusion = create_diffusion("")
+    noise = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+
+    def learned_sigma(x, t):  # epsilon channels, then variance channels that must not matter
+        return ops.concat([_analytic_eps(x, t), ops.ones_like(x) * 7.0], axis=2)
+
+    with_variance = diffusion.dpm_solver_sample_loop(learned_sigma, SHAPE, 5, noise=noise, progress=False)
+    plain = diffusion.dpm_solver_sample_loop(_analytic_eps, SHAPE, 5, noise=noise, progress=False)
+    np.testing.assert_array_equal(with_variance.asnumpy(), plain.asnumpy())
+    for bad in (0, -3, 1001, 2.5, True):
+        with pytest.raises(ValueError, match="DPM-Solver"):
+            diffusion.dpm_solver_timesteps(bad)
+    with pytest.raises(ValueError, match="create_diffusion"):
+        next(create_diffusion("250").dpm_solver_sample_progressive(_analytic_eps, SHAPE, 5))
