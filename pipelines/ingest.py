@@ -51,19 +51,25 @@ def discover(sources):
     directly (a frame folder) or holds nothing at all (an empty frame folder, reported as failed).
     A .csv/.json file lists videos in a `video` column (paths relative to the list's folder), with
     optional `caption` and `class`. Ids are paths relative to the source root (the list's folder).
+    A source that yields no input is an IngestError.
     """
     inputs = []
     for source in sources:
         source = os.path.abspath(source)
         if os.path.isdir(source):
-            inputs.extend(_walk(source))
+            found = _walk(source)
+            if not found:
+                raise IngestError(f"{source}: no input in this folder: {_why_empty(source)}")
         elif os.path.isfile(source) and source.lower().endswith(LIST_EXTENSIONS):
-            inputs.extend(_read_list(source))
+            found = _read_list(source)
+            if not found:
+                raise IngestError(f"{source}: the list names no video (no entry after its header)")
         elif os.path.isfile(source) and source.lower().endswith(VIDEO_EXTENSIONS):
-            inputs.append(_input(os.path.basename(source), source, "video"))
+            found = [_input(os.path.basename(source), source, "video")]
         else:
             raise IngestError(f"{source}: not a folder, a video file ({', '.join(VIDEO_EXTENSIONS)}) "
                               f"or a .csv/.json list")
+        inputs.extend(found)
     inputs.sort(key=lambda item: (item["video_id"], item["path"]))
     seen = set()
     for item in inputs:
@@ -72,6 +78,20 @@ def discover(sources):
                                             f"by an input of another source")
         seen.add(item["video_id"])
     return inputs
+
+
+def _why_empty(folder):
+    """Why a source folder yields nothing, as a hint for the error message."""
+    try:
+        names = os.listdir(folder)
+    except OSError as err:
+        return f"it cannot be listed ({err.strerror})"
+    if any(name.lower().endswith(IMAGE_EXTENSIONS) for name in names):
+        return ("it holds frames directly; give its parent folder as --source to ingest it as one frame "
+                "folder")
+    suffix = " (it is a folder although its name ends like a video's)" if folder.lower().endswith(
+        VIDEO_EXTENSIONS) else ""
+    return f"no video files and no frame folders{suffix}"
 
 
 def _input(video_id, path, kind, label=None, caption=None):
@@ -237,6 +257,7 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
     if workers == 0 and scheduler is None:
         _decoder(timeout).start()  # its start-up overlaps discovery and planning
     out_dir = os.path.abspath(out_dir)
+    inputs = discover(sources)
     settings = _job_settings(sources, num_frames, sample_stride, verify, unit_size)
     open_job_folder(out_dir, "ingest.json", settings, "units", IngestError)
     with JobLock(out_dir):
@@ -246,7 +267,6 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
         ledger = Ledger(out_dir)
         records = ledger.records()
         attempt = 1 + max((record["attempt"] for record in records), default=0)
-        inputs = discover(sources)
         pending, skipped = plan_units(inputs, unit_size, {record["unit_id"] for record in records})
         logger.info("%d inputs in %d units: %d already done", len(inputs), skipped + len(pending), skipped)
         if retry_failed:

@@ -100,6 +100,58 @@ def test_negative_workers_stops_the_shared_runner_and_the_cache_stage(tmp_path, 
                   image_size=32, workers=-1, progress=False)
 
 
+# ------------------------------------------------------------------------------- 4. sources that yield nothing
+def _folder_named_like_a_video(root):
+    (root / "x.mp4").mkdir()
+    return root / "x.mp4"
+
+
+def _empty_folder(root):
+    (root / "nothing").mkdir()
+    return root / "nothing"
+
+
+def _empty_csv(root):
+    (root / "list.csv").write_text("")
+    return root / "list.csv"
+
+
+def _header_only_csv(root):
+    (root / "list.csv").write_text("video,caption,class\n")
+    return root / "list.csv"
+
+
+def _empty_json_list(root):
+    (root / "list.json").write_text("[]")
+    return root / "list.json"
+
+
+@pytest.mark.parametrize("make", [_folder_named_like_a_video, _empty_folder, _empty_csv, _header_only_csv,
+                                  _empty_json_list])
+def test_a_source_that_yields_no_input_is_an_error(tmp_path, clips, make):
+    _copy(clips[0], tmp_path / "good" / "a.mp4")
+    empty = make(tmp_path)
+    with pytest.raises(IngestError, match=re.escape(str(empty))):
+        run_ingest([tmp_path / "good", empty], tmp_path / "out", workers=0, progress=False)
+    assert not (tmp_path / "out").exists()
+    if make is _folder_named_like_a_video:
+        proc = _ingest(tmp_path / "out", empty)
+        _one_error_line(proc, 2, empty)
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_named_like_a_video_inside_a_source_is_a_folder(tmp_path, clips):
+    src = tmp_path / "src"
+    write_frame_folder(src / "frames.mp4", moving_square_frames(6))  # a frame folder
+    _copy(clips[0], src / "clips.mp4" / "inner.mp4")  # a folder holding a video
+    (src / "empty.mp4").mkdir()  # an empty frame folder
+    summary = run_ingest([src], tmp_path / "out", workers=0, progress=False)
+    manifest = {row["video_id"]: row for row in _rows(tmp_path / "out" / "manifest.parquet")}
+    assert sorted(manifest) == ["clips.mp4/inner.mp4", "frames.mp4"]
+    assert manifest["frames.mp4"]["kind"] == "frames" and manifest["frames.mp4"]["num_frames"] == 6
+    assert summary["failed_by_category"] == {"empty": 1}
+
+
 # ------------------------------------------------------------------------------- 8. a damaged ledger
 def _garbage_line(lines):
     lines[1] = b"{\"unit_id\": \"u-1\", \"ok\n"  # a line cut short, then the next record written after it
