@@ -10,8 +10,11 @@ import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# "unsupported": the file decodes, but not into frames the toolkit can show as a player would (a flip or a
+# rotation by other than a multiple of 90 degrees in its display matrix, non-square pixels, a size that
+# changes mid-stream, a pixel format without an RGB conversion)
 FAILURE_CATEGORIES = ("unreadable", "empty", "truncated", "corrupt frame", "too short", "timeout", "duplicate",
-                      "missing")
+                      "missing", "unsupported")
 _NUMBER = re.compile(r"(\d+)")
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: (Error: )?")
 
@@ -38,54 +41,262 @@ def list_frame_files(folder):
 
 
 def probe_video(path, verify=False):
-    """Container metadata of a video file; with verify, decode every frame and count what decodes."""
-    import decord
-
+    """Container metadata of a video file, at the size a player shows (rotation applied); with
+    verify, decode every frame, check it and count what decodes."""
     if not os.path.isfile(path):
         raise UnusableInput("missing", f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise UnusableInput("unreadable", f"{path}: empty file (0 bytes)")
     if path.lower().endswith(".gif"):
         return _probe_gif(path, verify)
+    video = _Video(path)
+    info = {"num_frames": video.claimed, "fps": video.fps, "height": video.height, "width": video.width}
+    if verify:
+        decoded = video.count_decodable()
+        if decoded < video.claimed:
+            raise UnusableInput("truncated", f"{path}: only {decoded} of the {video.claimed} frames the "
+                                             f"container declares decode")
+        info["num_frames"] = decoded
+    return info
+
+
+# ------------------------------------------------------------------------------ video files: two decoders
+# decord is the fast path, but it is not always right: decord 0.6.0 returns (48, 48, 4) arrays for a
+# 48x48 yuv420p H.264 (and 4 or 6 "channels" at other widths), and how it treats rotation metadata is
+# its own affair. PyAV (FFmpeg's libraries) is the reference: its frames, turned by the display matrix,
+# are what ffmpeg's own autorotating decode gives. A file is decoded with decord only when decord's
+# first frame has the displayed shape and agrees with PyAV's to within DECODERS_AGREE grey levels
+# (measured: 0 on 8-bit H.264/MPEG-4/VP9 in yuv420p/yuvj420p/yuv444p, rotated or not; 10-bit 4:2:0,
+# whose chroma the libraries' scalers interpolate differently, differs by up to 131 at sharp colour
+# edges and is decoded with PyAV); every later
+# frame is checked again (shape, dtype), and a frame decord gets wrong or fails on hands the rest of
+# the file to PyAV. A frame neither decoder gets right fails the file with UnusableInput naming it.
+DECODERS_AGREE = 2
+_ROTATIONS = {(1, 0, 0, 1): 0, (0, -1, 1, 0): 1, (-1, 0, 0, -1): 2, (0, 1, -1, 0): 3}  # (a, b, c, d) -> quarter turns
+
+
+def _open_decord(path):
+    import decord
+
     try:
-        reader = decord.VideoReader(path, num_threads=1)
+        return decord.VideoReader(path, num_threads=1)
     except Exception as err:  # decord raises its own DECORDError for anything it cannot open
         # decord reads every packet when it opens a file: a readable index whose data ends early
         # fails there, while a file with no index or garbage fails before.
         category = "truncated" if "av_read_frame failed" in str(err) else "unreadable"
         raise UnusableInput(category, f"{path}: cannot open as a video ({_first_line(err)})") from None
-    claimed = len(reader)
-    if claimed == 0:
-        raise UnusableInput("empty", f"{path}: the container holds no frames")
-    try:
-        first = reader.next().shape
-    except Exception as err:
-        raise UnusableInput("unreadable", f"{path}: cannot decode the first frame ({_first_line(err)})") from None
-    info = {"num_frames": claimed, "fps": float(reader.get_avg_fps()), "height": int(first[0]), "width": int(first[1])}
-    if verify:
-        info["num_frames"] = _count_decodable(reader, claimed, path)
-    return info
 
 
-def _count_decodable(reader, claimed, path):
-    """Continue decoding sequentially after the first frame (as the cache will); returns how many
-    frames decode."""
-    decoded = 1
+def _open_pyav(path):
+    """(container, first video stream) with PyAV, decoding on one thread as decord does."""
+    import av
+
     try:
-        while decoded < claimed:
-            reader.next()
-            decoded += 1
-    except StopIteration:
-        pass
+        container = av.open(path)
     except Exception as err:
-        if decoded == 0:
-            raise UnusableInput("unreadable", f"{path}: no frame decodes ({_first_line(err)})") from None
-        raise UnusableInput("truncated", f"{path}: frame {decoded} of {claimed} fails to decode "
-                                         f"({_first_line(err)})") from None
-    if decoded < claimed:
-        raise UnusableInput("truncated", f"{path}: only {decoded} of the {claimed} frames the container "
-                                         f"declares decode")
-    return decoded
+        raise UnusableInput("unreadable", f"{path}: cannot open as a video ({_first_line(err)})") from None
+    if not container.streams.video:
+        container.close()
+        raise UnusableInput("unreadable", f"{path}: the file holds no video stream")
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1
+    return container, stream
+
+
+def quarter_turns(path, frame):
+    """Counter-clockwise quarter turns (0-3) that the display matrix of a PyAV frame asks for; any other
+    display transform (a flip, another angle, a scale or shear) is an "unsupported" UnusableInput."""
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if side is None:
+        return 0
+    m = np.frombuffer(bytes(side), np.int32).astype(np.float64)
+    if m.size != 9:
+        raise UnusableInput("unsupported", f"{path}: a display matrix of {m.size} values, not 9")
+    a, b, c, d = m[[0, 1, 3, 4]] / 65536.0  # 16.16 fixed point; m[6], m[7] (translation) do not matter
+    key = tuple(int(round(v)) for v in (a, b, c, d))
+    exact = np.allclose((a, b, c, d), key, atol=1e-4) and m[2] == 0 and m[5] == 0 and m[8] == 1 << 30
+    if exact and key in _ROTATIONS:
+        return _ROTATIONS[key]
+    if a * d - b * c < 0:
+        raise UnusableInput("unsupported", f"{path}: the display matrix mirrors the picture (a flip); only "
+                                           f"rotations by 0/90/180/270 degrees are supported (re-encode it with "
+                                           f"ffmpeg, which applies the flip)")
+    angle = float(np.degrees(np.arctan2(c, a))) % 360
+    if np.isclose(a * d - b * c, 1.0, atol=1e-3) and m[2] == 0 and m[5] == 0:
+        raise UnusableInput("unsupported", f"{path}: display rotation of {angle:.4g} degrees; only 0/90/180/270 "
+                                           f"are supported (re-encode it with ffmpeg, which applies the rotation)")
+    raise UnusableInput("unsupported", f"{path}: the display matrix {[int(v) for v in m]} is not a rotation by a "
+                                       f"multiple of 90 degrees (a scale, shear or perspective); re-encode it")
+
+
+class _Video:
+    """One video file: container metadata, the displayed size and the decoder that decodes it right."""
+
+    def __init__(self, path):
+        self.path = path
+        self.reader = _open_decord(path)  # first, so broken files keep decord's categories
+        self.claimed = len(self.reader)
+        if self.claimed == 0:
+            raise UnusableInput("empty", f"{path}: the container holds no frames")
+        self.fps = float(self.reader.get_avg_fps())
+        self._read_head()
+        self._first = None  # decord's frame 0, when decord is the decoder
+        try:
+            first = self.reader.next().asnumpy()
+        except Exception:  # decord cannot decode it: PyAV decodes the file
+            first = None
+        if first is not None and self._right(first) and _max_difference(first, self.head) <= DECODERS_AGREE:
+            self._first = first
+        self.fast = self._first is not None
+
+    def _read_head(self):
+        """Frame 0 through PyAV: the coded size, pixel format, display matrix and the displayed frame."""
+        container, stream = _open_pyav(self.path)
+        try:
+            ratio = stream.codec_context.sample_aspect_ratio or stream.sample_aspect_ratio
+            if ratio and ratio != 1:
+                raise UnusableInput("unsupported", f"{self.path}: non-square pixels (sample aspect ratio "
+                                                   f"{ratio.numerator}:{ratio.denominator}); re-encode it with "
+                                                   f"ffmpeg -vf scale=iw*sar:ih,setsar=1")
+            frames = container.decode(stream)
+            try:
+                frame = next(frames)
+            except StopIteration:
+                raise UnusableInput("unreadable", f"{self.path}: no frame decodes") from None
+            except Exception as err:
+                raise UnusableInput("unreadable", f"{self.path}: cannot decode the first frame "
+                                                  f"({_first_line(err)})") from None
+            self.coded = (frame.height, frame.width)
+            self.format = frame.format.name
+            self.turns = quarter_turns(self.path, frame)
+            self.height, self.width = self.coded[::-1] if self.turns % 2 else self.coded
+            self.head = self._pyav_rgb(frame, 0, _reformatter())
+        finally:
+            container.close()
+
+    def _right(self, frame):
+        return frame.dtype == np.uint8 and frame.shape == (self.height, self.width, 3)
+
+    def check(self, frame, index):
+        if not self._right(frame):
+            raise UnusableInput("corrupt frame", f"{self.path}: frame {index} decodes to a {frame.dtype} array of "
+                                                 f"shape {tuple(frame.shape)}, not the ({self.height}, {self.width},"
+                                                 f" 3) uint8 the video shows")
+        return frame
+
+    def _same_as_first(self, frame, index):
+        if (frame.height, frame.width) != self.coded:
+            raise UnusableInput("unsupported", f"{self.path}: frame {index} is {frame.width}x{frame.height}, the "
+                                               f"video starts at {self.coded[1]}x{self.coded[0]}: a size that "
+                                               f"changes mid-stream is not supported")
+        if frame.format.name != self.format:
+            raise UnusableInput("unsupported", f"{self.path}: frame {index} is in pixel format {frame.format.name}, "
+                                               f"the video starts in {self.format}: a pixel format that changes "
+                                               f"mid-stream is not supported")
+
+    def _pyav_rgb(self, frame, index, reformatter):
+        self._same_as_first(frame, index)
+        try:
+            rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
+        except Exception as err:
+            raise UnusableInput("unsupported", f"{self.path}: frame {index}: pixel format {frame.format.name} "
+                                               f"cannot be converted to RGB ({_first_line(err)})") from None
+        if self.turns:
+            rgb = np.ascontiguousarray(np.rot90(rgb, self.turns))
+        return self.check(rgb, index)
+
+    def count_decodable(self):
+        """Decode every frame with PyAV, whichever decoder the file gets later (decord would hide a
+        size change mid-stream: it rescales such frames to the first one's size), and check each: the
+        coded size and pixel format of frame 0, whose RGB conversion (turned) was checked to be the
+        displayed (H, W, 3) uint8, so the same conversion of every frame is too (converting them all
+        would make --verify 1.5-3x slower than a plain decord decode, measured). The frames themselves
+        are checked again as iter_frames / read_frames_at hand them out. Returns how many decode."""
+        return sum(1 for _ in self._pyav_frames(0, self.claimed - 1, None, convert=False))
+
+    def frames(self, wanted=None):
+        """(index, uint8 (H, W, 3) frame as displayed) in order, of every frame or of the ascending
+        indices `wanted`; decoder errors become UnusableInput naming the file."""
+        wanted = None if wanted is None else sorted(set(int(i) for i in wanted))
+        last = self.claimed - 1 if wanted is None else wanted[-1]
+        if last >= self.claimed:
+            raise UnusableInput("too short", f"{self.path}: frame {last} asked for, {self.claimed} frames")
+        start = 0
+        if self.fast:
+            for index, frame in self._decord_frames(wanted):
+                if frame is None:  # decord failed on this frame: PyAV goes on from here
+                    start = index
+                    break
+                yield index, frame
+            else:
+                return
+        yield from self._pyav_frames(start, last, wanted)
+
+    def _decord_frames(self, wanted):
+        """decord's frames while they are right, then (index, None) at the first that is not."""
+        if wanted is not None:
+            try:
+                batch = self.reader.get_batch(wanted).asnumpy()
+            except Exception:
+                yield wanted[0], None
+                return
+            for position, index in enumerate(wanted):
+                if len(batch) <= position or not self._right(batch[position]):
+                    yield index, None
+                    return
+                yield index, batch[position]
+            return
+        first, self._first = self._first, None
+        if first is None:  # frame 0 was handed out already: start again at the beginning
+            self.reader.seek(0)
+        for index in range(self.claimed):
+            try:
+                frame = first if index == 0 and first is not None else self.reader.next().asnumpy()
+            except Exception:
+                frame = None
+            if frame is None or not self._right(frame):
+                yield index, None
+                return
+            yield index, frame
+
+    def _pyav_frames(self, start, last, wanted, convert=True):
+        wanted = None if wanted is None else set(wanted)
+        reformatter = _reformatter()
+        container, stream = _open_pyav(self.path)
+        index = 0
+        try:
+            frames = container.decode(stream)
+            while index <= last:
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                except Exception as err:
+                    raise UnusableInput("truncated" if index else "unreadable",
+                                        f"{self.path}: frame {index} of {self.claimed} fails to decode "
+                                        f"({_first_line(err)})") from None
+                if index >= start and (wanted is None or index in wanted):
+                    if convert:
+                        yield index, self._pyav_rgb(frame, index, reformatter)
+                    else:
+                        self._same_as_first(frame, index)
+                        yield index, None
+                index += 1
+        finally:
+            container.close()
+        if index <= last:
+            asked = "" if wanted is None else f" (frame {last} asked for)"
+            raise UnusableInput("truncated", f"{self.path}: only {index} of the {self.claimed} frames the "
+                                             f"container declares decode{asked}")
+
+
+def _reformatter():
+    from av.video.reformatter import VideoReformatter
+    return VideoReformatter()  # one per decode: PyAV reuses its conversion context frame after frame
+
+
+def _max_difference(a, b):
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) if a.shape == b.shape else 256
 
 
 def _probe_gif(path, verify):
@@ -146,52 +357,87 @@ def _first_line(err):
 
 
 def iter_frames(path, kind):
-    """Every frame of a video file or frame folder, in order, as uint8 (H, W, 3); decoded
-    sequentially one at a time, so memory does not depend on the video's length."""
-    from PIL import Image
-
+    """Every frame of a video file or frame folder, in order, as uint8 (H, W, 3) as a player shows it
+    (rotation applied); decoded sequentially one at a time, so memory does not depend on the video's
+    length. Every frame is checked; a frame no decoder gets right, or any decoder error, raises
+    UnusableInput naming the file."""
     if kind == "frames":
-        for file in list_frame_files(path):
-            with Image.open(file) as image:
-                yield np.asarray(image.convert("RGB"))
+        files = list_frame_files(path)
+        size = None
+        for file in files:
+            frame = _image_frame(file)
+            size = size or frame.shape
+            _check_image_frame(frame, size, file)
+            yield frame
     elif path.lower().endswith(".gif"):
-        with Image.open(path) as image:
-            for index in range(getattr(image, "n_frames", 1)):
-                image.seek(index)
-                yield np.asarray(image.convert("RGB"))
+        yield from _gif_frames(path, None)
     else:
-        import decord
-        reader = decord.VideoReader(path, num_threads=1)
-        for _ in range(len(reader)):
-            yield reader.next().asnumpy()
+        for _, frame in _video(path).frames():
+            yield frame
 
 
 def read_frames_at(path, kind, indices):
-    """The frames at `indices` (ascending) of a video file or frame folder: uint8 (len, H, W, 3)."""
-    from PIL import Image
-
+    """The frames at `indices` (ascending) of a video file or frame folder: uint8 (len, H, W, 3), as
+    iter_frames gives them."""
     indices = [int(i) for i in indices]
     if kind == "frames":
         files = list_frame_files(path)
         if indices and indices[-1] >= len(files):
             raise UnusableInput("too short", f"{path}: frame {indices[-1]} asked for, {len(files)} frames")
-        frames = []
-        for index in indices:
-            with Image.open(files[index]) as image:
-                frames.append(np.asarray(image.convert("RGB")))
+        frames = [_image_frame(files[index]) for index in indices]
+        for index, frame in zip(indices, frames):
+            _check_image_frame(frame, frames[0].shape, files[index])
         return np.stack(frames)
     if path.lower().endswith(".gif"):
-        frames = []
+        found = dict(_gif_frames(path, indices))
+    else:
+        found = dict(_video(path).frames(indices))
+    return np.stack([found[index] for index in indices])
+
+
+def _video(path):
+    if not os.path.isfile(path):
+        raise UnusableInput("missing", f"{path}: no such file")
+    return _Video(path)
+
+
+def _image_frame(file):
+    from PIL import Image
+
+    try:
+        with Image.open(file) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as err:
+        raise UnusableInput("corrupt frame", f"{file}: unreadable image ({_first_line(err)})") from None
+
+
+def _check_image_frame(frame, shape, file):
+    if frame.dtype != np.uint8 or frame.shape != shape or frame.shape[2:] != (3,):
+        raise UnusableInput("corrupt frame", f"{file}: a {frame.dtype} frame of shape {frame.shape}, the first "
+                                             f"frame is {shape}")
+
+
+def _gif_frames(path, indices):
+    """(index, uint8 (H, W, 3)) of every frame of a GIF, or of the ascending `indices`."""
+    from PIL import Image
+
+    try:
         with Image.open(path) as image:
-            for index in indices:
+            count = getattr(image, "n_frames", 1)
+            width, height = image.size
+            if indices and indices[-1] >= count:
+                raise UnusableInput("too short", f"{path}: frame {indices[-1]} asked for, {count} frames")
+            for index in range(count) if indices is None else indices:
                 image.seek(index)
-                frames.append(np.asarray(image.convert("RGB")))
-        return np.stack(frames)
-    import decord
-    reader = decord.VideoReader(path, num_threads=1)
-    if indices and indices[-1] >= len(reader):
-        raise UnusableInput("too short", f"{path}: frame {indices[-1]} asked for, {len(reader)} frames")
-    return reader.get_batch(indices).asnumpy()
+                frame = np.asarray(image.convert("RGB"))
+                if frame.dtype != np.uint8 or frame.shape != (height, width, 3):
+                    raise UnusableInput("corrupt frame", f"{path}: frame {index} decodes to shape {frame.shape}, "
+                                                         f"not ({height}, {width}, 3)")
+                yield index, frame
+    except UnusableInput:
+        raise
+    except Exception as err:
+        raise UnusableInput("unreadable", f"{path}: cannot decode the GIF ({_first_line(err)})") from None
 
 
 def center_crop_resize(frame, size):

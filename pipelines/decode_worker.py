@@ -1,6 +1,7 @@
 """Probing inputs in a child process that can be killed when a decode hangs.
 
-decord can hang on a bad container (e.g. one that over-reports its frame count), and a hung C call
+A probe decodes with decord and PyAV (datasets.video: PyAV reads the display matrix and checks decord's
+frames). decord can hang on a bad container (e.g. one that over-reports its frame count), and a hung C call
 cannot be interrupted from Python. `DecodeWorker` keeps one child process (`python -m
 pipelines.decode_worker`) that answers one JSON request per line; a request that gets no answer
 within the timeout kills the child, is reported as a "timeout" failure, and the next request starts a
@@ -68,7 +69,8 @@ class DecodeWorker:
 
 def serve(stdin=sys.stdin, stdout=sys.stdout):
     """Child side: one JSON request per line in, one JSON answer per line out."""
-    import decord  # noqa: F401  (imported before the first request arrives)
+    import av  # noqa: F401  (both decoders imported before the first request arrives)
+    import decord  # noqa: F401
     from datasets.video import UnusableInput, probe_frame_folder, probe_video
 
     for line in stdin:

@@ -1,0 +1,168 @@
+"""Decoded frames are what a player shows: decord's wrongly shaped frames, rotation metadata, and display
+transforms the toolkit cannot honour.
+
+Reference: the ffmpeg binary that imageio-ffmpeg ships, which autorotates by default. Pixel bound:
+H.264 decoding is bit-exact by the standard and yuv420p -> rgb24 takes swscale's unscaled path in every
+library here; measured, decord 0.6.0, PyAV 18.1 and that ffmpeg agree to 0 grey levels on these files.
+The tests allow datasets.video.DECODERS_AGREE (2) levels, for the rounding of another swscale build.
+"""
+import os
+import subprocess
+import sys
+
+import imageio_ffmpeg
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from datasets.video import DECODERS_AGREE, UnusableInput, iter_frames, probe_video, read_frames_at
+from pipelines.ingest import run_ingest
+
+from media import moving_square_frames, truncate, write_mp4
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
+FRAMES = 8
+BASES = {"w64h48": (48, 64), "w56h40": (40, 56)}  # (height, width) as coded
+
+
+def ffmpeg(*args):
+    subprocess.run([FFMPEG, "-loglevel", "error", "-y", *map(str, args)], check=True)
+
+
+def ffmpeg_frames(path, height, width):
+    """ffmpeg's own decode (autorotating, as a player shows the video) as uint8 (N, height, width, 3)."""
+    raw = subprocess.run([FFMPEG, "-loglevel", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         check=True, capture_output=True).stdout
+    assert len(raw) == FRAMES * height * width * 3, f"ffmpeg shows {path} at another size"
+    return np.frombuffer(raw, np.uint8).reshape(FRAMES, height, width, 3)
+
+
+def largest_difference(a, b):
+    assert a.shape == b.shape
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """Real H.264 files made with the ffmpeg binary: a 48x48 clip, clips with rotation metadata (the
+    picture is asymmetric: red grows to the right, green downwards, a square drifts), and clips with
+    display transforms the toolkit cannot honour."""
+    root = tmp_path_factory.mktemp("video")
+    good, odd = root / "good", root / "odd"
+    write_mp4(good / "square48.mp4", moving_square_frames(FRAMES, height=48, width=48))
+    for name, (height, width) in BASES.items():
+        base = write_mp4(root / f"{name}.mp4", moving_square_frames(FRAMES, height=height, width=width, seed=1))
+        for degrees in (90, 180, 270):
+            ffmpeg("-display_rotation", degrees, "-i", base, "-c", "copy", good / f"{name}_rot{degrees}.mp4")
+    base = root / "w64h48.mp4"
+    os.makedirs(odd)
+    ffmpeg("-display_rotation", 45, "-i", base, "-c", "copy", odd / "rot45.mp4")
+    ffmpeg("-display_hflip", "-i", base, "-c", "copy", odd / "hflip.mp4")
+    ffmpeg("-i", base, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf", "setsar=4/3", odd / "sar.mp4")
+    # the picture size changes after 4 frames: two H.264 streams of different sizes, one after the other
+    ffmpeg("-i", base, "-c", "copy", "-bsf:v", "h264_mp4toannexb", root / "a.h264")
+    write_mp4(root / "small.mp4", moving_square_frames(4, height=32, width=32))
+    ffmpeg("-i", root / "small.mp4", "-c", "copy", "-bsf:v", "h264_mp4toannexb", root / "b.h264")
+    (root / "ab.h264").write_bytes((root / "a.h264").read_bytes() + (root / "b.h264").read_bytes())
+    ffmpeg("-r", 8, "-f", "h264", "-i", root / "ab.h264", "-c", "copy", odd / "resized.mp4")
+    return {"root": root, "good": good, "odd": odd}
+
+
+def test_a_48x48_video_decodes_to_the_rgb_frames_ffmpeg_shows(media):
+    """decord 0.6.0 returns (48, 48, 4) arrays for this file; PyAV decodes it."""
+    path = str(media["good"] / "square48.mp4")
+    assert probe_video(path) == probe_video(path, verify=True) == {"num_frames": FRAMES, "fps": 8.0, "height": 48,
+                                                                  "width": 48}
+    frames = list(iter_frames(path, "video"))
+    assert len(frames) == FRAMES and all(f.shape == (48, 48, 3) and f.dtype == np.uint8 for f in frames)
+    assert largest_difference(np.stack(frames), ffmpeg_frames(path, 48, 48)) <= DECODERS_AGREE
+    picked = read_frames_at(path, "video", [1, 4, 7])
+    assert picked.shape == (3, 48, 48, 3) and picked.dtype == np.uint8
+    np.testing.assert_array_equal(picked, np.stack(frames)[[1, 4, 7]])  # the same decoder: identical
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_rotated_videos_decode_as_a_player_shows_them(media, base, degrees):
+    """w64h48 turned by 90/270 shows 48 wide, a width decord gets wrong; w56h40 is decord's fast path."""
+    height, width = BASES[base]
+    shown = (width, height) if degrees % 180 else (height, width)
+    path = str(media["good"] / f"{base}_rot{degrees}.mp4")
+    expected = {"num_frames": FRAMES, "fps": 8.0, "height": shown[0], "width": shown[1]}
+    assert probe_video(path) == expected and probe_video(path, verify=True) == expected
+    frames = np.stack(list(iter_frames(path, "video")))
+    assert frames.shape == (FRAMES, *shown, 3) and frames.dtype == np.uint8
+    assert largest_difference(frames, ffmpeg_frames(path, *shown)) <= DECODERS_AGREE
+    # the direction without ffmpeg's autorotation: the unrotated clip turned counter-clockwise
+    upright = np.stack(list(iter_frames(str(media["root"] / f"{base}.mp4"), "video")))
+    assert largest_difference(frames, np.rot90(upright, degrees // 90, axes=(1, 2))) <= DECODERS_AGREE
+    np.testing.assert_array_equal(read_frames_at(path, "video", [0, 3, 6]), frames[[0, 3, 6]])
+
+
+@pytest.mark.parametrize("name, verify, words", [
+    ("rot45.mp4", False, "rotation of 45 degrees"),
+    ("hflip.mp4", False, "mirrors the picture"),
+    ("sar.mp4", False, "non-square pixels"),
+    ("resized.mp4", True, "changes mid-stream"),
+])
+def test_display_transforms_that_cannot_be_honoured_fail_at_probe(media, name, verify, words):
+    path = str(media["odd"] / name)
+    with pytest.raises(UnusableInput) as caught:
+        probe_video(path, verify=verify)
+    assert caught.value.category == "unsupported"
+    assert caught.value.message.startswith(path) and words in caught.value.message
+
+
+def test_decoder_errors_name_the_file(media, tmp_path):
+    text = tmp_path / "text.mp4"
+    text.write_text("this is not a video\n")
+    cut = truncate(write_mp4(tmp_path / "cut.mp4", moving_square_frames(60), faststart=True), 0.6)
+    for path in (str(text), str(cut)):
+        with pytest.raises(UnusableInput) as caught:
+            list(iter_frames(path, "video"))
+        assert caught.value.message.startswith(path)
+        with pytest.raises(UnusableInput) as caught:
+            read_frames_at(path, "video", [0, 1])
+        assert caught.value.message.startswith(path)
+    path = str(media["good"] / "square48.mp4")
+    with pytest.raises(UnusableInput) as caught:
+        read_frames_at(path, "video", [2, FRAMES])
+    assert caught.value.category == "too short" and caught.value.message.startswith(path)
+
+
+def test_ingest_verify_and_cache_commands_take_them(media, tmp_path, fixtures_dir):
+    ingest, cache = tmp_path / "ingest", tmp_path / "cache"
+    done = subprocess.run([LATTE, "ingest", "--source", str(media["good"]), "--out", str(ingest), "--verify",
+                           "--workers", "0", "--num-frames", "4"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = {row["video_id"]: row for row in pq.read_table(ingest / "manifest.parquet").to_pylist()}
+    assert len(manifest) == 7
+    assert (manifest["square48.mp4"]["height"], manifest["square48.mp4"]["width"]) == (48, 48)
+    assert (manifest["w64h48_rot90.mp4"]["height"], manifest["w64h48_rot90.mp4"]["width"]) == (64, 48)
+    assert (manifest["w56h40_rot180.mp4"]["height"], manifest["w56h40_rot180.mp4"]["width"]) == (40, 56)
+    vae = fixtures_dir / "vae" / "vae_small_diffusers"
+    done = subprocess.run([LATTE, "cache", "--manifest", str(ingest), "--vae", str(vae), "--out", str(cache),
+                           "--image-size", "32", "--workers", "0", "--micro-batch", "8"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    index = pq.read_table(cache / "index.parquet").to_pylist()
+    assert sorted(row["video_id"] for row in index) == sorted(manifest)
+    assert all(row["frames"] == FRAMES for row in index)
+    assert pq.read_table(cache / "failures.parquet").num_rows == 0
+    # the cache holds the latents of the frames as shown: ffmpeg's autorotated frames through the VAE
+    # (float16 storage: the bound test_cache uses)
+    from datasets.cache import open_cache
+    from datasets.video import center_crop_resize
+    from latte_core import AutoencoderKL
+    frames = ffmpeg_frames(media["good"] / "w64h48_rot90.mp4", 64, 48)
+    pixels = np.stack([center_crop_resize(f, 32) for f in frames]).astype(np.float32) / 127.5 - 1
+    mean, _ = AutoencoderKL.from_pretrained(vae).encode_video(pixels.transpose(0, 3, 1, 2)[None])
+    cached = open_cache(cache).read("w64h48_rot90.mp4")["mean"].astype(np.float32)
+    np.testing.assert_allclose(cached, mean[0], rtol=2e-3, atol=2e-3)
+
+
+def test_ingest_records_what_cannot_be_honoured_as_failures(media, tmp_path):
+    summary = run_ingest([media["odd"]], tmp_path / "out", verify=True, workers=0, progress=False)
+    assert summary["failed_by_category"] == {"unsupported": 4}
+    failures = pq.read_table(tmp_path / "out" / "failures.parquet").to_pylist()
+    assert all(row["message"].startswith(row["path"]) for row in failures)
