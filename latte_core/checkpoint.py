@@ -13,6 +13,7 @@ import pickle
 import struct
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -54,13 +55,59 @@ class _Namespace:
         self.__dict__.update(state)
 
 
+class _Storage:
+    """One storage record of a torch zip: its key (data/<key>) and its values."""
+
+    def __init__(self, key, values):
+        self.key = key
+        self.values = values
+
+
+class _BadTensor:
+    """A tensor whose size/stride do not fit its storage; reported with its name after unpickling."""
+
+    def __init__(self, problem):
+        self.problem = problem
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, *_unused):
+    if not isinstance(storage, _Storage):
+        return _BadTensor(f"its storage is a {type(storage).__name__}, not a storage record")
+    values = storage.values
+    size, stride = tuple(size), tuple(stride)
+    if not _is_int(storage_offset) or storage_offset < 0:
+        return _BadTensor(f"storage offset {storage_offset!r} is not a non-negative integer")
+    if len(size) != len(stride) or not all(_is_int(n) and n >= 0 for n in size + stride):
+        return _BadTensor(f"size {list(size)} / stride {list(stride)} are not non-negative integers of one length")
+    # the largest element index the tensor reads, plus one (an empty tensor reads nothing)
+    needed = 0 if 0 in size else storage_offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
+    if needed > values.size:
+        return _BadTensor(f"size {list(size)}, stride {list(stride)} and offset {storage_offset} need {needed} "
+                          f"elements, storage data/{storage.key} holds {values.size} (truncated or corrupt file)")
     if not size:
-        return storage[storage_offset].copy()
-    itemsize = storage.itemsize
+        return values[storage_offset].copy()
+    itemsize = values.itemsize
     view = np.lib.stride_tricks.as_strided(
-        storage[storage_offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride))
+        values[storage_offset:], shape=size, strides=tuple(s * itemsize for s in stride))
     return np.ascontiguousarray(view)
+
+
+def _bad_tensors(value, prefix=""):
+    """(name, problem) of every _BadTensor in the unpickled containers."""
+    if isinstance(value, _BadTensor):
+        yield prefix or "<root>", value.problem
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _bad_tensors(item, f"{prefix}/{key}" if prefix else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _bad_tensors(item, f"{prefix}/{index}" if prefix else str(index))
+    elif isinstance(value, _Namespace):
+        yield from _bad_tensors(value.__dict__, prefix)
 
 
 def _rebuild_parameter(data, *_unused):
@@ -97,82 +144,162 @@ class _RestrictedUnpickler(pickle.Unpickler):
             f"are read, no pickled code is executed)")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"):
             raise CheckpointError(f"{self.path}: unsupported persistent record {pid!r:.80}")
         storage_type, key = pid[1], str(pid[2])
         if not isinstance(storage_type, _StorageType):
-            raise CheckpointError(f"{self.path}: storage {key} has an unknown type")
+            raise CheckpointError(f"{self.path}: storage data/{key} has an unknown type")
         if key not in self.storages:
+            name = f"{self.prefix}data/{key}"
             try:
-                raw = self.archive.read(f"{self.prefix}data/{key}")
+                raw = self.archive.read(name)
             except KeyError:
-                raise CheckpointError(f"{self.path}: storage data/{key} is missing (truncated file?)") from None
+                raise CheckpointError(f"{self.path}: storage record data/{key} is missing from the archive "
+                                      f"(truncated or damaged file?)") from None
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as err:
+                raise CheckpointError(f"{self.path}: storage record data/{key} is unreadable ({err})") from None
+            itemsize = 2 if storage_type.dtype == "bfloat16" else np.dtype(storage_type.dtype).itemsize
+            count = len(raw) // itemsize
+            numel = pid[4] if len(pid) >= 5 else None
+            if len(raw) % itemsize or (_is_int(numel) and count < numel):
+                expected = f"{numel} {storage_type.name} values" if _is_int(numel) else f"whole {itemsize}-byte values"
+                raise CheckpointError(f"{self.path}: storage record data/{key} holds {len(raw)} bytes, the "
+                                      f"checkpoint expects {expected} (truncated or damaged file?)")
             if storage_type.dtype == "bfloat16":
-                self.storages[key] = _bfloat16_to_float32(np.frombuffer(raw, dtype="<u2"))
+                values = _bfloat16_to_float32(np.frombuffer(raw, dtype="<u2"))
             else:
-                self.storages[key] = np.frombuffer(raw, dtype=np.dtype(storage_type.dtype).newbyteorder("<"))
+                values = np.frombuffer(raw, dtype=np.dtype(storage_type.dtype).newbyteorder("<"))
+            self.storages[key] = _Storage(key, values)
         return self.storages[key]
 
 
+_TORCH_READ_ERRORS = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error,
+                      struct.error, OSError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+                      NotImplementedError, RecursionError, MemoryError)
+
+
 def load_torch_file(path):
-    """Read a `torch.save` zip archive into nested dicts of numpy arrays, executing no pickled code."""
+    """Read a `torch.save` zip archive into nested dicts of numpy arrays, executing no pickled code.
+    Any damage (a truncated archive, a missing or short storage record, a tensor that reads past its
+    storage) is a CheckpointError naming the file (and the tensor, where one is to blame)."""
     path = os.fspath(path)
     try:
         archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, struct.error) as err:
         raise CheckpointError(
-            f"{path}: not a zip-format torch checkpoint (truncated, or the legacy pre-1.6 format: "
-            f"re-save it with torch.save(..., _use_new_zipfile_serialization=True))") from None
+            f"{path}: not a readable zip-format torch checkpoint ({err}: truncated or damaged, or the legacy "
+            f"pre-1.6 format: re-save it with torch.save(..., _use_new_zipfile_serialization=True))") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the file ({err.strerror or err})") from None
     with archive:
-        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-        if len(pickles) != 1:
-            raise CheckpointError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
-        prefix = pickles[0][: -len("data.pkl")]
-        byteorder = f"{prefix}byteorder"
-        if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-            raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
         try:
+            names = archive.namelist()
+            pickles = [n for n in names if n.endswith("data.pkl")]
+            if len(pickles) != 1:
+                raise CheckpointError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
+            prefix = pickles[0][: -len("data.pkl")]
+            byteorder = f"{prefix}byteorder"
+            if byteorder in names and archive.read(byteorder).strip() != b"little":
+                raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
             with archive.open(pickles[0]) as handle:
-                return _RestrictedUnpickler(handle, archive, prefix, path).load()
+                state = _RestrictedUnpickler(handle, archive, prefix, path).load()
         except CheckpointError:
             raise
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError) as err:
-            raise CheckpointError(f"{path}: corrupt checkpoint ({err})") from None
+        except _TORCH_READ_ERRORS as err:
+            raise CheckpointError(f"{path}: corrupt checkpoint ({type(err).__name__}: {err})") from None
+    bad = list(_bad_tensors(state))
+    if bad:
+        listed = "; ".join(f"tensor {name}: {problem}" for name, problem in bad[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise CheckpointError(f"{path}: {listed}{more}")
+    return state
+
+
+# the safetensors format's own bound on the JSON header (its reference reader refuses larger ones)
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def _safetensors_layout(path, header, data_size):
+    """{name: (numpy dtype | "bfloat16", shape, start, stop)} after checking every entry of the header:
+    known dtype, a shape of non-negative integers, offsets within the data whose length is exactly the
+    shape's bytes, and no two tensors sharing bytes."""
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
+    layout = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(spec, dict):
+            raise CheckpointError(f"{path}: tensor {name}: header entry is not an object ({spec!r:.60})")
+        dtype_name = spec.get("dtype")
+        dtype = _SAFETENSORS_DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
+        if dtype is None:
+            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {dtype_name!r}")
+        shape, offsets = spec.get("shape"), spec.get("data_offsets")
+        if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
+            raise CheckpointError(f"{path}: tensor {name} has an invalid shape {shape!r:.80} "
+                                  f"(expected a list of non-negative integers)")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise CheckpointError(f"{path}: tensor {name} has invalid data_offsets {offsets!r:.80} "
+                                  f"(expected [start, stop] with 0 <= start <= stop)")
+        start, stop = offsets
+        if stop > data_size:
+            raise CheckpointError(f"{path}: tensor {name} lies past the end of the file (its data ends at byte "
+                                  f"{stop} of a {data_size}-byte data section: truncated?)")
+        itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+        nbytes = int(np.prod(shape, dtype=object)) * itemsize if shape else itemsize
+        if stop - start != nbytes:
+            raise CheckpointError(f"{path}: tensor {name} has shape {shape} ({dtype_name}, {nbytes} bytes) but "
+                                  f"its data_offsets [{start}, {stop}] span {stop - start} bytes")
+        layout[name] = (dtype, shape, start, stop)
+    previous = None
+    for name, (_, _, start, stop) in sorted(layout.items(), key=lambda item: item[1][2:]):
+        if start == stop:
+            continue
+        if previous is not None and start < previous[1]:
+            raise CheckpointError(f"{path}: tensors {previous[0]} and {name} overlap (bytes {start} to "
+                                  f"{min(stop, previous[1])} belong to both): a damaged header")
+        previous = (name, stop)
+    return layout
 
 
 def load_safetensors_file(path):
-    """Read a .safetensors file into a dict of numpy arrays (bfloat16 widened to float32)."""
+    """Read a .safetensors file into a dict of numpy arrays (bfloat16 widened to float32). A damaged
+    header (absurd length, not JSON, bad shapes or offsets) or a truncated file is a CheckpointError
+    naming the file and the tensor."""
     path = os.fspath(path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
+    try:
+        size = os.path.getsize(path)
+        handle = open(path, "rb")
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the file ({err.strerror or err})") from None
+    with handle:
         head = handle.read(8)
         if len(head) < 8:
-            raise CheckpointError(f"{path}: too short to be a safetensors file")
+            raise CheckpointError(f"{path}: too short to be a safetensors file ({size} bytes)")
         header_len = struct.unpack("<Q", head)[0]
+        if header_len > MAX_SAFETENSORS_HEADER:
+            raise CheckpointError(f"{path}: header length {header_len} is absurd (over {MAX_SAFETENSORS_HEADER} "
+                                  f"bytes): not a safetensors file, or its first bytes are damaged")
         if header_len > size - 8:
-            raise CheckpointError(f"{path}: header length {header_len} exceeds the file size (truncated?)")
+            raise CheckpointError(f"{path}: header length {header_len} exceeds the file size {size} (truncated?)")
         try:
             header = json.loads(handle.read(header_len))
-        except ValueError as err:
-            raise CheckpointError(f"{path}: unreadable safetensors header ({err})") from None
-        data = np.memmap(handle, dtype=np.uint8, mode="r", offset=8 + header_len) if size > 8 + header_len \
+        except (ValueError, RecursionError) as err:
+            raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({err}): damaged file") from None
+        data_size = size - 8 - header_len
+        layout = _safetensors_layout(path, header, data_size)
+        data = np.memmap(handle, dtype=np.uint8, mode="r", offset=8 + header_len) if data_size \
             else np.zeros(0, np.uint8)
         tensors = {}
-        for name, spec in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = _SAFETENSORS_DTYPES.get(spec.get("dtype"))
-            if dtype is None:
-                raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {spec.get('dtype')}")
-            start, stop = spec["data_offsets"]
-            if stop > data.size:
-                raise CheckpointError(f"{path}: tensor {name} lies past the end of the file (truncated?)")
+        for name, (dtype, shape, start, stop) in layout.items():
             raw = np.asarray(data[start:stop])
             if dtype == "bfloat16":
                 array = _bfloat16_to_float32(raw.view("<u2"))
             else:
                 array = raw.view(np.dtype(dtype).newbyteorder("<"))
-            tensors[name] = array.reshape(spec["shape"]).copy()
+            tensors[name] = array.reshape(shape).copy()
         return tensors
 
 

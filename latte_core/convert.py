@@ -21,6 +21,8 @@ def convert_latte(source, target, model_name=None):
         config = latte_config_from_state_dict(state)
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
+    except (IndexError, ZeroDivisionError):  # a tensor of the wrong rank or of size 0
+        raise CheckpointError(f"{source}: not a Latte checkpoint (a tensor has an unexpected rank or size)") from None
     if model_name is not None:
         if model_name not in LATTE_MODELS:
             raise CheckpointError(f"unknown Latte variant {model_name!r}; choose one of {', '.join(LATTE_MODELS)}")
@@ -29,7 +31,10 @@ def convert_latte(source, target, model_name=None):
         if found != expected:
             raise CheckpointError(f"{source} is not a {model_name} checkpoint: its weights have {found}, "
                                   f"{model_name} has {expected}")
-    model = Latte(**config)
+    try:
+        model = Latte(**config)
+    except (ValueError, TypeError, ZeroDivisionError) as err:
+        raise CheckpointError(f"{source}: its weights describe no buildable Latte ({config}: {err})") from None
     params = {p.name: p for p in model.get_parameters()}
     matched = match_state_dict(params, state, source)
     save_weights(matched, target)
@@ -89,7 +94,7 @@ def vae_state_to_diffusers_names(state):
             position = parts.index("attentions") + 2
             if position < len(parts) and parts[position] in _OLD_ATTENTION_NAMES:
                 parts[position] = _OLD_ATTENTION_NAMES[parts[position]]
-            if parts[position] != "group_norm" and parts[-1] == "weight" and value.ndim == 4:
+            if position < len(parts) and parts[position] != "group_norm" and parts[-1] == "weight" and value.ndim == 4:
                 value = value.reshape(value.shape[:2])
         renamed[".".join(parts)] = value
     return renamed
@@ -129,12 +134,21 @@ def convert_vae(source, target, config=None):
         params = {p.name: p.asnumpy() for p in vae.get_parameters()}
         save_weights(params, target)
         return vae.config
-    state = vae_state_to_diffusers_names(read_state_dict(source))
+    weights = read_state_dict(source)
     try:
-        settings = {**vae_config_from_state_dict(state), **(config or {})}
-        vae = AutoencoderKL.from_config(settings, source)
-    except ValueError as err:
+        state = vae_state_to_diffusers_names(weights)
+        settings = vae_config_from_state_dict(state)
+    except ValueError as err:  # e.g. a name without its level number
         raise CheckpointError(f"{source}: {err}") from None
+    except IndexError:
+        raise CheckpointError(f"{source}: not an AutoencoderKL checkpoint (a tensor has an unexpected rank)") from None
+    if config is not None and not isinstance(config, dict):
+        raise CheckpointError(f"the --config given for {source} must be a JSON object, got {type(config).__name__}")
+    try:
+        vae = AutoencoderKL.from_config({**settings, **(config or {})},
+                                        source if config is None else f"{source} with the given config")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     params = {p.name: p for p in vae.get_parameters()}
     save_weights(match_state_dict(params, state, source), target)
     logger.info("converted %s -> %s", source, target)
