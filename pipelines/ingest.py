@@ -44,6 +44,10 @@ class IngestError(UserError):
 
 
 # ------------------------------------------------------------------------------------------ discovery
+# failures decided while finding the inputs (no decode): part of a unit's identity, never re-tried
+DISCOVERY_FAILURES = ("duplicate",)
+
+
 def discover(sources):
     """Inputs {video_id, path, kind, label, caption} from source paths, sorted by video_id.
 
@@ -51,7 +55,9 @@ def discover(sources):
     directly (a frame folder) or holds nothing at all (an empty frame folder, reported as failed).
     A .csv/.json file lists videos in a `video` column (paths relative to the list's folder), with
     optional `caption` and `class`. Ids are paths relative to the source root (the list's folder).
-    A source that yields no input is an IngestError.
+    A source that yields no input is an IngestError. Inputs that resolve to the same file
+    (os.path.realpath) are one input, the first in sorted order; an id reached by different files
+    is kept by the first, the others fail as "duplicate".
     """
     inputs = []
     for source in sources:
@@ -71,13 +77,23 @@ def discover(sources):
                               f"or a .csv/.json list")
         inputs.extend(found)
     inputs.sort(key=lambda item: (item["video_id"], item["path"]))
-    seen = set()
+    unique, files, owners = [], set(), {}
     for item in inputs:
-        if item["video_id"] in seen:
-            item["failure"] = ("duplicate", f"{item['path']}: video id {item['video_id']!r} is already taken "
-                                            f"by an input of another source")
-        seen.add(item["video_id"])
-    return inputs
+        real = item.pop("real")
+        if real in files:
+            continue  # the same file or folder reached twice (a repeated source or list entry, a link)
+        files.add(real)
+        if item.get("failure") is None:
+            if item["video_id"] in owners:
+                item["failure"] = ("duplicate", f"{item['path']}: video id {item['video_id']!r} is already taken "
+                                                f"by {owners[item['video_id']]}")
+            else:
+                owners[item["video_id"]] = item["path"]
+        unique.append(item)
+    if len(unique) < len(inputs):
+        logger.info("%d input(s) resolve to a file or folder already found: counted once",
+                    len(inputs) - len(unique))
+    return unique
 
 
 def _why_empty(folder):
@@ -95,8 +111,9 @@ def _why_empty(folder):
 
 
 def _input(video_id, path, kind, label=None, caption=None):
+    """One input; "real" (its resolved path, for discover) is removed before it is planned."""
     return {"video_id": video_id.replace(os.sep, "/"), "path": path, "kind": kind, "label": label,
-            "caption": caption}
+            "caption": caption, "real": os.path.realpath(path)}
 
 
 def _walk(root):
@@ -152,7 +169,10 @@ def _read_list(path):
 
 # ------------------------------------------------------------------------------------------ planning
 def unit_id_of(members, prefix="u"):
-    digest = hashlib.sha1(json.dumps([[m["video_id"], m["path"]] for m in members]).encode()).hexdigest()
+    """A hash of the members (and of the discovery failure of those that have one, so a unit whose
+    duplicate or broken link is resolved is run again)."""
+    key = [[m["video_id"], m["path"]] + ([m["failure"][0]] if m.get("failure") else []) for m in members]
+    digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()
     return f"{prefix}-{digest[:16]}"
 
 
@@ -224,15 +244,27 @@ def _job_settings(sources, num_frames, sample_stride, verify, unit_size):
 
 
 def latest_rows(out_dir, ledger_records):
-    """The newest row per input over all committed units (a retry supersedes the failure it retried)."""
+    """The newest row per input (video_id, path) over all committed units (a retry supersedes the
+    failure it retried), sorted by video_id then path. One video id is usable once: a usable row of
+    an id already usable with a path that sorts first becomes a "duplicate" failure."""
     latest = {}
     for record in ledger_records:
         part = os.path.join(out_dir, "units", f"{record['unit_id']}.parquet")
-        if sha256_of(part) != record["sha256"]:
+        if not os.path.isfile(part) or sha256_of(part) != record["sha256"]:
             raise UserError(f"{part} does not match its ledger checksum: the folder was modified")
         for row in pq.read_table(part).to_pylist():
             latest[(row["video_id"], row["path"])] = row
-    return [latest[key] for key in sorted(latest)]
+    rows, owners = [], {}
+    for key in sorted(latest):
+        row = latest[key]
+        if row["category"] is None:
+            if row["video_id"] in owners:
+                row = {**row, "category": "duplicate", "message": f"{row['path']}: video id {row['video_id']!r} "
+                                                                  f"is already taken by {owners[row['video_id']]}"}
+            else:
+                owners[row["video_id"]] = row["path"]
+        rows.append(row)
+    return rows
 
 
 def _assemble(out_dir, rows):
@@ -270,7 +302,8 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
         pending, skipped = plan_units(inputs, unit_size, {record["unit_id"] for record in records})
         logger.info("%d inputs in %d units: %d already done", len(inputs), skipped + len(pending), skipped)
         if retry_failed:
-            failed_inputs = [_as_input(row) for row in latest_rows(out_dir, records) if row["category"] is not None]
+            failed_inputs = [_as_input(row) for row in latest_rows(out_dir, records)
+                             if row["category"] is not None and row["category"] not in DISCOVERY_FAILURES]
             retries, _ = plan_units(failed_inputs, unit_size, set(), prefix=f"r{attempt}")
             logger.info("retrying %d failed input(s) in %d unit(s)", len(failed_inputs), len(retries))
             pending += retries

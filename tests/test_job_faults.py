@@ -71,6 +71,85 @@ def _no_error(proc, code):
     assert "Traceback" not in proc.stderr and "Error:" not in proc.stderr, proc.stderr
 
 
+# ------------------------------------------------------------------------------- 1. repeated inputs
+def _same_folder_twice(root, clips):
+    for i, clip in enumerate(clips):
+        _copy(clip, root / "src" / f"v{i}.mp4")
+    return [root / "src", root / "src"]
+
+
+def _list_naming_a_file_twice(root, clips):
+    for i, clip in enumerate(clips):
+        _copy(clip, root / "src" / f"v{i}.mp4")
+    (root / "src" / "list.csv").write_text("video,caption\nv0.mp4,first\nv1.mp4,\n./v0.mp4,again\n")
+    return [root / "src" / "list.csv"]
+
+
+def _folder_and_a_file_in_it(root, clips):
+    for i, clip in enumerate(clips):
+        _copy(clip, root / "src" / f"v{i}.mp4")
+    return [root / "src", root / "src" / "v1.mp4"]
+
+
+def _link_to_a_file_of_the_folder(root, clips):
+    for i, clip in enumerate(clips):
+        _copy(clip, root / "src" / f"v{i}.mp4")
+    os.symlink(root / "src" / "v2.mp4", root / "src" / "z_alias.mp4")
+    return [root / "src"]
+
+
+@pytest.mark.parametrize("make", [_same_folder_twice, _list_naming_a_file_twice, _folder_and_a_file_in_it,
+                                  _link_to_a_file_of_the_folder])
+def test_inputs_that_resolve_to_one_file_are_one_input(tmp_path, clips, make):
+    sources = make(tmp_path, clips)
+    summary = run_ingest(sources, tmp_path / "out", workers=0, unit_size=2, progress=False)
+    expected = ["v0.mp4", "v1.mp4"] if make is _list_naming_a_file_twice else ["v0.mp4", "v1.mp4", "v2.mp4"]
+    assert summary["failed"] == 0 and summary["ok"] == len(expected)
+    assert _ids(tmp_path / "out" / "manifest.parquet") == expected
+    if make is _list_naming_a_file_twice:  # the first entry (in the list's order) is the one kept
+        assert {r["video_id"]: r["caption"] for r in _rows(tmp_path / "out" / "manifest.parquet")}["v0.mp4"] == "first"
+
+
+def test_a_repeated_source_through_the_command_exits_0(tmp_path, clips):
+    sources = _same_folder_twice(tmp_path, clips)
+    proc = _ingest(tmp_path / "out", *sources)
+    _no_error(proc, 0)
+    assert "3 usable, 0 failed of 3 inputs" in proc.stdout
+
+
+def test_one_id_from_different_files_keeps_the_first_whatever_the_unit_order(tmp_path, clips):
+    for name in ("a", "b"):  # both sources hold v.mp4; a's sorts first and has 8 frames, b's 10
+        _copy(clips[0 if name == "a" else 2], tmp_path / name / "v.mp4")
+        _copy(clips[1], tmp_path / name / f"only_{name}.mp4")
+    sources, out = [tmp_path / "b", tmp_path / "a"], tmp_path / "out"
+    first = run_ingest(sources, out, workers=0, unit_size=1, progress=False)
+    assert first["ok"] == 3 and first["failed_by_category"] == {"duplicate": 1}
+
+    def check():
+        manifest = {row["video_id"]: row for row in _rows(out / "manifest.parquet")}
+        assert sorted(manifest) == ["only_a.mp4", "only_b.mp4", "v.mp4"]
+        assert manifest["v.mp4"]["path"] == str(tmp_path / "a" / "v.mp4") and manifest["v.mp4"]["num_frames"] == 8
+        failures = _rows(out / "failures.parquet")
+        assert [(r["video_id"], r["path"], r["category"]) for r in failures] == [
+            ("v.mp4", str(tmp_path / "b" / "v.mp4"), "duplicate")]
+        assert str(tmp_path / "a" / "v.mp4") in failures[0]["message"]
+    check()
+    records = Ledger(out).records()
+    for order in (records, records[::-1]):  # units commit in any order on dask workers
+        rows = latest_rows(str(out), order)
+        assert [r["path"] for r in rows if r["video_id"] == "v.mp4" and r["category"] is None] == [
+            str(tmp_path / "a" / "v.mp4")]
+    # resume after a kill that lost the last two ledger lines, then a retry of the failures
+    lines = (out / "ledger.jsonl").read_text().splitlines(keepends=True)
+    (out / "ledger.jsonl").write_text("".join(lines[:-2]))
+    resumed = run_ingest(sources, out, workers=0, unit_size=1, progress=False)
+    assert resumed["units_run"] == 2 and resumed["ok"] == 3
+    check()
+    retried = run_ingest(sources, out, workers=0, unit_size=1, retry_failed=True, progress=False)
+    assert retried["ok"] == 3 and retried["failed_by_category"] == {"duplicate": 1}
+    check()
+
+
 # ------------------------------------------------------------------------------- 3. negative workers
 @pytest.mark.parametrize("how", ["option", "config"])
 def test_negative_workers_is_an_error_before_anything_is_written(tmp_path, clips, how):
