@@ -10,6 +10,7 @@ sd-vae-ft-mse); that multiplication happens only in `scale_latents` / `unscale_l
 """
 import json
 import logging
+import math
 import os
 
 import numpy as np
@@ -390,19 +391,9 @@ class AutoencoderKL(nn.Cell):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_config(cls, config, source="config"):
-        """Build from a diffusers config dict; unknown architecture keys are refused by name."""
-        missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
-        if missing:
-            raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
-        settings = {key: config.get(key, default) for key, default in VAE_CONFIG_DEFAULTS.items()}
-        if settings["act_fn"] != "silu":
-            raise ValueError(f"{source}: act_fn {settings['act_fn']!r} is not supported (only 'silu')")
-        for key, expected in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
-            kinds = settings.pop(key)
-            if kinds is not None and (len(kinds) != len(settings["block_out_channels"])
-                                      or any(kind != expected for kind in kinds)):
-                raise ValueError(f"{source}: {key} must be {len(settings['block_out_channels'])} x {expected}, got {kinds}")
-        del settings["act_fn"]
+        """Build from a diffusers config dict; unknown architecture keys are refused by name, and every
+        known key is checked for its type and value (see `vae_settings_from_config`)."""
+        settings = vae_settings_from_config(config, source)
         try:
             return cls(**settings)
         except (TypeError, ValueError) as err:
@@ -422,19 +413,27 @@ class AutoencoderKL(nn.Cell):
     @classmethod
     def from_pretrained(cls, folder):
         """Load a diffusers-format folder: config.json + diffusion_pytorch_model.safetensors (or .bin,
-        read without torch). Either attention naming is accepted (to_q/... or query/key/value/proj_attn)."""
+        read without torch). Either attention naming is accepted (to_q/... or query/key/value/proj_attn).
+        Every fault (no such folder, no or a bad config.json, unreadable or truncated weights, a missing
+        or mis-shaped tensor) is a CheckpointError naming the folder or file."""
         from .checkpoint import CheckpointError, load_weights
         from .convert import vae_state_to_diffusers_names
 
         folder = os.fspath(folder)
+        if not os.path.isdir(folder):
+            raise CheckpointError(f"{folder}: no such VAE folder (expected a diffusers AutoencoderKL folder: "
+                                  f"config.json + diffusion_pytorch_model.safetensors)")
         config_path = os.path.join(folder, "config.json")
         if not os.path.isfile(config_path):
-            raise CheckpointError(f"{folder}: no config.json (expected a diffusers AutoencoderKL folder)")
+            raise CheckpointError(f"{folder}: the VAE folder has no config.json (expected a diffusers "
+                                  f"AutoencoderKL folder: config.json + diffusion_pytorch_model.safetensors)")
         try:
             with open(config_path) as handle:
                 config = json.load(handle)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+        except OSError as err:
+            raise CheckpointError(f"{config_path}: cannot read the file ({err.strerror or err})") from None
         try:
             vae = cls.from_config(config, config_path)
         except ValueError as err:
@@ -444,4 +443,66 @@ class AutoencoderKL(nn.Cell):
             if os.path.isfile(path):
                 load_weights(vae, path, transform=vae_state_to_diffusers_names)
                 return vae
-        raise CheckpointError(f"{folder}: no diffusion_pytorch_model.safetensors or .bin")
+        raise CheckpointError(f"{folder}: the VAE folder has no diffusion_pytorch_model.safetensors or .bin")
+
+
+def _describe(value):
+    """A config value as it reads in JSON, with its type: "64" (str), 3.5 (float), null."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return "null" if value is None else f"{text} ({type(value).__name__})"
+
+
+def _is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def vae_settings_from_config(config, source="config"):
+    """The AutoencoderKL constructor settings of a diffusers config dict, each key checked.
+
+    Keys absent from the config take diffusers' defaults (VAE_CONFIG_DEFAULTS: scaling_factor 0.18215,
+    as sd-vae-ft-mse's config does not state it); a key that is present must have the right type and
+    a usable value: an explicit null scaling_factor (or a non-positive / non-finite one) would make
+    every latent NaN. Raises ValueError naming `source`, the key and the value."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: a VAE config must be a JSON object, got {_describe(config)}")
+    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
+    settings = {key: config.get(key, default) for key, default in VAE_CONFIG_DEFAULTS.items()}
+
+    def bad(key, expected):
+        return ValueError(f"{source}: key {key!r} must be {expected}, got {_describe(settings[key])}")
+
+    for key in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
+        if not _is_integer(settings[key]) or settings[key] < 1:
+            raise bad(key, "a positive integer")
+    channels = settings["block_out_channels"]
+    if not isinstance(channels, (list, tuple)) or not channels or not all(_is_integer(c) and c >= 1 for c in channels):
+        raise bad("block_out_channels", "a non-empty list of positive integers")
+    groups = settings["norm_num_groups"]
+    uneven = [c for c in channels if c % groups]
+    if uneven:
+        raise ValueError(f"{source}: norm_num_groups {groups} does not divide block_out_channels "
+                         f"{list(channels)} ({uneven[0]} channels cannot be split into {groups} groups)")
+    factor = settings["scaling_factor"]
+    if factor is None:
+        raise ValueError(f"{source}: key 'scaling_factor' is null: give the VAE's latent scaling factor "
+                         f"(0.18215 for sd-vae-ft-mse), or leave the key out for that default")
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not math.isfinite(factor) or factor <= 0:
+        raise bad("scaling_factor", "a positive finite number")
+    for key in ("mid_block_add_attention", "use_quant_conv", "use_post_quant_conv"):
+        if not isinstance(settings[key], bool):
+            raise bad(key, "true or false")
+    if settings["act_fn"] != "silu":
+        raise ValueError(f"{source}: act_fn {settings['act_fn']!r} is not supported (only 'silu')")
+    for key, expected in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        kinds = settings.pop(key)
+        if kinds is not None and (not isinstance(kinds, (list, tuple)) or len(kinds) != len(channels)
+                                  or any(kind != expected for kind in kinds)):
+            raise ValueError(f"{source}: {key} must be {len(channels)} x {expected}, got {_describe(kinds)}")
+    del settings["act_fn"]
+    settings["block_out_channels"] = list(channels)
+    return settings

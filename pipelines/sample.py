@@ -90,6 +90,8 @@ def _model_settings(config):
 
 
 def load_vae(path):
+    """A diffusers VAE folder, or a weights file of sd-vae-ft-mse's architecture. A damaged one (no or a
+    bad config.json, unreadable or mis-shaped weights) is a CheckpointError naming the file."""
     from latte_core import AutoencoderKL
     from latte_core.checkpoint import load_weights
     if os.path.isdir(path):

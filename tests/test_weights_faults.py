@@ -15,10 +15,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from latte_core.checkpoint import CheckpointError, load_safetensors_file, load_torch_file, read_state_dict
-from latte_core.convert import convert_latte
+from latte_core import AutoencoderKL
+from latte_core.checkpoint import CheckpointError, load_safetensors_file, load_torch_file, load_weights, read_state_dict
+from latte_core.convert import convert_latte, convert_vae
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
+WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 # ------------------------------------------------------------------------------------------ damage makers
@@ -171,6 +173,48 @@ TORCH_DAMAGE = {
 }
 
 
+def _vae_copy(fixtures_dir, folder):
+    shutil.copytree(fixtures_dir / "vae" / "vae_small_diffusers", folder)
+    for path in folder.iterdir():
+        os.chmod(path, 0o644)
+    return folder
+
+
+def _edit_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _nan_weights(folder):
+    header, _ = _read_safetensors(folder / WEIGHTS)
+    name = _tensors_by_offset(header)[0]
+    start, _ = header[name]["data_offsets"]
+    _overwrite(folder / WEIGHTS, 8 + len(json.dumps(header).encode()) + start, b"\xff" * 4)  # float32 NaN
+
+
+# kind -> (damage(folder), words the error must contain, the file the error must name)
+VAE_FOLDER_DAMAGE = {
+    "weights-truncated": (lambda f: _truncate(f / WEIGHTS), "lies past the end of the file", WEIGHTS),
+    "weights-header-overwritten": (lambda f: _overwrite(f / WEIGHTS, 8, b"\x00" * 16), "not valid JSON", WEIGHTS),
+    "weights-nan-bytes": (_nan_weights, "holds NaN or inf", WEIGHTS),
+    "weights-negative-shape": (lambda f: _edit_header(f / WEIGHTS, _negative_shape), "invalid shape [-1]", WEIGHTS),
+    "no-config": (lambda f: (f / "config.json").unlink(), "has no config.json", ""),
+    "scaling-factor-null": (lambda f: _edit_config(f, scaling_factor=None), "'scaling_factor' is null", "config.json"),
+    "scaling-factor-negative": (lambda f: _edit_config(f, scaling_factor=-0.5),
+                                "'scaling_factor' must be a positive finite number, got -0.5", "config.json"),
+    "block-out-channels-string": (lambda f: _edit_config(f, block_out_channels="64"),
+                                  "'block_out_channels' must be a non-empty list of positive integers, got \"64\"",
+                                  "config.json"),
+    "latent-channels-string": (lambda f: _edit_config(f, latent_channels="4"),
+                               "'latent_channels' must be a positive integer, got \"4\" (str)", "config.json"),
+    "norm-groups-float": (lambda f: _edit_config(f, norm_num_groups=3.5),
+                          "'norm_num_groups' must be a positive integer, got 3.5 (float)", "config.json"),
+    "norm-groups-do-not-divide": (lambda f: _edit_config(f, norm_num_groups=3),
+                                  "norm_num_groups 3 does not divide block_out_channels [32, 64, 64]", "config.json"),
+}
+
+
 # ------------------------------------------------------------------------------------------ Python level
 @pytest.mark.parametrize("kind", sorted(SAFETENSORS_DAMAGE))
 def test_damaged_safetensors_is_refused_naming_file_and_tensor(latte_fixture, tmp_path, kind):
@@ -211,6 +255,63 @@ def test_damaged_torch_zip_is_refused_naming_the_file(latte_fixture, tmp_path, k
         read_state_dict(path)
 
 
+@pytest.mark.parametrize("kind", sorted(VAE_FOLDER_DAMAGE))
+def test_damaged_vae_folder_is_refused_by_every_loader(fixtures_dir, tmp_path, kind):
+    """from_pretrained (train's and sample's loaders use it) and convert vae refuse it; nothing written."""
+    from pipelines.sample import load_vae as sample_load_vae
+    from train.loop import load_vae as train_load_vae
+    damage, words, file_name = VAE_FOLDER_DAMAGE[kind]
+    folder = _vae_copy(fixtures_dir, tmp_path / "vae")
+    damage(folder)
+    named = str(folder / file_name) if file_name else str(folder)
+    for load in (AutoencoderKL.from_pretrained, sample_load_vae, train_load_vae):
+        with pytest.raises(CheckpointError) as err:
+            load(str(folder))
+        assert named in str(err.value) and words in str(err.value), str(err.value)
+    target = tmp_path / "vae.ckpt"
+    with pytest.raises(CheckpointError, match="lies past|JSON|NaN|shape|config.json|scaling|channels|groups"):
+        convert_vae(folder, target)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"scaling_factor": float("nan")}, "'scaling_factor' must be a positive finite number, got NaN"),
+    ({"scaling_factor": 0}, "'scaling_factor' must be a positive finite number, got 0 (int)"),
+    ({"scaling_factor": "0.18215"}, "'scaling_factor' must be a positive finite number"),
+    ({"layers_per_block": 0}, "'layers_per_block' must be a positive integer, got 0"),
+    ({"in_channels": True}, "'in_channels' must be a positive integer, got true (bool)"),
+    ({"block_out_channels": []}, "'block_out_channels' must be a non-empty list"),
+    ({"block_out_channels": [32, "64"]}, "'block_out_channels' must be a non-empty list of positive integers"),
+    ({"use_quant_conv": None}, "'use_quant_conv' must be true or false, got null"),
+    ({"down_block_types": "DownEncoderBlock2D"}, "down_block_types must be 3 x DownEncoderBlock2D"),
+])
+def test_vae_config_keys_are_checked_by_type_and_value(fixtures_dir, changes, words):
+    config = json.loads((fixtures_dir / "vae" / "vae_small_diffusers" / "config.json").read_text())
+    config.update(changes)
+    with pytest.raises(ValueError) as err:
+        AutoencoderKL.from_config(config, "my/config.json")
+    assert str(err.value).startswith("my/config.json: ") and words in str(err.value), str(err.value)
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        AutoencoderKL.from_config([config], "my/config.json")
+
+
+def test_an_absent_scaling_factor_keeps_the_diffusers_default(fixtures_dir):
+    config = json.loads((fixtures_dir / "vae" / "vae_small_diffusers" / "config.json").read_text())
+    del config["scaling_factor"]
+    assert AutoencoderKL.from_config(config).config["scaling_factor"] == 0.18215  # the default, stored as given
+
+
+def test_a_vae_checkpoint_file_that_is_damaged_is_refused_by_load_weights(fixtures_dir, tmp_path):
+    """`sample --vae FILE` loads a weights file into the default architecture: a damaged one is one error."""
+    path = tmp_path / "vae.safetensors"
+    shutil.copy(fixtures_dir / "vae" / "vae_small_diffusers" / WEIGHTS, path)
+    os.chmod(path, 0o644)
+    _truncate(path)
+    config = json.loads((fixtures_dir / "vae" / "vae_small_diffusers" / "config.json").read_text())
+    with pytest.raises(CheckpointError, match=f"{path}: tensor .* lies past the end"):
+        load_weights(AutoencoderKL.from_config(config), path)
+
+
 def _one_error_line(proc):
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
@@ -239,3 +340,34 @@ def test_latte_convert_latte_refuses_a_damaged_file(latte_fixture, tmp_path, suf
     line = _one_error_line(proc)
     assert str(source) in line and words in line, line
     assert not target.exists() and sorted(p.name for p in tmp_path.iterdir()) == [source.name]
+
+
+@pytest.mark.parametrize("kind", ["norm-groups-float"])
+def test_latte_convert_vae_refuses_a_damaged_folder(fixtures_dir, tmp_path, kind):
+    damage, words, file_name = VAE_FOLDER_DAMAGE[kind]
+    folder = _vae_copy(fixtures_dir, tmp_path / "vae")
+    damage(folder)
+    target = tmp_path / "vae.ckpt"
+    proc = subprocess.run([LATTE, "convert", "vae", "--source", str(folder), "--target", str(target)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    line = _one_error_line(proc)
+    assert str(folder / file_name) in line and words in line, line
+    assert not target.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
+
+
+@pytest.mark.parametrize("kind", ["no-config", "scaling-factor-null", "weights-header-overwritten"])
+def test_latte_sample_with_a_damaged_vae_is_one_error_and_writes_nothing(latte_fixture, fixtures_dir, tmp_path, kind):
+    from click.testing import CliRunner
+    from pipelines.cli import main
+    damage, words, file_name = VAE_FOLDER_DAMAGE[kind]
+    folder = _vae_copy(fixtures_dir, tmp_path / "vae")
+    damage(folder)
+    out = tmp_path / "samples"
+    config = tmp_path / "sample.yaml"
+    config.write_text(json.dumps({"checkpoint": str(latte_fixture["pt"]), "model_name": "Latte-S/2",
+                                  "output_path": str(out)}))  # JSON is YAML
+    result = CliRunner().invoke(main, ["sample", "-c", str(config), "--vae", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert str(folder / file_name) in result.output and words in result.output, result.output
+    assert not out.exists()
