@@ -45,7 +45,8 @@ class IngestError(UserError):
 
 # ------------------------------------------------------------------------------------------ discovery
 # failures decided while finding the inputs (no decode): part of a unit's identity, never re-tried
-DISCOVERY_FAILURES = ("duplicate",)
+BAD_NAME = "bad name"
+DISCOVERY_FAILURES = ("duplicate", BAD_NAME)
 
 
 def discover(sources):
@@ -57,7 +58,8 @@ def discover(sources):
     optional `caption` and `class`. Ids are paths relative to the source root (the list's folder).
     A source that yields no input is an IngestError. Inputs that resolve to the same file
     (os.path.realpath) are one input, the first in sorted order; an id reached by different files
-    is kept by the first, the others fail as "duplicate".
+    is kept by the first, the others fail as "duplicate". A name that is not valid UTF-8 fails as
+    "bad name" (its id and path shown with backslash escapes).
     """
     inputs = []
     for source in sources:
@@ -110,10 +112,38 @@ def _why_empty(folder):
     return f"no video files and no frame folders{suffix}"
 
 
-def _input(video_id, path, kind, label=None, caption=None):
+def _is_utf8(text):
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # surrogates: undecodable bytes of a file name, or a lone escape
+        return False
+
+
+def printable(text):
+    """`text` as valid UTF-8: the bytes of a file name that are not UTF-8 as backslash escapes."""
+    if _is_utf8(text):
+        return text
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _input(video_id, path, kind, label=None, caption=None, failure=None):
     """One input; "real" (its resolved path, for discover) is removed before it is planned."""
-    return {"video_id": video_id.replace(os.sep, "/"), "path": path, "kind": kind, "label": label,
+    item = {"video_id": video_id.replace(os.sep, "/"), "path": path, "kind": kind, "label": label,
             "caption": caption, "real": os.path.realpath(path)}
+    if not _is_utf8(path) or not _is_utf8(item["video_id"]):
+        item.update(video_id=printable(item["video_id"]), path=printable(path))
+        failure = (BAD_NAME, f"{item['path']}: the name is not valid UTF-8 (its other bytes are shown as \\x "
+                             f"escapes); rename it to ingest it")
+    elif caption is not None and not _is_utf8(caption):
+        item["caption"] = printable(caption)
+        failure = (BAD_NAME, f"{path}: its caption is not valid UTF-8 text")
+    if failure is not None:
+        item["failure"] = failure
+    return item
 
 
 def _walk(root):
@@ -222,6 +252,8 @@ def ingest_unit(spec):
                     row["message"] = (f"{item['path']}: {answer['num_frames']} frames, a clip of "
                                       f"{spec['num_frames']} frames with stride {spec['sample_stride']} "
                                       f"needs {spec['min_frames']}")
+        if row["message"] is not None:
+            row["message"] = printable(row["message"])  # a decoder's words are not always UTF-8
         rows.append(row)
     probe_seconds = time.perf_counter() - started
     part = os.path.join(spec["out_dir"], "units", f"{spec['unit_id']}.parquet")

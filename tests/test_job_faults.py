@@ -150,6 +150,39 @@ def test_one_id_from_different_files_keeps_the_first_whatever_the_unit_order(tmp
     check()
 
 
+# ------------------------------------------------------------------------------- 2. names not UTF-8
+def _bad_video_name(src, clips):
+    _copy(clips[2], os.path.join(os.fsencode(src), b"bad\xff.mp4"))
+    return "bad\\xff.mp4", "video"
+
+
+def _bad_frame_folder_name(src, clips):
+    write_frame_folder(os.path.join(os.fsencode(src), b"fr\xe9mes").decode("utf-8", "surrogateescape"),
+                       moving_square_frames(4))
+    return "fr\\xe9mes", "frames"
+
+
+@pytest.mark.parametrize("make", [_bad_video_name, _bad_frame_folder_name])
+def test_a_name_that_is_not_utf8_fails_alone(tmp_path, clips, make):
+    src = tmp_path / "src"
+    _copy(clips[0], src / "a.mp4")
+    _copy(clips[1], src / "z.mp4")
+    bad_id, kind = make(src, clips)
+    out = tmp_path / "out"
+    proc = _ingest(out, src)  # the three inputs are one unit
+    _no_error(proc, 1)
+    assert "2 usable, 1 failed of 3 inputs" in proc.stdout and "failed, bad name: 1" in proc.stdout
+    assert _ids(out / "manifest.parquet") == ["a.mp4", "z.mp4"]
+    failures = pq.read_table(out / "failures.parquet")
+    failures.validate(full=True)  # every string is valid UTF-8
+    [row] = failures.to_pylist()
+    assert (row["video_id"], row["path"], row["kind"], row["category"]) == (bad_id, f"{src}/{bad_id}", kind, "bad name")
+    assert "not valid UTF-8" in row["message"]
+    again = _ingest(out, src)
+    _no_error(again, 1)
+    assert "2 usable, 1 failed of 3 inputs" in again.stdout and "0 units run, 1 already done" in again.stdout
+
+
 # ------------------------------------------------------------------------------- 3. negative workers
 @pytest.mark.parametrize("how", ["option", "config"])
 def test_negative_workers_is_an_error_before_anything_is_written(tmp_path, clips, how):
