@@ -53,7 +53,9 @@ def discover(sources):
     """Inputs {video_id, path, kind, label, caption} from source paths, sorted by video_id.
 
     A folder is walked recursively: video files are inputs, and so is every folder that holds images
-    directly (a frame folder) or holds nothing at all (an empty frame folder, reported as failed).
+    directly (a frame folder) or holds nothing at all (an empty frame folder, reported as failed); a
+    folder is a folder whatever its name ends in, and a symbolic link back to a folder being walked
+    (a loop) is skipped with a warning.
     A .csv/.json file lists videos in a `video` column (paths relative to the list's folder), with
     optional `caption` and `class`. Ids are paths relative to the source root (the list's folder).
     A source that yields no input is an IngestError. Inputs that resolve to the same file
@@ -74,6 +76,8 @@ def discover(sources):
                 raise IngestError(f"{source}: the list names no video (no entry after its header)")
         elif os.path.isfile(source) and source.lower().endswith(VIDEO_EXTENSIONS):
             found = [_input(os.path.basename(source), source, "video")]
+        elif os.path.islink(source) and not os.path.exists(source):
+            raise IngestError(f"{source}: a broken symbolic link (to {os.readlink(source)})")
         else:
             raise IngestError(f"{source}: not a folder, a video file ({', '.join(VIDEO_EXTENSIONS)}) "
                               f"or a .csv/.json list")
@@ -148,23 +152,44 @@ def _input(video_id, path, kind, label=None, caption=None, failure=None):
 
 def _walk(root):
     found = []
-    stack = [root]
+    stack = [(root, (os.path.realpath(root),))]  # a folder, and the real paths of it and its parents
     while stack:
-        folder = stack.pop()
+        folder, chain = stack.pop()
         subfolders, has_images, has_entries = [], False, False
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                has_entries = True
-                name = entry.name.lower()
-                if entry.is_dir(follow_symlinks=True):
-                    subfolders.append(entry.path)
-                elif name.endswith(VIDEO_EXTENSIONS):
-                    found.append(_input(os.path.relpath(entry.path, root), entry.path, "video"))
-                elif name.endswith(IMAGE_EXTENSIONS):
-                    has_images = True
+        try:
+            with os.scandir(folder) as entries:
+                entries = list(entries)
+        except OSError as err:
+            if folder == root:
+                raise IngestError(f"{root}: cannot list the folder ({err.strerror})") from None
+            found.append(_input(os.path.relpath(folder, root), folder, "frames",
+                                failure=("unreadable", f"{folder}: cannot list the folder ({err.strerror})")))
+            continue
+        for entry in entries:
+            has_entries = True
+            name = entry.name.lower()
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:  # a link in a loop of links: nothing to follow
+                is_dir = False
+            if is_dir:
+                real = os.path.realpath(entry.path)
+                if real in chain:
+                    logger.warning("%s: a symbolic link back to %s (a loop): not followed",
+                                   printable(entry.path), printable(real))
+                else:
+                    subfolders.append((entry.name, entry.path, chain + (real,)))
+            elif name.endswith(VIDEO_EXTENSIONS):
+                failure = None
+                if entry.is_symlink() and not os.path.exists(entry.path):
+                    failure = ("missing", f"{printable(entry.path)}: a broken symbolic link (to "
+                                          f"{printable(os.readlink(entry.path))})")
+                found.append(_input(os.path.relpath(entry.path, root), entry.path, "video", failure=failure))
+            elif name.endswith(IMAGE_EXTENSIONS):
+                has_images = True
         if folder != root and (has_images or not has_entries):
             found.append(_input(os.path.relpath(folder, root), folder, "frames"))
-        stack.extend(sorted(subfolders, key=natural_key))
+        stack.extend((path, parents) for _, path, parents in sorted(subfolders, key=lambda sub: natural_key(sub[0])))
     return found
 
 

@@ -264,6 +264,28 @@ def test_a_folder_named_like_a_video_inside_a_source_is_a_folder(tmp_path, clips
     assert summary["failed_by_category"] == {"empty": 1}
 
 
+# ------------------------------------------------------------------------------- 5. symbolic-link loops
+def test_symlink_loops_are_not_followed_and_broken_links_fail_alone(tmp_path, clips):
+    src = tmp_path / "src"
+    _copy(clips[0], src / "a.mp4")
+    _copy(clips[1], src / "sub" / "b.mp4")
+    os.symlink(src, src / "loop")  # back to the root
+    os.symlink(src / "sub", src / "sub" / "again")  # back to its own folder
+    os.symlink(src / "nothere.mp4", src / "broken.mp4")  # a link to nothing
+    os.symlink(src / "ring2.mp4", src / "ring1.mp4")  # two links to each other
+    os.symlink(src / "ring1.mp4", src / "ring2.mp4")
+    out = tmp_path / "out"
+    proc = _ingest(out, src)
+    _no_error(proc, 1)
+    assert "2 usable, 3 failed of 5 inputs" in proc.stdout
+    assert "loop" in proc.stderr and "not followed" in proc.stderr
+    assert _ids(out / "manifest.parquet") == ["a.mp4", "sub/b.mp4"]
+    failures = {row["video_id"]: row for row in _rows(out / "failures.parquet")}
+    assert {key: row["category"] for key, row in failures.items()} == {
+        "broken.mp4": "missing", "ring1.mp4": "missing", "ring2.mp4": "missing"}
+    assert "broken symbolic link" in failures["broken.mp4"]["message"]
+
+
 # ------------------------------------------------------------------------------- 8. a damaged ledger
 def _garbage_line(lines):
     lines[1] = b"{\"unit_id\": \"u-1\", \"ok\n"  # a line cut short, then the next record written after it
