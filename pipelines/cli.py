@@ -230,18 +230,22 @@ def cache(manifest, vae, out, fmt, config_path, image_size, dtype, store, worker
 @click.argument("cache_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--verify", is_flag=True, help="Re-hash every shard and compare with the ledger (exit 1 on a mismatch).")
-def report(cache_dir, as_json, verify):
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw each shard's seconds per phase (decode, encode, write) into this PNG.")
+def report(cache_dir, as_json, verify, plot_path):
     """Summarise a cache: videos, frames, bytes, size ratio to the sources, failures, time per phase.
 
     \b
     Example:
-      latte report work/cache --verify
+      latte report work/cache --verify --plot work/cache_phases.png
     """
-    from pipelines.report import cache_report
+    from pipelines.report import cache_report, plot_cache_phases
     try:
         result = cache_report(cache_dir, verify)
     except FileNotFoundError as err:
         raise BadInput(str(err)) from None
+    if plot_path:
+        result["plot"] = plot_cache_phases(cache_dir, plot_path)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -255,6 +259,8 @@ def report(cache_dir, as_json, verify):
             click.echo(f"  verified shards: {result['verified_shards']}")
             for line in result["corrupt_shards"]:
                 click.echo(f"  CORRUPT {line}")
+        if plot_path:
+            click.echo(f"  plot: {plot_path}")
     if verify and result["corrupt_shards"]:
         raise SystemExit(1)
 

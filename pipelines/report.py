@@ -7,6 +7,16 @@ import pyarrow.parquet as pq
 from datasets.cache import check_shards, read_ledger
 
 
+def plot_cache_phases(folder, path):
+    """`latte report --plot PNG`: each committed shard's seconds decoding, encoding and writing."""
+    from train.plot import plot_phase_seconds
+    records = read_ledger(os.path.abspath(folder))
+    shards = [(record["unit_id"], record["seconds"]) for record in records]
+    total = sum(sum(seconds.values()) for _, seconds in shards)
+    return plot_phase_seconds(shards, path, f"{os.path.basename(os.path.abspath(folder))}: {len(shards)} shards, "
+                                            f"{total:.1f} s")
+
+
 def cache_report(folder, verify=False):
     folder = os.path.abspath(folder)
     if not os.path.isfile(os.path.join(folder, "cache.json")):
