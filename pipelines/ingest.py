@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 from latte_core.errors import UserError
 from datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
 
-from .ledger import JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, write_atomically
+from .ledger import (JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, write_atomically,
+                     write_error)
 from .runners import check_workers, run_and_commit
 
 logger = logging.getLogger(__name__)
@@ -336,7 +337,9 @@ def _assemble(out_dir, rows):
 
 def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False, workers=1, scheduler=None,
                retry_failed=False, timeout=60.0, unit_size=32, progress=True):
-    """Run (or resume) the ingest job; returns the summary dict."""
+    """Run (or resume) the ingest job; returns the summary dict. Bad usage (a source that yields no
+    input, negative workers, an output folder that cannot be written) is an IngestError before
+    anything is written."""
     if not sources:
         raise IngestError("give at least one --source")
     if unit_size < 1 or timeout <= 0 or sample_stride < 1 or (num_frames is not None and num_frames < 1):
@@ -350,7 +353,10 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
     settings = _job_settings(sources, num_frames, sample_stride, verify, unit_size)
     open_job_folder(out_dir, "ingest.json", settings, "units", IngestError)
     with JobLock(out_dir):
-        removed = remove_abandoned_staging(os.path.join(out_dir, "units")) + remove_abandoned_staging(out_dir)
+        try:
+            removed = remove_abandoned_staging(os.path.join(out_dir, "units")) + remove_abandoned_staging(out_dir)
+        except OSError as err:
+            raise write_error(err, out_dir, "removing the staging files of an interrupted run", IngestError) from None
         if removed:
             logger.info("removed %d staging file(s) left by an interrupted run", removed)
         ledger = Ledger(out_dir)
@@ -370,7 +376,10 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
         specs = [{**unit, **common} for unit in pending]
         errors = run_and_commit(ingest_unit, specs, ledger, lambda spec: len(spec["inputs"]), "ingest", "video",
                                 workers, scheduler, progress)
-        ok, failed = _assemble(out_dir, latest_rows(out_dir, ledger.records()))
+        try:
+            ok, failed = _assemble(out_dir, latest_rows(out_dir, ledger.records()))
+        except OSError as err:
+            raise write_error(err, out_dir, "writing manifest.parquet and failures.parquet", IngestError) from None
     seconds = time.perf_counter() - started
     by_category = {}
     for row in failed:

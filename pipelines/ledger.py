@@ -43,6 +43,13 @@ def remove_abandoned_staging(folder):
     return len(stale)
 
 
+def write_error(err, folder, doing, error=UserError):
+    """The error to raise for an OSError met while writing into the job folder `folder`: `error`
+    naming the folder (read-only, no permission, not a folder, ...)."""
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return error(f"{folder}: cannot write the job folder ({reason}) while {doing}; choose a writable --out")
+
+
 def write_atomically(path, write):
     """Call write(tmp_path), then move tmp_path onto `path` in one rename; nothing is left on error."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -78,28 +85,37 @@ def open_job_folder(out_dir, settings_name, settings, subfolder, error=ValueErro
         return
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise error(f"{out_dir} is not empty and holds no {settings_name}; choose an empty or new folder")
-    os.makedirs(os.path.join(out_dir, subfolder), exist_ok=True)
-    write_json_atomically(settings_path, settings)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise error(f"{out_dir} is a file, not a folder; choose an empty or new folder")
+    try:
+        os.makedirs(os.path.join(out_dir, subfolder), exist_ok=True)
+        write_json_atomically(settings_path, settings)
+    except OSError as err:
+        raise write_error(err, out_dir, "creating the job folder", error) from None
 
 
 class Ledger:
     """Append-only JSON-lines file of unit records, each with a "unit_id"."""
 
     def __init__(self, folder):
+        self.folder = folder
         self.path = os.path.join(folder, "ledger.jsonl")
         self._cut_torn_tail()
 
     def _cut_torn_tail(self):
         if not os.path.exists(self.path):
             return
-        with open(self.path, "rb+") as handle:
+        with open(self.path, "rb") as handle:
             data = handle.read()
-            if data and not data.endswith(b"\n"):
-                handle.truncate(data.rfind(b"\n") + 1)  # a record cut by a kill: its unit is redone
+        if data and not data.endswith(b"\n"):
+            try:
+                os.truncate(self.path, data.rfind(b"\n") + 1)  # a record cut by a kill: its unit is redone
+            except OSError as err:
+                raise write_error(err, self.folder, "cutting the torn last line of its ledger") from None
 
     def records(self):
         """All complete records, in commit order (UserError naming the line if one is not a record)."""
-        return read_ledger(os.path.dirname(self.path))
+        return read_ledger(self.folder)
 
     def append(self, record):
         with open(self.path, "a") as handle:
@@ -116,7 +132,10 @@ class JobLock:
         self.handle = None
 
     def __enter__(self):
-        self.handle = open(self.path, "a")
+        try:
+            self.handle = open(self.path, "a")
+        except OSError as err:
+            raise write_error(err, os.path.dirname(self.path), "taking its lock") from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -286,6 +286,44 @@ def test_symlink_loops_are_not_followed_and_broken_links_fail_alone(tmp_path, cl
     assert "broken symbolic link" in failures["broken.mp4"]["message"]
 
 
+# ------------------------------------------------------------------------------- 6. read-only output
+@pytest.fixture
+def mounted(tmp_path):
+    """mounted(options) -> a fresh tmpfs folder; all are unmounted at the end."""
+    mounts = []
+
+    def mount(options):
+        folder = tmp_path / f"mount{len(mounts)}"
+        folder.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True)
+        mounts.append(folder)
+        return folder
+    yield mount
+    for folder in reversed(mounts):
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@needs_root
+@pytest.mark.parametrize("where", ["the empty read-only folder", "a new folder in it", "a finished job on it"])
+def test_a_read_only_output_folder_is_one_error_line(tmp_path, clips, mounted, where):
+    _copy(clips[0], tmp_path / "src" / "a.mp4")
+    disk = mounted("size=1m")
+    out = disk if where != "a new folder in it" else disk / "out"
+    if where == "a finished job on it":
+        assert run_ingest([tmp_path / "src"], out, workers=0, progress=False)["ok"] == 1
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    proc = _ingest(out, tmp_path / "src")
+    line = _one_error_line(proc, 2, out)
+    assert "Read-only file system" in line
+
+
+def test_an_output_path_that_is_a_file_is_an_error(tmp_path, clips):
+    _copy(clips[0], tmp_path / "src" / "a.mp4")
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(IngestError, match=re.escape(f"{tmp_path / 'out'} is a file, not a folder")):
+        run_ingest([tmp_path / "src"], tmp_path / "out", workers=0, progress=False)
+
+
 # ------------------------------------------------------------------------------- 8. a damaged ledger
 def _garbage_line(lines):
     lines[1] = b"{\"unit_id\": \"u-1\", \"ok\n"  # a line cut short, then the next record written after it
