@@ -17,11 +17,11 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from latte_core.errors import UserError
+from latte_core.errors import DiskFull, UserError
 from datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
 
-from .ledger import (JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, write_atomically,
-                     write_error)
+from .ledger import (JobLock, Ledger, disk_full_error, is_disk_full, open_job_folder, remove_abandoned_staging,
+                     sha256_of, write_atomically, write_error)
 from .runners import check_workers, run_and_commit
 
 logger = logging.getLogger(__name__)
@@ -284,7 +284,12 @@ def ingest_unit(spec):
     probe_seconds = time.perf_counter() - started
     part = os.path.join(spec["out_dir"], "units", f"{spec['unit_id']}.parquet")
     table = pa.Table.from_pylist(rows, schema=UNIT_SCHEMA)
-    write_atomically(part, lambda tmp: pq.write_table(table, tmp))
+    try:
+        write_atomically(part, lambda tmp: pq.write_table(table, tmp))
+    except Exception as err:
+        if is_disk_full(err):
+            raise disk_full_error(spec["out_dir"], f"writing unit {spec['unit_id']}") from None
+        raise
     failed = sum(row["category"] is not None for row in rows)
     return {
         "unit_id": spec["unit_id"], "attempt": spec["attempt"], "inputs": len(rows), "ok": len(rows) - failed,
@@ -339,7 +344,7 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
                retry_failed=False, timeout=60.0, unit_size=32, progress=True):
     """Run (or resume) the ingest job; returns the summary dict. Bad usage (a source that yields no
     input, negative workers, an output folder that cannot be written) is an IngestError before
-    anything is written."""
+    anything is written; a full disk stops the job with DiskFull, the committed units kept."""
     if not sources:
         raise IngestError("give at least one --source")
     if unit_size < 1 or timeout <= 0 or sample_stride < 1 or (num_frames is not None and num_frames < 1):
@@ -375,7 +380,7 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
                   "min_frames": num_frames * sample_stride if num_frames else 0}
         specs = [{**unit, **common} for unit in pending]
         errors = run_and_commit(ingest_unit, specs, ledger, lambda spec: len(spec["inputs"]), "ingest", "video",
-                                workers, scheduler, progress)
+                                workers, scheduler, progress, stop_on=DiskFull)
         try:
             ok, failed = _assemble(out_dir, latest_rows(out_dir, ledger.records()))
         except OSError as err:

@@ -1,9 +1,11 @@
 """The record of committed units of a job, and the atomic commit of a unit's output.
 
 A unit's output becomes visible by one `os.replace` of a finished file; only then is one line
-appended to `ledger.jsonl` (flushed and fsynced). "Done" means "in the ledger": a killed job leaves
-at most a torn last line (ignored and cut off on the next open) and unledgered files (redone).
+appended to `ledger.jsonl` (one write, fsynced). "Done" means "in the ledger": a killed job leaves
+at most a torn last line (ignored and cut off on the next open) and unledgered files (redone); a full
+disk leaves no partial line (the append is undone) and raises DiskFull.
 """
+import errno
 import fcntl
 import hashlib
 import json
@@ -12,7 +14,7 @@ import shutil
 import uuid
 
 from datasets.cache import read_ledger
-from latte_core.errors import UserError
+from latte_core.errors import DiskFull, UserError
 
 STAGING_PREFIX = ".staging-"
 
@@ -43,9 +45,23 @@ def remove_abandoned_staging(folder):
     return len(stale)
 
 
+def is_disk_full(err):
+    """Whether `err` says the device is full or the quota used up (pyarrow words it in its message)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(err, Exception) and ("No space left on device" in str(err) or "Disk quota exceeded" in str(err))
+
+
+def disk_full_error(folder, doing):
+    return DiskFull(f"no space left on the device holding {folder} while {doing}; every unit committed before "
+                    f"is intact: free space and re-run the same command to resume")
+
+
 def write_error(err, folder, doing, error=UserError):
-    """The error to raise for an OSError met while writing into the job folder `folder`: `error`
-    naming the folder (read-only, no permission, not a folder, ...)."""
+    """The error to raise for an OSError met while writing into the job folder `folder`: DiskFull for a
+    full disk, else `error` naming the folder (read-only, no permission, not a folder, ...)."""
+    if is_disk_full(err):
+        return disk_full_error(folder, doing)
     reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
     return error(f"{folder}: cannot write the job folder ({reason}) while {doing}; choose a writable --out")
 
@@ -118,10 +134,32 @@ class Ledger:
         return read_ledger(self.folder)
 
     def append(self, record):
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Append one line in one write on an O_APPEND descriptor; on any failure (a full disk: DiskFull)
+        the file is cut back to its previous size, so no partial line is ever left."""
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise write_error(err, self.folder, "opening its ledger") from None
+        try:
+            size = os.fstat(fd).st_size  # the JobLock makes this process the only writer
+            try:
+                written = 0
+                while written < len(line):  # a nearly full disk can take part of a write, then refuse
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            except BaseException as err:
+                try:
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                except OSError:
+                    pass
+                if isinstance(err, OSError):
+                    raise write_error(err, self.folder, f"appending unit {record.get('unit_id')} to its "
+                                                        f"ledger") from None
+                raise
+        finally:
+            os.close(fd)
 
 
 class JobLock:

@@ -324,6 +324,68 @@ def test_an_output_path_that_is_a_file_is_an_error(tmp_path, clips):
         run_ingest([tmp_path / "src"], tmp_path / "out", workers=0, progress=False)
 
 
+# ------------------------------------------------------------------------------- 7. a full disk
+def _fill(folder):
+    """Take every free byte of the file system holding `folder`."""
+    with open(folder / "filler", "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+@needs_root
+def test_a_ledger_append_on_a_full_disk_leaves_no_partial_line(mounted):
+    disk = mounted("size=64k")
+    ledger = Ledger(disk)
+    records = [{"unit_id": f"u-{i:04d}", "pad": "x" * 150} for i in range(21)]  # 21 x 183 bytes: most of a page
+    for record in records:
+        ledger.append(record)
+    before = (disk / "ledger.jsonl").read_bytes()
+    assert 3000 < len(before) < 4096 - 64  # the next record starts in this page and needs another one
+    _fill(disk)
+    with pytest.raises(DiskFull, match=re.escape(str(disk))):
+        ledger.append({"unit_id": "u-last", "pad": "y" * 400})
+    assert (disk / "ledger.jsonl").read_bytes() == before
+    assert Ledger(disk).records() == records
+
+
+def _ingest_disk_rows(out):
+    return pq.read_table(out / "manifest.parquet"), pq.read_table(out / "failures.parquet")
+
+
+@needs_root
+@pytest.mark.parametrize("size_kb", [8, 20, 36])
+def test_a_full_disk_stops_ingest_and_a_rerun_completes_it(tmp_path, clips, mounted, size_kb):
+    src = tmp_path / "src"
+    for i in range(12):
+        _copy(clips[i % 3], src / f"v{i:02d}.mp4")
+    (src / "broken.mp4").write_text("not a video")
+    reference = tmp_path / "reference"
+    run_ingest([src], reference, workers=0, unit_size=1, progress=False)
+    disk = mounted(f"size={size_kb}k")  # whole pages: 2, 5 and 9 of the ~17 the job needs
+    out = disk / "out"
+    proc = _ingest(out, src, extra=["--unit-size", "1"])
+    _one_error_line(proc, 1, "no space left", disk)
+    committed = read_ledger(out) if (out / "ledger.jsonl").exists() else []
+    if (out / "ledger.jsonl").exists():
+        data = (out / "ledger.jsonl").read_bytes()
+        assert not data or data.endswith(b"\n")  # no torn line
+    assert len(committed) < 13
+    if committed:  # every committed unit is intact
+        assert len(latest_rows(str(out), committed)) == len(committed)
+    assert not [name for name in os.listdir(out / "units") if name.startswith(".staging-")] \
+        if (out / "units").exists() else True
+    subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
+    again = _ingest(out, src, extra=["--unit-size", "1"])
+    _no_error(again, 1)  # broken.mp4 fails
+    assert f"{13 - len(committed)} units run, {len(committed)} already done" in again.stdout
+    manifest, failures = _ingest_disk_rows(out)
+    expected_manifest, expected_failures = _ingest_disk_rows(reference)
+    assert manifest.equals(expected_manifest) and failures.equals(expected_failures)
+
+
 # ------------------------------------------------------------------------------- 8. a damaged ledger
 def _garbage_line(lines):
     lines[1] = b"{\"unit_id\": \"u-1\", \"ok\n"  # a line cut short, then the next record written after it
