@@ -46,26 +46,35 @@ class CacheError(UserError):
 
 
 # ------------------------------------------------------------------------------------------ fingerprint
+VAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
 def vae_fingerprint(vae_dir):
     """sha256 over the VAE folder's config and weights: a different VAE gives different latents."""
     digest = hashlib.sha256()
-    names = [n for n in ("config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-             if os.path.isfile(os.path.join(vae_dir, n))]
-    if "config.json" not in names or len(names) < 2:
-        raise CacheError(f"{vae_dir}: expected a diffusers VAE folder (config.json + diffusion_pytorch_model.*)")
+    if not os.path.isfile(os.path.join(vae_dir, "config.json")):
+        raise CacheError(f"{vae_dir}: the VAE folder has no config.json (expected a diffusers AutoencoderKL "
+                         f"folder: config.json + diffusion_pytorch_model.safetensors)")
+    names = ["config.json"] + [n for n in VAE_WEIGHT_FILES if os.path.isfile(os.path.join(vae_dir, n))]
+    if len(names) < 2:
+        raise CacheError(f"{vae_dir}: the VAE folder has no diffusion_pytorch_model.safetensors or .bin")
     for name in names:
         digest.update(name.encode())
-        digest.update(sha256_of(os.path.join(vae_dir, name)).encode())
+        try:
+            digest.update(sha256_of(os.path.join(vae_dir, name)).encode())
+        except OSError as err:
+            raise CacheError(f"{os.path.join(vae_dir, name)}: cannot read the file ({err.strerror or err})") from None
     return digest.hexdigest()
 
 
-def cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shard_videos):
-    from latte_core import AutoencoderKL
-    with open(os.path.join(vae_dir, "config.json")) as handle:
-        config = json.load(handle)
-    vae_config = AutoencoderKL.from_config(config, vae_dir).config
+def cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shard_videos, vae_config=None,
+                      vae_sha256=None):
+    """The settings that determine the cache's content. `vae_config` / `vae_sha256`: those of the VAE
+    the job validated (read from `vae_dir` when not given)."""
+    if vae_config is None:
+        vae_config = load_vae_checked(vae_dir).config
     return {
-        "version": CACHE_VERSION, "format": fmt, "vae_sha256": vae_fingerprint(vae_dir),
+        "version": CACHE_VERSION, "format": fmt, "vae_sha256": vae_sha256 or vae_fingerprint(vae_dir),
         "scaling_factor": vae_config["scaling_factor"], "latent_channels": vae_config["latent_channels"],
         "downsample_factor": 2 ** (len(vae_config["block_out_channels"]) - 1), "image_size": image_size,
         "crop": CROP_RULE, "store": store, "fields": list(fields_for(store)), "dtype": dtype,
@@ -73,18 +82,34 @@ def cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shar
     }
 
 
+def load_vae_checked(vae_dir):
+    """The VAE of `vae_dir`, fully loaded: config keys and types, weights readable, every tensor present
+    with its shape and finite. Any fault is a CacheError naming the folder or file."""
+    from latte_core import AutoencoderKL
+    from latte_core.checkpoint import CheckpointError
+    try:
+        return AutoencoderKL.from_pretrained(vae_dir)
+    except CheckpointError as err:
+        raise CacheError(f"unusable VAE: {err}") from None
+
+
 # ------------------------------------------------------------------------------------------ the shard
 _VAES = {}
 
 
-def _vae(vae_dir):
-    """The VAE, loaded once per worker process (the transformer is never built here)."""
-    if vae_dir not in _VAES:
+def _vae(vae_dir, vae_sha256=None):
+    """The VAE, loaded once per worker process (the transformer is never built here). With `vae_sha256`
+    (the folder's fingerprint when the job validated it), a folder changed since then is refused: the
+    cache's fingerprint would not describe its latents."""
+    key = (vae_dir, vae_sha256)
+    if key not in _VAES:
         import mindspore as ms
-        from latte_core import AutoencoderKL
+        if vae_sha256 is not None and vae_fingerprint(vae_dir) != vae_sha256:
+            raise CacheError(f"{vae_dir}: the VAE folder changed since the cache job validated it; "
+                             f"re-run the job (this shard was not written)")
         ms.set_context(mode=ms.GRAPH_MODE)
-        _VAES[vae_dir] = AutoencoderKL.from_pretrained(vae_dir)
-    return _VAES[vae_dir]
+        _VAES[key] = load_vae_checked(vae_dir)
+    return _VAES[key]
 
 
 def _frame_batches(item, image_size, micro_batch, out, stop):
@@ -162,7 +187,7 @@ def _encode_batches(vae, item, spec, timings, batches):
 
 def cache_shard(spec):
     """Encode one shard's videos and commit shards/<shard_id>/; returns the ledger record."""
-    vae = _vae(spec["vae_dir"])
+    vae = _vae(spec["vae_dir"], spec.get("vae_sha256"))
     timings = {"decode": 0.0, "encode": 0.0, "write": 0.0}
 
     def encoded():
@@ -304,7 +329,21 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
     out_dir = os.path.abspath(out_dir)
     vae_dir = os.path.abspath(vae_dir)
     videos = _read_manifest(manifest)[skip_videos:]
-    fingerprint = cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shard_videos)
+    # the whole VAE (config and every weight) is checked here, before any shard runs or --out is made:
+    # a broken VAE is one error, not a failure of every shard
+    vae_sha256 = vae_fingerprint(vae_dir)
+    vae = _VAES.get((vae_dir, vae_sha256))  # loaded from these same bytes by an earlier job in this process
+    if vae is None:
+        vae = load_vae_checked(vae_dir)
+    if scheduler is None and workers == 0:  # the shards run here and use this copy, in graph mode as in a worker
+        import mindspore as ms
+        for key in [key for key in _VAES if key[0] == vae_dir]:
+            del _VAES[key]
+        ms.set_context(mode=ms.GRAPH_MODE)
+        _VAES[(vae_dir, vae_sha256)] = vae
+    fingerprint = cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shard_videos,
+                                    vae_config=vae.config, vae_sha256=vae_sha256)
+    del vae
     if image_size % fingerprint["downsample_factor"]:
         raise CacheError(f"image_size {image_size} is not a multiple of the VAE's {fingerprint['downsample_factor']}")
     open_job_folder(out_dir, "cache.json", fingerprint, "shards", CacheError)
@@ -315,8 +354,8 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
         ledger = Ledger(out_dir)
         pending, skipped = plan_shards(videos, shard_videos, {r["unit_id"] for r in ledger.records()})
         logger.info("%d videos in %d shards: %d already cached", len(videos), skipped + len(pending), skipped)
-        common = {"out_dir": out_dir, "vae_dir": vae_dir, "format": fmt, "image_size": image_size, "dtype": dtype,
-                  "store": store, "micro_batch": micro_batch, "chunk_frames": chunk_frames, "seed": seed,
+        common = {"out_dir": out_dir, "vae_dir": vae_dir, "vae_sha256": vae_sha256, "format": fmt,
+                  "image_size": image_size, "dtype": dtype, "store": store, "micro_batch": micro_batch, "chunk_frames": chunk_frames, "seed": seed,
                   "latent_channels": fingerprint["latent_channels"],
                   "downsample_factor": fingerprint["downsample_factor"]}
         specs = [{**shard, **common} for shard in pending]
@@ -324,8 +363,16 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
                                 "cache", "frame", workers, scheduler, progress, stop_on=DiskFull)
         records = ledger.records()
         index, failures = publish_index(out_dir, records)
+    # a shard that raised (e.g. its worker could not load the VAE) cached none of its videos: they count
+    # as failed; the shard is not in the ledger, so a re-run retries it
+    raised = [spec for spec in specs if spec["unit_id"] in set(errors)]
+    raised_videos = sum(len(spec["videos"]) for spec in raised)
+    if raised:
+        logger.error("%d shard(s) raised, their %d video(s) are not cached (re-run to retry): %s",
+                     len(raised), raised_videos, ", ".join(spec["unit_id"] for spec in raised))
     seconds = time.perf_counter() - started
     run_frames = sum(r["frames"] for r in records if r["unit_id"] in {s["unit_id"] for s in specs})
-    return {"out_dir": out_dir, "videos": len(index), "failed": len(failures), "frames": sum(r["frames"] for r in index),
-            "shards_run": len(specs), "shards_skipped": skipped, "shard_errors": errors, "seconds": round(seconds, 2),
+    return {"out_dir": out_dir, "videos": len(index), "failed": len(failures) + raised_videos,
+            "frames": sum(r["frames"] for r in index), "shards_run": len(specs), "shards_skipped": skipped,
+            "shard_errors": errors, "shard_error_videos": raised_videos, "seconds": round(seconds, 2),
             "frames_per_s": round(run_frames / seconds, 3) if specs else 0.0}

@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -18,6 +19,10 @@ import pytest
 from latte_core import AutoencoderKL
 from latte_core.checkpoint import CheckpointError, load_safetensors_file, load_torch_file, load_weights, read_state_dict
 from latte_core.convert import convert_latte, convert_vae
+from pipelines.cache import CacheError, run_cache
+from pipelines.ingest import run_ingest
+
+from media import moving_square_frames, write_mp4
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -312,12 +317,73 @@ def test_a_vae_checkpoint_file_that_is_damaged_is_refused_by_load_weights(fixtur
         load_weights(AutoencoderKL.from_config(config), path)
 
 
+# ------------------------------------------------------------------------------------------ the cache job
+@pytest.fixture(scope="module")
+def one_video(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults_src")
+    write_mp4(root / "src" / "clip_0.mp4", moving_square_frames(8, height=32, width=32, seed=0))
+    write_mp4(root / "src" / "clip_1.mp4", moving_square_frames(8, height=32, width=32, seed=1))
+    run_ingest([root / "src"], root / "ingest", workers=0, progress=False)
+    return root / "ingest"
+
+
+@pytest.mark.parametrize("kind", ["weights-truncated", "weights-nan-bytes", "no-config", "scaling-factor-null",
+                                  "norm-groups-do-not-divide"])
+def test_cache_checks_the_vae_before_writing_anything(fixtures_dir, one_video, tmp_path, kind):
+    damage, words, file_name = VAE_FOLDER_DAMAGE[kind]
+    folder = _vae_copy(fixtures_dir, tmp_path / "vae")
+    damage(folder)
+    out = tmp_path / "cache"
+    with pytest.raises(CacheError) as err:
+        run_cache(one_video, folder, out, image_size=32, workers=0, progress=False)
+    assert str(folder / file_name) in str(err.value) and words in str(err.value), str(err.value)
+    assert not out.exists()
+
+
 def _one_error_line(proc):
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, proc.stderr
     assert not proc.stdout.strip(), proc.stdout  # no summary line
     return errors[0]
+
+
+def _cache_command(manifest, vae, out, workers=0):
+    return [LATTE, "cache", "--manifest", str(manifest), "--vae", str(vae), "--out", str(out), "--image-size", "32",
+            "--workers", str(workers), "--micro-batch", "4"]
+
+
+# a subprocess costs ~2.5 s (MindSpore's import): one per kind of fault here, every kind at Python level above
+@pytest.mark.parametrize("kind", ["weights-truncated", "scaling-factor-null"])
+def test_latte_cache_with_a_damaged_vae_exits_2_and_writes_nothing(fixtures_dir, one_video, tmp_path, kind):
+    damage, words, file_name = VAE_FOLDER_DAMAGE[kind]
+    folder = _vae_copy(fixtures_dir, tmp_path / "vae")
+    damage(folder)
+    out = tmp_path / "cache"
+    proc = subprocess.run(_cache_command(one_video, folder, out), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    line = _one_error_line(proc)
+    assert str(folder / file_name) in line and words in line, line
+    assert not out.exists()
+
+
+def test_a_vae_that_fails_inside_a_worker_is_a_failed_shard_not_success(fixtures_dir, one_video, tmp_path):
+    """The VAE is damaged after the job checked it (cache.json written) and before the dask worker
+    loads it: that shard raised, its videos count as failed, exit code 1, and a re-run retries it."""
+    folder = _vae_copy(fixtures_dir, tmp_path / "vae")
+    out = tmp_path / "cache"
+    proc = subprocess.Popen(_cache_command(one_video, folder, out, workers=1), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "cache.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    _truncate(folder / WEIGHTS)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr
+    assert "0 videos, 0 frames cached, 2 failed; 1 shards run" in stdout, stdout
+    assert "the VAE folder changed since the cache job validated it" in stderr
+    assert "1 shard(s) raised, their 2 video(s) are not cached" in stderr
+    assert not (out / "ledger.jsonl").exists() or not (out / "ledger.jsonl").read_text().strip()
 
 
 # ------------------------------------------------------------------------------------------ latte convert
