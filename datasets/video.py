@@ -14,7 +14,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # rotation by other than a multiple of 90 degrees in its display matrix, non-square pixels, a size that
 # changes mid-stream, a pixel format without an RGB conversion)
 FAILURE_CATEGORIES = ("unreadable", "empty", "truncated", "corrupt frame", "too short", "timeout", "duplicate",
-                      "missing", "unsupported")
+                      "missing", "unsupported", "bad name")
 _NUMBER = re.compile(r"(\d+)")
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: (Error: )?")
 

@@ -32,7 +32,7 @@ def prefer_avx2_onednn():
             return os.environ[name]
     if platform.machine() in ("x86_64", "AMD64") and _cpu_has_avx512():
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-        logger.info("capping oneDNN at AVX2: its AVX-512 convolutions are ~100x slower on this CPU "
+        logger.debug("capping oneDNN at AVX2: its AVX-512 convolutions are ~100x slower on this CPU "
                     "(set ONEDNN_MAX_CPU_ISA to override)")
         return "AVX2"
     return None

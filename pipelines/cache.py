@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 
 from latte_core.errors import DiskFull, UserError
 from datasets.cache import FORMATS, fields_for, shard_digest
-from datasets.video import center_crop_resize, iter_frames, to_pixels
+from datasets.video import UnusableInput, center_crop_resize, iter_frames, to_pixels
 
 from .ledger import JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, staging_path, write_atomically
-from .runners import run_and_commit
+from .runners import check_workers, run_and_commit
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +217,10 @@ def write_shard(spec, videos, timings):
         writer = FORMATS[spec["format"]].ShardWriter(staging, fields=fields, chunk_frames=spec["chunk_frames"],
                                                      frame_nbytes=frame_nbytes)
         for item, arrays, size in videos:
+            if isinstance(arrays, UnusableInput):  # the decoder's own verdict, its message naming the file
+                failures.append({"video_id": item["video_id"], "path": item["path"], "category": arrays.category,
+                                 "message": arrays.message[:300]})
+                continue
             if isinstance(arrays, Exception):
                 failures.append({"video_id": item["video_id"], "path": item["path"], "category": "unreadable",
                                  "message": f"{item['path']}: {_first_line(arrays)}"})
@@ -323,6 +327,7 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
         raise CacheError(f"dtype must be float16 or float32, got {dtype!r}")
     if min(image_size, micro_batch, shard_videos, chunk_frames) < 1 or skip_videos < 0:
         raise CacheError("image_size, micro_batch, shard_videos and chunk_frames must be positive")
+    check_workers(workers, CacheError)
     if not os.path.isdir(vae_dir):
         raise CacheError(f"{vae_dir}: no such VAE folder")
     started = time.perf_counter()

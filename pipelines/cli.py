@@ -221,6 +221,8 @@ def cache(manifest, vae, out, fmt, config_path, image_size, dtype, store, worker
     click.echo(f"cache: {summary['videos']} videos, {summary['frames']} frames cached, {summary['failed']} failed; "
                f"{summary['shards_run']} shards run, {summary['shards_skipped']} already done; "
                f"{summary['seconds']} s ({summary['frames_per_s']} frames/s)")
+    if summary["shard_errors"]:
+        click.echo(f"  shards that raised (re-run to retry): {', '.join(summary['shard_errors'])}")
     click.echo(f"  report: latte report {summary['out_dir']}")
     if summary["failed"] or summary["shard_errors"]:
         raise SystemExit(1)
