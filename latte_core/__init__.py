@@ -5,7 +5,8 @@ MindSpore where a stage has no use for it (ingest, its decode children).
 """
 import importlib
 
-_PUBLIC = {"GaussianDiffusion": "diffusion", "create_diffusion": "diffusion", "LATTE_MODELS": "latte",
+_PUBLIC = {"GaussianDiffusion": "diffusion", "create_diffusion": "diffusion", "SAMPLERS": "samplers",
+           "create_sampler": "samplers", "LATTE_MODELS": "latte",
            "Latte": "latte", "create_latte": "latte", "AutoencoderKL": "vae"}
 
 __all__ = sorted(_PUBLIC)

@@ -234,9 +234,9 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ sampling
     def _loop(self, step_fn, model, shape, noise, model_kwargs, progress, seed):
-        rng = np.random.default_rng(seed)
+        draw = _noise_source(seed, shape)
         if noise is None:
-            noise = rng.standard_normal(shape).astype(np.float32)
+            noise = draw()
         x = noise if isinstance(noise, Tensor) else Tensor(np.asarray(noise, np.float32))
         if tuple(x.shape) != tuple(shape):
             raise ValueError(f"initial noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
@@ -246,7 +246,7 @@ class GaussianDiffusion:
             steps = tqdm(steps, desc="sampling", unit="step")
         for i in steps:
             t = Tensor(np.full(shape[0], i, np.int32))
-            step_noise = Tensor(rng.standard_normal(shape).astype(np.float32))
+            step_noise = Tensor(draw())
             x = step_fn(model, x, t, step_noise, model_kwargs)
         return x
 
@@ -307,9 +307,8 @@ class GaussianDiffusion:
         sigma = np.append(np.sqrt(1.0 - alpha_bar), 0.0)
         with np.errstate(divide="ignore"):
             lam = np.log(alpha) - np.log(sigma)
-        rng = np.random.default_rng(seed)
         if noise is None:
-            noise = rng.standard_normal(shape).astype(np.float32)
+            noise = _noise_source(seed, shape)()
         x = noise if isinstance(noise, Tensor) else Tensor(np.asarray(noise, np.float32))
         if tuple(x.shape) != tuple(shape):
             raise ValueError(f"initial noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
@@ -348,6 +347,19 @@ class GaussianDiffusion:
         return x
 
 
+def _noise_source(seed, shape):
+    """A function drawing one float32 array of `shape` per call. seed: an int (one numpy stream for the
+    whole batch), or one seed per sample (a stream each, so a sample's noise does not depend on the
+    batch it is drawn in)."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != shape[0]:
+            raise ValueError(f"{len(seed)} per-sample seeds for a batch of {shape[0]}")
+        streams = [np.random.default_rng(s) for s in seed]
+        return lambda: np.stack([r.standard_normal(tuple(shape[1:]), dtype=np.float32) for r in streams])
+    stream = np.random.default_rng(seed)
+    return lambda: stream.standard_normal(shape).astype(np.float32)
+
+
 def respaced_betas(betas, use_timesteps):
     """Betas of the chain that visits only `use_timesteps` with the same ᾱ at each kept step."""
     alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
@@ -380,3 +392,4 @@ def create_diffusion(timestep_respacing="", noise_schedule="linear", sigma_small
         loss_type="rescaled_mse" if rescale_learned_sigmas else "mse",
         timestep_map=timestep_map,
     )
+

@@ -8,6 +8,8 @@ import os
 
 import click
 
+from latte_core.samplers import SAMPLERS
+
 
 # numeric options are range-checked by click: a bad value is one "Error: Invalid value for '--x'" line, exit 2
 POSITIVE_INT = click.IntRange(min=1)
@@ -388,8 +390,10 @@ def train_vae_command(manifest, out_dir, image_size, block_out_channels, layers_
               help="Inference YAML (MindONE's keys; `latte sample --keys`). Default: the shipped cloud model.")
 @click.option("--checkpoint", help="Latte weights (.pt/.ckpt/.safetensors) or a run's ckpt/step-N folder.")
 @click.option("--vae", "vae_checkpoint", help="VAE: diffusers folder or .ckpt.")
-@click.option("--sampler", type=click.Choice(["ddpm", "ddim"]), help="Sampler [ddpm].")
-@click.option("--steps", "sampling_steps", type=POSITIVE_INT, help="Sampling steps [250].")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)),
+              help="Sampler [ddpm; ddim with the config's ddim_sampling: true]; wins over ddim_sampling.")
+@click.option("--steps", "sampling_steps", type=POSITIVE_INT,
+              help="Sampling steps [the sampler's: " + ", ".join(f"{n} {s.default_steps}" for n, s in SAMPLERS.items()) + "].")
 @click.option("--eta", "ddim_eta", type=click.FloatRange(min=0), help="DDIM eta [0].")
 @click.option("--cfg-scale", "guidance_scale", type=float, help="Classifier-free guidance scale (class models).")
 @click.option("--class-labels", help="Comma-separated classes, one per video (cycled).")
@@ -401,13 +405,14 @@ def train_vae_command(manifest, out_dir, image_size, block_out_channels, layers_
 @click.option("--keys", "show_keys", is_flag=True, help="List every config key with its default and exit.")
 def sample(config_path, checkpoint, vae_checkpoint, sampler, sampling_steps, ddim_eta, guidance_scale, class_labels,
            seed, num_videos, batch_size, output_path, device_target, show_keys):
-    """Sample videos: DDPM (250 steps) or DDIM, GIF + MP4 + latents (.npy) per video.
+    """Sample videos: DDPM (250 steps), DDIM or DPM-Solver++ (20 steps); GIF + MP4 + latents (.npy) per video.
 
     \b
     Examples:
       latte sample                                   # the shipped cloud model, no downloads
       latte sample -c configs/inference/sky.yaml     # the converted official Sky Timelapse Latte-XL/2
       latte sample --checkpoint runs/sky/ckpt/step-00001000 --sampler ddim --steps 50
+      latte sample --sampler dpm-solver++ --steps 20
     """
     from pipelines.sample import SAMPLE_KEYS, SampleError, run_sample, summary_table
     if show_keys:
@@ -420,7 +425,7 @@ def sample(config_path, checkpoint, vae_checkpoint, sampler, sampling_steps, ddi
         except ValueError:
             raise BadInput(f"--class-labels must be integers separated by commas, got {class_labels!r}") from None
     overrides = {"checkpoint": checkpoint, "vae_checkpoint": vae_checkpoint, "sampling_steps": sampling_steps,
-                 "ddim_sampling": None if sampler is None else sampler == "ddim", "ddim_eta": ddim_eta,
+                 "sampler": sampler, "ddim_eta": ddim_eta,
                  "guidance_scale": guidance_scale, "class_labels": labels, "seed": seed, "num_videos": num_videos,
                  "batch_size": batch_size, "output_path": output_path, "device_target": device_target}
     try:

@@ -2,7 +2,8 @@
 
     checkpoint (official .pt, converted .ckpt/.safetensors, or a run's ckpt/step-N/ folder: its EMA
     weights and the architecture in its state.json) + VAE (diffusers folder or .ckpt)
-      ─ noise from numpy (seed) ─ DDPM (250 steps) or DDIM (eta) ─ classifier-free guidance for class
+      ─ noise from numpy, per video (seed, index) ─ a sampler of latte_core.samplers (DDPM 250 steps,
+        DDIM with eta, DPM-Solver++ 20 steps) ─ classifier-free guidance for class
         models (cfg scale > 1) ─ VAE decode in frame micro-batches ─ OUTPUT/sample_NNN.{gif,mp4,npy}
 
 Without a config, the project's own small weights (train/pretrained/, trained on procedural clouds)
@@ -16,6 +17,7 @@ import time
 import numpy as np
 
 from latte_core.errors import UserError
+from latte_core.samplers import SAMPLERS
 from train.config import Key, KeyTable
 
 logger = logging.getLogger(__name__)
@@ -42,8 +44,11 @@ SAMPLE_KEYS = KeyTable([
     Key("sd_scale_factor", (int, float, type(None)), None, "latent scaling factor (the VAE's by default)"),
     Key("enable_flash_attention", (bool,), False, "flash attention (fused on Ascend, block-wise elsewhere)"),
     Key("use_fp16", (bool,), False, "run the transformer in float16 (meant for Ascend; slower on CPU)"),
-    Key("sampling_steps", (int,), 250, "diffusion steps of the sampler"),
-    Key("ddim_sampling", (bool,), False, "DDIM instead of DDPM"),
+    Key("sampler", (str, type(None)), None, f"{' | '.join(SAMPLERS)}; null: ddim if ddim_sampling else ddpm. Given "
+        "with ddim_sampling, sampler wins (a warning names the ignored key)", (None,) + tuple(SAMPLERS)),
+    Key("sampling_steps", (int, type(None)), None, "steps of the sampler; null: its default ("
+        + ", ".join(f"{name} {sampler.default_steps}" for name, sampler in SAMPLERS.items()) + ")"),
+    Key("ddim_sampling", (bool,), False, "MindONE's switch: DDIM instead of DDPM (see sampler)"),
     Key("ddim_eta", (int, float), 0.0, "DDIM eta (0: deterministic)"),
     Key("guidance_scale", (int, float), 1.0, "classifier-free guidance scale for class models (1: none)"),
     Key("class_labels", (list, type(None)), None, "class of each video (cycled); default 0, 1, 2, ..."),
@@ -101,6 +106,22 @@ def load_vae(path):
     raise SampleError(f"{path}: no such VAE folder or file")
 
 
+def _sampler(config):
+    """(sampler, steps) from the `sampler` key, or MindONE's `ddim_sampling` when it is null; a step count
+    the sampler cannot take is a SampleError naming sampling_steps."""
+    from latte_core.samplers import create_sampler
+    name = config["sampler"]
+    if name is None:
+        name = "ddim" if config["ddim_sampling"] else "ddpm"
+    elif config["ddim_sampling"] and name != "ddim":
+        logger.warning("sampler %s given: ddim_sampling: true is ignored (sampler wins)", name)
+    try:
+        sampler, _, steps = create_sampler(name, config["sampling_steps"])
+        return sampler, steps
+    except ValueError as err:
+        raise SampleError(f"sampling_steps: {err}") from None
+
+
 def _guided_cell(model, scale):
     """The model under classifier-free guidance, as one compiled cell: the reference's sampling on a
     doubled batch (conditions, then null classes), guiding the epsilon channels."""
@@ -121,13 +142,15 @@ def run_sample(config, progress=True):
     """Sample config["num_videos"] videos; returns the summary (also written as summary.json)."""
     import mindspore as ms
     from mindspore import Tensor
-    from latte_core import create_diffusion, create_latte
+    from latte_core import create_latte
     from latte_core.checkpoint import CheckpointError, load_weights
+    from latte_core.samplers import create_sampler, sample as sample_latents
     from .synthetic import write_mp4
 
-    for key in ("sampling_steps", "num_videos", "batch_size", "decode_micro_batch", "fps"):
+    for key in ("num_videos", "batch_size", "decode_micro_batch", "fps"):
         if config[key] < 1:
             raise SampleError(f"{key} must be at least 1, got {config[key]}")
+    sampler, steps = _sampler(config)  # refused before anything is loaded
     started = time.perf_counter()
     weights, settings = _model_settings(config)
     try:
@@ -160,9 +183,7 @@ def run_sample(config, progress=True):
         if any(not 0 <= int(label) < settings["num_classes"] for label in labels):
             raise SampleError(f"class_labels {labels} must lie in 0..{settings['num_classes'] - 1}")
     net = _guided_cell(model, float(config["guidance_scale"])) if guided else model
-    steps = config["sampling_steps"]
-    diffusion = create_diffusion(f"ddim{steps}" if config["ddim_sampling"] else str(steps),
-                                 learn_sigma=model.learn_sigma)
+    _, diffusion, _ = create_sampler(sampler.name, steps, learn_sigma=model.learn_sigma)
     shape_one = (settings["num_frames"], model.in_channels) + (settings["image_size"] // factor,) * 2
 
     started = time.perf_counter()  # compile: the first call of the network, on a dummy batch
@@ -178,21 +199,21 @@ def run_sample(config, progress=True):
     started, written = time.perf_counter(), []
     for first in range(0, config["num_videos"], config["batch_size"]):
         count = config["batch_size"]  # always whole batches: one compiled shape; extra videos are dropped
-        rng = np.random.default_rng([config["seed"], first])
-        noise = rng.standard_normal((count,) + shape_one).astype(np.float32)
+        # Video i's noise, initial and per step, is its own stream seeded by (seed, i): the same video
+        # whatever the batch size (or, later, the rank) it is sampled in.
+        seeds = [[config["seed"], first + i] for i in range(count)]
+        noise = np.stack([np.random.default_rng(s + [0]).standard_normal(shape_one, dtype=np.float32) for s in seeds])
+        step_seeds = [s + [1] for s in seeds]
         kwargs = None
         if condition == "class":
             y = np.array([labels[(first + i) % len(labels)] for i in range(count)], np.int32)
-            if guided:
-                noise = np.concatenate([noise, noise])
+            if guided:  # the null-class half follows the same noise: it only supplies the unconditional eps
+                noise, step_seeds = np.concatenate([noise, noise]), step_seeds + step_seeds
                 y = np.concatenate([y, np.full(count, settings["num_classes"], np.int32)])
             kwargs = {"y": Tensor(y)}
-        loop = diffusion.ddim_sample_loop if config["ddim_sampling"] else diffusion.p_sample_loop
-        extra = {"eta": float(config["ddim_eta"])} if config["ddim_sampling"] else {}
-        # no clipping of the predicted x0 to [-1, 1]: that range is the pixels', not the latents'
-        # (the reference samples latents with clip_denoised=False too)
-        latents = loop(net, noise.shape, noise=noise, clip_denoised=False, model_kwargs=kwargs, progress=progress,
-                       seed=config["seed"] + first + 1, **extra).asnumpy()[:count]
+        latents = sample_latents(sampler, diffusion, steps, net, noise.shape, noise=noise, model_kwargs=kwargs,
+                                 progress=progress, seed=step_seeds,
+                                 eta=float(config["ddim_eta"])).asnumpy()[:count]
         videos = vae.decode_video(latents / scale, micro_batch=config["decode_micro_batch"])
         frames = (np.clip((videos + 1.0) * 127.5, 0, 255) + 0.5).astype(np.uint8).transpose(0, 1, 3, 4, 2)
         for i in range(min(count, config["num_videos"] - first)):
@@ -204,7 +225,7 @@ def run_sample(config, progress=True):
     sample_s = time.perf_counter() - started
     summary = {"checkpoint": config["checkpoint"], "model": settings["model_name"], "condition": condition,
                "image_size": settings["image_size"], "num_frames": settings["num_frames"],
-               "method": "ddim" if config["ddim_sampling"] else "ddpm", "steps": steps,
+               "method": sampler.name, "steps": steps,
                "guidance_scale": config["guidance_scale"] if guided else None, "videos": len(written),
                "checkpoint_loading_s": round(load_s, 2), "compile_s": round(compile_s, 2),
                "total_sample_s": round(sample_s, 2), "output_path": out, "files": written}

@@ -79,3 +79,42 @@ def test_bad_sampling_requests_are_one_clear_error(latte_fixture, fixtures_dir, 
     result = CliRunner().invoke(main, ["sample", "-c", _class_config(tmp_path, latte_fixture, fixtures_dir,
                                                                       hidden_size=128)])
     assert result.exit_code == 2 and "does not fit the model" in result.output
+
+
+def test_a_video_is_the_same_whatever_the_batch_it_is_sampled_in(latte_fixture, fixtures_dir, tmp_path):
+    """Each video's noise is seeded by (seed, video index): batches of 1 and of 2 give the same videos.
+    Bound 1e-4 of the latents' scale: the batched matmuls round differently for another batch size
+    (float32), and 10 guided DDPM steps amplify that a little; a different noise would differ by O(1)."""
+    runs = {}
+    for batch in (1, 2):
+        folder = tmp_path / f"batch{batch}"
+        result = CliRunner().invoke(main, ["sample", "-c", _class_config(tmp_path, latte_fixture, fixtures_dir,
+                                                                          ddim_sampling=False),
+                                           "--batch-size", str(batch), "--cfg-scale", "4", "--output-dir", str(folder)])
+        assert result.exit_code == 0, result.output
+        runs[batch] = _latents(folder)
+    assert np.abs(runs[1] - runs[2]).max() / np.abs(runs[2]).max() < 1e-4
+    assert np.abs(runs[2][0] - runs[2][1]).max() > 0.1  # the two videos are not the same noise
+
+
+def test_dpm_solver_sampling_and_which_sampler_wins(latte_fixture, fixtures_dir, tmp_path, caplog):
+    out = tmp_path / "dpm"
+    config = _class_config(tmp_path, latte_fixture, fixtures_dir, ddim_sampling=True, sampling_steps=None)
+    result = CliRunner().invoke(main, ["sample", "-c", config, "--sampler", "dpm-solver++", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "dpm-solver++" and summary["steps"] == 20  # the sampler's own default
+    assert "ddim_sampling: true is ignored" in caplog.text
+    latents = _latents(out)
+    assert latents.shape == (2, 4, 4, 8, 8) and np.isfinite(latents).all()
+    # without --sampler, MindONE's ddim_sampling decides
+    result = CliRunner().invoke(main, ["sample", "-c", config, "--output-dir", str(tmp_path / "ddim")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ddim" / "summary.json").read_text())["method"] == "ddim"
+
+
+def test_a_step_count_the_sampler_cannot_take_is_refused_by_name(latte_fixture, fixtures_dir, tmp_path):
+    result = CliRunner().invoke(main, ["sample", "-c", _class_config(tmp_path, latte_fixture, fixtures_dir),
+                                       "--sampler", "ddim", "--steps", "300", "--output-dir", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "sampling_steps" in result.stderr and "300" in result.stderr
+    assert not (tmp_path / "x").exists()
