@@ -119,7 +119,18 @@ class _ClipLoader:
         if changed:
             raise ValueError(f"the loader state was saved with other settings ({', '.join(changed)}: "
                              f"{[state.get(k) for k in changed]} vs {[mine[k] for k in changed]}); cannot resume")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position <= self.plan.size:
+            raise ValueError(f"the loader state holds epoch {epoch}, position {position}: not a place in a plan of "
+                             f"{self.plan.size} clips per epoch; cannot resume")
+        self.epoch, self.position = epoch, position
+        self._roll_over_if_done()
+
+    def _roll_over_if_done(self):
+        """A position with no whole global batch left (the end of an epoch: a state saved after its last
+        batch) is the start of the next epoch, where an uninterrupted run goes on."""
+        if (self.plan.size - self.position) // (self.batch_size * self.world_size) == 0:
+            self.epoch, self.position = self.epoch + 1, 0
 
     def __len__(self):
         return self.batches_per_epoch
@@ -134,6 +145,7 @@ class _ClipLoader:
 
     def __iter__(self):
         """The rest of the current epoch; then the state moves to the next epoch."""
+        self._roll_over_if_done()  # never a pipeline over zero batches (MindSpore refuses an empty source)
         video, start = self.plan.epoch(self.epoch)
         positions = self.rank_positions()
         step = self.batch_size * self.world_size

@@ -116,6 +116,32 @@ def test_exact_resume_mid_epoch_whatever_the_workers(caches):
     _assert_same_batches(expected, taken + _all(resumed) + _all(resumed))
 
 
+@pytest.mark.parametrize("batch_size", [2, 7])  # 7 clips: a remainder of 1 is dropped, or the plan is used up
+def test_a_state_saved_at_the_end_of_an_epoch_resumes_at_the_next_one(caches, batch_size):
+    """A checkpoint written after an epoch's last batch holds (epoch e, position = where the epoch's batches
+    end); the resumed loader goes on with epoch e + 1, as the uninterrupted one does."""
+    options = dict(batch_size=batch_size, seed=4, **CLIP)
+    uninterrupted = CacheLoader(caches["numpy"], **options)
+    expected = _all(uninterrupted) + _all(uninterrupted) + _all(uninterrupted)
+    first = CacheLoader(caches["numpy"], **options)
+    taken = []
+    for batch in first:  # the generator stays suspended after the last batch, as the training loop leaves it
+        taken.append(batch)
+        if len(taken) == first.batches_per_epoch:
+            break
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["epoch"] == 0 and state["position"] == first.batches_per_epoch * batch_size
+    resumed = CacheLoader(caches["numpy"], **options)
+    resumed.load_state_dict(state)
+    assert (resumed.epoch, resumed.position) == (1, 0)
+    _assert_same_batches(expected, taken + _all(resumed) + _all(resumed))
+    stuck = CacheLoader(caches["numpy"], **options)  # a loader put at the end some other way rolls over too
+    stuck.position = stuck.plan.size
+    _assert_same_batches(expected[len(taken):2 * len(taken)], _all(stuck))
+    with pytest.raises(ValueError, match="position 8"):
+        resumed.load_state_dict({**state, "position": 8})
+
+
 def test_resume_with_another_world_size_continues_the_same_plan(caches):
     options = dict(batch_size=2, clips_per_video=4, seed=8, **CLIP)  # 28 clips
     single = CacheLoader(caches["numpy"], **options)

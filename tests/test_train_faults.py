@@ -1,0 +1,151 @@
+"""`latte train` under faults: a kill -9, a resume from any checkpoint, a damaged checkpoint, a resume
+with another model, and keys or data that cannot train — each either goes on bit-identically or stops
+with one `Error:` line (exit 2) before anything in the run folder changes."""
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import mindspore as ms
+
+from pipelines.cli import main
+
+LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
+# On the test cache (8 videos hold a 4-frame clip) batch 2 gives 4 steps per epoch, so checkpoints every
+# 2 steps alternate mid-epoch (2, 6, 10) and end-of-epoch (4, 8, 12) states.
+TINY = {"model_name": "Latte-S/2", "depth": 2, "hidden_size": 64, "num_heads": 4, "image_size": 32, "num_frames": 4,
+        "dtype": "fp32", "amp_level": "O0", "train_data_type": "numpy", "start_learning_rate": 1e-3,
+        "train_batch_size": 2, "use_ema": True, "ema_decay": 0.9, "step_mode": True, "ckpt_save_interval": 2,
+        "ckpt_max_keep": 10, "seed": 0, "epochs": 100, "log_interval": 1}
+STEPS_PER_EPOCH, LAST = 4, 12
+
+
+def _config(folder, name="config.yaml", **overrides):
+    path = folder / name
+    path.write_text(yaml.safe_dump({**TINY, **overrides}))
+    return str(path)
+
+
+def _state(folder):
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(folder / "train_state.ckpt")).items()}
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(got, expected):
+    """Bit-identical: every logged loss and every tensor of the last checkpoint (weights, EMA, Adam)."""
+    assert _losses(got) == _losses(expected)
+    a, b = _state(got / "ckpt" / f"step-{LAST:08d}"), _state(expected / "ckpt" / f"step-{LAST:08d}")
+    assert set(a) == set(b)
+    for name in b:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _damage(path, at=0.5):
+    """Overwrite 64 bytes inside the file (the size stays the same)."""
+    data = bytearray(path.read_bytes())
+    offset = int(len(data) * at)
+    data[offset:offset + 64] = bytes(255 - b for b in data[offset:offset + 64])
+    path.write_bytes(bytes(data))
+
+
+def _snapshot(folder):
+    """Every file under `folder`: bytes and modification time."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, folder)] = (hashlib.sha256(handle.read()).hexdigest(),
+                                                       os.stat(path).st_mtime_ns)
+    return found
+
+
+def _assert_one_error_line(done, *names):
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, done.stderr
+    for name in names:
+        assert name in errors[0], (name, errors[0])
+    return errors[0]
+
+
+def _cut(run, keep_through, target):
+    """A copy of a run folder as a crash after checkpoint `keep_through` leaves it."""
+    shutil.copytree(run, target)
+    for folder in (target / "ckpt").iterdir():
+        if int(folder.name.split("-")[1]) > keep_through:
+            shutil.rmtree(folder)
+    return target
+
+
+@pytest.fixture(scope="module")
+def reference(caches, tmp_path_factory):
+    """The uninterrupted run: 12 steps, a checkpoint every 2 (all kept). Beside it (to save time) a
+    `latte train` process with epoch-based checkpoints that the kill -9 test stops."""
+    folder = tmp_path_factory.mktemp("reference")
+    config = _config(folder, "epochs.yaml", step_mode=False, ckpt_save_interval=1)  # every epoch: steps 4, 8, ...
+    killed = folder / "killed"
+    process = subprocess.Popen([LATTE, "train", "-c", config, "--cache", str(caches["numpy"]), "--output-dir",
+                                str(killed), "--max-steps", "40"], cwd=folder, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, "GLOG_v": "3"})
+
+    def kill_after_the_first_checkpoint():
+        first = killed / "ckpt" / f"step-{STEPS_PER_EPOCH:08d}"
+        deadline = time.monotonic() + 300
+        while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    here = os.getcwd()
+    os.chdir(folder)  # MindSpore's compile reports land in the working directory
+    try:
+        ms.set_context(mode=ms.GRAPH_MODE)
+        result = CliRunner().invoke(main, ["train", "-c", _config(folder), "--cache", str(caches["numpy"]),
+                                           "--output-dir", str(folder / "run"), "--max-steps", str(LAST)])
+    finally:
+        os.chdir(here)
+    assert result.exit_code == 0, result.output
+    run = folder / "run"
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == [f"step-{s:08d}" for s in range(2, LAST + 1, 2)]
+    yield {"run": run, "cache": caches["numpy"], "killed": (process, killer, killed, config)}
+    killer.join()
+    process.wait()
+
+
+def _resume(reference, run, config, *more):
+    return CliRunner().invoke(main, ["train", "-c", config, "--cache", str(reference["cache"]), "--output-dir",
+                                     str(run), "--max-steps", str(LAST), "--resume", *more])
+
+
+def test_a_kill_9_after_an_end_of_epoch_checkpoint_then_resume_is_the_uninterrupted_run(reference):
+    """Epoch-based checkpoints (the default) are all written after an epoch's last batch: the state
+    (epoch e, position at the end) once crashed the resumed loader. A real training process is killed
+    with SIGKILL after its first checkpoint; the resumed run equals the uninterrupted one."""
+    process, killer, run, config = reference["killed"]  # started beside the reference run, see the fixture
+    killer.join(timeout=300)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    saved = sorted(p.name for p in (run / "ckpt").iterdir() if p.name.startswith("step-"))
+    newest = run / "ckpt" / saved[-1]
+    state = json.loads((newest / "state.json").read_text())
+    assert state["step"] in (4, 8) and state["step"] < LAST  # a checkpoint at an epoch's end, before the last step
+    assert state["loader"]["position"] == STEPS_PER_EPOCH * TINY["train_batch_size"]
+    result = _resume(reference, run, config)
+    assert result.exit_code == 0, result.output
+    _assert_same_run(run, reference["run"])
