@@ -20,6 +20,7 @@ from click.testing import CliRunner
 import mindspore as ms
 
 from pipelines.cli import main
+from train.config import KEYS, TrainConfigError, load_train_config
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 # On the test cache (8 videos hold a 4-frame clip) batch 2 gives 4 steps per epoch, so checkpoints every
@@ -149,3 +150,27 @@ def test_a_kill_9_after_an_end_of_epoch_checkpoint_then_resume_is_the_uninterrup
     result = _resume(reference, run, config)
     assert result.exit_code == 0, result.output
     _assert_same_run(run, reference["run"])
+
+
+@pytest.mark.parametrize("key,value", [
+    ("start_learning_rate", 0), ("start_learning_rate", -1e-4), ("start_learning_rate", float("nan")),
+    ("end_learning_rate", -1e-6), ("max_steps", 0), ("max_steps", -5), ("epochs", 0), ("warmup_steps", -1),
+    ("decay_steps", -1), ("train_batch_size", 0), ("gradient_accumulation_steps", 0), ("class_dropout_prob", 1.5),
+    ("class_dropout_prob", -0.1), ("ema_decay", 1.01), ("weight_decay", -0.01), ("optim_eps", 0),
+    ("max_grad_norm", -1.0), ("init_loss_scale", float("inf")), ("loss_scale_factor", 1), ("scale_window", 0),
+    ("seed", -1), ("seed", 2 ** 32), ("hidden_size", 0), ("num_heads", -4), ("depth", 0), ("num_frames", 0),
+    ("sample_stride", 0), ("ckpt_max_keep", 0), ("num_parallel_workers", 0), ("sd_scale_factor", 0.0),
+])
+def test_numeric_keys_out_of_range_are_refused_by_name(tmp_path, key, value):
+    with pytest.raises(TrainConfigError, match=rf"config.yaml: {key} must be .*, got "):
+        load_train_config(_config(tmp_path, **{key: value}, data_folder="x"))
+    with pytest.raises(TrainConfigError, match=rf"command line: {key} must be "):
+        load_train_config(None, {key: value, "data_folder": "x"})
+
+
+def test_every_numeric_key_has_a_range():
+    unranged = [k.name for k in KEYS if (int in k.types or float in k.types) and k.range is None]
+    assert unranged == ["max_rowsize", "use_image_num"]  # no effect here / must be null or 0 (validate)
+    for k in KEYS:
+        if k.range is not None:
+            assert k.default is None or k.default in k.range, k.name

@@ -5,6 +5,7 @@ configs do); command-line options override both. Unknown keys and wrong types ar
 key and the file. `TRAIN_KEYS.describe()` prints the table; README.md documents it.
 """
 import dataclasses
+import math
 import os
 
 import yaml
@@ -17,16 +18,50 @@ class TrainConfigError(UserError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts: finite numbers from `low` to `high` (open ends exclude them)."""
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value):
+        value = float(value)
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self):
+        def number(x):
+            return str(int(x)) if float(x).is_integer() else repr(x)
+        if self.high == math.inf:
+            return f"{'greater than' if self.low_open else 'at least'} {number(self.low)}"
+        if self.low == -math.inf:
+            return f"{'less than' if self.high_open else 'at most'} {number(self.high)}"
+        return (f"in {'(' if self.low_open else '['}{number(self.low)}, {number(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+UNIT = Range(0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
 class Key:
     name: str
     types: tuple
     default: object
     doc: str
     choices: tuple = ()
+    range: Range = None  # numeric keys: the accepted values (None, where the type allows it, is not checked)
 
 
-def _key(name, types, default, doc, choices=()):
-    return Key(name, types if isinstance(types, tuple) else (types,), default, doc, choices)
+def _key(name, types, default, doc, choices=(), range=None):
+    return Key(name, types if isinstance(types, tuple) else (types,), default, doc, choices, range)
 
 
 NUMBER = (int, float)
@@ -34,15 +69,17 @@ KEYS = [
     # task and model
     _key("condition", (str, type(None)), None, "null (unconditional) or class; text is not supported yet",
          (None, "class")),
-    _key("num_classes", int, 0, "classes of a class-conditional model (labels come from the data)"),
-    _key("class_dropout_prob", NUMBER, 0.1, "label dropout for classifier-free guidance"),
+    _key("num_classes", int, 0, "classes of a class-conditional model (labels come from the data)", range=NON_NEGATIVE),
+    _key("class_dropout_prob", NUMBER, 0.1, "label dropout for classifier-free guidance", range=UNIT),
     _key("model_name", str, "Latte-XL/2", "variant: Latte-S/2 ... Latte-XL/8"),
     _key("depth", (int, type(None)), None, "override the variant's block count (spatial + temporal), e.g. for a "
-                                           "small model"),
-    _key("hidden_size", (int, type(None)), None, "override the variant's width"),
-    _key("num_heads", (int, type(None)), None, "override the variant's attention heads"),
-    _key("image_size", int, 256, "frame size in pixels (latents are image_size / 8, or the cache's)"),
-    _key("num_frames", int, 16, "frames per training clip"),
+                                           "small model", range=AT_LEAST_1),
+    _key("hidden_size", (int, type(None)), None, "override the variant's width", range=AT_LEAST_1),
+    _key("num_heads", (int, type(None)), None, "override the variant's attention heads (must divide the width)",
+         range=AT_LEAST_1),
+    _key("image_size", int, 256, "frame size in pixels (latents are image_size / 8, or the cache's)",
+         range=AT_LEAST_1),
+    _key("num_frames", int, 16, "frames per training clip", range=AT_LEAST_1),
     _key("learn_sigma", bool, True, "predict the variance too (2x output channels), as the reference"),
     _key("patch_embedder", str, "conv", "conv or linear (MindONE's choice for bf16 on Ascend)", ("conv", "linear")),
     _key("enable_flash_attention", bool, False,
@@ -53,7 +90,7 @@ KEYS = [
     _key("vae_checkpoint", str, "", "VAE for training from videos: a diffusers folder, or a .ckpt of "
                                       "sd-vae-ft-mse's architecture (latte convert vae)"),
     _key("sd_scale_factor", NUMBER + (type(None),), None, "latent scaling factor; null: the VAE's (or the cache's); "
-                                                          "a value must match it"),
+                                                          "a value must match it", range=POSITIVE),
     _key("dtype", str, "fp32", "compute dtype under amp_level O2: fp16, or bf16 (Ascend only)", ("fp32", "fp16", "bf16")),
     _key("amp_level", str, "O2", "O0: float32 everywhere; O2: the network in `dtype`, a dynamic loss scale",
          ("O0", "O2")),
@@ -64,11 +101,12 @@ KEYS = [
                                    "folders (ingested into output_path/ingest first)"),
     _key("train_data_type", str, "numpy", "video_file (decode + VAE on the fly) or the cache's format",
          ("video_file", "numpy", "mindrecord", "parquet")),
-    _key("sample_stride", int, 1, "frame stride within a clip"),
-    _key("clips_per_video", int, 1, "random clips drawn from each video per epoch"),
+    _key("sample_stride", int, 1, "frame stride within a clip", range=AT_LEAST_1),
+    _key("clips_per_video", int, 1, "random clips drawn from each video per epoch", range=AT_LEAST_1),
     _key("shuffle", bool, True, "shuffle clips (within windows of shuffle_window shards)"),
-    _key("shuffle_window", int, 4, "shards whose clips are shuffled together (the bounded shuffle buffer)"),
-    _key("num_parallel_workers", int, 1, "loader threads"),
+    _key("shuffle_window", int, 4, "shards whose clips are shuffled together (the bounded shuffle buffer)",
+         range=AT_LEAST_1),
+    _key("num_parallel_workers", int, 1, "loader threads", range=AT_LEAST_1),
     _key("posterior", str, "sample", "latents from the cached posterior: a fresh sample per epoch (mean + std·noise), "
                                        "or its mean (for VAEs whose posterior noise swamps the signal)",
          ("sample", "mean")),
@@ -81,34 +119,35 @@ KEYS = [
     _key("use_image_num", (int, type(None)), None, "MindONE's images per video clip; not supported (null or 0)"),
     _key("dataset_sink_mode", bool, False, "sink the data to the device (Ascend); on CPU it cannot act: reported"),
     # optimisation
-    _key("start_learning_rate", NUMBER, 1e-4, "peak learning rate"),
-    _key("end_learning_rate", NUMBER, 0.0, "final learning rate of cosine_decay"),
+    _key("start_learning_rate", NUMBER, 1e-4, "peak learning rate", range=POSITIVE),
+    _key("end_learning_rate", NUMBER, 0.0, "final learning rate of cosine_decay", range=NON_NEGATIVE),
     _key("scheduler", str, "constant", "constant or cosine_decay, after warmup_steps of linear warm-up",
          ("constant", "cosine_decay")),
-    _key("warmup_steps", int, 0, "optimizer steps of linear warm-up from 0"),
-    _key("decay_steps", int, 0, "optimizer steps of the cosine decay (0: until the last step)"),
-    _key("train_batch_size", int, 5, "clips per micro-batch on each device"),
-    _key("gradient_accumulation_steps", int, 1, "micro-batches summed into one optimizer step"),
-    _key("weight_decay", NUMBER, 0.0, "decoupled weight decay (AdamW)"),
+    _key("warmup_steps", int, 0, "optimizer steps of linear warm-up from 0", range=NON_NEGATIVE),
+    _key("decay_steps", int, 0, "optimizer steps of the cosine decay (0: until the last step)", range=NON_NEGATIVE),
+    _key("train_batch_size", int, 5, "clips per micro-batch on each device", range=AT_LEAST_1),
+    _key("gradient_accumulation_steps", int, 1, "micro-batches summed into one optimizer step", range=AT_LEAST_1),
+    _key("weight_decay", NUMBER, 0.0, "decoupled weight decay (AdamW)", range=NON_NEGATIVE),
     _key("betas", list, [0.9, 0.999], "Adam betas"),
-    _key("optim_eps", NUMBER, 1e-8, "Adam epsilon"),
+    _key("optim_eps", NUMBER, 1e-8, "Adam epsilon", range=POSITIVE),
     _key("clip_grad", bool, False, "clip the gradients' global norm to max_grad_norm"),
-    _key("max_grad_norm", NUMBER, 0.1, "clipping threshold"),
+    _key("max_grad_norm", NUMBER, 0.1, "clipping threshold", range=POSITIVE),
     _key("use_ema", bool, True, "keep an exponential moving average of the weights"),
-    _key("ema_decay", NUMBER, 0.9999, "EMA decay per optimizer step"),
-    _key("init_loss_scale", NUMBER, 65536.0, "initial dynamic loss scale (amp_level O2)"),
+    _key("ema_decay", NUMBER, 0.9999, "EMA decay per optimizer step", range=UNIT),
+    _key("init_loss_scale", NUMBER, 65536.0, "initial dynamic loss scale (amp_level O2)", range=POSITIVE),
     _key("loss_scale_factor", int, 2, "the loss scale is divided by this on overflow, multiplied after "
-                                             "scale_window good steps"),
-    _key("scale_window", int, 1000, "good steps before the loss scale grows"),
-    _key("epochs", int, 3000, "epochs to train (max_steps stops earlier)"),
-    _key("max_steps", (int, type(None)), None, "optimizer steps to train"),
-    _key("seed", int, 42, "seed of the initial weights, the loader and the diffusion noise"),
+                                             "scale_window good steps", range=Range(2)),
+    _key("scale_window", int, 1000, "good steps before the loss scale grows", range=AT_LEAST_1),
+    _key("epochs", int, 3000, "epochs to train (max_steps stops earlier)", range=AT_LEAST_1),
+    _key("max_steps", (int, type(None)), None, "optimizer steps to train", range=AT_LEAST_1),
+    _key("seed", int, 42, "seed of the initial weights, the loader and the diffusion noise",
+         range=Range(0, 2 ** 32 - 1)),
     # run
     _key("output_path", str, "outputs/train", "run folder: config, log, checkpoints, loss curve"),
-    _key("log_interval", int, 1, "optimizer steps between log lines"),
-    _key("ckpt_save_interval", int, 50, "epochs (or steps with step_mode) between checkpoints"),
+    _key("log_interval", int, 1, "optimizer steps between log lines", range=AT_LEAST_1),
+    _key("ckpt_save_interval", int, 50, "epochs (or steps with step_mode) between checkpoints", range=AT_LEAST_1),
     _key("step_mode", bool, False, "ckpt_save_interval counts optimizer steps instead of epochs"),
-    _key("ckpt_max_keep", int, 3, "checkpoints kept (the oldest are deleted)"),
+    _key("ckpt_max_keep", int, 3, "checkpoints kept (the oldest are deleted)", range=AT_LEAST_1),
     _key("use_parallel", bool, False, "data-parallel over the processes msrun started"),
     _key("device_target", str, "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend")),
 ]
@@ -141,6 +180,8 @@ class KeyTable:
             raise self.error(f"{source}: {name} must be {'/'.join(t.__name__ for t in key.types)}, got {value!r}")
         if key.choices and value not in key.choices:
             raise self.error(f"{source}: {name} must be one of {', '.join(map(str, key.choices))}, got {value!r}")
+        if key.range is not None and value is not None and value not in key.range:
+            raise self.error(f"{source}: {name} must be {key.range}, got {value!r}")
         return float(value) if float in key.types and type(value) is int else value
 
     def _merge(self, values, raw, source):
@@ -174,7 +215,8 @@ class KeyTable:
 
     def describe(self):
         """One line per key: name, default, meaning."""
-        return "\n".join(f"{key.name} [{key.default!r}]: {key.doc}" for key in self.keys)
+        return "\n".join(f"{key.name} [{key.default!r}]: {key.doc}" + (f" ({key.range})" if key.range else "")
+                         for key in self.keys)
 
 
 TRAIN_KEYS = KeyTable(KEYS, ALIASES, TrainConfigError)
@@ -188,16 +230,11 @@ def load_train_config(path=None, overrides=None):
 
 
 def validate(values):
-    """Checks across keys, and MindONE keys whose features this toolkit does not have."""
-    positive = ("image_size", "num_frames", "sample_stride", "clips_per_video", "shuffle_window",
-                "num_parallel_workers", "train_batch_size", "gradient_accumulation_steps", "epochs", "log_interval",
-                "ckpt_save_interval", "ckpt_max_keep", "scale_window")
-    for name in positive:
-        if values[name] < 1:
-            raise TrainConfigError(f"{name} must be at least 1, got {values[name]}")
-    if values["max_steps"] is not None and values["max_steps"] < 1:
-        raise TrainConfigError(f"max_steps must be at least 1, got {values['max_steps']}")
-    if len(values["betas"]) != 2 or not all(0 <= b < 1 for b in values["betas"]):
+    """Checks across keys, and MindONE keys whose features this toolkit does not have (each key's own
+    type, choices and range are checked by the table as it reads the value)."""
+    betas = values["betas"]
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                  for b in betas):
         raise TrainConfigError(f"betas must be two numbers in [0, 1), got {values['betas']}")
     if values["condition"] == "class" and values["num_classes"] < 1:
         raise TrainConfigError("condition: class needs num_classes >= 1")
