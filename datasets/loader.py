@@ -42,6 +42,11 @@ class CorruptCache(UserError):
     """A shard disagrees with the ledger and the loader was told to stop (on_corrupt="raise")."""
 
 
+def _longest(videos, key):
+    frames = [v[key] or 0 for v in videos]
+    return f"the longest video has {max(frames)} frames" if frames else "there is no usable video"
+
+
 def clip_span(num_frames, sample_stride):
     """Frames a clip covers from its first to its last frame."""
     return (num_frames - 1) * sample_stride + 1
@@ -99,8 +104,9 @@ class _ClipLoader:
         self.posterior = posterior
         self.epoch, self.position = 0, 0
         if self.batches_per_epoch == 0:
-            raise ValueError(f"{plan.size} clips per epoch do not fill one global batch of "
-                             f"{batch_size} x {world_size} ranks")
+            raise ValueError(f"{plan.size} clips per epoch ({len(video_ids)} videos long enough for a clip x "
+                             f"clips_per_video {plan.clips_per_video}) do not fill one global batch of "
+                             f"train_batch_size {batch_size} x {world_size} ranks")
 
     @property
     def batches_per_epoch(self):
@@ -213,7 +219,8 @@ class CacheLoader(_ClipLoader):
             logger.error("%s: shard %s disagrees with the ledger (%s)", self.folder, shard, problem)
         if self.corrupt and on_corrupt == "raise":
             raise CorruptCache(f"{self.folder}: {len(self.corrupt)} shard(s) disagree with the ledger: "
-                               + "; ".join(f"{k}: {v}" for k, v in sorted(self.corrupt.items())))
+                               + "; ".join(f"{k}: {v}" for k, v in sorted(self.corrupt.items()))
+                               + " (on_corrupt: raise; on_corrupt: skip leaves their videos out)")
         span = clip_span(num_frames, sample_stride)
         entries = [self.cache.entries[video_id] for video_id in self.cache.ids]
         usable = [e for e in entries if e["shard"] not in self.corrupt]
@@ -225,8 +232,8 @@ class CacheLoader(_ClipLoader):
                            "are skipped", self.folder, self.skipped_short, num_frames, sample_stride,
                            self.skipped_corrupt)
         if not self.entries:
-            raise ValueError(f"{self.folder}: no video holds a clip of {num_frames} frames with stride "
-                             f"{sample_stride} ({span} frames)")
+            raise ValueError(f"{self.folder}: no video holds a clip of num_frames {num_frames} with sample_stride "
+                             f"{sample_stride} ({span} frames); {_longest(usable, 'frames')}")
         self.shards = sorted({e["shard"] for e in self.entries})
         shard_number = {shard: i for i, shard in enumerate(self.shards)}
         plan = ClipPlan([e["frames"] for e in self.entries], [shard_number[e["shard"]] for e in self.entries],
@@ -427,7 +434,8 @@ class VideoLoader(_ClipLoader):
             logger.warning("%s: %d videos shorter than a clip of %d frames (stride %d) are skipped",
                            manifest, self.skipped_short, num_frames, sample_stride)
         if not self.entries:
-            raise ValueError(f"{manifest}: no video holds a clip of {num_frames} frames with stride {sample_stride}")
+            raise ValueError(f"{manifest}: no video holds a clip of num_frames {num_frames} with sample_stride "
+                             f"{sample_stride} ({span} frames); {_longest(rows, 'num_frames')}")
         plan = ClipPlan([row["num_frames"] for row in self.entries], np.zeros(len(self.entries)), num_frames,
                         sample_stride, clips_per_video, seed, shuffle, shuffle_window=1)
         super().__init__(plan, batch_size, rank, world_size, num_parallel_workers,

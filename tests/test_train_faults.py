@@ -152,6 +152,54 @@ def test_a_kill_9_after_an_end_of_epoch_checkpoint_then_resume_is_the_uninterrup
     _assert_same_run(run, reference["run"])
 
 
+def _corrupt_copy(cache, target):
+    from datasets.cache import open_cache
+    shutil.copytree(cache, target)
+    entry = open_cache(target).entries["clip_2.mp4"]
+    shard = target / "shards" / entry["shard"]
+    _damage(shard / f"{entry['offset']}.mean.npy")
+    return shard
+
+
+def test_refusals_through_the_cli_are_one_error_line_and_leave_the_run_folder_as_it_was(reference, tmp_path):
+    """Real `latte train` processes (run side by side to save time), each refused with exit 2, one
+    `Error:` line naming the key or file, no traceback, and nothing written to its run folder:
+    resume keys that differ from the checkpoint's, clips longer than every video, heads that do not
+    divide the width, a negative learning rate, and a corrupt shard with on_corrupt raise."""
+    cache, cases = str(reference["cache"]), []
+
+    def case(name, config, names, run=None, args=()):
+        run = run or tmp_path / f"run_{name}"
+        before = _snapshot(run) if run.exists() else None
+        command = [LATTE, "train", "-c", config, "--output-dir", str(run), *args]
+        if "--cache" not in args:
+            command += ["--cache", cache]
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "GLOG_v": "3"})
+        cases.append((name, process, names, run, before))
+
+    wide = _cut(reference["run"], LAST, tmp_path / "wide")
+    case("resume_width", _config(tmp_path, "wide.yaml", hidden_size=96, ema_decay=0.5),
+         ["hidden_size 64 (now 96)", "ema_decay 0.9 (now 0.5)"], wide, ["--resume", "--max-steps", "14"])
+    case("num_frames", _config(tmp_path, "frames.yaml", num_frames=10, sample_stride=3),
+         ["num_frames 10", "sample_stride 3", "longest video has 27 frames"])  # the longest: 9 + 3 * 6 frames
+    case("num_heads", _config(tmp_path, "heads.yaml", num_heads=5), ["num_heads 5", "hidden_size 64"])
+    case("learning_rate", _config(tmp_path, "lr.yaml", start_learning_rate=-1e-3), ["start_learning_rate", "-0.001"])
+    shard = _corrupt_copy(reference["cache"], tmp_path / "corrupt")
+    case("corrupt_shard", _config(tmp_path, "corrupt.yaml", on_corrupt="raise"), [shard.name, "on_corrupt: raise"],
+         args=["--cache", str(tmp_path / "corrupt")])
+    for name, process, names, run, before in cases:
+        stdout, stderr = process.communicate(timeout=300)
+        done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        line = _assert_one_error_line(done, *names)
+        if name == "resume_width":
+            assert "num_heads" not in line and "max_steps" not in line  # unchanged / a key a resume may change
+        if before is None:
+            assert not run.exists(), name
+        else:
+            assert _snapshot(run) == before, name
+
+
 @pytest.mark.parametrize("key,value", [
     ("start_learning_rate", 0), ("start_learning_rate", -1e-4), ("start_learning_rate", float("nan")),
     ("end_learning_rate", -1e-6), ("max_steps", 0), ("max_steps", -5), ("epochs", 0), ("warmup_steps", -1),

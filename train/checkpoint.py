@@ -73,6 +73,16 @@ def save_checkpoint(ckpt_root, step, cells, sampling_weights, state, keep):
     return final
 
 
+def read_state(folder):
+    """state.json of a checkpoint folder."""
+    path = os.path.join(folder, "state.json")
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as err:
+        raise ResumeError(f"{path}: unreadable ({err})") from None
+
+
 def remove_staging(ckpt_root):
     if os.path.isdir(ckpt_root):
         for entry in os.scandir(ckpt_root):

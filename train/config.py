@@ -58,10 +58,11 @@ class Key:
     doc: str
     choices: tuple = ()
     range: Range = None  # numeric keys: the accepted values (None, where the type allows it, is not checked)
+    resume_may_change: bool = False  # a run-control key that `--resume` accepts with another value
 
 
-def _key(name, types, default, doc, choices=(), range=None):
-    return Key(name, types if isinstance(types, tuple) else (types,), default, doc, choices, range)
+def _key(name, types, default, doc, choices=(), range=None, resume_may_change=False):
+    return Key(name, types if isinstance(types, tuple) else (types,), default, doc, choices, range, resume_may_change)
 
 
 NUMBER = (int, float)
@@ -86,7 +87,7 @@ KEYS = [
          "fused flash attention on Ascend; block-wise attention (linear memory) elsewhere"),
     _key("use_recompute", bool, False, "recompute every transformer block in the backward pass (less memory)"),
     _key("pretrained_model_path", str, "", "start from these weights (.ckpt/.safetensors/.pt; sin-cos tables "
-                                             "are recomputed for this model's size)"),
+                                             "are recomputed for this model's size)", resume_may_change=True),
     _key("vae_checkpoint", str, "", "VAE for training from videos: a diffusers folder, or a .ckpt of "
                                       "sd-vae-ft-mse's architecture (latte convert vae)"),
     _key("sd_scale_factor", NUMBER + (type(None),), None, "latent scaling factor; null: the VAE's (or the cache's); "
@@ -95,10 +96,11 @@ KEYS = [
     _key("amp_level", str, "O2", "O0: float32 everywhere; O2: the network in `dtype`, a dynamic loss scale",
          ("O0", "O2")),
     # data
-    _key("dataset_name", str, "sky", "a name for the logs"),
-    _key("data_config_file", str, "", "YAML whose data_config: section holds the data keys below"),
+    _key("dataset_name", str, "sky", "a name for the logs", resume_may_change=True),
+    _key("data_config_file", str, "", "YAML whose data_config: section holds the data keys below",
+         resume_may_change=True),
     _key("data_folder", str, "", "a cache folder (latte cache), an ingest folder, or a folder of videos / frame "
-                                   "folders (ingested into output_path/ingest first)"),
+                                   "folders (ingested into output_path/ingest first)", resume_may_change=True),
     _key("train_data_type", str, "numpy", "video_file (decode + VAE on the fly) or the cache's format",
          ("video_file", "numpy", "mindrecord", "parquet")),
     _key("sample_stride", int, 1, "frame stride within a clip", range=AT_LEAST_1),
@@ -106,18 +108,19 @@ KEYS = [
     _key("shuffle", bool, True, "shuffle clips (within windows of shuffle_window shards)"),
     _key("shuffle_window", int, 4, "shards whose clips are shuffled together (the bounded shuffle buffer)",
          range=AT_LEAST_1),
-    _key("num_parallel_workers", int, 1, "loader threads", range=AT_LEAST_1),
+    _key("num_parallel_workers", int, 1, "loader threads", range=AT_LEAST_1, resume_may_change=True),
     _key("posterior", str, "sample", "latents from the cached posterior: a fresh sample per epoch (mean + std·noise), "
                                        "or its mean (for VAEs whose posterior noise swamps the signal)",
          ("sample", "mean")),
     _key("on_corrupt", str, "skip", "a shard that disagrees with the ledger: skip it (reported) or raise",
-         ("skip", "raise")),
+         ("skip", "raise"), resume_may_change=True),
     _key("max_rowsize", (int, type(None)), None, "MindONE's shared-memory size for process workers: no effect "
-                                                   "here (the loader uses threads); reported"),
+                                                   "here (the loader uses threads); reported", resume_may_change=True),
     _key("use_safer_augment", bool, False, "MindONE option; not supported (must be false)"),
     _key("image_video_joint", bool, False, "MindONE's joint image-video training; not supported (must be false)"),
     _key("use_image_num", (int, type(None)), None, "MindONE's images per video clip; not supported (null or 0)"),
-    _key("dataset_sink_mode", bool, False, "sink the data to the device (Ascend); on CPU it cannot act: reported"),
+    _key("dataset_sink_mode", bool, False, "sink the data to the device (Ascend); on CPU it cannot act: reported",
+         resume_may_change=True),
     # optimisation
     _key("start_learning_rate", NUMBER, 1e-4, "peak learning rate", range=POSITIVE),
     _key("end_learning_rate", NUMBER, 0.0, "final learning rate of cosine_decay", range=NON_NEGATIVE),
@@ -138,18 +141,22 @@ KEYS = [
     _key("loss_scale_factor", int, 2, "the loss scale is divided by this on overflow, multiplied after "
                                              "scale_window good steps", range=Range(2)),
     _key("scale_window", int, 1000, "good steps before the loss scale grows", range=AT_LEAST_1),
-    _key("epochs", int, 3000, "epochs to train (max_steps stops earlier)", range=AT_LEAST_1),
-    _key("max_steps", (int, type(None)), None, "optimizer steps to train", range=AT_LEAST_1),
+    _key("epochs", int, 3000, "epochs to train (max_steps stops earlier)", range=AT_LEAST_1, resume_may_change=True),
+    _key("max_steps", (int, type(None)), None, "optimizer steps to train", range=AT_LEAST_1, resume_may_change=True),
     _key("seed", int, 42, "seed of the initial weights, the loader and the diffusion noise",
          range=Range(0, 2 ** 32 - 1)),
     # run
-    _key("output_path", str, "outputs/train", "run folder: config, log, checkpoints, loss curve"),
-    _key("log_interval", int, 1, "optimizer steps between log lines", range=AT_LEAST_1),
-    _key("ckpt_save_interval", int, 50, "epochs (or steps with step_mode) between checkpoints", range=AT_LEAST_1),
-    _key("step_mode", bool, False, "ckpt_save_interval counts optimizer steps instead of epochs"),
-    _key("ckpt_max_keep", int, 3, "checkpoints kept (the oldest are deleted)", range=AT_LEAST_1),
-    _key("use_parallel", bool, False, "data-parallel over the processes msrun started"),
-    _key("device_target", str, "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend")),
+    _key("output_path", str, "outputs/train", "run folder: config, log, checkpoints, loss curve",
+         resume_may_change=True),
+    _key("log_interval", int, 1, "optimizer steps between log lines", range=AT_LEAST_1, resume_may_change=True),
+    _key("ckpt_save_interval", int, 50, "epochs (or steps with step_mode) between checkpoints", range=AT_LEAST_1,
+         resume_may_change=True),
+    _key("step_mode", bool, False, "ckpt_save_interval counts optimizer steps instead of epochs",
+         resume_may_change=True),
+    _key("ckpt_max_keep", int, 3, "checkpoints kept (the oldest are deleted)", range=AT_LEAST_1,
+         resume_may_change=True),
+    _key("use_parallel", bool, False, "data-parallel over the processes msrun started", resume_may_change=True),
+    _key("device_target", str, "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend"), resume_may_change=True),
 ]
 ALIASES = {"use_model_dtype": "dtype", "output_dir": "output_path", "cache_folder": "data_folder"}
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from latte_core.errors import UserError
 
-from .checkpoint import checkpoint_dirs, load_checkpoint, remove_staging, save_checkpoint
+from .checkpoint import ResumeError, checkpoint_dirs, load_checkpoint, read_state, remove_staging, save_checkpoint
 from .plot import plot_loss_curve
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,42 @@ def report_device_limits(config):
                     device)
 
 
+def check_model_keys(config):
+    """The model keys against each other, before anything is loaded or written: the variant exists, and
+    its block count, width and heads (the variant's unless overridden) can build a Latte."""
+    from latte_core.latte import LATTE_MODELS
+    name = config["model_name"]
+    if name not in LATTE_MODELS:
+        raise TrainingError(f"unknown model_name {name!r}; choose one of {', '.join(LATTE_MODELS)}")
+
+    def value(key):
+        given = config[key]
+        return (given, key) if given is not None else (LATTE_MODELS[name][key], f"{key} (the {name} default)")
+
+    (depth, depth_key), (width, width_key), (heads, heads_key) = map(value, ("depth", "hidden_size", "num_heads"))
+    if depth % 2:
+        raise TrainingError(f"{depth_key} {depth}: the blocks alternate spatial and temporal, so depth must be even")
+    if width % 4:
+        raise TrainingError(f"{width_key} {width} must be a multiple of 4 (the 2-D sin-cos position table)")
+    if width % heads:
+        divisors = ", ".join(str(h) for h in range(1, min(width, 64) + 1) if width % h == 0)
+        raise TrainingError(f"{heads_key} {heads} does not divide the width, {width_key} {width}: choose "
+                            f"num_heads among {divisors}")
+
+
+def check_resume_config(stored, config, folder):
+    """A resumed run must be the run its checkpoint was trained in: every key but the run-control ones
+    (Key.resume_may_change: max_steps, output_path, ckpt_* ...) must be as it was. Keys the checkpoint's
+    config lacks (added to the table since) count as their defaults."""
+    from .config import TRAIN_KEYS
+    changed = [(key.name, stored.get(key.name, key.default), config[key.name]) for key in TRAIN_KEYS.keys
+               if not key.resume_may_change and stored.get(key.name, key.default) != config[key.name]]
+    if changed:
+        raise ResumeError(f"--resume: {folder} was trained with other settings: "
+                          + ", ".join(f"{name} {was!r} (now {now!r})" for name, was, now in changed)
+                          + f"; resume with the run's values, or start a new run in another output_path")
+
+
 def load_vae(path):
     from latte_core import AutoencoderKL
     from latte_core.checkpoint import load_weights
@@ -125,7 +161,12 @@ def build_loader(config, rank, world):
         factor = 2 ** (len(vae.config["block_out_channels"]) - 1)
         if config["image_size"] % factor:
             raise TrainingError(f"image_size {config['image_size']} is not a multiple of the VAE's {factor}")
-        loader = VideoLoader(folder, vae, image_size=config["image_size"], **common)
+        try:
+            loader = VideoLoader(folder, vae, image_size=config["image_size"], **common)
+        except UserError:
+            raise
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
         return loader, config["image_size"] // factor, vae.config["latent_channels"]
     info = open_cache(folder).info
     if info["format"] != config["train_data_type"]:
@@ -133,23 +174,37 @@ def build_loader(config, rank, world):
     for key, mine in (("image_size", config["image_size"]), ("scaling_factor", config["sd_scale_factor"])):
         if mine is not None and abs(info[key] - mine) > 1e-9:
             raise TrainingError(f"{folder} was cached with {key} {info[key]}, the config says {mine}")
-    loader = CacheLoader(folder, shuffle_window=config["shuffle_window"], on_corrupt=config["on_corrupt"], **common)
+    try:
+        loader = CacheLoader(folder, shuffle_window=config["shuffle_window"], on_corrupt=config["on_corrupt"], **common)
+    except UserError:  # CorruptCache: already names the shards
+        raise
+    except ValueError as err:  # no clip fits, too few clips for a batch, too many workers
+        message = str(err)
+        raise TrainingError(message if message.startswith(folder) else f"{folder}: {message}") from None
     return loader, info["image_size"] // info["downsample_factor"], info["latent_channels"]
 
 
-def build_model(config, latent_size, channels):
+def build_model(config, latent_size, channels, pretrained=True):
+    """The Latte the config names; with `pretrained`, started from pretrained_model_path if one is given
+    (a resumed run takes every weight from its checkpoint instead)."""
     import mindspore as ms
     from latte_core import LATTE_MODELS, create_latte
     from latte_core.checkpoint import load_weights
-    if config["model_name"] not in LATTE_MODELS:
-        raise TrainingError(f"unknown model_name {config['model_name']!r}; choose one of {', '.join(LATTE_MODELS)}")
+    check_model_keys(config)
+    patch = LATTE_MODELS[config["model_name"]]["patch_size"]
+    if latent_size % patch:
+        raise TrainingError(f"image_size {config['image_size']} gives {latent_size}x{latent_size} latents, which "
+                            f"{config['model_name']}'s {patch}x{patch} patches do not tile")
     overrides = {k: config[k] for k in ("depth", "hidden_size", "num_heads") if config[k] is not None}
-    model = create_latte(config["model_name"], input_size=latent_size, in_channels=channels, **overrides,
-                         num_frames=config["num_frames"], learn_sigma=config["learn_sigma"],
-                         condition=config["condition"], num_classes=max(config["num_classes"], 1),
-                         class_dropout_prob=config["class_dropout_prob"], patch_embedder=config["patch_embedder"],
-                         enable_flash_attention=config["enable_flash_attention"])
-    if config["pretrained_model_path"]:
+    try:
+        model = create_latte(config["model_name"], input_size=latent_size, in_channels=channels, **overrides,
+                             num_frames=config["num_frames"], learn_sigma=config["learn_sigma"],
+                             condition=config["condition"], num_classes=max(config["num_classes"], 1),
+                             class_dropout_prob=config["class_dropout_prob"], patch_embedder=config["patch_embedder"],
+                             enable_flash_attention=config["enable_flash_attention"])
+    except ValueError as err:
+        raise TrainingError(f"model_name {config['model_name']}: {err}") from None
+    if pretrained and config["pretrained_model_path"]:
         load_weights(model, config["pretrained_model_path"], recompute=("pos_embed", "temp_embed"))
         logger.info("started from %s", config["pretrained_model_path"])
     if config["use_recompute"]:
@@ -252,7 +307,10 @@ def train(config, resume=False, progress=True):
     from tqdm.auto import tqdm
     from latte_core import create_diffusion
 
+    # Every check first (keys, checkpoints, data, model, the checkpoint's fit): a run that is refused
+    # leaves its folder as it was.
     report_device_limits(config)
+    check_model_keys(config)
     rank, world = setup_devices(config)
     is_main = rank == 0
     out = os.path.abspath(config["output_path"])
@@ -261,14 +319,13 @@ def train(config, resume=False, progress=True):
     if existing and not resume:
         raise TrainingError(f"{out} already holds checkpoints ({os.path.basename(existing[-1])}); pass --resume to "
                             f"continue that run, or choose another output_path")
-    if is_main:
-        os.makedirs(out, exist_ok=True)
-        remove_staging(ckpt_root)
-        with open(os.path.join(out, "config.json"), "w") as handle:
-            json.dump(config, handle, indent=1, sort_keys=True)
+    chosen = None
+    if resume and existing:
+        chosen = existing[-1]
+        check_resume_config(read_state(chosen).get("config") or {}, config, chosen)
 
     loader, latent_size, channels = build_loader(config, rank, world)
-    model = build_model(config, latent_size, channels)
+    model = build_model(config, latent_size, channels, pretrained=chosen is None)
     diffusion = create_diffusion("", learn_sigma=config["learn_sigma"])
     step_fn, updater, ema = build_step(config, model, diffusion, world)
     loss_of_all_ranks = _rank_mean(world)
@@ -278,13 +335,22 @@ def train(config, resume=False, progress=True):
     save_every = config["ckpt_save_interval"] * (1 if config["step_mode"] else steps_per_epoch)
 
     step = 0
-    if resume and existing:
-        state = load_checkpoint(existing[-1], _state_cells(model, updater))
-        loader.load_state_dict(state["loader"])
+    if chosen:
+        state = load_checkpoint(chosen, _state_cells(model, updater))
+        try:
+            loader.load_state_dict(state["loader"])
+        except ValueError as err:
+            raise ResumeError(f"{chosen}: {err}") from None
         step = state["step"]
-        logger.info("resumed from %s (step %d, epoch %d)", existing[-1], step, loader.epoch)
+        logger.info("resumed from %s (step %d, epoch %d)", chosen, step, loader.epoch)
     elif resume:
         logger.info("--resume: no checkpoint in %s yet, starting at step 0", ckpt_root)
+
+    if is_main:  # the checks passed: now the run folder may change
+        os.makedirs(out, exist_ok=True)
+        remove_staging(ckpt_root)
+        with open(os.path.join(out, "config.json"), "w") as handle:
+            json.dump(config, handle, indent=1, sort_keys=True)
     params = sum(int(np.prod(p.shape)) for p in model.trainable_params())
     logger.info("rank %d/%d: %s (%.1fM parameters), latents %dx%d, %d frames, batch %d x %d accumulation x %d "
                 "ranks, %d steps/epoch, amp %s %s, %s", rank, world, config["model_name"], params / 1e6, latent_size,
@@ -294,7 +360,7 @@ def train(config, resume=False, progress=True):
     log = RunLog(os.path.join(out, "train_log.jsonl"), step, enabled=is_main)
     bar = tqdm(total=max_steps, initial=step, unit="step", disable=not (progress and is_main))
     stream = _endless(loader)
-    last_checkpoint = existing[-1] if resume and existing else None
+    last_checkpoint = chosen
     frames_per_sample = config["num_frames"]
     while step < max_steps:
         started = time.perf_counter()
