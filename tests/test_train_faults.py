@@ -20,6 +20,7 @@ from click.testing import CliRunner
 import mindspore as ms
 
 from pipelines.cli import main
+from train.checkpoint import ResumeError, select_checkpoint
 from train.config import KEYS, TrainConfigError, load_train_config
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
@@ -152,6 +153,48 @@ def test_a_kill_9_after_an_end_of_epoch_checkpoint_then_resume_is_the_uninterrup
     _assert_same_run(run, reference["run"])
 
 
+def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_resumes_bit_identically(reference, tmp_path,
+                                                                                          caplog):
+    """64 bytes of train_state.ckpt overwritten: its checksum names it, the run resumes from the
+    checkpoint before it (step 2: mid-epoch) and ends as the uninterrupted run; the damaged folder is
+    set aside, not loaded and not counted as a checkpoint."""
+    run = _cut(reference["run"], 4, tmp_path / "run")
+    bad = run / "ckpt" / "step-00000004" / "train_state.ckpt"
+    _damage(bad)
+    with caplog.at_level(logging.INFO):
+        result = _resume(reference, run, _config(tmp_path))
+    assert result.exit_code == 0, result.output
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(bad) in message and "sha256" in message for message in warnings), warnings
+    assert any("resumed from" in r.getMessage() and r.getMessage().split()[2].endswith("step-00000002")
+               for r in caplog.records)
+    set_aside = run / "ckpt" / "damaged-step-00000004" / "train_state.ckpt"
+    assert set_aside.is_file() and set_aside.read_bytes() != (reference["run"] / "ckpt" / "step-00000004" /
+                                                              "train_state.ckpt").read_bytes()
+    _assert_same_run(run, reference["run"])
+    np.testing.assert_array_equal(_state(run / "ckpt" / "step-00000004")["final_layer.linear.weight"],
+                                  _state(reference["run"] / "ckpt" / "step-00000004")["final_layer.linear.weight"])
+
+
+def test_checkpoint_selection_without_a_good_or_a_verifiable_checkpoint(reference, tmp_path, caplog):
+    """No good checkpoint left: a ResumeError naming every damaged file. A checkpoint of the older code
+    (no checksums.json) is accepted with a warning that it cannot be verified. A cut file is found by size."""
+    run = _cut(reference["run"], 4, tmp_path / "run")
+    folders = [run / "ckpt" / "step-00000002", run / "ckpt" / "step-00000004"]
+    _damage(folders[1] / "train_state.ckpt")
+    cut = folders[0] / "state.json"
+    cut.write_bytes(cut.read_bytes()[:-10])
+    with pytest.raises(ResumeError, match="no checkpoint passes") as refused:
+        select_checkpoint([str(f) for f in folders])
+    assert str(folders[1] / "train_state.ckpt") in str(refused.value) and str(cut) in str(refused.value)
+    assert "bytes" in str(refused.value)
+    (folders[0] / "checksums.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert select_checkpoint([str(f) for f in folders]) == (str(folders[0]), [
+            (str(folders[1]), f"{folders[1] / 'train_state.ckpt'}: sha256 differs from checksums.json (damaged)")])
+    assert any("cannot be verified" in r.getMessage() and str(folders[0]) in r.getMessage() for r in caplog.records)
+
+
 def _corrupt_copy(cache, target):
     from datasets.cache import open_cache
     shutil.copytree(cache, target)
@@ -164,8 +207,9 @@ def _corrupt_copy(cache, target):
 def test_refusals_through_the_cli_are_one_error_line_and_leave_the_run_folder_as_it_was(reference, tmp_path):
     """Real `latte train` processes (run side by side to save time), each refused with exit 2, one
     `Error:` line naming the key or file, no traceback, and nothing written to its run folder:
-    resume keys that differ from the checkpoint's, clips longer than every video, heads that do not
-    divide the width, a negative learning rate, and a corrupt shard with on_corrupt raise."""
+    resume keys that differ from the checkpoint's, a damaged newest checkpoint with on_bad_checkpoint
+    stop, clips longer than every video, heads that do not divide the width, a negative learning rate,
+    and a corrupt shard with on_corrupt raise."""
     cache, cases = str(reference["cache"]), []
 
     def case(name, config, names, run=None, args=()):
@@ -181,6 +225,11 @@ def test_refusals_through_the_cli_are_one_error_line_and_leave_the_run_folder_as
     wide = _cut(reference["run"], LAST, tmp_path / "wide")
     case("resume_width", _config(tmp_path, "wide.yaml", hidden_size=96, ema_decay=0.5),
          ["hidden_size 64 (now 96)", "ema_decay 0.9 (now 0.5)"], wide, ["--resume", "--max-steps", "14"])
+    damaged = _cut(reference["run"], LAST, tmp_path / "damaged")
+    bad = damaged / "ckpt" / f"step-{LAST:08d}" / "ema.ckpt"
+    _damage(bad, at=0.9)
+    case("stop", _config(tmp_path, "stop.yaml", on_bad_checkpoint="stop"), [str(bad), "on_bad_checkpoint"], damaged,
+         ["--resume", "--max-steps", "14"])
     case("num_frames", _config(tmp_path, "frames.yaml", num_frames=10, sample_stride=3),
          ["num_frames 10", "sample_stride 3", "longest video has 27 frames"])  # the longest: 9 + 3 * 6 frames
     case("num_heads", _config(tmp_path, "heads.yaml", num_heads=5), ["num_heads 5", "hidden_size 64"])
@@ -216,9 +265,16 @@ def test_numeric_keys_out_of_range_are_refused_by_name(tmp_path, key, value):
         load_train_config(None, {key: value, "data_folder": "x"})
 
 
-def test_every_numeric_key_has_a_range():
+def test_every_numeric_key_has_a_range_and_the_key_list_shows_the_new_key():
     unranged = [k.name for k in KEYS if (int in k.types or float in k.types) and k.range is None]
     assert unranged == ["max_rowsize", "use_image_num"]  # no effect here / must be null or 0 (validate)
     for k in KEYS:
         if k.range is not None:
             assert k.default is None or k.default in k.range, k.name
+    listed = CliRunner().invoke(main, ["train", "--keys"])
+    assert listed.exit_code == 0
+    line = next(line for line in listed.output.splitlines() if line.startswith("on_bad_checkpoint "))
+    assert "['previous']" in line and "stop" in line
+    assert load_train_config(None, {"data_folder": "x"})["on_bad_checkpoint"] == "previous"
+    with pytest.raises(TrainConfigError, match="on_bad_checkpoint must be one of previous, stop"):
+        load_train_config(None, {"data_folder": "x", "on_bad_checkpoint": "ignore"})

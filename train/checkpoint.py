@@ -5,11 +5,17 @@
         ema.ckpt           the EMA weights as a plain Latte state dict (model.ckpt without EMA),
                            for `latte sample` and `mindspore.load_checkpoint(..., strict_load=True)`
         state.json         step, loader state, resolved config
+        checksums.json     sha256 and size of each file above, written last (atomically)
 
 A checkpoint is written in ckpt/.staging-*/ and made visible by renaming the folder, so a folder named
-step-* is always complete; the oldest are deleted beyond `keep`.
+step-* is always complete; the oldest are deleted beyond `keep`. On resume, `checkpoint_problem`
+re-hashes the files: a damaged one (a bad disk, a copy cut short, bytes overwritten) is never loaded.
+A folder without checksums.json was written before checksums existed: it is loaded, with a warning
+that it cannot be verified.
 """
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,7 +25,12 @@ import mindspore as ms
 from latte_core.errors import UserError
 
 STAGING_PREFIX = ".staging-"
+DAMAGED_PREFIX = "damaged-"
+CHECKSUMS = "checksums.json"
+FILES = ("train_state.ckpt", "ema.ckpt", "state.json")
+UNVERIFIED = "unverified"  # checkpoint_problem's answer for a folder written without checksums
 _NAME = re.compile(r"^step-(\d{8})$")
+logger = logging.getLogger(__name__)
 
 
 class ResumeError(UserError):
@@ -62,6 +73,7 @@ def save_checkpoint(ckpt_root, step, cells, sampling_weights, state, keep):
         for name in os.listdir(staging):
             with open(os.path.join(staging, name), "rb") as handle:
                 os.fsync(handle.fileno())
+        _write_checksums(staging)
         if os.path.exists(final):  # the same step saved by a run that was stopped before it went on
             shutil.rmtree(final)
         os.rename(staging, final)
@@ -71,6 +83,95 @@ def save_checkpoint(ckpt_root, step, cells, sampling_weights, state, keep):
     for old in checkpoint_dirs(ckpt_root)[:-keep]:
         shutil.rmtree(old)
     return final
+
+
+def _digest(path):
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            sha.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), size
+
+
+def _write_checksums(folder):
+    """checksums.json for the files of `folder`, after them and atomically (temporary file, fsync, rename)."""
+    files = {}
+    for name in FILES:
+        digest, size = _digest(os.path.join(folder, name))
+        files[name] = {"sha256": digest, "bytes": size}
+    path = os.path.join(folder, CHECKSUMS)
+    with open(path + ".tmp", "w") as handle:
+        json.dump({"files": files}, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(path + ".tmp", path)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def checkpoint_problem(folder):
+    """None if every file of the checkpoint folder matches its checksums.json; UNVERIFIED if the folder
+    has none (written before checksums existed); otherwise what is wrong, naming the file."""
+    path = os.path.join(folder, CHECKSUMS)
+    if not os.path.exists(path):
+        return UNVERIFIED
+    try:
+        with open(path) as handle:
+            files = json.load(handle)["files"]
+        listed = {name: (str(files[name]["sha256"]), int(files[name]["bytes"])) for name in FILES}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{path}: unreadable checksums ({type(err).__name__}: {err})"
+    for name, (expected, size) in listed.items():
+        file = os.path.join(folder, name)
+        try:
+            digest, actual = _digest(file)
+        except OSError as err:
+            return f"{file}: unreadable ({err.strerror or err})"
+        if actual != size:
+            return f"{file}: {actual} bytes, {CHECKSUMS} says {size} (damaged)"
+        if digest != expected:
+            return f"{file}: sha256 differs from {CHECKSUMS} (damaged)"
+    return None
+
+
+def select_checkpoint(folders, on_bad="previous"):
+    """(checkpoint to resume from, damaged newer ones) among `folders` (oldest first): the newest whose
+    files pass their checksums. A damaged one is logged; on_bad="stop" stops at the first, and so does
+    running out of checkpoints (ResumeError naming the files). Nothing is written."""
+    if on_bad not in ("previous", "stop"):
+        raise ValueError(f"on_bad_checkpoint must be 'previous' or 'stop', got {on_bad!r}")
+    damaged = []
+    for folder in reversed(folders):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder, damaged
+        if problem == UNVERIFIED:
+            logger.warning("%s has no %s (written by an older latte): its files cannot be verified; resuming "
+                           "from it unchecked", folder, CHECKSUMS)
+            return folder, damaged
+        if on_bad == "stop":
+            raise ResumeError(f"{problem}: the newest checkpoint is damaged and on_bad_checkpoint is stop; set "
+                              f"on_bad_checkpoint: previous to resume from an older one, or remove {folder}")
+        logger.warning("%s; not resuming from %s, trying the previous checkpoint", problem, folder)
+        damaged.append((folder, problem))
+    raise ResumeError(f"no checkpoint passes its checksums: {'; '.join(problem for _, problem in damaged)}; "
+                      f"start a new run (another output_path)")
+
+
+def set_aside(folder):
+    """Rename a damaged checkpoint to damaged-step-N (kept for inspection, no longer a checkpoint), so
+    the resumed run neither resumes from it again nor keeps it in place of a good one."""
+    root, name = os.path.split(folder)
+    target, n = os.path.join(root, DAMAGED_PREFIX + name), 1
+    while os.path.exists(target):
+        n += 1
+        target = os.path.join(root, f"{DAMAGED_PREFIX}{name}-{n}")
+    os.rename(folder, target)
+    return target
 
 
 def read_state(folder):

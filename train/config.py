@@ -155,6 +155,9 @@ KEYS = [
          resume_may_change=True),
     _key("ckpt_max_keep", int, 3, "checkpoints kept (the oldest are deleted)", range=AT_LEAST_1,
          resume_may_change=True),
+    _key("on_bad_checkpoint", str, "previous", "--resume with a newest checkpoint whose files fail their sha256 "
+                                               "check: warn and resume from the newest good one, or stop",
+         ("previous", "stop"), resume_may_change=True),
     _key("use_parallel", bool, False, "data-parallel over the processes msrun started", resume_may_change=True),
     _key("device_target", str, "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend"), resume_may_change=True),
 ]

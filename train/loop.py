@@ -19,7 +19,8 @@ import numpy as np
 
 from latte_core.errors import UserError
 
-from .checkpoint import ResumeError, checkpoint_dirs, load_checkpoint, read_state, remove_staging, save_checkpoint
+from .checkpoint import (ResumeError, checkpoint_dirs, load_checkpoint, read_state, remove_staging, save_checkpoint,
+                         select_checkpoint, set_aside)
 from .plot import plot_loss_curve
 
 logger = logging.getLogger(__name__)
@@ -319,9 +320,9 @@ def train(config, resume=False, progress=True):
     if existing and not resume:
         raise TrainingError(f"{out} already holds checkpoints ({os.path.basename(existing[-1])}); pass --resume to "
                             f"continue that run, or choose another output_path")
-    chosen = None
+    chosen, damaged = None, []
     if resume and existing:
-        chosen = existing[-1]
+        chosen, damaged = select_checkpoint(existing, config["on_bad_checkpoint"])
         check_resume_config(read_state(chosen).get("config") or {}, config, chosen)
 
     loader, latent_size, channels = build_loader(config, rank, world)
@@ -348,6 +349,8 @@ def train(config, resume=False, progress=True):
 
     if is_main:  # the checks passed: now the run folder may change
         os.makedirs(out, exist_ok=True)
+        for folder, problem in damaged:
+            logger.warning("%s set aside as %s", folder, set_aside(folder))
         remove_staging(ckpt_root)
         with open(os.path.join(out, "config.json"), "w") as handle:
             json.dump(config, handle, indent=1, sort_keys=True)
