@@ -1,7 +1,6 @@
 import json
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from latte_core import AutoencoderKL
@@ -21,7 +20,7 @@ def test_train_vae_learns_the_frames_and_writes_a_diffusers_folder(caches, tmp_p
     losses = [json.loads(line)["loss"] for line in (out / "train_vae_log.jsonl").read_text().splitlines()]
     assert len(losses) == 50 and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
     vae = AutoencoderKL.from_pretrained(out)
-    assert vae.config["scaling_factor"] == pytest.approx(summary["scaling_factor"])
+    assert summary["scaling_factor"] == round(vae.config["scaling_factor"], 5)  # the summary rounds for display
     from train.vae import load_frames
     pixels = (load_frames(caches["ingest"], 32, 64).astype(np.float32) / 127.5 - 1).transpose(0, 3, 1, 2)
     mean, _ = vae.encode_video(pixels[None])
