@@ -307,7 +307,7 @@ def train(config_path, cache_dir, output_path, max_steps, resume, use_parallel, 
     from train.config import TRAIN_KEYS, TrainConfigError, load_train_config
     from train.checkpoint import ResumeError
     from pipelines.ingest import IngestError
-    from train.loop import TrainingError, train as run_training
+    from train.loop import TrainingError, preflight, train as run_training
     if show_keys:
         click.echo(TRAIN_KEYS.describe())
         return
@@ -322,6 +322,7 @@ def train(config_path, cache_dir, output_path, max_steps, resume, use_parallel, 
     try:
         config = load_train_config(config_path, overrides)
         if config["train_data_type"] == "video_file":
+            preflight(config, resume)  # before the raw videos are ingested into the run folder
             config["data_folder"] = _ingested(config)
         summary = run_training(config, resume=resume)
     except (TrainConfigError, TrainingError, ResumeError, IngestError, FileNotFoundError) as err:

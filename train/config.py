@@ -148,7 +148,8 @@ KEYS = [
     # run
     _key("output_path", str, "outputs/train", "run folder: config, log, checkpoints, loss curve",
          resume_may_change=True),
-    _key("log_interval", int, 1, "optimizer steps between log lines", range=AT_LEAST_1, resume_may_change=True),
+    _key("log_interval", int, 1, "optimizer steps between updates of the progress bar's loss and lr (train_log.jsonl "
+                                  "gets every step)", range=AT_LEAST_1, resume_may_change=True),
     _key("ckpt_save_interval", int, 50, "epochs (or steps with step_mode) between checkpoints", range=AT_LEAST_1,
          resume_may_change=True),
     _key("step_mode", bool, False, "ckpt_save_interval counts optimizer steps instead of epochs",

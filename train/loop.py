@@ -297,10 +297,28 @@ class RunLog:
     def curve(self):
         with open(self.path) as handle:
             records = [json.loads(line) for line in handle if line.strip()]
-        return [r["step"] for r in records], [r["loss"] for r in records]
+        return [r["step"] for r in records], [r["loss"] for r in records], [r["lr"] for r in records]
 
 
 # ------------------------------------------------------------------------------------------ the loop
+def preflight(config, resume):
+    """The checks that need no data: device limits, model keys, and the run folder's checkpoints (refused
+    without --resume; with it, the checkpoint to resume and its settings against these). Returns
+    (checkpoint to resume or None, damaged checkpoints set aside). Writes nothing."""
+    report_device_limits(config)
+    check_model_keys(config)
+    out = os.path.abspath(config["output_path"])
+    existing = checkpoint_dirs(os.path.join(out, "ckpt"))
+    if existing and not resume:
+        raise TrainingError(f"{out} already holds checkpoints ({os.path.basename(existing[-1])}); pass --resume to "
+                            f"continue that run, or choose another output_path")
+    if not (resume and existing):
+        return None, []
+    chosen, damaged = select_checkpoint(existing, config["on_bad_checkpoint"])
+    check_resume_config(read_state(chosen).get("config") or {}, config, chosen)
+    return chosen, damaged
+
+
 def train(config, resume=False, progress=True):
     """Train (or resume) the run the config describes; returns a summary dict."""
     import mindspore as ms
@@ -310,20 +328,11 @@ def train(config, resume=False, progress=True):
 
     # Every check first (keys, checkpoints, data, model, the checkpoint's fit): a run that is refused
     # leaves its folder as it was.
-    report_device_limits(config)
-    check_model_keys(config)
+    chosen, damaged = preflight(config, resume)
     rank, world = setup_devices(config)
     is_main = rank == 0
     out = os.path.abspath(config["output_path"])
     ckpt_root = os.path.join(out, "ckpt")
-    existing = checkpoint_dirs(ckpt_root)
-    if existing and not resume:
-        raise TrainingError(f"{out} already holds checkpoints ({os.path.basename(existing[-1])}); pass --resume to "
-                            f"continue that run, or choose another output_path")
-    chosen, damaged = None, []
-    if resume and existing:
-        chosen, damaged = select_checkpoint(existing, config["on_bad_checkpoint"])
-        check_resume_config(read_state(chosen).get("config") or {}, config, chosen)
 
     loader, latent_size, channels = build_loader(config, rank, world)
     model = build_model(config, latent_size, channels, pretrained=chosen is None)
@@ -400,7 +409,9 @@ def train(config, resume=False, progress=True):
     bar.close()
     curve = None
     if is_main:
-        curve = plot_loss_curve(*log.curve(), os.path.join(out, "loss_curve.png"), f"{config['model_name']} loss")
+        steps, losses, rates = log.curve()
+        curve = plot_loss_curve(steps, losses, os.path.join(out, "loss_curve.png"), f"{config['model_name']} loss",
+                                learning_rates=rates)
     return {"output_path": out, "steps": step, "last_checkpoint": last_checkpoint, "loss_curve": curve,
             "rank": rank, "world_size": world}
 
