@@ -12,7 +12,7 @@ def plain_decode(inputs):
     """Decode every frame of every input sequentially in this process (the baseline)."""
     import decord
     from PIL import Image
-    from datasets.video import list_frame_files
+    from latte_toolkit.datasets.video import list_frame_files
 
     videos = frames = 0
     for item in inputs:
@@ -84,7 +84,7 @@ def bench_cache(fmt="numpy", vae_dir=None, videos=2, frames=16, size=256, micro_
     of sd-vae-ft-mse's architecture is used."""
     import mindspore as ms
 
-    from datasets.video import center_crop_resize, iter_frames
+    from latte_toolkit.datasets.video import center_crop_resize, iter_frames
     from latte_core import AutoencoderKL
 
     from .cache import _vae, run_cache
@@ -125,7 +125,7 @@ def write_synthetic_cache(out_dir, fmt="numpy", videos=64, frames=128, latent=32
                           dtype="float16", shard_videos=16, chunk_frames=16, seed=0):
     """A cache folder of random latents, written by the cache stage's own shard writer and ledger (no
     VAE, no videos), for loader benchmarks at sizes real encoding would take days to produce."""
-    from datasets.cache import fields_for
+    from latte_toolkit.datasets.cache import fields_for
 
     from .cache import CROP_RULE, CACHE_VERSION, publish_index, write_shard
     from .ledger import Ledger, open_job_folder
@@ -177,8 +177,8 @@ def _loader_figures(cache_dir, loader_options, max_batches, queue):
     """Child process: a warm plain read of every shard file, then the loader, then the loader's own
     per-clip latent arithmetic alone on one thread; reports figures."""
     os.environ.setdefault("GLOG_v", "3")
-    from datasets.loader import CacheLoader
-    from train.bench import peak_rss_mb  # the CLI's benchmarks share their helpers
+    from latte_toolkit.datasets.loader import CacheLoader
+    from latte_toolkit.train.bench import peak_rss_mb  # the CLI's benchmarks share their helpers
 
     files = sorted(os.path.join(root, name) for root, _, names in os.walk(os.path.join(cache_dir, "shards"))
                    for name in names)
@@ -219,8 +219,8 @@ def bench_loader(cache_dir=None, synthetic_gb=1.0, fmt="numpy", batch_size=4, nu
     sequential read of the same shard files, page cache warm, and against the loader's latent arithmetic
     alone on one thread, in a fresh process (for its peak RSS).
     Without `cache_dir`, a synthetic cache of `synthetic_gb` GB in format `fmt` is written first."""
-    from datasets.cache import open_cache
-    from train.bench import run_in_fresh_process
+    from latte_toolkit.datasets.cache import open_cache
+    from latte_toolkit.train.bench import run_in_fresh_process
 
     with tempfile.TemporaryDirectory() as scratch:
         frames = 128

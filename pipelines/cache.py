@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latte_core.errors import DiskFull, UserError
-from datasets.cache import FORMATS, fields_for, shard_digest
-from datasets.video import UnusableInput, center_crop_resize, iter_frames, to_pixels
+from latte_toolkit.datasets.cache import FORMATS, fields_for, shard_digest
+from latte_toolkit.datasets.video import UnusableInput, center_crop_resize, iter_frames, to_pixels
 
 from .ledger import JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, staging_path, write_atomically
 from .runners import check_workers, run_and_commit

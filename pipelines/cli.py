@@ -111,8 +111,8 @@ def ingest(sources, out_dir, config_path, num_frames, sample_stride, verify, wor
     Example:
       latte ingest --source sky_train/ --out work/ingest --num-frames 16 --sample-stride 3 --workers 2
     """
-    from pipelines.config import ConfigError, load_stage_config
-    from pipelines.ingest import IngestError, run_ingest
+    from latte_toolkit.pipelines.config import ConfigError, load_stage_config
+    from latte_toolkit.pipelines.ingest import IngestError, run_ingest
     settings = {"sources": [], "out": None, "num_frames": None, "sample_stride": 1, "verify": False, "workers": 1,
                 "scheduler": None, "decode_timeout": 60.0, "unit_size": 32}
     if config_path:
@@ -191,8 +191,8 @@ def cache(manifest, vae, out, fmt, config_path, image_size, dtype, store, worker
     Example:
       latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --format mindrecord
     """
-    from pipelines.cache import CacheError, run_cache
-    from pipelines.config import ConfigError, load_stage_config
+    from latte_toolkit.pipelines.cache import CacheError, run_cache
+    from latte_toolkit.pipelines.config import ConfigError, load_stage_config
     settings = {"manifest": None, "vae": None, "out": None, "format": "numpy", "image_size": 256, "dtype": "float16",
                 "store": "posterior", "workers": 1, "scheduler": None, "micro_batch": 8, "shard_videos": 16,
                 "chunk_frames": 16, "seed": 0}
@@ -243,7 +243,7 @@ def report(cache_dir, as_json, verify, plot_path):
     Example:
       latte report work/cache --verify --plot work/cache_phases.png
     """
-    from pipelines.report import cache_report, plot_cache_phases
+    from latte_toolkit.pipelines.report import cache_report, plot_cache_phases
     try:
         result = cache_report(cache_dir, verify)
     except FileNotFoundError as err:
@@ -304,10 +304,10 @@ def train(config_path, cache_dir, output_path, max_steps, resume, use_parallel, 
       latte train -c configs/training/sky_numpy_video.yaml --cache work/cache --output-dir runs/sky
       msrun --worker_num=2 --local_worker_num=2 --join=True latte train -c ... --use_parallel True
     """
-    from train.config import TRAIN_KEYS, TrainConfigError, load_train_config
-    from train.checkpoint import ResumeError
-    from pipelines.ingest import IngestError
-    from train.loop import TrainingError, preflight, train as run_training
+    from latte_toolkit.train.config import TRAIN_KEYS, TrainConfigError, load_train_config
+    from latte_toolkit.train.checkpoint import ResumeError
+    from latte_toolkit.pipelines.ingest import IngestError
+    from latte_toolkit.train.loop import TrainingError, preflight, train as run_training
     if show_keys:
         click.echo(TRAIN_KEYS.describe())
         return
@@ -334,7 +334,7 @@ def train(config_path, cache_dir, output_path, max_steps, resume, use_parallel, 
 
 def _ingested(config):
     """A video data_folder holding no manifest is ingested into OUTPUT/ingest first (resumable)."""
-    from pipelines.ingest import run_ingest
+    from latte_toolkit.pipelines.ingest import run_ingest
     folder = config["data_folder"]
     if os.path.isfile(os.path.join(folder, "manifest.parquet")):
         return folder
@@ -375,7 +375,7 @@ def train_vae_command(manifest, out_dir, image_size, block_out_channels, layers_
       latte train-vae --manifest work/ingest --out models/vae-clouds --image-size 64 --steps 2000
     """
     setup_mindspore("CPU")
-    from train.vae import train_vae
+    from latte_toolkit.train.vae import train_vae
     try:
         channels = tuple(int(c) for c in block_out_channels.split(","))
         summary = train_vae(manifest, out_dir, image_size, channels, layers_per_block, norm_groups,
@@ -415,7 +415,7 @@ def sample(config_path, checkpoint, vae_checkpoint, sampler, sampling_steps, ddi
       latte sample --checkpoint runs/sky/ckpt/step-00001000 --sampler ddim --steps 50
       latte sample --sampler dpm-solver++ --steps 20
     """
-    from pipelines.sample import SAMPLE_KEYS, SampleError, run_sample, summary_table
+    from latte_toolkit.pipelines.sample import SAMPLE_KEYS, SampleError, run_sample, summary_table
     if show_keys:
         click.echo(SAMPLE_KEYS.describe())
         return
@@ -455,8 +455,8 @@ def quality(samples_dir, manifest, vae_checkpoint, real_clips):
     Example:
       latte quality samples/ --manifest work/ingest --vae models/vae-clouds
     """
-    from pipelines.quality import check_samples, read_sample_gifs
-    from pipelines.sample import SampleError, load_vae
+    from latte_toolkit.pipelines.quality import check_samples, read_sample_gifs
+    from latte_toolkit.pipelines.sample import SampleError, load_vae
     setup_mindspore("CPU")
     try:
         result = check_samples(read_sample_gifs(samples_dir), manifest, load_vae(vae_checkpoint), real_clips)
@@ -481,7 +481,7 @@ def demo(out_dir, videos, train_steps, sample_steps, num_videos):
     Example:
       latte demo --out latte-demo
     """
-    from pipelines.demo import run_demo
+    from latte_toolkit.pipelines.demo import run_demo
     setup_mindspore("CPU")
     summary = run_demo(out_dir, videos, train_steps, sample_steps, num_videos)
     out = summary["out"]
@@ -591,7 +591,7 @@ def bench_step_command(model_name, frames, latent, batch, steps, flash_attention
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --steps 5
     """
     from latte_core import LATTE_MODELS
-    from train.bench import bench_step
+    from latte_toolkit.train.bench import bench_step
     if model_name not in LATTE_MODELS:
         raise BadInput(f"unknown Latte variant {model_name!r}; choose one of {', '.join(LATTE_MODELS)}")
     if steps < 2:
@@ -617,7 +617,7 @@ def bench_vae_command(size, batch, repeats, dtype, device, kernels):
     Example:
       latte bench vae --size 256 --batch 4
     """
-    from train.bench import bench_vae
+    from latte_toolkit.train.bench import bench_vae
     if size % 8 or size <= 0:
         raise BadInput(f"--size must be a positive multiple of 8, got {size}")
     click.echo(json.dumps(bench_vae(size, batch, repeats, dtype, device=device, kernels=_kernel_paths(kernels))))
@@ -637,7 +637,7 @@ def bench_ingest_command(sources, workers, replan_inputs):
     Example:
       latte bench ingest --source sky_train/
     """
-    from pipelines.bench import bench_ingest
+    from latte_toolkit.pipelines.bench import bench_ingest
     click.echo(json.dumps(bench_ingest(list(sources), workers, replan_inputs)))
 
 
@@ -656,7 +656,7 @@ def bench_cache_command(fmt, vae_dir, videos, frames, size, micro_batch):
     Example:
       latte bench cache --format mindrecord
     """
-    from pipelines.bench import bench_cache
+    from latte_toolkit.pipelines.bench import bench_cache
     setup_mindspore("CPU")
     click.echo(json.dumps(bench_cache(fmt, vae_dir, videos, frames, size, micro_batch)))
 
@@ -690,7 +690,7 @@ def bench_loader_command(cache_dir, synthetic_gb, fmt, batch, num_frames, sample
       latte bench loader work/cache
       latte bench loader --synthetic-gb 6 --format mindrecord
     """
-    from pipelines.bench import bench_loader
+    from latte_toolkit.pipelines.bench import bench_loader
     click.echo(json.dumps(bench_loader(cache_dir, synthetic_gb, fmt, batch, num_frames, sample_stride, None,
                                        workers, max_batches, check, posterior)))
 
@@ -708,7 +708,7 @@ def bench_attention_command(tokens, head_dim, block_size):
     Example:
       latte bench attention --tokens 16384
     """
-    from train.bench import bench_attention
+    from latte_toolkit.train.bench import bench_attention
     click.echo(json.dumps(bench_attention(tokens, head_dim, block_size)))
 
 

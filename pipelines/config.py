@@ -1,6 +1,6 @@
 """Stage configuration from YAML: known keys only, checked types, the seed's spellings accepted."""
 from latte_core.errors import UserError
-from train.config import read_yaml_mapping
+from latte_toolkit.train.config import read_yaml_mapping
 
 
 class ConfigError(UserError):

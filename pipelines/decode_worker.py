@@ -29,7 +29,7 @@ class DecodeWorker:
     def _spawn(self):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # decord/FFmpeg print their errors to stderr; the reason of each failure is recorded instead.
-        self.process = subprocess.Popen([sys.executable, "-m", "pipelines.decode_worker"], stdin=subprocess.PIPE,
+        self.process = subprocess.Popen([sys.executable, "-m", "latte_toolkit.pipelines.decode_worker"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
 
     def probe(self, kind, path, verify):
@@ -71,7 +71,7 @@ def serve(stdin=sys.stdin, stdout=sys.stdout):
     """Child side: one JSON request per line in, one JSON answer per line out."""
     import av  # noqa: F401  (both decoders imported before the first request arrives)
     import decord  # noqa: F401
-    from datasets.video import UnusableInput, probe_frame_folder, probe_video
+    from latte_toolkit.datasets.video import UnusableInput, probe_frame_folder, probe_video
 
     for line in stdin:
         request = json.loads(line)

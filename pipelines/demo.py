@@ -29,8 +29,8 @@ def shipped_latte_config():
 
 def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=250, num_videos=4, seed=0, progress=True):
     """Run (or resume) the demo into `out`; returns {stage: figures} and writes OUT/demo_summary.json."""
-    from train.config import load_train_config
-    from train.loop import train
+    from latte_toolkit.train.config import load_train_config
+    from latte_toolkit.train.loop import train
     from .cache import run_cache
     from .ingest import run_ingest
     from .quality import check_samples, read_sample_gifs, write_report

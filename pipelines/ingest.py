@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latte_core.errors import DiskFull, UserError
-from datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
+from latte_toolkit.datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
 
 from .ledger import (JobLock, Ledger, disk_full_error, is_disk_full, open_job_folder, remove_abandoned_staging,
                      sha256_of, write_atomically, write_error)

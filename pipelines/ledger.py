@@ -13,7 +13,7 @@ import os
 import shutil
 import uuid
 
-from datasets.cache import read_ledger
+from latte_toolkit.datasets.cache import read_ledger
 from latte_core.errors import DiskFull, UserError
 
 STAGING_PREFIX = ".staging-"

@@ -20,7 +20,7 @@ import numpy as np
 
 def frame_features(vae, videos, micro_batch=16):
     """videos uint8 (N, F, H, W, 3) -> per-frame features (N·F, 6·C)."""
-    from datasets.video import to_pixels
+    from latte_toolkit.datasets.video import to_pixels
     frames = videos.reshape((-1,) + videos.shape[2:])
     pixels = to_pixels(list(frames))
     mean, _ = vae.encode_video(pixels[None], micro_batch=micro_batch)
@@ -49,7 +49,7 @@ def motion(videos):
 def real_clips(manifest, num_frames, image_size, count, seed=0):
     """`count` clips of `num_frames` consecutive frames from the manifest's videos (crop rule applied)."""
     import pyarrow.parquet as pq
-    from datasets.video import center_crop_resize, read_frames_at
+    from latte_toolkit.datasets.video import center_crop_resize, read_frames_at
     path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
     rows = [r for r in sorted(pq.read_table(path).to_pylist(), key=lambda r: r["video_id"])
             if r["num_frames"] >= num_frames]

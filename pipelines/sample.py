@@ -18,7 +18,7 @@ import numpy as np
 
 from latte_core.errors import UserError
 from latte_core.samplers import SAMPLERS
-from train.config import Key, KeyTable
+from latte_toolkit.train.config import Key, KeyTable
 
 logger = logging.getLogger(__name__)
 PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "pretrained")

@@ -65,8 +65,8 @@ def relative_error(ours, ref):
 def caches(tmp_path_factory, fixtures_dir):
     """Seven H.264 clips (9 to 27 frames) and a 5-frame folder (shorter than the tests' clips), cached
     in every format with the fixture VAE: 32 px frames, 8x8 latents, shards of 2 videos, chunks of 4."""
-    from pipelines.cache import run_cache
-    from pipelines.ingest import run_ingest
+    from latte_toolkit.pipelines.cache import run_cache
+    from latte_toolkit.pipelines.ingest import run_ingest
     from media import moving_square_frames, write_frame_folder, write_mp4
     root = tmp_path_factory.mktemp("loader")
     for i in range(7):

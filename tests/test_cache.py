@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from datasets.cache import open_cache
-from datasets.video import center_crop_resize
-from pipelines.cache import CacheError, DiskFull, run_cache
-from pipelines.cli import main
-from pipelines.ingest import run_ingest
-from pipelines.report import cache_report
+from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.datasets.video import center_crop_resize
+from latte_toolkit.pipelines.cache import CacheError, DiskFull, run_cache
+from latte_toolkit.pipelines.cli import main
+from latte_toolkit.pipelines.ingest import run_ingest
+from latte_toolkit.pipelines.report import cache_report
 
 from media import moving_square_frames, write_frame_folder, write_mp4, write_vae_folder
 

@@ -5,7 +5,7 @@ import sys
 
 from click.testing import CliRunner
 
-from pipelines.cli import main
+from latte_toolkit.pipelines.cli import main
 
 
 def test_help_lists_the_stages_with_an_example():

@@ -11,8 +11,8 @@ import yaml
 from click.testing import CliRunner
 
 from latte_core.errors import DiskFull, UserError
-from pipelines.cli import LatteGroup, main
-from pipelines.ingest import run_ingest
+from latte_toolkit.pipelines.cli import LatteGroup, main
+from latte_toolkit.pipelines.ingest import run_ingest
 
 from media import moving_square_frames, write_mp4
 

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from datasets.cache import open_cache
-from pipelines.ingest import run_ingest
+from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.pipelines.ingest import run_ingest
 
 from media import moving_square_frames, write_mp4
 

@@ -11,11 +11,11 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from datasets.cache import read_ledger
+from latte_toolkit.datasets.cache import read_ledger
 from latte_core.errors import DiskFull, UserError
-from pipelines.ingest import IngestError, latest_rows, run_ingest
-from pipelines.ledger import Ledger
-from pipelines.runners import run_units
+from latte_toolkit.pipelines.ingest import IngestError, latest_rows, run_ingest
+from latte_toolkit.pipelines.ledger import Ledger
+from latte_toolkit.pipelines.runners import run_units
 
 from media import moving_square_frames, write_frame_folder, write_mp4
 
@@ -203,7 +203,7 @@ def test_negative_workers_is_an_error_before_anything_is_written(tmp_path, clips
 def test_negative_workers_stops_the_shared_runner_and_the_cache_stage(tmp_path, clips, fixtures_dir):
     with pytest.raises(UserError, match="--workers"):
         run_units(len, [{"unit_id": "u"}], lambda spec, result: None, workers=-1)
-    from pipelines.cache import run_cache
+    from latte_toolkit.pipelines.cache import run_cache
     _copy(clips[0], tmp_path / "src" / "a.mp4")
     run_ingest([tmp_path / "src"], tmp_path / "ingest", workers=0, progress=False)
     with pytest.raises(UserError, match="--workers"):  # it hung forever

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from datasets.cache import open_cache
-from datasets.loader import CacheLoader, ClipPlan, CorruptCache, VideoLoader
-from pipelines.cli import main
+from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.datasets.loader import CacheLoader, ClipPlan, CorruptCache, VideoLoader
+from latte_toolkit.pipelines.cli import main
 
 FORMATS = ("numpy", "mindrecord", "parquet")
 CLIP = dict(num_frames=4, sample_stride=2)  # a clip spans 7 frames
@@ -40,7 +40,7 @@ def test_a_clip_is_the_posterior_sample_of_its_frames(caches):
 
 
 def test_posterior_mean_gives_the_scaled_means_in_every_format_and_needs_a_posterior_cache(caches, tmp_path):
-    from pipelines.cache import run_cache
+    from latte_toolkit.pipelines.cache import run_cache
     loader = CacheLoader(caches["numpy"], batch_size=2, seed=3, posterior="mean", **CLIP)
     video, start = loader.plan.epoch(0)
     cache = open_cache(caches["numpy"])

@@ -4,8 +4,8 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from pipelines.cli import main
-from train.plot import loss_figure, phase_figure, plot_loss_curve, running_mean
+from latte_toolkit.pipelines.cli import main
+from latte_toolkit.train.plot import loss_figure, phase_figure, plot_loss_curve, running_mean
 
 
 def test_loss_figure_has_labelled_log_axes_and_the_learning_rate_on_its_own_axis():

@@ -4,10 +4,10 @@ import os
 
 from click.testing import CliRunner
 
-from pipelines.cli import main
-from pipelines.ingest import run_ingest
-from pipelines.sample import PRETRAINED
-from pipelines.synthetic import write_cloud_dataset
+from latte_toolkit.pipelines.cli import main
+from latte_toolkit.pipelines.ingest import run_ingest
+from latte_toolkit.pipelines.sample import PRETRAINED
+from latte_toolkit.pipelines.synthetic import write_cloud_dataset
 
 LIMIT = 20 * 1000 * 1000
 

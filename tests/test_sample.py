@@ -6,7 +6,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipelines.cli import main
+from latte_toolkit.pipelines.cli import main
 
 
 def _class_config(tmp_path, latte_fixture, fixtures_dir, **overrides):

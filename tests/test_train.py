@@ -12,9 +12,9 @@ from click.testing import CliRunner
 import mindspore as ms
 
 from conftest import ROOT
-from pipelines.cli import main
-from train.config import TrainConfigError, load_train_config
-from train.loop import learning_rate
+from latte_toolkit.pipelines.cli import main
+from latte_toolkit.train.config import TrainConfigError, load_train_config
+from latte_toolkit.train.loop import learning_rate
 
 BIN = os.path.dirname(sys.executable)
 TINY = {"model_name": "Latte-S/2", "depth": 2, "hidden_size": 64, "num_heads": 4, "image_size": 32, "num_frames": 4,
@@ -102,7 +102,7 @@ def test_a_tiny_latte_overfits_a_tiny_cache(caches, tmp_path):
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(caches, tmp_path):
-    from datasets.cache import open_cache, read_ledger, shard_digest
+    from latte_toolkit.datasets.cache import open_cache, read_ledger, shard_digest
     cache = tmp_path / "cache"
     shutil.copytree(caches["float32"], cache)
     entry = open_cache(cache).entries["clip_5.mp4"]  # the data itself holds a NaN (checksums agree)
@@ -182,6 +182,6 @@ def test_learning_rate_schedules():
 
 
 def test_every_key_is_documented_in_the_readme():
-    from train.config import KEYS
+    from latte_toolkit.train.config import KEYS
     readme = (ROOT / "README.md").read_text()
     assert [key.name for key in KEYS if f"| `{key.name}` |" not in readme] == []

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 import mindspore as ms
 
-from pipelines.cli import main
-from train.checkpoint import ResumeError, select_checkpoint
-from train.config import KEYS, TrainConfigError, load_train_config
+from latte_toolkit.pipelines.cli import main
+from latte_toolkit.train.checkpoint import ResumeError, select_checkpoint
+from latte_toolkit.train.config import KEYS, TrainConfigError, load_train_config
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 # On the test cache (8 videos hold a 4-frame clip) batch 2 gives 4 steps per epoch, so checkpoints every
@@ -196,7 +196,7 @@ def test_checkpoint_selection_without_a_good_or_a_verifiable_checkpoint(referenc
 
 
 def _corrupt_copy(cache, target):
-    from datasets.cache import open_cache
+    from latte_toolkit.datasets.cache import open_cache
     shutil.copytree(cache, target)
     entry = open_cache(target).entries["clip_2.mp4"]
     shard = target / "shards" / entry["shard"]

@@ -3,7 +3,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from latte_core import Latte, create_diffusion
-from train.step import AccumulatingStep, ClassDiffusionLoss, DiffusionLoss, TrainStep, Updater
+from latte_toolkit.train.step import AccumulatingStep, ClassDiffusionLoss, DiffusionLoss, TrainStep, Updater
 
 
 def _tiny_latte(**kwargs):

@@ -4,7 +4,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from latte_core import AutoencoderKL
-from pipelines.cli import main
+from latte_toolkit.pipelines.cli import main
 
 
 def test_train_vae_learns_the_frames_and_writes_a_diffusers_folder(caches, tmp_path):
@@ -21,7 +21,7 @@ def test_train_vae_learns_the_frames_and_writes_a_diffusers_folder(caches, tmp_p
     assert len(losses) == 50 and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
     vae = AutoencoderKL.from_pretrained(out)
     assert summary["scaling_factor"] == round(vae.config["scaling_factor"], 5)  # the summary rounds for display
-    from train.vae import load_frames
+    from latte_toolkit.train.vae import load_frames
     pixels = (load_frames(caches["ingest"], 32, 64).astype(np.float32) / 127.5 - 1).transpose(0, 3, 1, 2)
     mean, _ = vae.encode_video(pixels[None])
     assert 0.7 < np.std(vae.scale_latents(mean)) < 1.4

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from datasets.video import DECODERS_AGREE, UnusableInput, iter_frames, probe_video, read_frames_at
-from pipelines.ingest import run_ingest
+from latte_toolkit.datasets.video import DECODERS_AGREE, UnusableInput, iter_frames, probe_video, read_frames_at
+from latte_toolkit.pipelines.ingest import run_ingest
 
 from media import moving_square_frames, truncate, write_mp4
 
@@ -151,8 +151,8 @@ def test_ingest_verify_and_cache_commands_take_them(media, tmp_path, fixtures_di
     assert pq.read_table(cache / "failures.parquet").num_rows == 0
     # the cache holds the latents of the frames as shown: ffmpeg's autorotated frames through the VAE
     # (float16 storage: the bound test_cache uses)
-    from datasets.cache import open_cache
-    from datasets.video import center_crop_resize
+    from latte_toolkit.datasets.cache import open_cache
+    from latte_toolkit.datasets.video import center_crop_resize
     from latte_core import AutoencoderKL
     frames = ffmpeg_frames(media["good"] / "w64h48_rot90.mp4", 64, 48)
     pixels = np.stack([center_crop_resize(f, 32) for f in frames]).astype(np.float32) / 127.5 - 1

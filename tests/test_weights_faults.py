@@ -19,8 +19,8 @@ import pytest
 from latte_core import AutoencoderKL
 from latte_core.checkpoint import CheckpointError, load_safetensors_file, load_torch_file, load_weights, read_state_dict
 from latte_core.convert import convert_latte, convert_vae
-from pipelines.cache import CacheError, run_cache
-from pipelines.ingest import run_ingest
+from latte_toolkit.pipelines.cache import CacheError, run_cache
+from latte_toolkit.pipelines.ingest import run_ingest
 
 from media import moving_square_frames, write_mp4
 
@@ -263,8 +263,8 @@ def test_damaged_torch_zip_is_refused_naming_the_file(latte_fixture, tmp_path, k
 @pytest.mark.parametrize("kind", sorted(VAE_FOLDER_DAMAGE))
 def test_damaged_vae_folder_is_refused_by_every_loader(fixtures_dir, tmp_path, kind):
     """from_pretrained (train's and sample's loaders use it) and convert vae refuse it; nothing written."""
-    from pipelines.sample import load_vae as sample_load_vae
-    from train.loop import load_vae as train_load_vae
+    from latte_toolkit.pipelines.sample import load_vae as sample_load_vae
+    from latte_toolkit.train.loop import load_vae as train_load_vae
     damage, words, file_name = VAE_FOLDER_DAMAGE[kind]
     folder = _vae_copy(fixtures_dir, tmp_path / "vae")
     damage(folder)
@@ -425,7 +425,7 @@ def test_latte_convert_vae_refuses_a_damaged_folder(fixtures_dir, tmp_path, kind
 @pytest.mark.parametrize("kind", ["no-config", "scaling-factor-null", "weights-header-overwritten"])
 def test_latte_sample_with_a_damaged_vae_is_one_error_and_writes_nothing(latte_fixture, fixtures_dir, tmp_path, kind):
     from click.testing import CliRunner
-    from pipelines.cli import main
+    from latte_toolkit.pipelines.cli import main
     damage, words, file_name = VAE_FOLDER_DAMAGE[kind]
     folder = _vae_copy(fixtures_dir, tmp_path / "vae")
     damage(folder)

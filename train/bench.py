@@ -72,7 +72,7 @@ def _step_path(model_name, frames, latent, batch, steps, flash_attention, seed, 
     import mindspore as ms
     from latte_core import create_latte, kernels
     from latte_core.diffusion import create_diffusion
-    from train.step import DiffusionLoss, TrainStep, Updater
+    from latte_toolkit.train.step import DiffusionLoss, TrainStep, Updater
 
     ms.set_seed(seed)
     model = create_latte(model_name, input_size=latent, num_frames=frames, enable_flash_attention=flash_attention)

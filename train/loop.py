@@ -147,8 +147,8 @@ def load_vae(path):
 
 def build_loader(config, rank, world):
     """(loader, latent size, latent channels) for the data the config names."""
-    from datasets.cache import open_cache
-    from datasets.loader import CacheLoader, VideoLoader
+    from latte_toolkit.datasets.cache import open_cache
+    from latte_toolkit.datasets.loader import CacheLoader, VideoLoader
     folder = config["data_folder"]
     common = dict(batch_size=config["train_batch_size"], num_frames=config["num_frames"],
                   sample_stride=config["sample_stride"], clips_per_video=config["clips_per_video"], seed=config["seed"],

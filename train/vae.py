@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def load_frames(manifest, image_size, max_frames):
     """Every frame of the manifest's videos (crop rule applied), uint8 (N, S, S, 3), up to max_frames."""
     import pyarrow.parquet as pq
-    from datasets.video import center_crop_resize, iter_frames
+    from latte_toolkit.datasets.video import center_crop_resize, iter_frames
     path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{manifest}: no manifest.parquet (run `latte ingest` first)")

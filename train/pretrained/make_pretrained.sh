@@ -7,7 +7,7 @@ set -euo pipefail
 export GLOG_v=3
 
 # 1. 192 clips of drifting clouds, 32 frames of 64x64 each (pipelines/synthetic.py, seed 7)
-python -c "from pipelines.synthetic import write_cloud_dataset; write_cloud_dataset('videos', videos=192, num_frames=32, size=64, seed=7)"
+python -c "from latte_toolkit.pipelines.synthetic import write_cloud_dataset; write_cloud_dataset('videos', videos=192, num_frames=32, size=64, seed=7)"
 latte ingest --source videos --out ingest --num-frames 8 --workers 0
 
 # 2. the VAE: 3 levels (4x downsampling), 4 latent channels, L1 + 1e-3 KL, 1500 steps of 8 frames
@@ -21,7 +21,7 @@ latte cache --manifest ingest --vae vae-clouds --out cache --format numpy --imag
 #    on the posterior means (posterior: mean): this VAE's posterior std is ~0.6 of its mean's magnitude, and
 #    decoding posterior samples of real clips flickers more than any real clip moves (latte quality's
 #    motion check fails on them), so a model trained on samples would learn that flicker.
-latte train -c "$(python -c 'import train, os; print(os.path.join(os.path.dirname(train.__file__), "pretrained", "latte-clouds.yaml"))')" \
+latte train -c "$(python -c 'import latte_toolkit.train as train, os; print(os.path.join(os.path.dirname(train.__file__), "pretrained", "latte-clouds.yaml"))')" \
     --cache cache --output-dir latte-run
 
 # copied: vae-clouds/{config.json, diffusion_pytorch_model.safetensors, train_vae_log.jsonl, loss_curve.png,
