@@ -422,11 +422,8 @@ class VideoLoader(_ClipLoader):
     def __init__(self, manifest, vae, batch_size, num_frames, sample_stride=1, image_size=256, clips_per_video=1,
                  seed=0, rank=0, world_size=1, shuffle=True, num_parallel_workers=1, micro_batch=8,
                  posterior="sample"):
-        import pyarrow.parquet as pq
-        path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{manifest}: no manifest.parquet (run `latte ingest` first)")
-        rows = sorted(pq.read_table(path).to_pylist(), key=lambda row: row["video_id"])
+        from .video import read_manifest
+        rows = read_manifest(manifest)
         span = clip_span(num_frames, sample_stride)
         self.entries = [row for row in rows if (row["num_frames"] or 0) >= span]
         self.skipped_short = len(rows) - len(self.entries)

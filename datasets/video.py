@@ -8,6 +8,8 @@ import re
 
 import numpy as np
 
+from latte_core.errors import UserError
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # "unsupported": the file decodes, but not into frames the toolkit can show as a player would (a flip or a
@@ -31,6 +33,17 @@ class UnusableInput(Exception):
 def natural_key(name):
     """Sort key that orders embedded numbers by value: f_2.jpg before f_10.jpg."""
     return [int(part) if part.isdigit() else part.lower() for part in _NUMBER.split(name)]
+
+
+def read_manifest(manifest):
+    """The rows of an ingest manifest (`latte ingest`'s folder, or its manifest.parquet), sorted by
+    video_id. A folder or file without one is a UserError naming it."""
+    import pyarrow.parquet as pq
+    manifest = os.fspath(manifest)
+    path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
+    if not os.path.isfile(path):
+        raise UserError(f"{manifest}: no manifest.parquet (run `latte ingest` first)")
+    return sorted(pq.read_table(path).to_pylist(), key=lambda row: row["video_id"])
 
 
 def list_frame_files(folder):
@@ -457,3 +470,45 @@ def center_crop_resize(frame, size):
 def to_pixels(frames):
     """uint8 frames (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1], the VAE's input."""
     return (np.stack(frames).astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)
+
+
+def to_frames(pixels):
+    """The inverse of to_pixels for any leading axes: float (..., 3, H, W) in [-1, 1] (a VAE's output,
+    clipped) -> uint8 (..., H, W, 3), rounded to the nearest level."""
+    pixels = np.asarray(pixels)
+    return (np.clip((pixels + 1.0) * 127.5, 0, 255) + 0.5).astype(np.uint8).swapaxes(-3, -2).swapaxes(-2, -1)
+
+
+# ------------------------------------------------------------------------------------------ writing
+def write_mp4(path, frames, fps=8, faststart=False):
+    """H.264 mp4 (yuv420p); with faststart the index (moov) precedes the data."""
+    import imageio_ffmpeg
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise ValueError(f"{path}: H.264 in yuv420p needs even sizes, got {width}x{height}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    params = ["-loglevel", "error"] + (["-movflags", "+faststart"] if faststart else [])
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
+                                         pix_fmt_out="yuv420p", macro_block_size=1, output_params=params)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame).tobytes())
+    writer.close()
+    return path
+
+
+def write_frame_folder(folder, frames, ext="jpg", names=None):
+    """One image per frame, named f_0.jpg, f_1.jpg, ... unless `names` are given."""
+    from PIL import Image
+    os.makedirs(folder, exist_ok=True)
+    names = names or [f"f_{i}.{ext}" for i in range(len(frames))]
+    for name, frame in zip(names, frames):
+        Image.fromarray(frame).save(os.path.join(folder, name))
+    return folder
+
+
+def write_gif(path, frames, fps):
+    """An animated GIF of uint8 (F, H, W, 3) frames, looping, at `fps`."""
+    from PIL import Image
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)

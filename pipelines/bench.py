@@ -84,11 +84,11 @@ def bench_cache(fmt="numpy", vae_dir=None, videos=2, frames=16, size=256, micro_
     of sd-vae-ft-mse's architecture is used."""
     import mindspore as ms
 
-    from latte_toolkit.datasets.video import center_crop_resize, iter_frames
+    from latte_toolkit.datasets.video import center_crop_resize, iter_frames, to_pixels, write_mp4
     from latte_core import AutoencoderKL
 
     from .cache import _vae, run_cache
-    from .synthetic import moving_square_frames, write_mp4
+    from .synthetic import moving_square_frames
 
     with tempfile.TemporaryDirectory() as scratch:
         if vae_dir is None:
@@ -101,7 +101,7 @@ def bench_cache(fmt="numpy", vae_dir=None, videos=2, frames=16, size=256, micro_
         vae = _vae(vae_dir)  # shared with the cache job below: both run on one compiled network
         pixels = [np.stack([center_crop_resize(f, size) for f in iter_frames(os.path.join(scratch, "src", name), "video")])
                   for name in sorted(os.listdir(os.path.join(scratch, "src")))]
-        batches = [(np.concatenate(pixels).astype(np.float32) / 127.5 - 1).transpose(0, 3, 1, 2)[i:i + micro_batch]
+        batches = [to_pixels(np.concatenate(pixels))[i:i + micro_batch]
                    for i in range(0, videos * frames, micro_batch)]
         vae.encode(ms.Tensor(batches[0])).mean.asnumpy()  # compile outside the timings
         start = time.perf_counter()

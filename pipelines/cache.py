@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from latte_core.errors import DiskFull, UserError
 from latte_toolkit.datasets.cache import FORMATS, fields_for, shard_digest
-from latte_toolkit.datasets.video import UnusableInput, center_crop_resize, iter_frames, to_pixels
+from latte_toolkit.datasets.video import UnusableInput, center_crop_resize, iter_frames, read_manifest, to_pixels
 
 from .ledger import JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, staging_path, write_atomically
 from .runners import check_workers, run_and_commit
@@ -85,10 +85,10 @@ def cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shar
 def load_vae_checked(vae_dir):
     """The VAE of `vae_dir`, fully loaded: config keys and types, weights readable, every tensor present
     with its shape and finite. Any fault is a CacheError naming the folder or file."""
-    from latte_core import AutoencoderKL
     from latte_core.checkpoint import CheckpointError
+    from latte_core.vae import load_vae
     try:
-        return AutoencoderKL.from_pretrained(vae_dir)
+        return load_vae(vae_dir)
     except CheckpointError as err:
         raise CacheError(f"unusable VAE: {err}") from None
 
@@ -298,14 +298,6 @@ def plan_shards(videos, shard_videos, done_ids):
     return pending, done
 
 
-def _read_manifest(manifest):
-    path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
-    if not os.path.isfile(path):
-        raise CacheError(f"{manifest}: no manifest.parquet (run `latte ingest` first)")
-    rows = pq.read_table(path).to_pylist()
-    return sorted(rows, key=lambda row: row["video_id"])
-
-
 def publish_index(out_dir, records):
     """index.parquet and failures.parquet from the ledger records, sorted by video id; both lists."""
     index = sorted((row for record in records for row in record["index"]), key=lambda row: row["video_id"])
@@ -333,7 +325,7 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
     started = time.perf_counter()
     out_dir = os.path.abspath(out_dir)
     vae_dir = os.path.abspath(vae_dir)
-    videos = _read_manifest(manifest)[skip_videos:]
+    videos = read_manifest(manifest)[skip_videos:]
     # the whole VAE (config and every weight) is checked here, before any shard runs or --out is made:
     # a broken VAE is one error, not a failure of every shard
     vae_sha256 = vae_fingerprint(vae_dir)

@@ -456,7 +456,8 @@ def quality(samples_dir, manifest, vae_checkpoint, real_clips):
       latte quality samples/ --manifest work/ingest --vae models/vae-clouds
     """
     from latte_toolkit.pipelines.quality import check_samples, read_sample_gifs
-    from latte_toolkit.pipelines.sample import SampleError, load_vae
+    from latte_core.vae import load_vae
+    from latte_toolkit.pipelines.sample import SampleError
     setup_mindspore("CPU")
     try:
         result = check_samples(read_sample_gifs(samples_dir), manifest, load_vae(vae_checkpoint), real_clips)

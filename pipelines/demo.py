@@ -35,7 +35,8 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=250, num
     from .ingest import run_ingest
     from .quality import check_samples, read_sample_gifs, write_report
     from .report import cache_report
-    from .sample import SAMPLE_KEYS, load_vae, run_sample
+    from latte_core.vae import load_vae
+    from .sample import SAMPLE_KEYS, run_sample
     from .synthetic import write_cloud_dataset
 
     out = os.path.abspath(out)

@@ -48,11 +48,8 @@ def motion(videos):
 
 def real_clips(manifest, num_frames, image_size, count, seed=0):
     """`count` clips of `num_frames` consecutive frames from the manifest's videos (crop rule applied)."""
-    import pyarrow.parquet as pq
-    from latte_toolkit.datasets.video import center_crop_resize, read_frames_at
-    path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
-    rows = [r for r in sorted(pq.read_table(path).to_pylist(), key=lambda r: r["video_id"])
-            if r["num_frames"] >= num_frames]
+    from latte_toolkit.datasets.video import center_crop_resize, read_frames_at, read_manifest
+    rows = [r for r in read_manifest(manifest) if r["num_frames"] >= num_frames]
     if not rows:
         raise ValueError(f"{manifest}: no video of {num_frames} frames or more")
     rng = np.random.default_rng(seed)
@@ -80,6 +77,7 @@ def read_sample_gifs(folder):
 
 def check_samples(samples, manifest, vae, real_count=64, seed=0):
     """The two measures for `samples` (uint8 (N, F, H, W, 3)) against real clips and the baselines."""
+    from latte_toolkit.datasets.video import to_frames
     _, num_frames, height = samples.shape[:3]
     real = real_clips(manifest, num_frames, height, real_count, seed)
     rng = np.random.default_rng(seed)
@@ -87,7 +85,7 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0):
     latent = height // vae.downsample_factor
     noise_latents = rng.standard_normal((len(samples), num_frames, vae.latent_channels, latent, latent))
     decoded = vae.decode_video((noise_latents / vae.scaling_factor).astype(np.float32))
-    noise_videos = (np.clip((decoded + 1) * 127.5, 0, 255) + 0.5).astype(np.uint8).transpose(0, 1, 3, 4, 2)
+    noise_videos = to_frames(decoded)
     real_features = frame_features(vae, real)
     distance = {name: round(frechet_distance(frame_features(vae, videos), real_features), 4)
                 for name, videos in (("samples", samples), ("noise_decoded", noise_videos))}

@@ -94,18 +94,6 @@ def _model_settings(config):
     return weights, settings
 
 
-def load_vae(path):
-    """A diffusers VAE folder, or a weights file of sd-vae-ft-mse's architecture. A damaged one (no or a
-    bad config.json, unreadable or mis-shaped weights) is a CheckpointError naming the file."""
-    from latte_core import AutoencoderKL
-    from latte_core.checkpoint import load_weights
-    if os.path.isdir(path):
-        return AutoencoderKL.from_pretrained(path)
-    if os.path.isfile(path):
-        return load_weights(AutoencoderKL(), path)
-    raise SampleError(f"{path}: no such VAE folder or file")
-
-
 def _sampler(config):
     """(sampler, steps) from the `sampler` key, or MindONE's `ddim_sampling` when it is null; a step count
     the sampler cannot take is a SampleError naming sampling_steps."""
@@ -145,7 +133,8 @@ def run_sample(config, progress=True):
     from latte_core import create_latte
     from latte_core.checkpoint import CheckpointError, load_weights
     from latte_core.samplers import create_sampler, sample as sample_latents
-    from .synthetic import write_mp4
+    from latte_core.vae import load_vae
+    from latte_toolkit.datasets.video import to_frames, write_gif, write_mp4
 
     for key in ("num_videos", "batch_size", "decode_micro_batch", "fps"):
         if config[key] < 1:
@@ -215,11 +204,11 @@ def run_sample(config, progress=True):
                                  progress=progress, seed=step_seeds,
                                  eta=float(config["ddim_eta"])).asnumpy()[:count]
         videos = vae.decode_video(latents / scale, micro_batch=config["decode_micro_batch"])
-        frames = (np.clip((videos + 1.0) * 127.5, 0, 255) + 0.5).astype(np.uint8).transpose(0, 1, 3, 4, 2)
+        frames = to_frames(videos)
         for i in range(min(count, config["num_videos"] - first)):
             name = os.path.join(out, f"sample_{first + i:03d}")
             np.save(name + ".npy", latents[i])
-            _write_gif(name + ".gif", frames[i], config["fps"])
+            write_gif(name + ".gif", frames[i], config["fps"])
             write_mp4(name + ".mp4", frames[i], fps=config["fps"])
             written.append(name + ".gif")
     sample_s = time.perf_counter() - started
@@ -232,12 +221,6 @@ def run_sample(config, progress=True):
     with open(os.path.join(out, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=1)
     return summary
-
-
-def _write_gif(path, frames, fps):
-    from PIL import Image
-    images = [Image.fromarray(frame) for frame in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
 
 
 def summary_table(summary):

@@ -1,8 +1,10 @@
-"""Procedural videos for demos, benchmarks and tests: real H.264 files made with the ffmpeg binary
-that the imageio-ffmpeg wheel ships, and folders of JPEG/PNG frames."""
+"""Procedural videos for demos, benchmarks and tests: the frames; datasets.video writes them as real
+H.264 files (through the ffmpeg binary that the imageio-ffmpeg wheel ships) or frame folders."""
 import os
 
 import numpy as np
+
+from latte_toolkit.datasets.video import write_mp4
 
 
 def moving_square_frames(num_frames, height=48, width=64, seed=0):
@@ -18,33 +20,6 @@ def moving_square_frames(num_frames, height=48, width=64, seed=0):
         frame[y:y + 8, x:x + 8] = 255
         frames.append(frame)
     return np.stack(frames)
-
-
-def write_mp4(path, frames, fps=8, faststart=False):
-    """H.264 mp4 (yuv420p); with faststart the index (moov) precedes the data."""
-    import imageio_ffmpeg
-    height, width = frames.shape[1:3]
-    if height % 2 or width % 2:
-        raise ValueError(f"{path}: H.264 in yuv420p needs even sizes, got {width}x{height}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    params = ["-loglevel", "error"] + (["-movflags", "+faststart"] if faststart else [])
-    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
-                                         pix_fmt_out="yuv420p", macro_block_size=1, output_params=params)
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame).tobytes())
-    writer.close()
-    return path
-
-
-def write_frame_folder(folder, frames, ext="jpg", names=None):
-    """One image per frame, named f_0.jpg, f_1.jpg, ... unless `names` are given."""
-    from PIL import Image
-    os.makedirs(folder, exist_ok=True)
-    names = names or [f"f_{i}.{ext}" for i in range(len(frames))]
-    for name, frame in zip(names, frames):
-        Image.fromarray(frame).save(os.path.join(folder, name))
-    return folder
 
 
 def _smooth_noise(rng, height, width, cell):

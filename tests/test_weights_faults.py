@@ -262,14 +262,13 @@ def test_damaged_torch_zip_is_refused_naming_the_file(latte_fixture, tmp_path, k
 
 @pytest.mark.parametrize("kind", sorted(VAE_FOLDER_DAMAGE))
 def test_damaged_vae_folder_is_refused_by_every_loader(fixtures_dir, tmp_path, kind):
-    """from_pretrained (train's and sample's loaders use it) and convert vae refuse it; nothing written."""
-    from latte_toolkit.pipelines.sample import load_vae as sample_load_vae
-    from latte_toolkit.train.loop import load_vae as train_load_vae
+    """from_pretrained and load_vae (every command's VAE loader) and convert vae refuse it; nothing written."""
+    from latte_core.vae import load_vae
     damage, words, file_name = VAE_FOLDER_DAMAGE[kind]
     folder = _vae_copy(fixtures_dir, tmp_path / "vae")
     damage(folder)
     named = str(folder / file_name) if file_name else str(folder)
-    for load in (AutoencoderKL.from_pretrained, sample_load_vae, train_load_vae):
+    for load in (AutoencoderKL.from_pretrained, load_vae):
         with pytest.raises(CheckpointError) as err:
             load(str(folder))
         assert named in str(err.value) and words in str(err.value), str(err.value)

@@ -135,16 +135,6 @@ def check_resume_config(stored, config, folder):
                           + f"; resume with the run's values, or start a new run in another output_path")
 
 
-def load_vae(path):
-    from latte_core import AutoencoderKL
-    from latte_core.checkpoint import load_weights
-    if not path:
-        raise TrainingError("train_data_type video_file needs vae_checkpoint (a diffusers VAE folder or .ckpt)")
-    if os.path.isdir(path):
-        return AutoencoderKL.from_pretrained(path)
-    return load_weights(AutoencoderKL(), path)  # sd-vae-ft-mse's architecture
-
-
 def build_loader(config, rank, world):
     """(loader, latent size, latent channels) for the data the config names."""
     from latte_toolkit.datasets.cache import open_cache
@@ -155,6 +145,9 @@ def build_loader(config, rank, world):
                   rank=rank, world_size=world, shuffle=config["shuffle"],
                   num_parallel_workers=config["num_parallel_workers"], posterior=config["posterior"])
     if config["train_data_type"] == "video_file":
+        if not config["vae_checkpoint"]:
+            raise TrainingError("train_data_type video_file needs vae_checkpoint (a diffusers VAE folder or .ckpt)")
+        from latte_core.vae import load_vae
         vae = load_vae(config["vae_checkpoint"])
         if config["sd_scale_factor"] is not None and abs(vae.config["scaling_factor"] - config["sd_scale_factor"]) > 1e-9:
             raise TrainingError(f"sd_scale_factor {config['sd_scale_factor']} differs from the VAE's "

@@ -24,13 +24,9 @@ logger = logging.getLogger(__name__)
 
 def load_frames(manifest, image_size, max_frames):
     """Every frame of the manifest's videos (crop rule applied), uint8 (N, S, S, 3), up to max_frames."""
-    import pyarrow.parquet as pq
-    from latte_toolkit.datasets.video import center_crop_resize, iter_frames
-    path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{manifest}: no manifest.parquet (run `latte ingest` first)")
+    from latte_toolkit.datasets.video import center_crop_resize, iter_frames, read_manifest
     frames = []
-    for row in sorted(pq.read_table(path).to_pylist(), key=lambda r: r["video_id"]):
+    for row in read_manifest(manifest):
         for frame in iter_frames(row["path"], row["kind"]):
             frames.append(center_crop_resize(frame, image_size))
             if len(frames) >= max_frames:
@@ -62,12 +58,13 @@ def train_vae(manifest, out_dir, image_size=64, block_out_channels=(32, 64, 64),
     """Train and write a diffusers VAE folder at out_dir; returns a summary dict."""
     from tqdm.auto import tqdm
     from latte_core import AutoencoderKL
+    from latte_toolkit.datasets.video import to_pixels
 
     if os.path.exists(os.path.join(out_dir, "config.json")):
         raise FileExistsError(f"{out_dir} already holds a VAE; choose a new folder")
     ms.set_seed(seed)
     frames = load_frames(manifest, image_size, max_frames)
-    pixels = (frames.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)  # (N, 3, S, S)
+    pixels = to_pixels(frames)  # (N, 3, S, S)
     vae = AutoencoderKL(block_out_channels=block_out_channels, layers_per_block=layers_per_block,
                         latent_channels=latent_channels, norm_num_groups=norm_num_groups)
     latent = image_size // vae.downsample_factor
