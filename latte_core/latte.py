@@ -151,7 +151,8 @@ class Latte(nn.Cell):
 
     Forward: x (B, F, C, H, W) latents, t (B,) timesteps, y (B,) class labels for condition="class",
     text_embedding (B, 77, 768) for condition="text" -> (B, F, C_out, H, W), C_out = 2·C with
-    learn_sigma (epsilon, then the variance interpolation values).
+    learn_sigma (epsilon, then the variance interpolation values). With the keyword use_image_num = I
+    the last I of F + I frames are images for image-video joint training (see construct).
     """
 
     def __init__(
@@ -241,30 +242,105 @@ class Latte(nn.Cell):
         x = x.reshape(x.shape[0], gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4)  # (N, C, gh, p, gw, p)
         return x.reshape(x.shape[0], c, gh * p, gw * p)
 
-    def construct(self, x, t, y=None, text_embedding=None, force_drop_ids=None):
+    def construct(self, x, t, y=None, text_embedding=None, force_drop_ids=None, *, use_image_num=0,
+                  y_image=None, force_drop_ids_image=None):
+        """x (B, F + I, C, H, W) -> (B, F + I, C_out, H, W); I = use_image_num (a Python int, 0 by default).
+
+        With use_image_num = I > 0 ("Latte + IMG", image-video joint training, as the reference's
+        models/latte_img.py) the last I frames of x are still images, e.g. from other videos: the spatial
+        blocks see all F + I frames, the temporal blocks and temp_embed only the F video frames (the
+        images pass through the temporal blocks unchanged). F must be num_frames. Conditioning c:
+          - spatial blocks and final layer: per frame, t + y for the video frames and t + y_image[:, j]
+            for image j; the temporal blocks get t + y (one per sample).
+          - condition="class": y_image (B, I) holds each image's own label, embedded by the same
+            y_embedder. force_drop_ids_image (B, I) (1 = use the null class) drops image labels as
+            force_drop_ids (B,) does the video's; without it, training drops them at random as the
+            reference does: one draw per sample for all of its images (torch.rand(labels.shape[0]) on
+            its (1, I) labels), independent of the video label's draw. The reference embeds y_image in
+            training only; here it is used in both modes (sampling uses I = 0 anyway).
+          - condition="text" (ours: the reference's text branch does not run): text_embedding
+            (B, 1 + I, 77, 768), the video's caption, then one caption per image. The temporal blocks
+            get t + caption 0; the final layer t alone (as for text at I = 0).
+          - no condition: c = t for every block and frame.
+        use_image_num = 0 is the plain video model, the very same computation.
+        """
         b, f, c, h, w = x.shape
+        if isinstance(use_image_num, bool) or not isinstance(use_image_num, int) or use_image_num < 0:
+            raise ValueError(f"use_image_num must be a non-negative int, got {use_image_num!r}")
+        if use_image_num and f != self.num_frames + use_image_num:
+            raise ValueError(f"use_image_num={use_image_num}: x has {f} frames, the model expects "
+                             f"num_frames + use_image_num = {self.num_frames} + {use_image_num}")
+        frames = f - use_image_num  # F video frames, then I images
         tokens = self.x_embedder.num_patches
-        x = self.x_embedder(x.reshape(b * f, c, h, w)) + self.pos_embed  # (B·F, T, D)
-        cond = self.t_embedder(t)  # (B, D)
+        x = self.x_embedder(x.reshape(b * f, c, h, w)) + self.pos_embed  # (B·(F+I), T, D)
+        t_emb = self.t_embedder(t)  # (B, D)
+        cond = t_emb
         if self.condition == "class":
             cond = cond + self.y_embedder(y, force_drop_ids)
         cond_blocks = cond
         if self.condition == "text":
             # The reference conditions the final layer on the timestep alone for text (on t + y for classes).
-            cond_blocks = cond + self.text_embedding_projection(text_embedding.reshape(b, -1))
+            if use_image_num:
+                if text_embedding.ndim != 4 or text_embedding.shape[1] != 1 + use_image_num:
+                    raise ValueError(f"use_image_num={use_image_num} with condition='text' needs text_embedding of "
+                                     f"shape (B, 1 + use_image_num, {TEXT_TOKENS}, {TEXT_DIM}) (the video's caption, "
+                                     f"then one per image), got {text_embedding.shape}")
+                cond_blocks = cond + self.text_embedding_projection(text_embedding[:, 0].reshape(b, -1))
+            else:
+                cond_blocks = cond + self.text_embedding_projection(text_embedding.reshape(b, -1))
         d = cond.shape[-1]
+        cond_spatial, cond_temporal, cond_final = cond_blocks, cond_blocks, cond  # per sample (B, D)
+        if use_image_num:
+            cond_image = self._image_conditions(t_emb, y_image, text_embedding, force_drop_ids_image,
+                                                b, use_image_num)  # (B, I, D) or None
+            if cond_image is not None:  # per frame: video frames t + y (or caption 0), image j its own
+                cond_video = ops.broadcast_to(cond_blocks.expand_dims(1), (b, frames, d))  # (B, F, D)
+                cond_spatial = ops.concat([cond_video, cond_image], axis=1).reshape(b * f, d)  # (B·(F+I), D)
+                if self.condition == "class":
+                    cond_final = cond_spatial
 
         for i in range(0, len(self.blocks), 2):
-            x = self.blocks[i](x, cond_blocks)  # (B·F, T, D)
-            x = x.reshape(b, f, tokens, d).swapaxes(1, 2).reshape(b * tokens, f, d)  # (B·T, F, D)
-            if i == 0:
-                x = x + self.temp_embed
-            x = self.blocks[i + 1](x, cond_blocks)
-            x = x.reshape(b, tokens, f, d).swapaxes(1, 2).reshape(b * f, tokens, d)  # (B·F, T, D)
+            x = self.blocks[i](x, cond_spatial)  # (B·(F+I), T, D)
+            x = x.reshape(b, f, tokens, d).swapaxes(1, 2).reshape(b * tokens, f, d)  # (B·T, F+I, D)
+            if use_image_num:
+                x_video, x_image = x[:, :frames], x[:, frames:]  # (B·T, F, D), (B·T, I, D)
+                if i == 0:
+                    x_video = x_video + self.temp_embed
+                x_video = self.blocks[i + 1](x_video, cond_temporal)
+                x = ops.concat([x_video, x_image], axis=1)  # (B·T, F+I, D)
+            else:
+                if i == 0:
+                    x = x + self.temp_embed
+                x = self.blocks[i + 1](x, cond_temporal)
+            x = x.reshape(b, tokens, f, d).swapaxes(1, 2).reshape(b * f, tokens, d)  # (B·(F+I), T, D)
 
-        x = self.final_layer(x, cond)  # (B·F, T, p·p·C_out)
-        x = self.unpatchify(x)  # (B·F, C_out, H, W)
+        x = self.final_layer(x, cond_final)  # (B·(F+I), T, p·p·C_out)
+        x = self.unpatchify(x)  # (B·(F+I), C_out, H, W)
         return x.reshape(b, f, self.out_channels, h, w)
+
+    def _image_conditions(self, t_emb, y_image, text_embedding, force_drop_ids_image, b, num_images):
+        """The I images' spatial conditioning (B, I, D): t + the image's label or caption embedding;
+        None without a condition (then every frame has c = t)."""
+        if self.condition == "class":
+            if y_image is None:
+                raise ValueError(f"use_image_num={num_images} with condition='class' needs y_image, the images' "
+                                 f"labels ({b}, {num_images})")
+            if y_image.shape != (b, num_images):
+                raise ValueError(f"y_image must have shape (B, use_image_num) = ({b}, {num_images}), "
+                                 f"got {y_image.shape}")
+            if force_drop_ids_image is None and self.training and self.y_embedder.dropout_prob > 0:
+                # the reference: one draw per sample, shared by its images
+                drop = ops.rand((b, 1)) < self.y_embedder.dropout_prob
+                force_drop_ids_image = ops.broadcast_to(drop, (b, num_images)).astype(ms.int32)
+            if force_drop_ids_image is not None and force_drop_ids_image.shape != (b, num_images):
+                raise ValueError(f"force_drop_ids_image must have shape (B, use_image_num) = ({b}, {num_images}), "
+                                 f"got {force_drop_ids_image.shape}")
+            return t_emb.expand_dims(1) + self.y_embedder(y_image, force_drop_ids_image)  # (B, I, D)
+        if self.condition == "text":
+            captions = text_embedding[:, 1:].reshape(b * num_images, -1)  # (B·I, 77·768)
+            captions = self.text_embedding_projection(captions).reshape(b, num_images, -1)  # (B, I, D)
+            return t_emb.expand_dims(1) + captions
+        return None
 
     def forward_with_cfg(self, x, t, y=None, cfg_scale=4.0, text_embedding=None):
         """Classifier-free guidance in one batch: the first half of x is run with the conditions in y
