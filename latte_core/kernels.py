@@ -14,7 +14,7 @@ these, each a MindSpore custom op (`ops.Custom(func_type="aot")`) with its backw
     squared_sum        Σ x² over many tensors in one op (the gradient norm)
     group_norm         GroupNorm, optionally fused with the SiLU that follows it in every VAE resnet
 
-The library is compiled with g++ on first use (-O3 -march=native) into a cache folder
+The library is compiled with g++ on first use (-O3 -march=native, or $LATTE_KERNEL_MARCH) into a cache folder
 (`$LATTE_KERNEL_CACHE`, default ~/.cache/latte-toolkit/kernels) under a name that hashes the source,
 the compiler, the CPU and the BLAS, and is reused afterwards. The kernels are used only on CPU, only
 for float32 tensors, and only when `enabled()`: set LATTE_CPU_KERNELS=0 (or call set_enabled(False)
@@ -125,8 +125,15 @@ def _cpu_flags():
         return ""
 
 
+def _target_cpu():
+    """g++'s -march: this CPU's (native) unless LATTE_KERNEL_MARCH names another, e.g. `haswell` to build
+    and test the AVX2 code an AVX2-only machine runs on an AVX-512 one (with OPENBLAS_CORETYPE=Haswell
+    for numpy's OpenBLAS)."""
+    return os.environ.get("LATTE_KERNEL_MARCH", "native")
+
+
 def _build_command(output, blas):
-    command = ["g++", "-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared",
+    command = ["g++", "-O3", f"-march={_target_cpu()}", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared",
                "-fPIC", "-pthread", "-o", output, SOURCE]
     if blas:
         path, symbol, int_type = blas
@@ -146,7 +153,7 @@ def library():
         blas = find_blas()
         compiler = subprocess.run(["g++", "--version"], capture_output=True, text=True, check=True).stdout
         key = hashlib.sha256(b"\0".join([source, compiler.encode(), _cpu_flags().encode(), repr(blas).encode(),
-                                         sysconfig.get_platform().encode()])).hexdigest()[:16]
+                                         sysconfig.get_platform().encode(), _target_cpu().encode()])).hexdigest()[:16]
         folder = _cache_dir()
         path = os.path.join(folder, f"latte_cpu_kernels-{key}.so")
         if not os.path.isfile(path):
