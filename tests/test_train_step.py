@@ -88,3 +88,22 @@ def test_an_update_with_non_finite_gradients_changes_nothing():
     assert float(updater.loss_scaler.scale_value.asnumpy()) == 2.0 ** 15  # lowered, step skipped
     after = _weights(model)
     assert all(np.array_equal(before[name], after[name]) for name in before)
+
+
+def test_the_returned_loss_is_unscaled_on_a_step_that_raises_the_loss_scale():
+    """scale_window=1 doubles the scale after every finite update: the step must divide by the scale
+    its gradients were computed with, not the raised one (which halved the logged loss)."""
+    ms.set_seed(0)
+    model = _tiny_latte()
+    loss_net = DiffusionLoss(model, create_diffusion(""))
+    rng = np.random.default_rng(4)
+    x, noise = (Tensor(rng.standard_normal((2, 4, 4, 8, 8)).astype(np.float32)) for _ in range(2))
+    t = Tensor(np.array([5, 700], np.int32))
+    expected = float(loss_net(x, t, noise).asnumpy())
+    updater = Updater(model.trainable_params(), learning_rate=1e-3,
+                      loss_scaler=ms.amp.DynamicLossScaler(2.0 ** 4, 2, 1))
+    loss, _, finite = TrainStep(loss_net, updater)(x, t, noise)
+    assert bool(finite.asnumpy()) and float(updater.loss_scaler.scale_value.asnumpy()) == 2.0 ** 5
+    # scaling by a power of two is exact; the bound covers the forward pass compiled inside the
+    # gradient graph rounding apart from the plain one (the bug was a factor of 2)
+    np.testing.assert_allclose(float(loss.asnumpy()), expected, rtol=1e-6)

@@ -123,9 +123,9 @@ class TrainStep(nn.Cell):
 
     def construct(self, *inputs):
         loss, grads = self.grad_fn(*inputs)
-        norm, finite = self.updater(grads)
-        if self.loss_scaler is not None:
+        if self.loss_scaler is not None:  # before the update, which may change the scale
             loss = loss / self.loss_scaler.scale_value
+        norm, finite = self.updater(grads)
         return loss, norm, finite
 
 
