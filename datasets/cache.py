@@ -2,7 +2,7 @@
 
     CACHE/cache.json       the fingerprint: everything that changes the stored bytes
     CACHE/index.parquet    video_id -> shard, offset, frames, label, caption
-    CACHE/shards/<shard>/  one folder per shard, in the format's layout (see *_format.py)
+    CACHE/shards/<shard>/  one folder per shard, in the format's layout (formats.py, *_format.py)
     CACHE/ledger.jsonl, CACHE/failures.parquet, CACHE/units/ (job bookkeeping)
 """
 import hashlib
@@ -14,9 +14,8 @@ import pyarrow.parquet as pq
 
 from latte_core.errors import UserError
 
-from . import mindrecord_format, numpy_format, parquet_format
+from .formats import get_format
 
-FORMATS = {"numpy": numpy_format, "mindrecord": mindrecord_format, "parquet": parquet_format}
 POSTERIOR_FIELDS = ("mean", "std")
 SAMPLE_FIELDS = ("sample",)
 
@@ -29,9 +28,11 @@ def fields_for(store):
 
 class CacheReader:
     """`ids` (video ids, sorted) and `read(video_id)` -> {"mean", "std"} or {"sample"} arrays of shape
-    (frames, C, h, w), plus "label" and "caption" when the cache has them."""
+    (frames, C, h, w), plus "label" and "caption" (and the video's arrays when the cache has them).
+    `reader` is the format's Reader over every shard (random frame reads: `reader.read_frames`);
+    `cache_bytes` bounds the decoded shard data it keeps in memory."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, cache_bytes=256 << 20):
         self.folder = os.fspath(folder)
         info_path = os.path.join(self.folder, "cache.json")
         index_path = os.path.join(self.folder, "index.parquet")
@@ -39,11 +40,13 @@ class CacheReader:
             raise FileNotFoundError(f"{self.folder}: not a finished cache (no cache.json / index.parquet)")
         with open(info_path) as handle:
             self.info = json.load(handle)
-        self.format = FORMATS[self.info["format"]]
         self.fields = fields_for(self.info["store"])
         self.dtype = np.dtype(self.info["dtype"])
         self.entries = {row["video_id"]: row for row in pq.read_table(index_path).to_pylist()}
         self.ids = sorted(self.entries)
+        self.reader = get_format(self.info["format"]).Reader(
+            os.path.join(self.folder, "shards"), self.entries.values(), frame_fields=self.fields, dtype=self.dtype,
+            chunk_frames=self.info["chunk_frames"], cache_bytes=cache_bytes)
 
     def __len__(self):
         return len(self.ids)
@@ -51,15 +54,11 @@ class CacheReader:
     def read(self, video_id):
         if video_id not in self.entries:
             raise KeyError(f"{self.folder}: no video {video_id!r} in the cache")
-        entry = self.entries[video_id]
-        shard = os.path.join(self.folder, "shards", entry["shard"])
-        out = dict(self.format.read_video(shard, entry["offset"], self.fields, self.dtype, entry["frames"]))
-        out["label"], out["caption"] = entry["label"], entry["caption"]
-        return out
+        return self.reader.read(self.entries[video_id])
 
 
-def open_cache(folder):
-    return CacheReader(folder)
+def open_cache(folder, cache_bytes=256 << 20):
+    return CacheReader(folder, cache_bytes)
 
 
 def read_ledger(folder):

@@ -5,9 +5,10 @@
     └ epoch plan = f(seed, epoch): `clips_per_video` clips per video from random first frames; shards
     │   visited in a seeded order, clips shuffled within windows of `shuffle_window` shards (the bounded
     │   shuffle buffer); global batches of batch_size × world_size, of which rank r takes slice r
-    └ a MindSpore pipeline from the rank's position in the plan:
-    │   numpy, parquet: GeneratorDataset over a random-access clip source (num_parallel_workers threads)
-    │   mindrecord:     MindDataset(SubsetSampler(the chunk rows of each clip)) reassembled into clips
+    └ a MindSpore pipeline from the rank's position in the plan, through the format's Reader
+    │   (datasets/formats.py): a random-access format is read by a GeneratorDataset over a clip
+    │   source (num_parallel_workers threads calling read_frames); a streaming one hands over the
+    │   rank's clips in plan order (stream_frames), reading just the rows they need
     └ per clip: frames start, start + stride, …; latent = (mean + std·ε)·scaling_factor with ε from a
       generator seeded by (seed, epoch, plan position): reproducible, different every epoch
       (posterior="mean": mean·scaling_factor, for VAEs whose posterior noise would swamp the signal)
@@ -18,18 +19,13 @@ global plan already handed out, so a loader restored from it yields exactly the 
 uninterrupted run would have, whatever num_parallel_workers is, and a run restarted with another
 world size continues the same plan spread over the new ranks.
 """
-import collections
 import logging
-import math
 import os
-import threading
 
 import numpy as np
-import pyarrow as pa
 
 from latte_core.errors import UserError
 
-from . import mindrecord_format, numpy_format, parquet_format
 from .cache import check_shards, open_cache, read_ledger
 
 logger = logging.getLogger(__name__)
@@ -198,7 +194,7 @@ class CacheLoader(_ClipLoader):
 
     on_corrupt: "skip" (report and leave out shards that disagree with the ledger) or "raise";
     check: "full" (sha256 of every shard when the loader is built) or "size" (file sizes only).
-    cache_bytes bounds the decoded Parquet row groups kept in memory.
+    cache_bytes bounds the decoded shard data the format's reader keeps in memory (row groups).
     """
 
     def __init__(self, cache_dir, batch_size, num_frames, sample_stride=1, clips_per_video=1, seed=0, rank=0,
@@ -206,14 +202,13 @@ class CacheLoader(_ClipLoader):
                  check="full", cache_bytes=256 << 20, posterior="sample"):
         if on_corrupt not in ("skip", "raise"):
             raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
-        self.cache = open_cache(cache_dir)
+        self.cache = open_cache(cache_dir, cache_bytes)
         if posterior == "mean" and "mean" not in self.cache.fields:
             raise ValueError(f"{self.cache.folder}: posterior='mean' needs a cache of the posterior "
                              f"(latent cache --store posterior); this one stores {self.cache.info['store']!r}")
         self.fields = ("mean",) if posterior == "mean" else self.cache.fields  # the fields a clip reads
         self.folder = self.cache.folder
         self.scaling_factor = self.cache.info["scaling_factor"]
-        self.chunk_frames = self.cache.info["chunk_frames"]
         self.corrupt = check_shards(self.folder, read_ledger(self.folder), check)
         for shard, problem in sorted(self.corrupt.items()):
             logger.error("%s: shard %s disagrees with the ledger (%s)", self.folder, shard, problem)
@@ -240,110 +235,33 @@ class CacheLoader(_ClipLoader):
                         num_frames, sample_stride, clips_per_video, seed, shuffle, shuffle_window)
         super().__init__(plan, batch_size, rank, world_size, num_parallel_workers,
                          [e["video_id"] for e in self.entries], posterior)
-        self._first_rows, self._shard_rows = self._chunk_rows()
-        self._row_groups = _RowGroupCache(cache_bytes)
-
-    def _chunk_rows(self):
-        """Row number, within its shard, of each video's first chunk, and the rows of each shard
-        (MindRecord / Parquet hold one row per chunk of `chunk_frames` frames)."""
-        by_shard = collections.defaultdict(list)
-        for entry in self.cache.entries.values():  # every video of a shard, usable or not, holds rows
-            by_shard[entry["shard"]].append((entry["offset"], entry["frames"]))
-        first, rows = {}, {}
-        for shard, videos in by_shard.items():
-            row = 0
-            for offset, frames in sorted(videos):
-                first[(shard, offset)] = row
-                row += math.ceil(frames / self.chunk_frames)
-            rows[shard] = row
-        return first, rows
-
-    def shard_folder(self, shard):
-        return os.path.join(self.folder, "shards", shard)
 
     def _batches(self, video, start, positions):
-        if self.cache.info["format"] == "mindrecord":
-            return self._mindrecord_batches(video, start, positions)
         import mindspore.dataset as ds
-        source = _PlanSource(self._clip_sample, video, start, positions, self.batch_size)
-        dataset = ds.GeneratorDataset(source, column_names=["latent", "label", "index"], shuffle=False,
-                                      num_parallel_workers=self.num_parallel_workers, python_multiprocessing=False)
+        if self.cache.reader.random_access:
+            source = _PlanSource(self._clip_sample, video, start, positions, self.batch_size)
+            dataset = ds.GeneratorDataset(source, column_names=["latent", "label", "index"], shuffle=False,
+                                          num_parallel_workers=self.num_parallel_workers,
+                                          python_multiprocessing=False)
+        else:
+            dataset = ds.GeneratorDataset(lambda: self._streamed_batches(video, start, positions),
+                                          column_names=["latent", "label", "index"], shuffle=False)
         return _dataset_batches(dataset)
 
     def read_clip(self, entry, frame_indices):
         """{field: (F, C, h, w)} of one video's frames at `frame_indices`, in the cache dtype."""
-        folder = self.shard_folder(entry["shard"])
-        if self.cache.info["format"] == "numpy":
-            return numpy_format.read_frames(folder, entry["offset"], self.fields, frame_indices)
-        first_row = self._first_rows[(entry["shard"], entry["offset"])]
-        chunks = range(frame_indices[0] // self.chunk_frames, frame_indices[-1] // self.chunk_frames + 1)
-        parts = []
-        for chunk in chunks:
-            table, row = self._row_groups.row(folder, first_row + chunk, self.fields)
-            offset, first_frame, arrays = parquet_format.chunk_of(table, row, self.fields, self.cache.dtype)
-            if offset != entry["offset"] or first_frame != chunk * self.chunk_frames:
-                raise IOError(f"{folder}: row {first_row + chunk} holds video {offset} frame {first_frame}, the "
-                              f"index says video {entry['offset']} frame {chunk * self.chunk_frames}")
-            parts.append(arrays)
-        base = chunks[0] * self.chunk_frames
-        return {field: np.concatenate([part[field] for part in parts])[frame_indices - base]
-                for field in self.fields}
+        return self.cache.reader.read_frames(entry, frame_indices, self.fields)
 
-    def _mindrecord_batches(self, video, start, positions):
-        """MindDataset reads exactly the chunk rows each clip needs, in plan order (SubsetSampler);
-        a generator stage reassembles them into clips, so the shards are never read whole."""
-        import mindspore.dataset as ds
-        files = [os.path.join(self.shard_folder(shard), mindrecord_format.FILE_NAME) for shard in self.shards]
-        base = dict(zip(self.shards, np.cumsum([0] + [self._shard_rows[shard] for shard in self.shards[:-1]])))
-        per_clip = (self.plan.span - 1) // self.chunk_frames + 2  # most chunks a clip can touch
-        rows = np.empty((len(positions), per_clip), np.int64)
-        for i, position in enumerate(positions):
-            entry = self.entries[video[position]]
-            first = start[position] // self.chunk_frames
-            last = (start[position] + self.plan.span - 1) // self.chunk_frames
-            chunk = np.minimum(first + np.arange(per_clip), last)  # pad by repeating the last row
-            rows[i] = base[entry["shard"]] + self._first_rows[(entry["shard"], entry["offset"])] + chunk
-        fields = list(self.fields)
-
-        # MindDataset refuses a SubsetSampler longer than the files' row count, and clips share rows:
-        # the epoch's rows are read in segments of whole clips, each at most that long.
-        total_rows = sum(self._shard_rows[shard] for shard in self.shards)
-        clips_per_segment = max(1, total_rows // per_clip // self.batch_size) * self.batch_size
-
-        def clips():
-            for first in range(0, len(positions), clips_per_segment):
-                segment = rows[first:first + clips_per_segment]
-                records = ds.MindDataset(files, columns_list=["video", "start", "shape"] + fields,
-                                         sampler=ds.SubsetSampler(segment.reshape(-1).tolist()),
-                                         num_parallel_workers=self.num_parallel_workers)
-                group, done, batch = [], first, []
-                for record in records.create_tuple_iterator(num_epochs=1, output_numpy=True):
-                    group.append(record)
-                    if len(group) == per_clip:
-                        position = positions[done]
-                        batch.append(self._assemble(group, fields, video[position], start[position], position))
-                        group, done = [], done + 1
-                        if len(batch) == self.batch_size:
-                            yield _stack(batch)
-                            batch = []
-
-        dataset = ds.GeneratorDataset(clips, column_names=["latent", "label", "index"], shuffle=False)
-        return _dataset_batches(dataset)
-
-    def _assemble(self, group, fields, video, start, position):
-        entry = self.entries[video]
-        chunks = {}
-        for record in group:
-            offset, first_frame, shape = int(record[0]), int(record[1]), tuple(record[2])
-            if offset != entry["offset"]:
-                raise IOError(f"{self.shard_folder(entry['shard'])}: a record of video {offset} where the index "
-                              f"places video {entry['offset']}")
-            chunks[first_frame] = {f: np.frombuffer(record[3 + i].tobytes(), self.cache.dtype).reshape(shape)
-                                   for i, f in enumerate(fields)}
-        base = min(chunks)
-        indices = self.plan.frame_indices(start) - base
-        arrays = {f: np.concatenate([chunks[k][f] for k in sorted(chunks)])[indices] for f in fields}
-        return self._sample(arrays, entry, position)
+    def _streamed_batches(self, video, start, positions):
+        """Batches from the Reader's stream of the rank's clips, in plan order."""
+        requests = [(self.entries[video[p]], self.plan.frame_indices(start[p])) for p in positions]
+        clips = self.cache.reader.stream_frames(requests, self.num_parallel_workers, self.fields)
+        batch = []
+        for position, (entry, _), arrays in zip(positions, requests, clips):
+            batch.append(self._sample(arrays, entry, position))
+            if len(batch) == self.batch_size:
+                yield _stack(batch)
+                batch = []
 
     def _clip_sample(self, video, start, position):
         entry = self.entries[video]
@@ -368,50 +286,6 @@ class _PlanSource:
     def __getitem__(self, k):
         batch = self.positions[k * self.batch_size:(k + 1) * self.batch_size]
         return _stack([self.make_sample(self.video[p], self.start[p], p) for p in batch])
-
-
-def _prefer_jemalloc():
-    """Arrow's default allocator here (mimalloc) keeps freed row groups: streaming a 0.5 GB Parquet
-    cache through a 256 MB row-group cache grew the process to 1.3 GB; with jemalloc it stays near
-    the cache size. Buffers remember their own pool, so switching is safe at any time."""
-    if pa.default_memory_pool().backend_name == "mimalloc":
-        try:
-            pa.set_memory_pool(pa.jemalloc_memory_pool())
-        except NotImplementedError:  # a pyarrow built without jemalloc
-            logger.debug("pyarrow has no jemalloc; Parquet reading may hold on to freed memory")
-
-
-class _RowGroupCache:
-    """Decoded Parquet row groups, least recently used dropped first once `max_bytes` is exceeded."""
-
-    def __init__(self, max_bytes):
-        _prefer_jemalloc()
-        self.max_bytes = max_bytes
-        self.tables = collections.OrderedDict()
-        self.bounds = {}
-        self.lock = threading.Lock()
-
-    def row(self, folder, row, fields):
-        """(table, row within it) holding shard row `row`."""
-        with self.lock:
-            if folder not in self.bounds:
-                self.bounds[folder] = parquet_format.row_group_bounds(folder)
-            bounds = self.bounds[folder]
-        if not 0 <= row < bounds[-1]:
-            raise IOError(f"{folder}: no row {row} (the shard holds {bounds[-1]})")
-        group = int(np.searchsorted(bounds, row, side="right") - 1)
-        key = (folder, group)
-        with self.lock:
-            table = self.tables.get(key)
-            if table is not None:
-                self.tables.move_to_end(key)
-        if table is None:  # read outside the lock, so parallel workers read different row groups at once
-            table = parquet_format.read_row_group(folder, group, fields)
-            with self.lock:
-                self.tables[key] = table
-                while len(self.tables) > 1 and sum(t.nbytes for t in self.tables.values()) > self.max_bytes:
-                    self.tables.popitem(last=False)
-        return table, row - int(bounds[group])
 
 
 class VideoLoader(_ClipLoader):

@@ -127,22 +127,23 @@ def write_synthetic_cache(out_dir, fmt="numpy", videos=64, frames=128, latent=32
     VAE, no videos), for loader benchmarks at sizes real encoding would take days to produce."""
     from latte_toolkit.datasets.cache import fields_for
 
-    from .cache import CROP_RULE, CACHE_VERSION, publish_index, write_shard
-    from .ledger import Ledger, open_job_folder
+    from .cache import cache_fingerprint, publish_index, write_shard
+    from .jobs import open_job_folder
+    from .ledger import Ledger
 
     fields = fields_for(store)
-    info = {"version": CACHE_VERSION, "format": fmt, "vae_sha256": "synthetic", "scaling_factor": 0.18215,
-            "latent_channels": 4, "downsample_factor": 8, "image_size": latent * 8, "crop": CROP_RULE,
-            "store": store, "fields": list(fields), "dtype": dtype, "chunk_frames": chunk_frames,
-            "shard_videos": shard_videos}
+    # sd-vae-ft-mse's latent settings: four stages (8x downsampling), four channels
+    vae_config = {"scaling_factor": 0.18215, "latent_channels": 4, "block_out_channels": [128, 256, 512, 512]}
+    info = cache_fingerprint(None, latent * 8, store, dtype, fmt, chunk_frames, shard_videos, vae_config=vae_config,
+                             vae_sha256="synthetic")
     open_job_folder(out_dir, "cache.json", info, "shards")
     ledger = Ledger(out_dir)
     rng = np.random.default_rng(seed)
     frame_values = 4 * latent * latent
     pool = rng.standard_normal(frame_values * (frames + 64)).astype(dtype)  # windows of it fill the videos
     spec_common = {"out_dir": os.path.abspath(out_dir), "format": fmt, "store": store, "dtype": dtype,
-                   "image_size": latent * 8, "downsample_factor": 8, "latent_channels": 4,
-                   "chunk_frames": chunk_frames}
+                   "image_size": latent * 8, "downsample_factor": info["downsample_factor"],
+                   "latent_channels": info["latent_channels"], "chunk_frames": chunk_frames}
     for first in range(0, videos, shard_videos):
         items = [{"video_id": f"v{i:07d}", "path": "synthetic", "label": i % 10, "caption": None}
                  for i in range(first, min(first + shard_videos, videos))]

@@ -3,7 +3,7 @@
     manifest.parquet ─ plan ─▶ shards of `shard_videos` videos (sorted by video_id; id = hash of members)
       └ each shard (any runner, VAE loaded once per worker process):
           decode frames sequentially ─▶ center-crop + resize ─▶ [-1, 1] ─▶ VAE encode in micro-batches
-          ─▶ posterior mean + std (or one sample) per frame ─▶ shard writer (numpy | mindrecord | parquet)
+          ─▶ posterior mean + std (or one sample) per frame ─▶ the format's Writer (datasets/formats.py)
           in shards/.staging-*/ ─▶ one rename to shards/<shard>/ ─▶ one ledger line (index rows inside)
       └ at the end: index.parquet and failures.parquet from the ledger
 
@@ -12,7 +12,6 @@ written as each video finishes, so decode, encode and write overlap.
 """
 import errno
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -24,12 +23,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from latte_core.atomic import sha256_of, write_atomically
 from latte_core.errors import DiskFull, UserError
-from latte_toolkit.datasets.cache import FORMATS, fields_for, shard_digest
+from latte_toolkit.datasets.cache import fields_for, shard_digest
+from latte_toolkit.datasets.formats import FORMAT_NAMES, get_format
 from latte_toolkit.datasets.video import UnusableInput, center_crop_resize, iter_frames, read_manifest, to_pixels
 
-from .ledger import JobLock, Ledger, open_job_folder, remove_abandoned_staging, sha256_of, staging_path, write_atomically
-from .runners import check_workers, run_and_commit
+from .jobs import Job
+from .runners import check_workers
 
 logger = logging.getLogger(__name__)
 
@@ -203,48 +204,40 @@ def cache_shard(spec):
 
 
 def write_shard(spec, videos, timings):
-    """Write (item, arrays | exception, source bytes) triples into a staging folder, commit it as
+    """Write (item, arrays | exception, source bytes) triples with the format's Writer, which commits
     shards/<unit_id>/ by one rename, and return the ledger record (index and failure rows inside)."""
-    shards_dir = os.path.join(spec["out_dir"], "shards")
-    staging = staging_path(shards_dir, spec["unit_id"])
-    final = os.path.join(shards_dir, spec["unit_id"])
+    final = os.path.join(spec["out_dir"], "shards", spec["unit_id"])
     fields = fields_for(spec["store"])
     latent = spec["image_size"] // spec["downsample_factor"]
     frame_nbytes = len(fields) * spec["latent_channels"] * latent * latent * np.dtype(spec["dtype"]).itemsize
-    index, failures, source_bytes = [], [], 0
+    failures, source_bytes, items = [], 0, []
     try:
-        os.makedirs(staging)
-        writer = FORMATS[spec["format"]].ShardWriter(staging, fields=fields, chunk_frames=spec["chunk_frames"],
-                                                     frame_nbytes=frame_nbytes)
-        for item, arrays, size in videos:
-            if isinstance(arrays, UnusableInput):  # the decoder's own verdict, its message naming the file
-                failures.append({"video_id": item["video_id"], "path": item["path"], "category": arrays.category,
-                                 "message": arrays.message[:300]})
-                continue
-            if isinstance(arrays, Exception):
-                failures.append({"video_id": item["video_id"], "path": item["path"], "category": "unreadable",
-                                 "message": f"{item['path']}: {_first_line(arrays)}"})
-                continue
+        with get_format(spec["format"]).Writer(final, frame_fields=fields, chunk_frames=spec["chunk_frames"],
+                                               frame_nbytes=frame_nbytes) as writer:
+            for item, arrays, size in videos:
+                if isinstance(arrays, UnusableInput):  # the decoder's own verdict, its message naming the file
+                    failures.append({"video_id": item["video_id"], "path": item["path"],
+                                     "category": arrays.category, "message": arrays.message[:300]})
+                    continue
+                if isinstance(arrays, Exception):
+                    failures.append({"video_id": item["video_id"], "path": item["path"], "category": "unreadable",
+                                     "message": f"{item['path']}: {_first_line(arrays)}"})
+                    continue
+                started = time.perf_counter()
+                writer.add(arrays, label=item.get("label"), caption=item.get("caption"))
+                timings["write"] += time.perf_counter() - started
+                items.append(item)
+                source_bytes += size
             started = time.perf_counter()
-            offset = writer.add(arrays)
-            timings["write"] += time.perf_counter() - started
-            index.append({"video_id": item["video_id"], "shard": spec["unit_id"], "offset": offset,
-                          "frames": len(arrays[fields[0]]), "label": item.get("label"), "caption": item.get("caption")})
-            source_bytes += size
-        started = time.perf_counter()
-        writer.close()
-        _fsync_folder(staging)
-        digest, size = shard_digest(staging)
-        if os.path.exists(final):  # committed by a run that was killed before its ledger line
-            shutil.rmtree(final)
-        os.rename(staging, final)
+        digest, size = shard_digest(final)
         timings["write"] += time.perf_counter() - started
     except BaseException as err:
-        shutil.rmtree(staging, ignore_errors=True)
         if isinstance(err, Exception) and _disk_full(err, spec["out_dir"]):
             raise DiskFull(f"no space left on the device holding {spec['out_dir']} while writing shard "
                            f"{spec['unit_id']}; committed shards are intact, free space and re-run") from None
         raise
+    index = [{"video_id": item["video_id"], "shard": spec["unit_id"], **video}
+             for item, video in zip(items, writer.videos)]
     return {"unit_id": spec["unit_id"], "videos": len(index), "failed": len(failures),
             "frames": sum(row["frames"] for row in index), "bytes": size, "sha256": digest,
             "disk_bytes": _allocated_bytes(final), "source_bytes": source_bytes,
@@ -278,24 +271,10 @@ def _source_size(item):
     return os.path.getsize(item["path"])
 
 
-def _fsync_folder(folder):
-    for name in os.listdir(folder):
-        with open(os.path.join(folder, name), "rb") as handle:
-            os.fsync(handle.fileno())
-
-
 # ------------------------------------------------------------------------------------------ the job
-def plan_shards(videos, shard_videos, done_ids):
-    pending, done = [], 0
-    for start in range(0, len(videos), shard_videos):
-        members = videos[start:start + shard_videos]
-        key = json.dumps([[m["video_id"], m["path"], m["num_frames"]] for m in members])
-        shard_id = "s-" + hashlib.sha1(key.encode()).hexdigest()[:16]
-        if shard_id in done_ids:
-            done += 1
-        else:
-            pending.append({"unit_id": shard_id, "videos": members})
-    return pending, done
+def _member_key(video):
+    """What names a video in its shard's id."""
+    return [video["video_id"], video["path"], video["num_frames"]]
 
 
 def publish_index(out_dir, records):
@@ -313,8 +292,8 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
               workers=1, scheduler=None, micro_batch=8, shard_videos=16, chunk_frames=16, skip_videos=0,
               seed=0, progress=True):
     """Run (or resume) the cache job; returns the summary dict."""
-    if fmt not in FORMATS:
-        raise CacheError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in FORMAT_NAMES:
+        raise CacheError(f"unknown format {fmt!r}; choose one of {', '.join(FORMAT_NAMES)}")
     if dtype not in ("float16", "float32"):
         raise CacheError(f"dtype must be float16 or float32, got {dtype!r}")
     if min(image_size, micro_batch, shard_videos, chunk_frames) < 1 or skip_videos < 0:
@@ -343,23 +322,19 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
     del vae
     if image_size % fingerprint["downsample_factor"]:
         raise CacheError(f"image_size {image_size} is not a multiple of the VAE's {fingerprint['downsample_factor']}")
-    open_job_folder(out_dir, "cache.json", fingerprint, "shards", CacheError)
-    with JobLock(out_dir):
-        removed = remove_abandoned_staging(os.path.join(out_dir, "shards")) + remove_abandoned_staging(out_dir)
-        if removed:
-            logger.info("removed %d staging item(s) left by an interrupted run", removed)
-        ledger = Ledger(out_dir)
-        pending, skipped = plan_shards(videos, shard_videos, {r["unit_id"] for r in ledger.records()})
+    with Job(out_dir, "cache.json", fingerprint, "shards", CacheError) as job:
+        pending, skipped = job.plan(videos, shard_videos, _member_key, "s", "videos")
         logger.info("%d videos in %d shards: %d already cached", len(videos), skipped + len(pending), skipped)
         common = {"out_dir": out_dir, "vae_dir": vae_dir, "vae_sha256": vae_sha256, "format": fmt,
-                  "image_size": image_size, "dtype": dtype, "store": store, "micro_batch": micro_batch, "chunk_frames": chunk_frames, "seed": seed,
-                  "latent_channels": fingerprint["latent_channels"],
+                  "image_size": image_size, "dtype": dtype, "store": store, "micro_batch": micro_batch,
+                  "chunk_frames": chunk_frames, "seed": seed, "latent_channels": fingerprint["latent_channels"],
                   "downsample_factor": fingerprint["downsample_factor"]}
         specs = [{**shard, **common} for shard in pending]
-        errors = run_and_commit(cache_shard, specs, ledger, lambda spec: sum(v["num_frames"] or 0 for v in spec["videos"]),
-                                "cache", "frame", workers, scheduler, progress, stop_on=DiskFull)
-        records = ledger.records()
-        index, failures = publish_index(out_dir, records)
+        errors = job.run(cache_shard, specs, lambda spec: sum(v["num_frames"] or 0 for v in spec["videos"]),
+                         "cache", "frame", workers, scheduler, progress)
+        records = job.records()
+        index, failures = job.publish(lambda: publish_index(out_dir, records),
+                                      "writing index.parquet and failures.parquet")
     # a shard that raised (e.g. its worker could not load the VAE) cached none of its videos: they count
     # as failed; the shard is not in the ledger, so a re-run retries it
     raised = [spec for spec in specs if spec["unit_id"] in set(errors)]

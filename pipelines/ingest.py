@@ -8,7 +8,6 @@ A unit's id is a hash of its members, so the same inputs give the same plan what
 workers, and a re-run skips every unit already in the ledger.
 """
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -17,12 +16,14 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from latte_core.errors import DiskFull, UserError
+from latte_core.errors import UserError
 from latte_toolkit.datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
 
-from .ledger import (JobLock, Ledger, disk_full_error, is_disk_full, open_job_folder, remove_abandoned_staging,
-                     sha256_of, write_atomically, write_error)
-from .runners import check_workers, run_and_commit
+from latte_core.atomic import sha256_of, write_atomically
+
+from .jobs import Job, plan_units
+from .ledger import disk_full_error, is_disk_full
+from .runners import check_workers
 
 logger = logging.getLogger(__name__)
 
@@ -224,25 +225,10 @@ def _read_list(path):
 
 
 # ------------------------------------------------------------------------------------------ planning
-def unit_id_of(members, prefix="u"):
-    """A hash of the members (and of the discovery failure of those that have one, so a unit whose
+def _member_key(member):
+    """What names an input in its unit's id: id, path and its discovery failure if any (so a unit whose
     duplicate or broken link is resolved is run again)."""
-    key = [[m["video_id"], m["path"]] + ([m["failure"][0]] if m.get("failure") else []) for m in members]
-    digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()
-    return f"{prefix}-{digest[:16]}"
-
-
-def plan_units(inputs, unit_size, done_ids, prefix="u"):
-    """Split the sorted inputs into units; returns (pending units, number already done)."""
-    pending, done = [], 0
-    for start in range(0, len(inputs), unit_size):
-        members = inputs[start:start + unit_size]
-        unit_id = unit_id_of(members, prefix)
-        if unit_id in done_ids:
-            done += 1
-        else:
-            pending.append({"unit_id": unit_id, "inputs": members})
-    return pending, done
+    return [member["video_id"], member["path"]] + ([member["failure"][0]] if member.get("failure") else [])
 
 
 # ------------------------------------------------------------------------------------------ the unit
@@ -356,35 +342,25 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
     out_dir = os.path.abspath(out_dir)
     inputs = discover(sources)
     settings = _job_settings(sources, num_frames, sample_stride, verify, unit_size)
-    open_job_folder(out_dir, "ingest.json", settings, "units", IngestError)
-    with JobLock(out_dir):
-        try:
-            removed = remove_abandoned_staging(os.path.join(out_dir, "units")) + remove_abandoned_staging(out_dir)
-        except OSError as err:
-            raise write_error(err, out_dir, "removing the staging files of an interrupted run", IngestError) from None
-        if removed:
-            logger.info("removed %d staging file(s) left by an interrupted run", removed)
-        ledger = Ledger(out_dir)
-        records = ledger.records()
+    with Job(out_dir, "ingest.json", settings, "units", IngestError) as job:
+        records = job.records()
         attempt = 1 + max((record["attempt"] for record in records), default=0)
-        pending, skipped = plan_units(inputs, unit_size, {record["unit_id"] for record in records})
+        pending, skipped = job.plan(inputs, unit_size, _member_key, "u", "inputs")
         logger.info("%d inputs in %d units: %d already done", len(inputs), skipped + len(pending), skipped)
         if retry_failed:
             failed_inputs = [_as_input(row) for row in latest_rows(out_dir, records)
                              if row["category"] is not None and row["category"] not in DISCOVERY_FAILURES]
-            retries, _ = plan_units(failed_inputs, unit_size, set(), prefix=f"r{attempt}")
+            retries, _ = plan_units(failed_inputs, unit_size, _member_key, f"r{attempt}", "inputs")
             logger.info("retrying %d failed input(s) in %d unit(s)", len(failed_inputs), len(retries))
             pending += retries
         common = {"out_dir": out_dir, "verify": verify, "timeout": timeout, "num_frames": num_frames,
                   "sample_stride": sample_stride, "attempt": attempt,
                   "min_frames": num_frames * sample_stride if num_frames else 0}
         specs = [{**unit, **common} for unit in pending]
-        errors = run_and_commit(ingest_unit, specs, ledger, lambda spec: len(spec["inputs"]), "ingest", "video",
-                                workers, scheduler, progress, stop_on=DiskFull)
-        try:
-            ok, failed = _assemble(out_dir, latest_rows(out_dir, ledger.records()))
-        except OSError as err:
-            raise write_error(err, out_dir, "writing manifest.parquet and failures.parquet", IngestError) from None
+        errors = job.run(ingest_unit, specs, lambda spec: len(spec["inputs"]), "ingest", "video", workers,
+                         scheduler, progress)
+        ok, failed = job.publish(lambda: _assemble(out_dir, latest_rows(out_dir, job.records())),
+                                 "writing manifest.parquet and failures.parquet")
     seconds = time.perf_counter() - started
     by_category = {}
     for row in failed:

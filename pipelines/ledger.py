@@ -1,48 +1,17 @@
-"""The record of committed units of a job, and the atomic commit of a unit's output.
+"""The record of committed units of a job, its lock, and the errors of writing into a job folder.
 
-A unit's output becomes visible by one `os.replace` of a finished file; only then is one line
-appended to `ledger.jsonl` (one write, fsynced). "Done" means "in the ledger": a killed job leaves
+A unit's output becomes visible by one rename of a finished file or folder (latte_core.atomic); only
+then is one line appended to `ledger.jsonl` (one write, fsynced). "Done" means "in the ledger": a killed job leaves
 at most a torn last line (ignored and cut off on the next open) and unledgered files (redone); a full
 disk leaves no partial line (the append is undone) and raises DiskFull.
 """
 import errno
 import fcntl
-import hashlib
 import json
 import os
-import shutil
-import uuid
 
 from latte_toolkit.datasets.cache import read_ledger
 from latte_core.errors import DiskFull, UserError
-
-STAGING_PREFIX = ".staging-"
-
-
-def sha256_of(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def staging_path(folder, name):
-    """A unique temporary name next to the final one (same filesystem, so the rename is atomic)."""
-    return os.path.join(folder, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
-
-
-def remove_abandoned_staging(folder):
-    """Delete the staging files and folders a killed run left behind; returns how many."""
-    if not os.path.isdir(folder):
-        return 0
-    stale = [entry for entry in os.scandir(folder) if entry.name.startswith(STAGING_PREFIX)]
-    for entry in stale:
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.remove(entry.path)
-    return len(stale)
 
 
 def is_disk_full(err):
@@ -64,50 +33,6 @@ def write_error(err, folder, doing, error=UserError):
         return disk_full_error(folder, doing)
     reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
     return error(f"{folder}: cannot write the job folder ({reason}) while {doing}; choose a writable --out")
-
-
-def write_atomically(path, write):
-    """Call write(tmp_path), then move tmp_path onto `path` in one rename; nothing is left on error."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = staging_path(folder, os.path.basename(path))
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json_atomically(path, data):
-    def write(tmp):
-        with open(tmp, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-    write_atomically(path, write)
-
-
-def open_job_folder(out_dir, settings_name, settings, subfolder, error=ValueError):
-    """Create `out_dir` for a job with `settings` (saved as `settings_name`), or check that an existing
-    one was made with the same settings, so runs are resumed and never mixed. Raises `error`."""
-    settings_path = os.path.join(out_dir, settings_name)
-    if os.path.exists(settings_path):
-        with open(settings_path) as handle:
-            previous = json.load(handle)
-        if previous != settings:
-            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise error(f"{out_dir} holds a run made with other settings ({', '.join(changed)} differ); refusing "
-                        f"to mix them: use a new --out folder, or the same settings to resume")
-        return
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise error(f"{out_dir} is not empty and holds no {settings_name}; choose an empty or new folder")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise error(f"{out_dir} is a file, not a folder; choose an empty or new folder")
-    try:
-        os.makedirs(os.path.join(out_dir, subfolder), exist_ok=True)
-        write_json_atomically(settings_path, settings)
-    except OSError as err:
-        raise write_error(err, out_dir, "creating the job folder", error) from None
 
 
 class Ledger:

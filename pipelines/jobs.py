@@ -1,0 +1,125 @@
+"""The job skeleton every stage runs: plan -> units -> staging -> atomic commit -> ledger -> publish.
+
+    with Job(out_dir, "stage.json", settings, "units", StageError) as job:  # folder checked, locked,
+        specs, skipped = job.plan(items, unit_size, member_key, "u", "inputs")  # staging cleaned
+        errors = job.run(stage_unit, specs, weight, "stage", "item", workers, scheduler, progress)
+        job.publish(lambda: write_outputs(out_dir, job.records()), "writing outputs.parquet")
+
+- The folder: a new (or empty) `out_dir` gets `settings` as `settings_name` and `subfolder` for the
+  units; an existing one must hold the same settings, so a run is resumed and never mixed with another.
+- The plan: sorted items in units of `unit_size`, each named by a hash of its members, so the same
+  items give the same units whatever the runner; units already in the ledger are skipped.
+- A unit function (run by runners.run_units, in this process or on dask workers) writes its output
+  under a staging name and publishes it by one rename (latte_core.atomic.staged), then returns its
+  ledger record; the job appends it (runners.run_and_commit). A unit that raises is reported, not
+  recorded, and re-run next time; DiskFull cancels the job.
+- Publishing (manifest, index, failures tables) happens after the units, from the ledger records.
+
+To add a stage: its settings dict, its unit function `unit(spec) -> record` (commit with `staged`, write
+nothing visible before), its member key for the unit ids, and its publish step; the rest is this class.
+"""
+import hashlib
+import json
+import logging
+import os
+
+from latte_core.atomic import remove_staging, write_json_atomically
+from latte_core.errors import DiskFull
+
+from .ledger import JobLock, Ledger, write_error
+from .runners import run_and_commit
+
+logger = logging.getLogger(__name__)
+
+
+def plan_units(items, unit_size, member_key, prefix, members_name, done_ids=()):
+    """Split the sorted items into units of `unit_size`: specs {"unit_id", members_name: members} for
+    the units not in `done_ids`, and how many were. A unit's id is `prefix`-<sha1 of its members'
+    keys>, so it depends on the members only."""
+    pending, done = [], 0
+    for start in range(0, len(items), unit_size):
+        members = items[start:start + unit_size]
+        key = json.dumps([member_key(member) for member in members])
+        unit_id = f"{prefix}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+        if unit_id in done_ids:
+            done += 1
+        else:
+            pending.append({"unit_id": unit_id, members_name: members})
+    return pending, done
+
+
+def open_job_folder(out_dir, settings_name, settings, subfolder, error=ValueError):
+    """Create `out_dir` for a job with `settings` (saved as `settings_name`), or check that an existing
+    one was made with the same settings, so runs are resumed and never mixed. Raises `error`."""
+    settings_path = os.path.join(out_dir, settings_name)
+    if os.path.exists(settings_path):
+        with open(settings_path) as handle:
+            previous = json.load(handle)
+        if previous != settings:
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise error(f"{out_dir} holds a run made with other settings ({', '.join(changed)} differ); refusing "
+                        f"to mix them: use a new --out folder, or the same settings to resume")
+        return
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise error(f"{out_dir} is not empty and holds no {settings_name}; choose an empty or new folder")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise error(f"{out_dir} is a file, not a folder; choose an empty or new folder")
+    try:
+        os.makedirs(os.path.join(out_dir, subfolder), exist_ok=True)
+        write_json_atomically(settings_path, settings)
+    except OSError as err:
+        raise write_error(err, out_dir, "creating the job folder", error) from None
+
+
+class Job:
+    """One run of a stage in its job folder (see the module docstring); a context manager holding the
+    folder's lock. `error` is the stage's UserError class, raised for a folder that cannot be used."""
+
+    def __init__(self, out_dir, settings_name, settings, subfolder, error):
+        self.out_dir, self.subfolder, self.error = out_dir, subfolder, error
+        open_job_folder(out_dir, settings_name, settings, subfolder, error)
+        self.lock = JobLock(out_dir)
+        self.ledger = None
+
+    def __enter__(self):
+        self.lock.__enter__()
+        try:
+            try:
+                removed = (remove_staging(os.path.join(self.out_dir, self.subfolder))
+                           + remove_staging(self.out_dir))
+            except OSError as err:
+                raise write_error(err, self.out_dir, "removing the staging files of an interrupted run",
+                                  self.error) from None
+            if removed:
+                logger.info("removed %d staging item(s) left by an interrupted run", removed)
+            self.ledger = Ledger(self.out_dir)
+        except BaseException:
+            self.lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.__exit__(*exc)
+
+    def records(self):
+        """The committed unit records, in commit order."""
+        return self.ledger.records()
+
+    def plan(self, items, unit_size, member_key, prefix, members_name):
+        """plan_units over `items`, skipping the units already in the ledger."""
+        return plan_units(items, unit_size, member_key, prefix, members_name,
+                          {record["unit_id"] for record in self.records()})
+
+    def run(self, work, specs, weight, desc, unit, workers=1, scheduler=None, progress=True):
+        """Run the unit specs and ledger each result (runners.run_and_commit); a full disk cancels the
+        job. Returns the ids of the units that raised."""
+        return run_and_commit(work, specs, self.ledger, weight, desc, unit, workers, scheduler, progress,
+                              stop_on=DiskFull)
+
+    def publish(self, step, doing):
+        """Run the publish step (writing the job's tables, each by latte_core.atomic); a folder that
+        refuses the write is the stage's error naming it, a full disk DiskFull."""
+        try:
+            return step()
+        except OSError as err:
+            raise write_error(err, self.out_dir, doing, self.error) from None
