@@ -11,12 +11,12 @@ import logging
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 import zlib
 
 import numpy as np
 
+from .atomic import staged
 from .errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -391,20 +391,13 @@ def save_weights(params, target, append_dict=None):
     import mindspore as ms
     target = os.fspath(target)
     if target.endswith(".safetensors"):
-        fmt, suffix = "safetensors", ".safetensors"
+        fmt = "safetensors"
     elif target.endswith(".ckpt"):
-        fmt, suffix = "ckpt", ".ckpt"
+        fmt = "ckpt"
     else:
         raise CheckpointError(f"{target}: the target must end in .ckpt or .safetensors")
-    folder = os.path.dirname(os.path.abspath(target))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(handle)
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    with staged(target) as tmp:  # the staging name ends in the target's name, so in its suffix
         ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in params.items()], tmp,
                            append_dict=append_dict, format=fmt)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target

@@ -13,7 +13,6 @@ re-hashes the files: a damaged one (a bad disk, a copy cut short, bytes overwrit
 A folder without checksums.json was written before checksums existed: it is loaded, with a warning
 that it cannot be verified.
 """
-import hashlib
 import json
 import logging
 import os
@@ -22,9 +21,10 @@ import shutil
 
 import mindspore as ms
 
+from latte_core.atomic import remove_staging  # noqa: F401  (the training loop clears ckpt/ with it)
+from latte_core.atomic import sha256_of, staged, write_json_atomically
 from latte_core.errors import UserError
 
-STAGING_PREFIX = ".staging-"
 DAMAGED_PREFIX = "damaged-"
 CHECKSUMS = "checksums.json"
 FILES = ("train_state.ckpt", "ema.ckpt", "state.json")
@@ -61,56 +61,23 @@ def save_checkpoint(ckpt_root, step, cells, sampling_weights, state, keep):
     `sampling_weights` ({name: Parameter}); delete all but the newest `keep`. Returns the folder."""
     os.makedirs(ckpt_root, exist_ok=True)
     final = os.path.join(ckpt_root, f"step-{step:08d}")
-    staging = os.path.join(ckpt_root, f"{STAGING_PREFIX}{os.getpid()}-step-{step:08d}")
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    try:
+    with staged(final, folder=True) as staging:
         ms.save_checkpoint(_entries(cells), os.path.join(staging, "train_state.ckpt"))
         ms.save_checkpoint([{"name": name, "data": value} for name, value in sampling_weights.items()],
                            os.path.join(staging, "ema.ckpt"))
         with open(os.path.join(staging, "state.json"), "w") as handle:
             json.dump(state, handle, indent=1, sort_keys=True)
-        for name in os.listdir(staging):
-            with open(os.path.join(staging, name), "rb") as handle:
-                os.fsync(handle.fileno())
         _write_checksums(staging)
-        if os.path.exists(final):  # the same step saved by a run that was stopped before it went on
-            shutil.rmtree(final)
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for old in checkpoint_dirs(ckpt_root)[:-keep]:
         shutil.rmtree(old)
     return final
 
 
-def _digest(path):
-    sha, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            sha.update(chunk)
-            size += len(chunk)
-    return sha.hexdigest(), size
-
-
 def _write_checksums(folder):
-    """checksums.json for the files of `folder`, after them and atomically (temporary file, fsync, rename)."""
-    files = {}
-    for name in FILES:
-        digest, size = _digest(os.path.join(folder, name))
-        files[name] = {"sha256": digest, "bytes": size}
-    path = os.path.join(folder, CHECKSUMS)
-    with open(path + ".tmp", "w") as handle:
-        json.dump({"files": files}, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(path + ".tmp", path)
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    """checksums.json for the files of `folder`, after them (the folder is published as a whole)."""
+    files = {name: {"sha256": sha256_of(os.path.join(folder, name)), "bytes": os.path.getsize(os.path.join(folder, name))}
+             for name in FILES}
+    write_json_atomically(os.path.join(folder, CHECKSUMS), {"files": files})
 
 
 def checkpoint_problem(folder):
@@ -128,11 +95,12 @@ def checkpoint_problem(folder):
     for name, (expected, size) in listed.items():
         file = os.path.join(folder, name)
         try:
-            digest, actual = _digest(file)
+            actual = os.path.getsize(file)
+            if actual != size:
+                return f"{file}: {actual} bytes, {CHECKSUMS} says {size} (damaged)"
+            digest = sha256_of(file)
         except OSError as err:
             return f"{file}: unreadable ({err.strerror or err})"
-        if actual != size:
-            return f"{file}: {actual} bytes, {CHECKSUMS} says {size} (damaged)"
         if digest != expected:
             return f"{file}: sha256 differs from {CHECKSUMS} (damaged)"
     return None
@@ -182,13 +150,6 @@ def read_state(folder):
             return json.load(handle)
     except (OSError, ValueError) as err:
         raise ResumeError(f"{path}: unreadable ({err})") from None
-
-
-def remove_staging(ckpt_root):
-    if os.path.isdir(ckpt_root):
-        for entry in os.scandir(ckpt_root):
-            if entry.name.startswith(STAGING_PREFIX):
-                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def load_checkpoint(folder, cells):
