@@ -18,7 +18,7 @@ import numpy as np
 
 from latte_core.errors import UserError
 from latte_core.samplers import SAMPLERS
-from latte_toolkit.train.config import Key, KeyTable
+from latte_toolkit.train.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Key, KeyTable, Range
 
 logger = logging.getLogger(__name__)
 PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "pretrained")
@@ -34,30 +34,34 @@ SAMPLE_KEYS = KeyTable([
     Key("vae_checkpoint", (str,), os.path.join(PRETRAINED, "vae-clouds"),
         "VAE: a diffusers folder, or a .ckpt of sd-vae-ft-mse's architecture"),
     Key("model_name", (str, type(None)), None, "variant for a plain weights file (read from a run folder)"),
-    Key("depth", (int, type(None)), None, "override the variant's blocks"),
-    Key("hidden_size", (int, type(None)), None, "override the variant's width"),
-    Key("num_heads", (int, type(None)), None, "override the variant's heads"),
+    Key("depth", (int, type(None)), None, "override the variant's blocks", range=AT_LEAST_1),
+    Key("hidden_size", (int, type(None)), None, "override the variant's width", range=AT_LEAST_1),
+    Key("num_heads", (int, type(None)), None, "override the variant's heads", range=AT_LEAST_1),
     Key("condition", (str, type(None)), None, "null or class (read from a run folder)", (None, "class")),
-    Key("num_classes", (int,), 0, "classes of a class-conditional model"),
-    Key("image_size", (int, type(None)), None, "frame size in pixels (a run folder's by default)"),
-    Key("num_frames", (int, type(None)), None, "frames per video (a run folder's by default)"),
-    Key("sd_scale_factor", (int, float, type(None)), None, "latent scaling factor (the VAE's by default)"),
+    Key("num_classes", (int,), 0, "classes of a class-conditional model", range=NON_NEGATIVE),
+    Key("image_size", (int, type(None)), None, "frame size in pixels (a run folder's by default)",
+        range=AT_LEAST_1),
+    Key("num_frames", (int, type(None)), None, "frames per video (a run folder's by default)", range=AT_LEAST_1),
+    Key("sd_scale_factor", (int, float, type(None)), None, "latent scaling factor (the VAE's by default)",
+        range=POSITIVE),
     Key("enable_flash_attention", (bool,), False, "flash attention (fused on Ascend, block-wise elsewhere)"),
     Key("use_fp16", (bool,), False, "run the transformer in float16 (meant for Ascend; slower on CPU)"),
     Key("sampler", (str, type(None)), None, f"{' | '.join(SAMPLERS)}; null: ddim if ddim_sampling else ddpm. Given "
         "with ddim_sampling, sampler wins (a warning names the ignored key)", (None,) + tuple(SAMPLERS)),
     Key("sampling_steps", (int, type(None)), None, "steps of the sampler; null: its default ("
-        + ", ".join(f"{name} {sampler.default_steps}" for name, sampler in SAMPLERS.items()) + ")"),
+        + ", ".join(f"{name} {sampler.default_steps}" for name, sampler in SAMPLERS.items()) + ")",
+        range=AT_LEAST_1),
     Key("ddim_sampling", (bool,), False, "MindONE's switch: DDIM instead of DDPM (see sampler)"),
-    Key("ddim_eta", (int, float), 0.0, "DDIM eta (0: deterministic)"),
+    Key("ddim_eta", (int, float), 0.0, "DDIM eta (0: deterministic)", range=NON_NEGATIVE),
     Key("guidance_scale", (int, float), 1.0, "classifier-free guidance scale for class models (1: none)"),
     Key("class_labels", (list, type(None)), None, "class of each video (cycled); default 0, 1, 2, ..."),
-    Key("num_videos", (int,), 4, "videos to make"),
-    Key("batch_size", (int,), 4, "videos sampled together"),
-    Key("seed", (int,), 42, "seed of the initial and per-step noise"),
-    Key("decode_micro_batch", (int,), 8, "frames per VAE decoder call"),
-    Key("fps", (int,), 8, "frame rate of the GIF and MP4 files"),
-    Key("output_path", (str,), "samples", "folder for sample_NNN.gif / .mp4 / .npy and summary.json"),
+    Key("num_videos", (int,), 4, "videos to make", range=AT_LEAST_1),
+    Key("batch_size", (int,), 4, "videos sampled together", range=AT_LEAST_1),
+    Key("seed", (int,), 42, "seed of the initial and per-step noise", range=Range(0, 2 ** 32 - 1)),
+    Key("decode_micro_batch", (int,), 8, "frames per VAE decoder call", range=AT_LEAST_1),
+    Key("fps", (int,), 8, "frame rate of the GIF and MP4 files", range=AT_LEAST_1),
+    Key("output_path", (str,), "samples", "folder for sample_NNN.gif / .mp4 / .npy and summary.json (which holds "
+        "this config)"),
     Key("device_target", (str,), "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend")),
 ], {"guidance": "guidance_scale", "num_samples": "num_videos", "output_dir": "output_path"}, SampleError)
 
@@ -127,7 +131,8 @@ def _guided_cell(model, scale):
 
 
 def run_sample(config, progress=True):
-    """Sample config["num_videos"] videos; returns the summary (also written as summary.json)."""
+    """Sample config["num_videos"] videos (config: SAMPLE_KEYS.load's, whose checks it relies on); returns
+    the summary, also written as summary.json with the resolved config under "config"."""
     import mindspore as ms
     from mindspore import Tensor
     from latte_core import create_latte
@@ -136,9 +141,6 @@ def run_sample(config, progress=True):
     from latte_core.vae import load_vae
     from latte_toolkit.datasets.video import to_frames, write_gif, write_mp4
 
-    for key in ("num_videos", "batch_size", "decode_micro_batch", "fps"):
-        if config[key] < 1:
-            raise SampleError(f"{key} must be at least 1, got {config[key]}")
     sampler, steps = _sampler(config)  # refused before anything is loaded
     started = time.perf_counter()
     weights, settings = _model_settings(config)
@@ -217,7 +219,8 @@ def run_sample(config, progress=True):
                "method": sampler.name, "steps": steps,
                "guidance_scale": config["guidance_scale"] if guided else None, "videos": len(written),
                "checkpoint_loading_s": round(load_s, 2), "compile_s": round(compile_s, 2),
-               "total_sample_s": round(sample_s, 2), "output_path": out, "files": written}
+               "total_sample_s": round(sample_s, 2), "output_path": out, "files": written,
+               "config": config}
     with open(os.path.join(out, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=1)
     return summary

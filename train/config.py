@@ -1,8 +1,10 @@
-"""The training configuration: one typed table of keys (MindONE's Latte key names), read from YAML.
+"""Typed key tables, the one config mechanism of every `latte` command, and the training keys.
 
-A config file may name a `data_config_file` whose `data_config:` section is merged in (as MindONE's
-configs do); command-line options override both. Unknown keys and wrong types are errors naming the
-key and the file. `TRAIN_KEYS.describe()` prints the table; README.md documents it.
+A KeyTable is a stage's keys (name, types, default, doc, choices, range) with the seed's spellings as
+aliases: defaults < a YAML file (which may name a `data_config_file` whose `data_config:` section is
+merged in, as MindONE's configs do) < command-line values. Unknown keys, wrong types and values out of
+range are errors naming the key and where it came from. `TRAIN_KEYS` uses MindONE's Latte key names;
+`TRAIN_VAE_KEYS` are `latte train-vae`'s. `describe()` prints a table (`latte <stage> --keys`).
 """
 import dataclasses
 import math
@@ -52,6 +54,7 @@ UNIT = Range(0, 1)
 
 @dataclasses.dataclass(frozen=True)
 class Key:
+    """One key. A default that is not of its types (None for a str key) makes the key required."""
     name: str
     types: tuple
     default: object
@@ -60,107 +63,107 @@ class Key:
     range: Range = None  # numeric keys: the accepted values (None, where the type allows it, is not checked)
     resume_may_change: bool = False  # a run-control key that `--resume` accepts with another value
 
-
-def _key(name, types, default, doc, choices=(), range=None, resume_may_change=False):
-    return Key(name, types if isinstance(types, tuple) else (types,), default, doc, choices, range, resume_may_change)
+    def __post_init__(self):
+        if not isinstance(self.types, tuple):  # one type given bare
+            object.__setattr__(self, "types", (self.types,))
 
 
 NUMBER = (int, float)
 KEYS = [
     # task and model
-    _key("condition", (str, type(None)), None, "null (unconditional) or class; text is not supported yet",
-         (None, "class")),
-    _key("num_classes", int, 0, "classes of a class-conditional model (labels come from the data)", range=NON_NEGATIVE),
-    _key("class_dropout_prob", NUMBER, 0.1, "label dropout for classifier-free guidance", range=UNIT),
-    _key("model_name", str, "Latte-XL/2", "variant: Latte-S/2 ... Latte-XL/8"),
-    _key("depth", (int, type(None)), None, "override the variant's block count (spatial + temporal), e.g. for a "
-                                           "small model", range=AT_LEAST_1),
-    _key("hidden_size", (int, type(None)), None, "override the variant's width", range=AT_LEAST_1),
-    _key("num_heads", (int, type(None)), None, "override the variant's attention heads (must divide the width)",
-         range=AT_LEAST_1),
-    _key("image_size", int, 256, "frame size in pixels (latents are image_size / 8, or the cache's)",
-         range=AT_LEAST_1),
-    _key("num_frames", int, 16, "frames per training clip", range=AT_LEAST_1),
-    _key("learn_sigma", bool, True, "predict the variance too (2x output channels), as the reference"),
-    _key("patch_embedder", str, "conv", "conv or linear (MindONE's choice for bf16 on Ascend)", ("conv", "linear")),
-    _key("enable_flash_attention", bool, False,
-         "fused flash attention on Ascend; block-wise attention (linear memory) elsewhere"),
-    _key("use_recompute", bool, False, "recompute every transformer block in the backward pass (less memory)"),
-    _key("pretrained_model_path", str, "", "start from these weights (.ckpt/.safetensors/.pt; sin-cos tables "
-                                             "are recomputed for this model's size)", resume_may_change=True),
-    _key("vae_checkpoint", str, "", "VAE for training from videos: a diffusers folder, or a .ckpt of "
-                                      "sd-vae-ft-mse's architecture (latte convert vae)"),
-    _key("sd_scale_factor", NUMBER + (type(None),), None, "latent scaling factor; null: the VAE's (or the cache's); "
-                                                          "a value must match it", range=POSITIVE),
-    _key("dtype", str, "fp32", "compute dtype under amp_level O2: fp16, or bf16 (Ascend only)", ("fp32", "fp16", "bf16")),
-    _key("amp_level", str, "O2", "O0: float32 everywhere; O2: the network in `dtype`, a dynamic loss scale",
-         ("O0", "O2")),
+    Key("condition", (str, type(None)), None, "null (unconditional) or class; text is not supported yet",
+        (None, "class")),
+    Key("num_classes", int, 0, "classes of a class-conditional model (labels come from the data)", range=NON_NEGATIVE),
+    Key("class_dropout_prob", NUMBER, 0.1, "label dropout for classifier-free guidance", range=UNIT),
+    Key("model_name", str, "Latte-XL/2", "variant: Latte-S/2 ... Latte-XL/8"),
+    Key("depth", (int, type(None)), None, "override the variant's block count (spatial + temporal), e.g. for a "
+                                          "small model", range=AT_LEAST_1),
+    Key("hidden_size", (int, type(None)), None, "override the variant's width", range=AT_LEAST_1),
+    Key("num_heads", (int, type(None)), None, "override the variant's attention heads (must divide the width)",
+        range=AT_LEAST_1),
+    Key("image_size", int, 256, "frame size in pixels (latents are image_size / 8, or the cache's)",
+        range=AT_LEAST_1),
+    Key("num_frames", int, 16, "frames per training clip", range=AT_LEAST_1),
+    Key("learn_sigma", bool, True, "predict the variance too (2x output channels), as the reference"),
+    Key("patch_embedder", str, "conv", "conv or linear (MindONE's choice for bf16 on Ascend)", ("conv", "linear")),
+    Key("enable_flash_attention", bool, False,
+        "fused flash attention on Ascend; block-wise attention (linear memory) elsewhere"),
+    Key("use_recompute", bool, False, "recompute every transformer block in the backward pass (less memory)"),
+    Key("pretrained_model_path", str, "", "start from these weights (.ckpt/.safetensors/.pt; sin-cos tables "
+                                            "are recomputed for this model's size)", resume_may_change=True),
+    Key("vae_checkpoint", str, "", "VAE for training from videos: a diffusers folder, or a .ckpt of "
+                                     "sd-vae-ft-mse's architecture (latte convert vae)"),
+    Key("sd_scale_factor", NUMBER + (type(None),), None, "latent scaling factor; null: the VAE's (or the cache's); "
+                                                         "a value must match it", range=POSITIVE),
+    Key("dtype", str, "fp32", "compute dtype under amp_level O2: fp16, or bf16 (Ascend only)", ("fp32", "fp16", "bf16")),
+    Key("amp_level", str, "O2", "O0: float32 everywhere; O2: the network in `dtype`, a dynamic loss scale",
+        ("O0", "O2")),
     # data
-    _key("dataset_name", str, "sky", "a name for the logs", resume_may_change=True),
-    _key("data_config_file", str, "", "YAML whose data_config: section holds the data keys below",
-         resume_may_change=True),
-    _key("data_folder", str, "", "a cache folder (latte cache), an ingest folder, or a folder of videos / frame "
-                                   "folders (ingested into output_path/ingest first)", resume_may_change=True),
-    _key("train_data_type", str, "numpy", "video_file (decode + VAE on the fly) or the cache's format",
-         ("video_file", "numpy", "mindrecord", "parquet")),
-    _key("sample_stride", int, 1, "frame stride within a clip", range=AT_LEAST_1),
-    _key("clips_per_video", int, 1, "random clips drawn from each video per epoch", range=AT_LEAST_1),
-    _key("shuffle", bool, True, "shuffle clips (within windows of shuffle_window shards)"),
-    _key("shuffle_window", int, 4, "shards whose clips are shuffled together (the bounded shuffle buffer)",
-         range=AT_LEAST_1),
-    _key("num_parallel_workers", int, 1, "loader threads", range=AT_LEAST_1, resume_may_change=True),
-    _key("posterior", str, "sample", "latents from the cached posterior: a fresh sample per epoch (mean + std·noise), "
-                                       "or its mean (for VAEs whose posterior noise swamps the signal)",
-         ("sample", "mean")),
-    _key("on_corrupt", str, "skip", "a shard that disagrees with the ledger: skip it (reported) or raise",
-         ("skip", "raise"), resume_may_change=True),
-    _key("max_rowsize", (int, type(None)), None, "MindONE's shared-memory size for process workers: no effect "
-                                                   "here (the loader uses threads); reported", resume_may_change=True),
-    _key("use_safer_augment", bool, False, "MindONE option; not supported (must be false)"),
-    _key("image_video_joint", bool, False, "MindONE's joint image-video training; not supported (must be false)"),
-    _key("use_image_num", (int, type(None)), None, "MindONE's images per video clip; not supported (null or 0)"),
-    _key("dataset_sink_mode", bool, False, "sink the data to the device (Ascend); on CPU it cannot act: reported",
-         resume_may_change=True),
+    Key("dataset_name", str, "sky", "a name for the logs", resume_may_change=True),
+    Key("data_config_file", str, "", "YAML whose data_config: section holds the data keys below",
+        resume_may_change=True),
+    Key("data_folder", str, "", "a cache folder (latte cache), an ingest folder, or a folder of videos / frame "
+                                  "folders (ingested into output_path/ingest first)", resume_may_change=True),
+    Key("train_data_type", str, "numpy", "video_file (decode + VAE on the fly) or the cache's format",
+        ("video_file", "numpy", "mindrecord", "parquet")),
+    Key("sample_stride", int, 1, "frame stride within a clip", range=AT_LEAST_1),
+    Key("clips_per_video", int, 1, "random clips drawn from each video per epoch", range=AT_LEAST_1),
+    Key("shuffle", bool, True, "shuffle clips (within windows of shuffle_window shards)"),
+    Key("shuffle_window", int, 4, "shards whose clips are shuffled together (the bounded shuffle buffer)",
+        range=AT_LEAST_1),
+    Key("num_parallel_workers", int, 1, "loader threads", range=AT_LEAST_1, resume_may_change=True),
+    Key("posterior", str, "sample", "latents from the cached posterior: a fresh sample per epoch (mean + std·noise), "
+                                      "or its mean (for VAEs whose posterior noise swamps the signal)",
+        ("sample", "mean")),
+    Key("on_corrupt", str, "skip", "a shard that disagrees with the ledger: skip it (reported) or raise",
+        ("skip", "raise"), resume_may_change=True),
+    Key("max_rowsize", (int, type(None)), None, "MindONE's shared-memory size for process workers: no effect "
+                                                  "here (the loader uses threads); reported", resume_may_change=True),
+    Key("use_safer_augment", bool, False, "MindONE option; not supported (must be false)"),
+    Key("image_video_joint", bool, False, "MindONE's joint image-video training; not supported (must be false)"),
+    Key("use_image_num", (int, type(None)), None, "MindONE's images per video clip; not supported (null or 0)"),
+    Key("dataset_sink_mode", bool, False, "sink the data to the device (Ascend); on CPU it cannot act: reported",
+        resume_may_change=True),
     # optimisation
-    _key("start_learning_rate", NUMBER, 1e-4, "peak learning rate", range=POSITIVE),
-    _key("end_learning_rate", NUMBER, 0.0, "final learning rate of cosine_decay", range=NON_NEGATIVE),
-    _key("scheduler", str, "constant", "constant or cosine_decay, after warmup_steps of linear warm-up",
-         ("constant", "cosine_decay")),
-    _key("warmup_steps", int, 0, "optimizer steps of linear warm-up from 0", range=NON_NEGATIVE),
-    _key("decay_steps", int, 0, "optimizer steps of the cosine decay (0: until the last step)", range=NON_NEGATIVE),
-    _key("train_batch_size", int, 5, "clips per micro-batch on each device", range=AT_LEAST_1),
-    _key("gradient_accumulation_steps", int, 1, "micro-batches summed into one optimizer step", range=AT_LEAST_1),
-    _key("weight_decay", NUMBER, 0.0, "decoupled weight decay (AdamW)", range=NON_NEGATIVE),
-    _key("betas", list, [0.9, 0.999], "Adam betas"),
-    _key("optim_eps", NUMBER, 1e-8, "Adam epsilon", range=POSITIVE),
-    _key("clip_grad", bool, False, "clip the gradients' global norm to max_grad_norm"),
-    _key("max_grad_norm", NUMBER, 0.1, "clipping threshold", range=POSITIVE),
-    _key("use_ema", bool, True, "keep an exponential moving average of the weights"),
-    _key("ema_decay", NUMBER, 0.9999, "EMA decay per optimizer step", range=UNIT),
-    _key("init_loss_scale", NUMBER, 65536.0, "initial dynamic loss scale (amp_level O2)", range=POSITIVE),
-    _key("loss_scale_factor", int, 2, "the loss scale is divided by this on overflow, multiplied after "
-                                             "scale_window good steps", range=Range(2)),
-    _key("scale_window", int, 1000, "good steps before the loss scale grows", range=AT_LEAST_1),
-    _key("epochs", int, 3000, "epochs to train (max_steps stops earlier)", range=AT_LEAST_1, resume_may_change=True),
-    _key("max_steps", (int, type(None)), None, "optimizer steps to train", range=AT_LEAST_1, resume_may_change=True),
-    _key("seed", int, 42, "seed of the initial weights, the loader and the diffusion noise",
-         range=Range(0, 2 ** 32 - 1)),
+    Key("start_learning_rate", NUMBER, 1e-4, "peak learning rate", range=POSITIVE),
+    Key("end_learning_rate", NUMBER, 0.0, "final learning rate of cosine_decay", range=NON_NEGATIVE),
+    Key("scheduler", str, "constant", "constant or cosine_decay, after warmup_steps of linear warm-up",
+        ("constant", "cosine_decay")),
+    Key("warmup_steps", int, 0, "optimizer steps of linear warm-up from 0", range=NON_NEGATIVE),
+    Key("decay_steps", int, 0, "optimizer steps of the cosine decay (0: until the last step)", range=NON_NEGATIVE),
+    Key("train_batch_size", int, 5, "clips per micro-batch on each device", range=AT_LEAST_1),
+    Key("gradient_accumulation_steps", int, 1, "micro-batches summed into one optimizer step", range=AT_LEAST_1),
+    Key("weight_decay", NUMBER, 0.0, "decoupled weight decay (AdamW)", range=NON_NEGATIVE),
+    Key("betas", list, [0.9, 0.999], "Adam betas"),
+    Key("optim_eps", NUMBER, 1e-8, "Adam epsilon", range=POSITIVE),
+    Key("clip_grad", bool, False, "clip the gradients' global norm to max_grad_norm"),
+    Key("max_grad_norm", NUMBER, 0.1, "clipping threshold", range=POSITIVE),
+    Key("use_ema", bool, True, "keep an exponential moving average of the weights"),
+    Key("ema_decay", NUMBER, 0.9999, "EMA decay per optimizer step", range=UNIT),
+    Key("init_loss_scale", NUMBER, 65536.0, "initial dynamic loss scale (amp_level O2)", range=POSITIVE),
+    Key("loss_scale_factor", int, 2, "the loss scale is divided by this on overflow, multiplied after "
+                                            "scale_window good steps", range=Range(2)),
+    Key("scale_window", int, 1000, "good steps before the loss scale grows", range=AT_LEAST_1),
+    Key("epochs", int, 3000, "epochs to train (max_steps stops earlier)", range=AT_LEAST_1, resume_may_change=True),
+    Key("max_steps", (int, type(None)), None, "optimizer steps to train", range=AT_LEAST_1, resume_may_change=True),
+    Key("seed", int, 42, "seed of the initial weights, the loader and the diffusion noise",
+        range=Range(0, 2 ** 32 - 1)),
     # run
-    _key("output_path", str, "outputs/train", "run folder: config, log, checkpoints, loss curve",
-         resume_may_change=True),
-    _key("log_interval", int, 1, "optimizer steps between updates of the progress bar's loss and lr (train_log.jsonl "
-                                  "gets every step)", range=AT_LEAST_1, resume_may_change=True),
-    _key("ckpt_save_interval", int, 50, "epochs (or steps with step_mode) between checkpoints", range=AT_LEAST_1,
-         resume_may_change=True),
-    _key("step_mode", bool, False, "ckpt_save_interval counts optimizer steps instead of epochs",
-         resume_may_change=True),
-    _key("ckpt_max_keep", int, 3, "checkpoints kept (the oldest are deleted)", range=AT_LEAST_1,
-         resume_may_change=True),
-    _key("on_bad_checkpoint", str, "previous", "--resume with a newest checkpoint whose files fail their sha256 "
-                                               "check: warn and resume from the newest good one, or stop",
-         ("previous", "stop"), resume_may_change=True),
-    _key("use_parallel", bool, False, "data-parallel over the processes msrun started", resume_may_change=True),
-    _key("device_target", str, "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend"), resume_may_change=True),
+    Key("output_path", str, "outputs/train", "run folder: config, log, checkpoints, loss curve",
+        resume_may_change=True),
+    Key("log_interval", int, 1, "optimizer steps between updates of the progress bar's loss and lr (train_log.jsonl "
+                                 "gets every step)", range=AT_LEAST_1, resume_may_change=True),
+    Key("ckpt_save_interval", int, 50, "epochs (or steps with step_mode) between checkpoints", range=AT_LEAST_1,
+        resume_may_change=True),
+    Key("step_mode", bool, False, "ckpt_save_interval counts optimizer steps instead of epochs",
+        resume_may_change=True),
+    Key("ckpt_max_keep", int, 3, "checkpoints kept (the oldest are deleted)", range=AT_LEAST_1,
+        resume_may_change=True),
+    Key("on_bad_checkpoint", str, "previous", "--resume with a newest checkpoint whose files fail their sha256 "
+                                              "check: warn and resume from the newest good one, or stop",
+        ("previous", "stop"), resume_may_change=True),
+    Key("use_parallel", bool, False, "data-parallel over the processes msrun started", resume_may_change=True),
+    Key("device_target", str, "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend"), resume_may_change=True),
 ]
 ALIASES = {"use_model_dtype": "dtype", "output_dir": "output_path", "cache_folder": "data_folder"}
 
@@ -179,10 +182,12 @@ def read_yaml_mapping(path, error=TrainConfigError):
 
 class KeyTable:
     """A stage's typed keys: defaults < YAML file (a `data_config:` section and a `data_config_file`
-    are merged in, as MindONE's configs nest data keys) < overrides. Errors name key and file."""
+    are merged in, as MindONE's configs nest data keys) < overrides. Errors name key and file.
 
-    def __init__(self, keys, aliases, error):
-        self.keys, self.aliases, self.error = keys, aliases, error
+    aliases: {the seed's spelling: key name}; validate(values): checks across keys, run after loading."""
+
+    def __init__(self, keys, aliases, error, validate=None):
+        self.keys, self.aliases, self.error, self.validate = keys, aliases, error, validate
         self.by_name = {key.name: key for key in keys}
 
     def check(self, name, value, source):
@@ -222,22 +227,23 @@ class KeyTable:
         for name, value in (overrides or {}).items():
             if value is not None:
                 values[name] = self.check(name, value, "command line")
+        if self.validate is not None:
+            self.validate(values)
         return values
 
+    def missing(self, values):
+        """The required keys (see Key) that `values` leaves unset, in table order."""
+        return [key.name for key in self.keys if not isinstance(values[key.name], key.types)]
+
     def describe(self):
-        """One line per key: name, default, meaning."""
-        return "\n".join(f"{key.name} [{key.default!r}]: {key.doc}" + (f" ({key.range})" if key.range else "")
-                         for key in self.keys)
-
-
-TRAIN_KEYS = KeyTable(KEYS, ALIASES, TrainConfigError)
-
-
-def load_train_config(path=None, overrides=None):
-    """{key: value} for every training key: defaults < config file < overrides, then checked."""
-    values = TRAIN_KEYS.load(path, overrides)
-    validate(values)
-    return values
+        """One line per key: name, default (or "required"), meaning, range, the seed's spellings."""
+        lines = []
+        for key in self.keys:
+            default = repr(key.default) if isinstance(key.default, key.types) else "required"
+            spellings = sorted(alias for alias, name in self.aliases.items() if name == key.name)
+            lines.append(f"{key.name} [{default}]: {key.doc}" + (f" ({key.range})" if key.range else "")
+                         + (f"; also spelled {', '.join(spellings)}" if spellings else ""))
+        return "\n".join(lines)
 
 
 def validate(values):
@@ -254,3 +260,27 @@ def validate(values):
                                "image-video training) are not supported: set them to false / null")
     if not values["data_folder"]:
         raise TrainConfigError("data_folder is empty: give a cache folder (or --cache)")
+
+
+TRAIN_KEYS = KeyTable(KEYS, ALIASES, TrainConfigError, validate)
+
+
+def load_train_config(path=None, overrides=None):
+    """{key: value} for every training key: defaults < config file < overrides, then checked."""
+    return TRAIN_KEYS.load(path, overrides)
+
+
+TRAIN_VAE_KEYS = KeyTable([
+    Key("manifest", str, None, "ingest folder (or its manifest.parquet) whose frames to learn"),
+    Key("out", str, None, "new diffusers VAE folder"),
+    Key("image_size", int, 64, "frame size in pixels (the crop rule)", range=AT_LEAST_1),
+    Key("block_out_channels", list, [32, 64, 64], "channels per level; n levels downsample by 2^(n-1)"),
+    Key("layers_per_block", int, 1, "ResNet blocks per level", range=AT_LEAST_1),
+    Key("norm_num_groups", int, 16, "GroupNorm groups", range=AT_LEAST_1),
+    Key("latent_channels", int, 4, "channels of the latent", range=AT_LEAST_1),
+    Key("steps", int, 2000, "optimizer steps", range=AT_LEAST_1),
+    Key("batch_size", int, 16, "frames per step", range=AT_LEAST_1),
+    Key("learning_rate", NUMBER, 1e-3, "learning rate (after 100 warm-up steps)", range=POSITIVE),
+    Key("kl_weight", NUMBER, 1e-3, "weight of the KL term (per latent element)", range=NON_NEGATIVE),
+    Key("seed", int, 0, "seed of the initial weights and the batches", range=Range(0, 2 ** 32 - 1)),
+], {}, TrainConfigError)
