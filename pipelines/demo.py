@@ -7,6 +7,7 @@
     OUT/ingest/            manifest.parquet                 OUT/train/             log, checkpoints, loss_curve.png
     OUT/cache/             latent shards                    OUT/samples/           sample_NNN.gif / .mp4 / .npy
     OUT/quality.json       samples vs. real clips and baselines (`latte quality`)
+    OUT/config.resolved.json  the demo's settings (each stage's folder holds its own resolved config)
 
 Every stage is the one the commands run, so re-running the demo resumes where it stopped.
 """
@@ -28,11 +29,11 @@ def shipped_latte_config():
 
 
 def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=250, num_videos=4, seed=0, progress=True):
-    """Run (or resume) the demo into `out`; returns {stage: figures} and writes OUT/demo_summary.json."""
+    """Run (or resume) the demo into `out` (the keys of DEMO_KEYS); returns {stage: figures} and writes
+    OUT/demo_summary.json and OUT/config.resolved.json."""
     from latte_toolkit.train.config import load_train_config
     from latte_toolkit.train.loop import train
-    from .cache import run_cache
-    from .ingest import run_ingest
+    from .config import CACHE_KEYS, INGEST_KEYS, run_cache_job, run_ingest_job, save_resolved_config
     from .quality import check_samples, read_sample_gifs, write_report
     from .report import cache_report
     from latte_core.vae import load_vae
@@ -54,10 +55,12 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=250, num
         write_cloud_dataset(source + ".partial", videos=videos, num_frames=32, size=size, seed=seed + 1)
         os.rename(source + ".partial", source)
     stage("videos")
-    ingest = run_ingest([source], os.path.join(out, "ingest"), num_frames=CLIP_FRAMES, workers=0, progress=progress)
+    ingest = run_ingest_job(INGEST_KEYS.load(None, {"sources": [source], "out": os.path.join(out, "ingest"),
+                                                    "num_frames": CLIP_FRAMES, "workers": 0}), progress)
     stage("ingest")
-    run_cache(os.path.join(out, "ingest"), vae_dir, os.path.join(out, "cache"), fmt="numpy", image_size=size,
-              workers=0, progress=progress)
+    run_cache_job(CACHE_KEYS.load(None, {"manifest": os.path.join(out, "ingest"), "vae": vae_dir,
+                                         "out": os.path.join(out, "cache"), "format": "numpy", "image_size": size,
+                                         "workers": 0}), progress)
     report = cache_report(os.path.join(out, "cache"), verify=True)
     with open(os.path.join(out, "cache_report.json"), "w") as handle:
         json.dump(report, handle, indent=1)
@@ -86,5 +89,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=250, num
                "seconds": timings, "total_seconds": round(time.perf_counter() - started, 1)}
     with open(os.path.join(out, "demo_summary.json"), "w") as handle:
         json.dump(summary, handle, indent=1)
+    save_resolved_config(out, {"out": out, "videos": videos, "train_steps": train_steps, "sample_steps": sample_steps,
+                               "num_videos": num_videos, "seed": seed})
     return summary
 

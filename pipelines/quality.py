@@ -106,3 +106,9 @@ def write_report(result, path):
     with open(path, "w") as handle:
         json.dump(result, handle, indent=1)
     return path
+
+
+def run_quality(samples_dir, manifest, vae_checkpoint, real_clips=64):
+    """`latte quality`: the check of SAMPLES_DIR's sample_*.gif against the manifest's videos."""
+    from latte_core.vae import load_vae
+    return check_samples(read_sample_gifs(samples_dir), manifest, load_vae(vae_checkpoint), real_clips)

@@ -1,0 +1,147 @@
+"""`latte bench ...`: speed and memory benchmarks, each printing one JSON line."""
+import json
+
+import click
+
+from latte_toolkit.pipelines.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_INGEST_KEYS,
+                                            BENCH_LOADER_KEYS, BENCH_STEP_KEYS, BENCH_VAE_KEYS)
+
+from . import BadInput, configured, key_option, main, setup_mindspore
+
+
+@main.group()
+def bench():
+    """Speed and memory benchmarks; each prints one JSON line."""
+
+
+def _kernel_paths(choice):
+    return ("on", "off") if choice == "both" else (choice,)
+
+
+@bench.command("step")
+@configured(
+    BENCH_STEP_KEYS,
+    key_option("model_name", "--model"),
+    key_option("frames"), key_option("latent"), key_option("batch"), key_option("steps"),
+    key_option("flash_attention", "--flash-attention/--no-flash-attention"),
+    key_option("device"), key_option("kernels"),
+)
+def bench_step_command(config):
+    """Time a training step (forward + diffusion loss + backward + AdamW) in graph mode.
+
+    Each kernel path runs in a fresh process. The top-level figures are the first path's (kernels
+    on); `kernels_off` holds the other, `kernels_speedup` their ratio, and `matmul` the dense layers'
+    GFLOP/s inside the step against numpy's BLAS on the same matmul shapes.
+
+    \b
+    Example:
+      latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --steps 5
+    """
+    from latte_core import LATTE_MODELS
+    from latte_toolkit.train.bench import bench_step
+    if config["model_name"] not in LATTE_MODELS:
+        raise BadInput(f"unknown Latte variant {config['model_name']!r}; choose one of {', '.join(LATTE_MODELS)}")
+    click.echo(json.dumps(bench_step(config["model_name"], config["frames"], config["latent"], config["batch"],
+                                     config["steps"], config["flash_attention"], device=config["device"],
+                                     kernels=_kernel_paths(config["kernels"]))))
+
+
+@bench.command("vae")
+@configured(
+    BENCH_VAE_KEYS,
+    key_option("size"), key_option("batch"), key_option("repeats"), key_option("dtype"), key_option("device"),
+    key_option("kernels"),
+)
+def bench_vae_command(config):
+    """Encoding speed of the full sd-vae-ft-mse architecture (random weights), graph mode.
+
+    Each kernel path runs in a fresh process; the top-level figures are the first path's.
+
+    \b
+    Example:
+      latte bench vae --size 256 --batch 4
+    """
+    from latte_toolkit.train.bench import bench_vae
+    if config["size"] % 8:
+        raise BadInput(f"--size must be a positive multiple of 8, got {config['size']}")
+    click.echo(json.dumps(bench_vae(config["size"], config["batch"], config["repeats"], config["dtype"],
+                                    device=config["device"], kernels=_kernel_paths(config["kernels"]))))
+
+
+@bench.command("ingest")
+@configured(
+    BENCH_INGEST_KEYS,
+    key_option("sources", "--source", multiple=True, type=click.Path(exists=True),
+               help="Inputs to ingest (as for `latte ingest`). Repeatable."),
+    key_option("workers"), key_option("replan_inputs"),
+)
+def bench_ingest_command(config):
+    """`ingest --verify` against a plain sequential decord/PIL decode of the same files, in one run.
+
+    \b
+    Example:
+      latte bench ingest --source sky_train/
+    """
+    from latte_toolkit.pipelines.bench import bench_ingest
+    click.echo(json.dumps(bench_ingest(config["sources"], config["workers"], config["replan_inputs"])))
+
+
+@bench.command("cache")
+@configured(
+    BENCH_CACHE_KEYS,
+    key_option("format"), key_option("vae", type=click.Path(file_okay=False)), key_option("videos"),
+    key_option("frames"), key_option("size"), key_option("micro_batch"),
+)
+def bench_cache_command(config):
+    """End-to-end cache frames/s against encode-only frames/s of the same VAE on the same frames.
+
+    \b
+    Example:
+      latte bench cache --format mindrecord
+    """
+    from latte_toolkit.pipelines.bench import bench_cache
+    setup_mindspore("CPU")
+    click.echo(json.dumps(bench_cache(config["format"], config["vae"], config["videos"], config["frames"],
+                                      config["size"], config["micro_batch"])))
+
+
+@bench.command("loader")
+@configured(
+    BENCH_LOADER_KEYS,
+    key_option("cache", argument=True, metavar="CACHE_DIR", type=click.Path(exists=True, file_okay=False)),
+    key_option("synthetic_gb"), key_option("format"), key_option("batch"), key_option("num_frames"),
+    key_option("sample_stride"), key_option("workers"), key_option("max_batches"), key_option("check"),
+    key_option("posterior"),
+)
+def bench_loader_command(config):
+    """Loader samples/s and MB/s against a plain sequential read of the same shard files.
+
+    MB/s counts the stored bytes of the frames the loader delivers; the plain read is warm (page
+    cache). Also timed: the loader's own latent arithmetic (posterior sampling, scaling) on clips
+    already in memory, one thread, no I/O — the floor of its per-sample work. The loader runs in a
+    fresh process, whose peak RSS is reported.
+
+    \b
+    Example:
+      latte bench loader work/cache
+      latte bench loader --synthetic-gb 6 --format mindrecord
+    """
+    from latte_toolkit.pipelines.bench import bench_loader
+    click.echo(json.dumps(bench_loader(config["cache"], config["synthetic_gb"], config["format"], config["batch"],
+                                       config["num_frames"], config["sample_stride"], None, config["workers"],
+                                       config["max_batches"], config["check"], config["posterior"])))
+
+
+@bench.command("attention")
+@configured(BENCH_ATTENTION_KEYS, key_option("tokens"), key_option("head_dim"), key_option("block_size"))
+def bench_attention_command(config):
+    """Peak memory of plain vs flash (block-wise) attention, forward + backward, on CPU.
+
+    Each path runs in a fresh process; `attention_mb` is its peak RSS above the RSS before the call.
+
+    \b
+    Example:
+      latte bench attention --tokens 16384
+    """
+    from latte_toolkit.train.bench import bench_attention
+    click.echo(json.dumps(bench_attention(config["tokens"], config["head_dim"], config["block_size"])))

@@ -1,0 +1,38 @@
+"""`latte quality`: sampled videos against the training videos and two baselines."""
+import json
+
+import click
+
+from latte_toolkit.pipelines.config import QUALITY_KEYS
+
+from . import BadInput, configured, key_option, main, setup_mindspore
+
+
+@main.command()
+@configured(
+    QUALITY_KEYS,
+    key_option("samples", argument=True, metavar="SAMPLES_DIR", type=click.Path(exists=True, file_okay=False)),
+    key_option("manifest", type=click.Path(exists=True)),
+    key_option("vae_checkpoint", "--vae"),
+    key_option("real_clips"),
+)
+def quality(config):
+    """Check sampled videos against the training videos and two baselines (exit 1 if it fails).
+
+    Appearance: Fréchet distance of per-frame VAE-latent features to real clips, against decoded
+    noise. Motion: frame-to-frame change within the real clips' range, while real frames shuffled
+    in time fall outside it.
+
+    \b
+    Example:
+      latte quality samples/ --manifest work/ingest --vae models/vae-clouds
+    """
+    from latte_toolkit.pipelines.quality import run_quality
+    setup_mindspore("CPU")
+    try:
+        result = run_quality(config["samples"], config["manifest"], config["vae_checkpoint"], config["real_clips"])
+    except (FileNotFoundError, ValueError) as err:
+        raise BadInput(str(err)) from None
+    click.echo(json.dumps(result))
+    if not result["passed"]:
+        raise SystemExit(1)
