@@ -1,10 +1,15 @@
 """`latte train`: the training loop, top to bottom.
 
-    devices (msrun ranks) ─ loader (cache or videos + VAE) ─ Latte (+ pretrained, recompute, AMP)
-      ─ compiled step (train/step.py) ─ resume from OUTPUT/ckpt/ ─ loop:
-          lr(step) ─ accumulation_steps micro-batches (timesteps, noise, label dropout from numpy
-          generators seeded by (seed, epoch, sample)) ─ update ─ JSONL log line ─ checkpoint
-      ─ last checkpoint, loss curve PNG
+    checks (device limits, model keys, the checkpoint to resume and its settings) ─ devices (msrun
+    ranks) ─ loader (cache, or videos + VAE) ─ Latte (+ pretrained, recompute, AMP) ─ TrainStep
+    (train/step.py) ─ resume from OUTPUT/ckpt/ ─ OUTPUT/config.json ─ loop:
+        lr(step) ─ accumulation_steps micro-batches, each one call of the step (timesteps, noise, label
+        dropout from numpy generators seeded by (seed, epoch, sample); the last call updates) ─ a line
+        of OUTPUT/train_log.jsonl ─ a checkpoint every ckpt_save_interval steps (or epochs)
+    ─ the last checkpoint, OUTPUT/loss_curve.png
+
+Nothing is written to OUTPUT until every check (keys, checkpoints, data, model, the checkpoint's fit)
+has passed, so a refused run leaves its folder as it was.
 
 Every random draw is a function of the seed and the sample's place in the data plan, so a run resumed
 from a checkpoint continues bit-identically, and 2 ranks × batch b compute what 1 rank × batch 2b does.
@@ -211,10 +216,10 @@ def build_model(config, latent_size, channels, pretrained=True):
 
 
 def build_step(config, model, diffusion, world):
-    """(step object, updater, EMA or None) for the config: fused step, or micro-steps + apply."""
+    """(TrainStep, its updater, EMA or None) for the config."""
     import mindspore as ms
     from mindspore import nn
-    from .step import EMA, AccumulatingStep, ClassDiffusionLoss, DiffusionLoss, TrainStep, Updater
+    from .step import EMA, ClassDiffusionLoss, DiffusionLoss, TrainStep, Updater
     params = model.trainable_params()
     ema = EMA(params, config["ema_decay"]) if config["use_ema"] else None
     scaler = None
@@ -226,9 +231,7 @@ def build_step(config, model, diffusion, world):
                       max_grad_norm=config["max_grad_norm"] if config["clip_grad"] else None,
                       loss_scaler=scaler, ema=ema, grad_reducer=reducer)
     loss_net = (ClassDiffusionLoss if config["condition"] == "class" else DiffusionLoss)(model, diffusion)
-    steps = config["gradient_accumulation_steps"]
-    step = TrainStep(loss_net, updater) if steps == 1 else AccumulatingStep(loss_net, updater, steps)
-    return step, updater, ema
+    return TrainStep(loss_net, updater, config["gradient_accumulation_steps"]), updater, ema
 
 
 def _state_cells(model, updater):
@@ -372,16 +375,11 @@ def train(config, resume=False, progress=True):
         lr = learning_rate(config, step, max_steps)
         updater.set_learning_rate(lr)
         losses = []
-        for _ in range(accumulation):
+        for _ in range(accumulation):  # the last micro-batch's call updates and returns norm and finite
             batch = next(stream)
             inputs = _step_inputs(batch, loader.epoch, config, diffusion.num_timesteps, Tensor)
-            if accumulation == 1:
-                loss, norm, finite = step_fn(*inputs)
-            else:
-                loss = step_fn.micro(*inputs)
+            loss, norm, finite = step_fn(*inputs)
             losses.append(float(loss_of_all_ranks(loss).asnumpy()))
-        if accumulation > 1:
-            norm, finite = step_fn.apply()
         finite, loss = bool(finite.asnumpy()), float(np.mean(losses))
         step += 1
         if not finite and updater.loss_scaler is None:
