@@ -1,4 +1,8 @@
-"""Cache formats, clip sampling, the streaming loader and the uncached video path."""
+"""The data every stage shares: videos and frame folders (probes, decoding, the crop rule, writing MP4,
+GIF and frames), the latent cache formats (each format's shard writer and reader side by side, the
+ledger and shard checks, `open_cache(folder)` for any format), and the streaming loaders that turn a
+cache (CacheLoader) or the videos themselves, encoded as they are read (VideoLoader), into batches.
+"""
 
 
 def __getattr__(name):

@@ -1,4 +1,6 @@
-"""Model math for Latte: the transformer, attention backends, diffusion, the VAE and checkpoint conversion.
+"""Model math for Latte: the transformer, attention backends, Gaussian diffusion and its samplers, the
+VAE, torch-free checkpoint reading and conversion, the CPU kernels; plus the two error kinds every
+stage raises (errors.py) and atomic file publishing (atomic.py).
 
 The public names load on first use, so `latte_core.errors` (imported by every stage) does not pull in
 MindSpore where a stage has no use for it (ingest, its decode children).

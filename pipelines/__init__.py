@@ -1,1 +1,4 @@
-"""Staged batch jobs and the `latte` command line."""
+"""The `latte` command line and what it runs beyond training: the resumable batch jobs (ingest, cache)
+with their ledger and runners, `latte report`, `latte sample`, `latte quality`, `latte demo`, the
+procedural test videos and the stage benchmarks.
+"""

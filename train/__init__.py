@@ -1,1 +1,11 @@
-"""Training: the compiled step, and (later) the loop, checkpoints and distributed set-up."""
+"""Training: `latte train` and `latte train-vae`, from a config to weights.
+
+    config.py      the training keys (MindONE's names): types, ranges, defaults, resume rules
+    loop.py        `latte train`: devices, loader, model, step, resume, the loop, checkpoints, log
+    step.py        the compiled step (TrainStep): gradients, loss scale, clipping, AdamW, EMA, accumulation
+    checkpoint.py  atomic run checkpoints with checksums, and choosing the one to resume
+    plot.py        loss-curve and phase-time PNGs
+    vae.py         `latte train-vae`: a small AutoencoderKL on an ingest manifest's frames
+    bench.py       `latte bench step|vae|attention`
+    pretrained/    the shipped weights, with the config, commands and logs that made them
+"""

@@ -1,9 +1,10 @@
 """`latte train-vae`: train a (small) AutoencoderKL on the frames of an ingest manifest.
 
-    frames (crop rule, [-1, 1]) ─ random batches (numpy, seeded by step) ─ encode ─ z = mean + std·ε
-      ─ decode ─ loss = |x − x̂| + kl_weight · KL(q(z|x) ‖ N(0, I)) (per latent element) ─ AdamW
-      ─ scaling_factor = 1 / std of the latent means (what Stable Diffusion's 0.18215 is) ─ a diffusers
-        folder (config.json + safetensors), train_vae_log.jsonl, loss_curve.png
+    frames (crop rule, [-1, 1]) ─ random batches (numpy, seeded by (seed, step)) ─ encode ─
+      z = mean + std·ε ─ decode ─ loss = |x − x̂| + kl_weight · KL(q(z|x) ‖ N(0, I)) (per latent
+      element) ─ TrainStep (train/step.py: Adam, no weight decay; 100 warm-up steps) ─
+      scaling_factor = 1 / std of the latent means (what Stable Diffusion's 0.18215 is) ─ a diffusers
+      folder (config.json + safetensors), train_vae_log.jsonl, train_vae_summary.json, loss_curve.png
 
 No perceptual or adversarial loss: enough for smooth procedural footage, not for photographs.
 """
