@@ -5,6 +5,7 @@
       element) ─ TrainStep (train/step.py: Adam, no weight decay; 100 warm-up steps) ─
       scaling_factor = 1 / std of the latent means (what Stable Diffusion's 0.18215 is) ─ a diffusers
       folder (config.json + safetensors), train_vae_log.jsonl, train_vae_summary.json, loss_curve.png
+      (the command adds train_vae_config.json, its resolved options)
 
 No perceptual or adversarial loss: enough for smooth procedural footage, not for photographs.
 """
