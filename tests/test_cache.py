@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.datasets.formats import FORMAT_NAMES
 from latte_toolkit.datasets.video import center_crop_resize
 from latte_toolkit.pipelines.cache import CacheError, DiskFull, run_cache
 from latte_toolkit.pipelines.cli import main
@@ -20,7 +21,6 @@ from latte_toolkit.pipelines.report import cache_report
 from media import moving_square_frames, write_frame_folder, write_mp4, write_vae_folder
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
-FORMATS = ("numpy", "mindrecord", "parquet")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_cache_holds_the_vae_posterior_of_the_cropped_frames(ingested, numpy_cac
     assert info["image_size"] == 32 and info["scaling_factor"] == pytest.approx(0.18215) and len(info["vae_sha256"]) == 64
 
 
-@pytest.mark.parametrize("fmt", ["mindrecord", "parquet"])
+@pytest.mark.parametrize("fmt", FORMAT_NAMES[1:])  # against the numpy cache
 def test_formats_hold_identical_content(ingested, numpy_cache, tmp_path, fmt):
     _cache(ingested, tmp_path / fmt, fmt=fmt)
     _assert_same_cache(numpy_cache[0], tmp_path / fmt)
@@ -198,7 +198,7 @@ def test_report_counts_and_detects_a_changed_shard(ingested, tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a size-limited tmpfs needs root (CI runs as root)")
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
 def test_a_full_disk_stops_the_job_and_keeps_committed_shards(ingested, tmp_path, fmt):
     # room for the first two shards of a reference run, plus slack for cache.json, the ledger and what
     # writers need while writing (MindRecord's SQLite index journal, whole pages)
