@@ -9,6 +9,7 @@ import pytest  # noqa: E402
 import mindspore as ms  # noqa: E402
 
 from latte_core.runtime import prefer_avx2_onednn  # noqa: E402
+from latte_toolkit.datasets.formats import FORMAT_NAMES  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get("LATTE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
@@ -75,7 +76,7 @@ def caches(tmp_path_factory, fixtures_dir):
     run_ingest([root / "src"], root / "ingest", workers=0, progress=False)
     vae = fixtures_dir / "vae" / "vae_small_diffusers"
     out = {"root": root, "ingest": root / "ingest", "vae": vae}
-    for fmt in ("numpy", "mindrecord", "parquet"):
+    for fmt in FORMAT_NAMES:
         run_cache(root / "ingest", vae, root / fmt, fmt=fmt, image_size=32, workers=0, shard_videos=2,
                   chunk_frames=4, micro_batch=4, progress=False)
         out[fmt] = root / fmt

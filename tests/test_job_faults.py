@@ -188,12 +188,12 @@ def test_negative_workers_is_an_error_before_anything_is_written(tmp_path, clips
     _copy(clips[0], tmp_path / "src" / "a.mp4")
     if how == "option":  # the command's own range check
         extra = ["--workers", "-1"]
-    else:  # a config file's value reaches run_ingest unchecked by click
+    else:  # a config file's value: the key table's range check names the file and the key
         (tmp_path / "ingest.yaml").write_text("workers: -1\n")
         extra = ["-c", str(tmp_path / "ingest.yaml")]
     proc = subprocess.run([LATTE, "ingest", "--out", str(tmp_path / "out"), "--source", str(tmp_path / "src"),
                            *extra], capture_output=True, text=True, timeout=60)  # it hung forever
-    _one_error_line(proc, 2, "--workers", "-1")
+    _one_error_line(proc, 2, "--workers" if how == "option" else "ingest.yaml: workers", "-1")
     assert not (tmp_path / "out").exists()
     with pytest.raises(IngestError, match="--workers"):
         run_ingest([tmp_path / "src"], tmp_path / "out", workers=-2, progress=False)

@@ -6,6 +6,5 @@
     checkpoint.py  atomic run checkpoints with checksums, and choosing the one to resume
     plot.py        loss-curve and phase-time PNGs
     vae.py         `latte train-vae`: a small AutoencoderKL on an ingest manifest's frames
-    bench.py       a re-export of pipelines/bench.py (the benchmarks moved there), until the CLI imports that
     pretrained/    the shipped weights, with the config, commands and logs that made them
 """

@@ -13,6 +13,7 @@ import os
 import yaml
 
 from latte_core.errors import UserError
+from latte_toolkit.datasets.formats import FORMAT_NAMES
 
 
 class TrainConfigError(UserError):
@@ -105,7 +106,7 @@ KEYS = [
     Key("data_folder", str, "", "a cache folder (latte cache), an ingest folder, or a folder of videos / frame "
                                   "folders (ingested into output_path/ingest first)", resume_may_change=True),
     Key("train_data_type", str, "numpy", "video_file (decode + VAE on the fly) or the cache's format",
-        ("video_file", "numpy", "mindrecord", "parquet")),
+        ("video_file",) + FORMAT_NAMES),
     Key("sample_stride", int, 1, "frame stride within a clip", range=AT_LEAST_1),
     Key("clips_per_video", int, 1, "random clips drawn from each video per epoch", range=AT_LEAST_1),
     Key("shuffle", bool, True, "shuffle clips (within windows of shuffle_window shards)"),

@@ -38,7 +38,7 @@ def bench_step_command(config):
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --steps 5
     """
     from latte_core import LATTE_MODELS
-    from latte_toolkit.train.bench import bench_step
+    from latte_toolkit.pipelines.bench import bench_step
     if config["model_name"] not in LATTE_MODELS:
         raise BadInput(f"unknown Latte variant {config['model_name']!r}; choose one of {', '.join(LATTE_MODELS)}")
     click.echo(json.dumps(bench_step(config["model_name"], config["frames"], config["latent"], config["batch"],
@@ -61,7 +61,7 @@ def bench_vae_command(config):
     Example:
       latte bench vae --size 256 --batch 4
     """
-    from latte_toolkit.train.bench import bench_vae
+    from latte_toolkit.pipelines.bench import bench_vae
     if config["size"] % 8:
         raise BadInput(f"--size must be a positive multiple of 8, got {config['size']}")
     click.echo(json.dumps(bench_vae(config["size"], config["batch"], config["repeats"], config["dtype"],
@@ -143,5 +143,5 @@ def bench_attention_command(config):
     Example:
       latte bench attention --tokens 16384
     """
-    from latte_toolkit.train.bench import bench_attention
+    from latte_toolkit.pipelines.bench import bench_attention
     click.echo(json.dumps(bench_attention(config["tokens"], config["head_dim"], config["block_size"])))
