@@ -13,6 +13,12 @@
       generator seeded by (seed, epoch, plan position): reproducible, different every epoch
       (posterior="mean": mean·scaling_factor, for VAEs whose posterior noise would swamp the signal)
       → batches {"latent": (B, F, C, h, w) float32, "label": (B,) int32 (-1: none), "index": (B,) int64}
+    └ with use_image_num = I > 0 (image-video joint training, "Latte + IMG"): each clip gets I single
+      frames appended, each a random frame of a random other video of the whole cache (never the clip's
+      own; with replacement; every rank draws from all videos), chosen and posterior-sampled by generators
+      seeded by (seed, epoch, plan position) as the clip is: "latent" (B, F + I, C, h, w), the images last,
+      and "label_image" (B, I) int32, each image's own video's class. images_of(position, ...) names
+      the images' videos (their captions are in loader.image_entries).
 
 `state_dict()` is {"epoch", "position", ...settings that fix the plan}; `position` counts samples of the
 global plan already handed out, so a loader restored from it yields exactly the batches an
@@ -32,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 POSTERIOR_MODES = ("sample", "mean")
 PLAN_KEYS = ("seed", "num_frames", "sample_stride", "clips_per_video", "shuffle", "shuffle_window", "videos")
+IMAGE_STREAM = 2  # keeps the image draws apart from the clip's noise (and the loop's diffusion stream, 1)
 
 
 class CorruptCache(UserError):
@@ -85,7 +92,8 @@ class ClipPlan:
 class _ClipLoader:
     """Epochs, positions and rank slices; subclasses turn plan positions into batches."""
 
-    def __init__(self, plan, batch_size, rank, world_size, num_parallel_workers, video_ids, posterior="sample"):
+    def __init__(self, plan, batch_size, rank, world_size, num_parallel_workers, video_ids, posterior="sample",
+                 use_image_num=0, image_entries=(), image_pool_of_video=None):
         if posterior not in POSTERIOR_MODES:
             raise ValueError(f"posterior must be one of {POSTERIOR_MODES}, got {posterior!r}")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
@@ -99,6 +107,11 @@ class _ClipLoader:
         self.video_ids = video_ids
         self.posterior = posterior
         self.epoch, self.position = 0, 0
+        self.use_image_num = use_image_num
+        self.image_entries = list(image_entries)  # the videos images come from: every usable one
+        self.image_frames = np.array([e["frames"] for e in self.image_entries], np.int64)
+        self.image_pool_of_video = image_pool_of_video  # plan video -> its place in image_entries
+        self.columns = ["latent", "label", "index"] + (["label_image"] if use_image_num else [])
         if self.batches_per_epoch == 0:
             raise ValueError(f"{plan.size} clips per epoch ({len(video_ids)} videos long enough for a clip x "
                              f"clips_per_video {plan.clips_per_video}) do not fill one global batch of "
@@ -113,11 +126,14 @@ class _ClipLoader:
         state = {"epoch": self.epoch, "position": self.position}
         state.update({key: getattr(self.plan, key) for key in PLAN_KEYS if key != "videos"})
         state["videos"] = len(self.video_ids)
+        if self.use_image_num:  # absent: 0 (the states saved before images existed)
+            state["use_image_num"] = self.use_image_num
         return state
 
     def load_state_dict(self, state):
-        mine = self.state_dict()
-        changed = [key for key in PLAN_KEYS if state.get(key) != mine[key]]
+        mine = {"use_image_num": 0, **self.state_dict()}
+        state = {"use_image_num": 0, **state}
+        changed = [key for key in PLAN_KEYS + ("use_image_num",) if state.get(key) != mine[key]]
         if changed:
             raise ValueError(f"the loader state was saved with other settings ({', '.join(changed)}: "
                              f"{[state.get(k) for k in changed]} vs {[mine[k] for k in changed]}); cannot resume")
@@ -156,31 +172,69 @@ class _ClipLoader:
             yield batch
         self.epoch, self.position = self.epoch + 1, 0
 
-    def _noise(self, position, shape):
-        rng = np.random.default_rng([self.plan.seed, self.epoch, int(position)])
+    def _noise(self, position, shape, stream=()):
+        rng = np.random.default_rng([self.plan.seed, self.epoch, int(position), *stream])
         return rng.standard_normal(shape, dtype=np.float32)
 
-    def latent(self, arrays, position):
+    def latent(self, arrays, position, stream=()):
         """The latent of plan position `position` from a clip's cached arrays {field: (F, C, h, w)}, in the
-        model's space (× self.scaling_factor, which each loader sets from its cache or VAE)."""
+        model's space (× self.scaling_factor, which each loader sets from its cache or VAE). `stream`
+        (IMAGE_STREAM,) draws the noise of the position's images instead of its clip's."""
         if "sample" in arrays:
             latent = arrays["sample"].astype(np.float32)
         elif self.posterior == "mean":
             latent = arrays["mean"].astype(np.float32)
         else:  # in place: (mean + std·ε)·scaling_factor
             latent = arrays["std"].astype(np.float32)
-            latent *= self._noise(position, latent.shape)
+            latent *= self._noise(position, latent.shape, stream)
             latent += arrays["mean"]
         latent *= np.float32(self.scaling_factor)
         return latent
+
+    def images_of(self, position, video):
+        """(places in image_entries, frame indices) of the use_image_num images of plan position
+        `position`, whose clip is of plan video `video`: videos drawn with replacement from every video
+        but the clip's own, then a frame of each."""
+        rng = np.random.default_rng([self.plan.seed, IMAGE_STREAM, self.epoch, int(position)])
+        own = self.image_pool_of_video[video]
+        others = rng.integers(0, len(self.image_entries) - 1, self.use_image_num)
+        others += others >= own  # skip the clip's own video
+        return others, rng.integers(0, self.image_frames[others])
+
+    def _with_images(self, clip_latent, label, position, images):
+        """A sample with its images: (latent (F + I, C, h, w), label, position, image labels (I,)).
+        images: (places in image_entries, {field: (I, C, h, w)})."""
+        if not self.use_image_num:
+            return clip_latent, label, position
+        others, arrays = images
+        latent = np.concatenate([clip_latent, self.latent(arrays, position, (IMAGE_STREAM,))])
+        labels = np.array([_label(self.image_entries[i]) for i in others], np.int32)
+        return latent, label, position, labels
 
     def _batches(self, video, start, positions):
         raise NotImplementedError
 
 
-def _dataset_batches(dataset):
+def _dataset_batches(dataset, columns):
     for row in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
-        yield {"latent": row["latent"], "label": row["label"], "index": row["index"]}
+        yield {column: row[column] for column in columns}
+
+
+def _label(entry):
+    return -1 if entry["label"] is None else entry["label"]
+
+
+def _joined(singles):
+    """Single-frame reads [{field: (1, ...)}] -> {field: (len, ...)}."""
+    return {field: np.concatenate([single[field] for single in singles]) for field in singles[0]}
+
+
+def _check_image_num(use_image_num, videos, where):
+    if isinstance(use_image_num, bool) or not isinstance(use_image_num, int) or use_image_num < 0:
+        raise ValueError(f"use_image_num must be a non-negative integer, got {use_image_num!r}")
+    if use_image_num and videos < 2:
+        raise ValueError(f"{where}: use_image_num {use_image_num} takes images from videos other than the "
+                         f"clip's, and there is {videos} usable video")
 
 
 def _stack(samples):
@@ -199,7 +253,7 @@ class CacheLoader(_ClipLoader):
 
     def __init__(self, cache_dir, batch_size, num_frames, sample_stride=1, clips_per_video=1, seed=0, rank=0,
                  world_size=1, shuffle=True, shuffle_window=4, num_parallel_workers=1, on_corrupt="skip",
-                 check="full", cache_bytes=256 << 20, posterior="sample"):
+                 check="full", cache_bytes=256 << 20, posterior="sample", use_image_num=0):
         if on_corrupt not in ("skip", "raise"):
             raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
         self.cache = open_cache(cache_dir, cache_bytes)
@@ -231,45 +285,62 @@ class CacheLoader(_ClipLoader):
                              f"{sample_stride} ({span} frames); {_longest(usable, 'frames')}")
         self.shards = sorted({e["shard"] for e in self.entries})
         shard_number = {shard: i for i, shard in enumerate(self.shards)}
+        _check_image_num(use_image_num, len(usable), self.folder)
         plan = ClipPlan([e["frames"] for e in self.entries], [shard_number[e["shard"]] for e in self.entries],
                         num_frames, sample_stride, clips_per_video, seed, shuffle, shuffle_window)
+        pool = {e["video_id"]: i for i, e in enumerate(usable)}
         super().__init__(plan, batch_size, rank, world_size, num_parallel_workers,
-                         [e["video_id"] for e in self.entries], posterior)
+                         [e["video_id"] for e in self.entries], posterior, use_image_num, usable,
+                         np.array([pool[e["video_id"]] for e in self.entries], np.int64))
 
     def _batches(self, video, start, positions):
         import mindspore.dataset as ds
         if self.cache.reader.random_access:
             source = _PlanSource(self._clip_sample, video, start, positions, self.batch_size)
-            dataset = ds.GeneratorDataset(source, column_names=["latent", "label", "index"], shuffle=False,
+            dataset = ds.GeneratorDataset(source, column_names=self.columns, shuffle=False,
                                           num_parallel_workers=self.num_parallel_workers,
                                           python_multiprocessing=False)
         else:
             dataset = ds.GeneratorDataset(lambda: self._streamed_batches(video, start, positions),
-                                          column_names=["latent", "label", "index"], shuffle=False)
-        return _dataset_batches(dataset)
+                                          column_names=self.columns, shuffle=False)
+        return _dataset_batches(dataset, self.columns)
 
     def read_clip(self, entry, frame_indices):
         """{field: (F, C, h, w)} of one video's frames at `frame_indices`, in the cache dtype."""
         return self.cache.reader.read_frames(entry, frame_indices, self.fields)
 
     def _streamed_batches(self, video, start, positions):
-        """Batches from the Reader's stream of the rank's clips, in plan order."""
+        """Batches from the Reader's stream of the rank's clips, in plan order; the images, if any, come
+        from a second stream of single frames beside it (one request per image, so no image is padded
+        to a clip's chunks)."""
+        reader, workers = self.cache.reader, self.num_parallel_workers
         requests = [(self.entries[video[p]], self.plan.frame_indices(start[p])) for p in positions]
-        clips = self.cache.reader.stream_frames(requests, self.num_parallel_workers, self.fields)
+        clips = reader.stream_frames(requests, workers, self.fields)
+        chosen = [self.images_of(p, video[p]) for p in positions] if self.use_image_num else []
+        frames = reader.stream_frames([(self.image_entries[i], np.array([k])) for others, indices in chosen
+                                       for i, k in zip(others, indices)], workers, self.fields)
         batch = []
-        for position, (entry, _), arrays in zip(positions, requests, clips):
-            batch.append(self._sample(arrays, entry, position))
+        for number, (position, (entry, _), arrays) in enumerate(zip(positions, requests, clips)):
+            images = None
+            if self.use_image_num:
+                singles = [next(frames) for _ in range(self.use_image_num)]
+                images = chosen[number][0], _joined(singles)
+            batch.append(self._sample(arrays, entry, position, images))
             if len(batch) == self.batch_size:
                 yield _stack(batch)
                 batch = []
 
     def _clip_sample(self, video, start, position):
         entry = self.entries[video]
-        return self._sample(self.read_clip(entry, self.plan.frame_indices(start)), entry, position)
+        images = None
+        if self.use_image_num:
+            others, indices = self.images_of(position, video)
+            singles = [self.read_clip(self.image_entries[i], [k]) for i, k in zip(others, indices)]
+            images = others, _joined(singles)
+        return self._sample(self.read_clip(entry, self.plan.frame_indices(start)), entry, position, images)
 
-    def _sample(self, arrays, entry, position):
-        label = -1 if entry["label"] is None else entry["label"]
-        return self.latent(arrays, position), np.int32(label), np.int64(position)
+    def _sample(self, arrays, entry, position, images=None):
+        return self._with_images(self.latent(arrays, position), np.int32(_label(entry)), np.int64(position), images)
 
 
 class _PlanSource:
@@ -295,7 +366,7 @@ class VideoLoader(_ClipLoader):
 
     def __init__(self, manifest, vae, batch_size, num_frames, sample_stride=1, image_size=256, clips_per_video=1,
                  seed=0, rank=0, world_size=1, shuffle=True, num_parallel_workers=1, micro_batch=8,
-                 posterior="sample"):
+                 posterior="sample", use_image_num=0):
         from .video import read_manifest
         rows = read_manifest(manifest)
         span = clip_span(num_frames, sample_stride)
@@ -309,25 +380,43 @@ class VideoLoader(_ClipLoader):
                              f"{sample_stride} ({span} frames); {_longest(rows, 'num_frames')}")
         plan = ClipPlan([row["num_frames"] for row in self.entries], np.zeros(len(self.entries)), num_frames,
                         sample_stride, clips_per_video, seed, shuffle, shuffle_window=1)
+        pool = [{**row, "frames": row["num_frames"]} for row in rows if row["num_frames"]]  # every decodable video
+        _check_image_num(use_image_num, len(pool), manifest)
+        place = {row["video_id"]: i for i, row in enumerate(pool)}
         super().__init__(plan, batch_size, rank, world_size, num_parallel_workers,
-                         [row["video_id"] for row in self.entries], posterior)
+                         [row["video_id"] for row in self.entries], posterior, use_image_num, pool,
+                         np.array([place[row["video_id"]] for row in self.entries], np.int64))
         self.vae, self.image_size, self.micro_batch = vae, image_size, micro_batch
         self.scaling_factor = vae.config["scaling_factor"]
 
     def _batches(self, video, start, positions):
         import mindspore.dataset as ds
         source = _PlanSource(self._pixel_sample, video, start, positions, self.batch_size)
-        dataset = ds.GeneratorDataset(source, column_names=["pixels", "label", "index"], shuffle=False,
+        columns = ["pixels", "label", "index"] + (["image_places"] if self.use_image_num else [])
+        dataset = ds.GeneratorDataset(source, column_names=columns, shuffle=False,
                                       num_parallel_workers=self.num_parallel_workers, python_multiprocessing=False)
+        frames = self.plan.num_frames
         for row in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
-            mean, std = self.vae.encode_video(row["pixels"], micro_batch=self.micro_batch)
-            latent = np.stack([self.latent({"mean": m, "std": s}, position)
-                               for m, s, position in zip(mean, std, row["index"])])
-            yield {"latent": latent, "label": row["label"], "index": row["index"]}
+            mean, std = self.vae.encode_video(row["pixels"], micro_batch=self.micro_batch)  # clip and images
+            samples = []
+            for k, position in enumerate(row["index"]):
+                clip = self.latent({"mean": mean[k, :frames], "std": std[k, :frames]}, position)
+                images = (row["image_places"][k], {"mean": mean[k, frames:], "std": std[k, frames:]}) \
+                    if self.use_image_num else None
+                samples.append(self._with_images(clip, row["label"][k], position, images))
+            yield dict(zip(self.columns, _stack(samples)))
 
     def _pixel_sample(self, video, start, position):
+        """The clip's frames (and its images', last) as VAE input, its label, position (and image places)."""
         from .video import center_crop_resize, read_frames_at, to_pixels
         entry = self.entries[video]
-        frames = read_frames_at(entry["path"], entry["kind"], self.plan.frame_indices(start))
+        frames = list(read_frames_at(entry["path"], entry["kind"], self.plan.frame_indices(start)))
+        places = ()
+        if self.use_image_num:
+            places, indices = self.images_of(position, video)
+            for place, index in zip(places, indices):
+                image = self.image_entries[place]
+                frames += list(read_frames_at(image["path"], image["kind"], [index]))
         pixels = to_pixels([center_crop_resize(frame, self.image_size) for frame in frames])
-        return pixels, np.int32(-1 if entry["label"] is None else entry["label"]), np.int64(position)
+        sample = (pixels, np.int32(_label(entry)), np.int64(position))
+        return sample + ((np.asarray(places, np.int64),) if self.use_image_num else ())
