@@ -197,8 +197,9 @@ def _loader_figures(cache_dir, loader_options, max_batches, queue):
     loader = CacheLoader(cache_dir, **loader_options)
     setup_s = time.perf_counter() - start
     stored = loader.cache.read(loader.video_ids[0])
-    clip = {field: np.array(stored[field][:loader.plan.num_frames]) for field in loader.fields}
-    clip_bytes = sum(array.nbytes for array in clip.values())  # the stored bytes a clip reads
+    sample_frames = loader.plan.num_frames + loader.use_image_num  # a clip and its images
+    clip = {field: np.array(stored[field][:sample_frames]) for field in loader.fields}
+    clip_bytes = sum(array.nbytes for array in clip.values())  # the stored bytes a sample reads
     samples, start = 0, time.perf_counter()
     for number, batch in enumerate(loader):
         samples += len(batch["latent"])
@@ -223,10 +224,11 @@ def _loader_figures(cache_dir, loader_options, max_batches, queue):
 
 
 def bench_loader(cache_dir=None, synthetic_gb=1.0, fmt="numpy", batch_size=4, num_frames=16, sample_stride=1,
-                 clips_per_video=None, workers=2, max_batches=0, check="full", posterior="sample"):
+                 clips_per_video=None, workers=2, max_batches=0, check="full", posterior="sample", images=0):
     """Loader samples/s and MB/s (stored latent bytes of the frames it delivers) against a plain
     sequential read of the same shard files, page cache warm, and against the loader's latent arithmetic
-    alone on one thread, in a fresh process (for its peak RSS).
+    alone on one thread, in a fresh process (for its peak RSS). `images`: the loader's use_image_num
+    (a sample is then its clip and that many single frames of other videos).
     Without `cache_dir`, a synthetic cache of `synthetic_gb` GB in format `fmt` is written first."""
     from latte_toolkit.datasets.cache import open_cache
 
@@ -241,7 +243,7 @@ def bench_loader(cache_dir=None, synthetic_gb=1.0, fmt="numpy", batch_size=4, nu
             frames = int(np.median([cache.entries[v]["frames"] for v in cache.ids]))
         options = {"batch_size": batch_size, "num_frames": num_frames, "sample_stride": sample_stride,
                    "clips_per_video": clips_per_video or max(1, frames // num_frames),
-                   "num_parallel_workers": workers, "check": check, "posterior": posterior}
+                   "num_parallel_workers": workers, "check": check, "posterior": posterior, "use_image_num": images}
         figures = run_in_fresh_process(_loader_figures, (cache_dir, options, max_batches), "loader")
         info = open_cache(cache_dir).info
     result = {"bench": "loader", "format": info["format"], "store": info["store"], **options,
@@ -309,7 +311,7 @@ def _numpy_gemm_seconds(shape, repeats=5):
     return statistics.median(times)
 
 
-def _step_path(model_name, frames, latent, batch, steps, flash_attention, seed, device, kernels_on, queue):
+def _step_path(model_name, frames, latent, batch, steps, flash_attention, seed, device, kernels_on, images, queue):
     """Child process: time `steps` training steps with the kernels on or off; put the figures on queue."""
     active = _setup_child(device, kernels_on)
     import mindspore as ms
@@ -320,9 +322,9 @@ def _step_path(model_name, frames, latent, batch, steps, flash_attention, seed, 
     ms.set_seed(seed)
     model = create_latte(model_name, input_size=latent, num_frames=frames, enable_flash_attention=flash_attention)
     diffusion = create_diffusion("")
-    step = TrainStep(DiffusionLoss(model, diffusion), Updater(model.trainable_params(), learning_rate=1e-4))
+    step = TrainStep(DiffusionLoss(model, diffusion, images), Updater(model.trainable_params(), learning_rate=1e-4))
     rng = np.random.default_rng(seed)
-    shape = (batch, frames, model.in_channels, latent, latent)
+    shape = (batch, frames + images, model.in_channels, latent, latent)
     times = []
     for i in range(steps):
         x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
@@ -354,15 +356,17 @@ def _combine(result, paths, time_key):
 
 
 def bench_step(model_name="Latte-S/2", frames=8, latent=16, batch=2, steps=5, flash_attention=False, seed=0,
-               device="CPU", kernels=KERNEL_PATHS):
+               device="CPU", kernels=KERNEL_PATHS, images=0):
     """Median seconds of forward + diffusion loss + backward + AdamW, in GRAPH_MODE, float32, for each
-    kernel path in `kernels` ("on", "off"), each in a fresh process."""
+    kernel path in `kernels` ("on", "off"), each in a fresh process. `images`: use_image_num, images
+    appended to each clip of `frames` frames (image-video joint training)."""
     if steps < 2:
         raise ValueError("--steps must be at least 2 (the first step includes graph compilation)")
     paths = [run_in_fresh_process(_step_path, (model_name, frames, latent, batch, steps, flash_attention, seed,
-                                               device, path == "on"), f"step (kernels {path})") for path in kernels]
-    result = {"bench": "step", "model": model_name, "frames": frames, "latent": latent, "batch": batch,
-              "flash_attention": flash_attention, "device": device, "steps": steps}
+                                               device, path == "on", images), f"step (kernels {path})")
+             for path in kernels]
+    result = {"bench": "step", "model": model_name, "frames": frames, "images": images, "latent": latent,
+              "batch": batch, "flash_attention": flash_attention, "device": device, "steps": steps}
     return _combine(result, paths, "median_step_s")
 
 

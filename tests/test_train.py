@@ -125,16 +125,19 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cach
     assert all(np.isfinite(v).all() for v in _state(run / "ckpt" / saved[-1]).values())
 
 
-def test_two_msrun_workers_equal_one_worker_with_twice_the_batch(caches, tmp_path):
+@pytest.mark.parametrize("use_image_num", [0, 3])  # 3: image-video joint training, 4 frames + 3 images
+def test_two_msrun_workers_equal_one_worker_with_twice_the_batch(caches, tmp_path, use_image_num):
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "GLOG_v": "3"}
     parallel, single = tmp_path / "parallel", tmp_path / "single"
+    images = {"image_video_joint": bool(use_image_num), "use_image_num": use_image_num}
     command = ["msrun", "--worker_num=2", "--local_worker_num=2", "--master_port=8191", f"--log_dir={tmp_path / 'logs'}",
-               "--join=True", os.path.join(BIN, "latte"), "train", "-c", _config(tmp_path, "b1.yaml", train_batch_size=1),
+               "--join=True", os.path.join(BIN, "latte"), "train", "-c",
+               _config(tmp_path, "b1.yaml", train_batch_size=1, **images),
                "--cache", str(caches["numpy"]), "--output-dir", str(parallel), "--max-steps", "3", "--use_parallel", "True"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert _train(_config(tmp_path, "b2.yaml", train_batch_size=2), "--cache", str(caches["numpy"]), "--output-dir",
-                  str(single), "--max-steps", "3").exit_code == 0
+    assert _train(_config(tmp_path, "b2.yaml", train_batch_size=2, **images), "--cache", str(caches["numpy"]),
+                  "--output-dir", str(single), "--max-steps", "3").exit_code == 0
     assert [round(r["loss"], 5) for r in _log(parallel)] == [round(r["loss"], 5) for r in _log(single)]
     expected, got = _state(single / "ckpt" / "step-00000003"), _state(parallel / "ckpt" / "step-00000003")
     for name in expected:

@@ -121,8 +121,13 @@ KEYS = [
     Key("max_rowsize", (int, type(None)), None, "MindONE's shared-memory size for process workers: no effect "
                                                   "here (the loader uses threads); reported", resume_may_change=True),
     Key("use_safer_augment", bool, False, "MindONE option; not supported (must be false)"),
-    Key("image_video_joint", bool, False, "MindONE's joint image-video training; not supported (must be false)"),
-    Key("use_image_num", (int, type(None)), None, "MindONE's images per video clip; not supported (null or 0)"),
+    Key("image_video_joint", bool, False, "image-video joint training (Latte + IMG): each clip gets use_image_num "
+                                          "frames of other videos appended, which the spatial blocks see and the "
+                                          "temporal ones skip; the loss is the mean over all num_frames + "
+                                          "use_image_num frames"),
+    Key("use_image_num", (int, type(None)), None, "images per clip with image_video_joint (each a random frame of "
+                                                  "a random other video, with its own label; null or 0 without)",
+        range=NON_NEGATIVE),
     Key("dataset_sink_mode", bool, False, "sink the data to the device (Ascend); on CPU it cannot act: reported",
         resume_may_change=True),
     # optimisation
@@ -256,9 +261,12 @@ def validate(values):
         raise TrainConfigError(f"betas must be two numbers in [0, 1), got {values['betas']}")
     if values["condition"] == "class" and values["num_classes"] < 1:
         raise TrainConfigError("condition: class needs num_classes >= 1")
-    if values["use_safer_augment"] or values["image_video_joint"] or values["use_image_num"]:
-        raise TrainConfigError("use_safer_augment, image_video_joint and use_image_num (MindONE's joint "
-                               "image-video training) are not supported: set them to false / null")
+    if values["use_safer_augment"]:
+        raise TrainConfigError("use_safer_augment is not supported: set it to false")
+    if values["image_video_joint"] != bool(values["use_image_num"]):
+        raise TrainConfigError(f"image_video_joint {values['image_video_joint']} with use_image_num "
+                               f"{values['use_image_num']}: joint training needs both image_video_joint: true and "
+                               f"use_image_num >= 1 (video only: false and null or 0)")
     if not values["data_folder"]:
         raise TrainConfigError("data_folder is empty: give a cache folder (or --cache)")
 

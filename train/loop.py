@@ -13,6 +13,11 @@ has passed, so a refused run leaves its folder as it was.
 
 Every random draw is a function of the seed and the sample's place in the data plan, so a run resumed
 from a checkpoint continues bit-identically, and 2 ranks × batch b compute what 1 rank × batch 2b does.
+
+Image-video joint training (image_video_joint, use_image_num = I): the loader appends I images of other
+videos to each clip, (B, F + I, C, h, w); one timestep and one noise draw per sample cover its clip and
+images, the loss is the mean over all F + I frames, and with class labels each image's label is dropped
+on its own draw (the reference draws one decision per sample for all of its images).
 """
 import json
 import logging
@@ -49,17 +54,21 @@ def learning_rate(config, step, max_steps):
     return config["end_learning_rate"] + 0.5 * (peak - config["end_learning_rate"]) * (1 + math.cos(math.pi * progress))
 
 
-def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob):
-    """Per sample: timestep, noise and label-dropout decision, from a generator seeded by the sample."""
+def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, num_images=0):
+    """Per sample: timestep, noise and label-dropout decision, from a generator seeded by the sample;
+    then the dropout decision of each of its num_images image labels, (B, num_images)."""
     t = np.empty(len(indices), np.int32)
     noise = np.empty((len(indices),) + tuple(shape), np.float32)
     drop = np.zeros(len(indices), np.int32)
+    drop_image = np.zeros((len(indices), num_images), np.int32)
     for i, index in enumerate(indices):
         rng = np.random.default_rng([seed, DIFFUSION_STREAM, epoch, int(index)])
         t[i] = rng.integers(0, num_timesteps)
         noise[i] = rng.standard_normal(shape, dtype=np.float32)
         drop[i] = rng.random() < dropout_prob
-    return t, noise, drop
+        if num_images:
+            drop_image[i] = rng.random(num_images) < dropout_prob
+    return t, noise, drop, drop_image
 
 
 # ------------------------------------------------------------------------------------------ set-up
@@ -148,7 +157,8 @@ def build_loader(config, rank, world):
     common = dict(batch_size=config["train_batch_size"], num_frames=config["num_frames"],
                   sample_stride=config["sample_stride"], clips_per_video=config["clips_per_video"], seed=config["seed"],
                   rank=rank, world_size=world, shuffle=config["shuffle"],
-                  num_parallel_workers=config["num_parallel_workers"], posterior=config["posterior"])
+                  num_parallel_workers=config["num_parallel_workers"], posterior=config["posterior"],
+                  use_image_num=config["use_image_num"] or 0)
     if config["train_data_type"] == "video_file":
         if not config["vae_checkpoint"]:
             raise TrainingError("train_data_type video_file needs vae_checkpoint (a diffusers VAE folder or .ckpt)")
@@ -166,6 +176,7 @@ def build_loader(config, rank, world):
             raise
         except ValueError as err:
             raise TrainingError(str(err)) from None
+        check_image_labels(config, loader, folder)
         return loader, config["image_size"] // factor, vae.config["latent_channels"]
     info = open_cache(folder).info
     if info["format"] != config["train_data_type"]:
@@ -180,7 +191,22 @@ def build_loader(config, rank, world):
     except ValueError as err:  # no clip fits, too few clips for a batch, too many workers
         message = str(err)
         raise TrainingError(message if message.startswith(folder) else f"{folder}: {message}") from None
+    check_image_labels(config, loader, folder)
     return loader, info["image_size"] // info["downsample_factor"], info["latent_channels"]
+
+
+def check_image_labels(config, loader, folder):
+    """A class-conditional joint run takes images, with their labels, from every video of the data: each
+    needs a class (a video-only run meets an unlabelled clip in its first batch; here that is decided
+    before anything is written)."""
+    if config["condition"] != "class" or not loader.use_image_num:
+        return
+    bad = [e["video_id"] for e in loader.image_entries
+           if e["label"] is None or not 0 <= e["label"] < config["num_classes"]]
+    if bad:
+        raise TrainingError(f"{folder}: condition class with use_image_num {loader.use_image_num} needs a class "
+                            f"label 0..{config['num_classes'] - 1} for every video (images come from any video), "
+                            f"but {len(bad)} of {len(loader.image_entries)} have none or another ({bad[0]!r} ...)")
 
 
 def build_model(config, latent_size, channels, pretrained=True):
@@ -230,7 +256,8 @@ def build_step(config, model, diffusion, world):
                       eps=config["optim_eps"], weight_decay=config["weight_decay"],
                       max_grad_norm=config["max_grad_norm"] if config["clip_grad"] else None,
                       loss_scaler=scaler, ema=ema, grad_reducer=reducer)
-    loss_net = (ClassDiffusionLoss if config["condition"] == "class" else DiffusionLoss)(model, diffusion)
+    loss_net = (ClassDiffusionLoss if config["condition"] == "class" else DiffusionLoss)(
+        model, diffusion, config["use_image_num"] or 0)
     return TrainStep(loss_net, updater, config["gradient_accumulation_steps"]), updater, ema
 
 
@@ -360,16 +387,17 @@ def train(config, resume=False, progress=True):
         with open(os.path.join(out, "config.json"), "w") as handle:
             json.dump(config, handle, indent=1, sort_keys=True)
     params = sum(int(np.prod(p.shape)) for p in model.trainable_params())
-    logger.info("rank %d/%d: %s (%.1fM parameters), latents %dx%d, %d frames, batch %d x %d accumulation x %d "
-                "ranks, %d steps/epoch, amp %s %s, %s", rank, world, config["model_name"], params / 1e6, latent_size,
-                latent_size, config["num_frames"], config["train_batch_size"], accumulation, world, steps_per_epoch,
+    logger.info("rank %d/%d: %s (%.1fM parameters), latents %dx%d, %d frames + %d images, batch %d x %d "
+                "accumulation x %d ranks, %d steps/epoch, amp %s %s, %s", rank, world, config["model_name"],
+                params / 1e6, latent_size, latent_size, config["num_frames"], config["use_image_num"] or 0,
+                config["train_batch_size"], accumulation, world, steps_per_epoch,
                 config["amp_level"], config["dtype"], config["data_folder"])
 
     log = RunLog(os.path.join(out, "train_log.jsonl"), step, enabled=is_main)
     bar = tqdm(total=max_steps, initial=step, unit="step", disable=not (progress and is_main))
     stream = _endless(loader)
     last_checkpoint = chosen
-    frames_per_sample = config["num_frames"]
+    frames_per_sample = config["num_frames"] + (config["use_image_num"] or 0)  # images count as frames
     while step < max_steps:
         started = time.perf_counter()
         lr = learning_rate(config, step, max_steps)
@@ -423,8 +451,10 @@ def _endless(loader):
 
 def _step_inputs(batch, epoch, config, num_timesteps, tensor):
     latent = batch["latent"]
-    t, noise, drop = diffusion_draws(batch["index"], epoch, config["seed"], latent.shape[1:], num_timesteps,
-                                     config["class_dropout_prob"] if config["condition"] == "class" else 0.0)
+    num_images = config["use_image_num"] or 0
+    t, noise, drop, drop_image = diffusion_draws(
+        batch["index"], epoch, config["seed"], latent.shape[1:], num_timesteps,
+        config["class_dropout_prob"] if config["condition"] == "class" else 0.0, num_images)
     inputs = [tensor(latent), tensor(t), tensor(noise)]
     if config["condition"] == "class":
         labels = batch["label"]
@@ -432,6 +462,8 @@ def _step_inputs(batch, epoch, config, num_timesteps, tensor):
             raise TrainingError(f"class labels must be 0..{config['num_classes'] - 1} for every video; this batch has "
                                 f"{sorted(set(labels.tolist()))} (-1: the video has no class)")
         inputs += [tensor(labels.astype(np.int32)), tensor(drop)]
+        if num_images:  # both masks always given: the model never falls back to MindSpore's random state
+            inputs += [tensor(batch["label_image"].astype(np.int32)), tensor(drop_image)]
     return inputs
 
 

@@ -24,23 +24,34 @@ from latte_core import kernels
 
 
 class DiffusionLoss(nn.Cell):
-    """Mean diffusion loss of `network` on a batch (B, F, C, H, W) at timesteps t with given noise."""
+    """Mean diffusion loss of `network` on a batch (B, F, C, H, W) at timesteps t with given noise.
 
-    def __init__(self, network, diffusion):
+    With use_image_num = I > 0 the batch is (B, F + I, C, H, W), its last I frames images (image-video
+    joint training): the loss is the mean over all F + I frames, as the reference's train_with_img.py
+    (one timestep and noise per sample, images included)."""
+
+    def __init__(self, network, diffusion, use_image_num=0):
         super().__init__(auto_prefix=False)
         self.network = network
         self.diffusion = diffusion
+        self.use_image_num = use_image_num
 
     def construct(self, x_start, t, noise):
-        return self.diffusion.training_losses(self.network, x_start, t, noise=noise)["loss"].mean()
+        kwargs = {"use_image_num": self.use_image_num} if self.use_image_num else None
+        return self.diffusion.training_losses(self.network, x_start, t, kwargs, noise)["loss"].mean()
 
 
 class ClassDiffusionLoss(DiffusionLoss):
     """As DiffusionLoss, with class labels y and the label-dropout decisions made by the caller
-    (force_drop_ids = 1 replaces a label by the null class), so that they are reproducible."""
+    (force_drop_ids = 1 replaces a label by the null class), so that they are reproducible; with
+    images, their labels y_image (B, I) and dropout decisions force_drop_ids_image (B, I) too."""
 
-    def construct(self, x_start, t, noise, y, force_drop_ids):
-        kwargs = {"y": y, "force_drop_ids": force_drop_ids}
+    def construct(self, x_start, t, noise, y, force_drop_ids, y_image=None, force_drop_ids_image=None):
+        if self.use_image_num:
+            kwargs = {"y": y, "force_drop_ids": force_drop_ids, "use_image_num": self.use_image_num,
+                      "y_image": y_image, "force_drop_ids_image": force_drop_ids_image}
+        else:
+            kwargs = {"y": y, "force_drop_ids": force_drop_ids}
         return self.diffusion.training_losses(self.network, x_start, t, kwargs, noise)["loss"].mean()
 
 

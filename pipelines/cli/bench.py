@@ -26,7 +26,9 @@ def _kernel_paths(choice):
     key_option("flash_attention", "--flash-attention/--no-flash-attention"),
     key_option("device"), key_option("kernels"),
 )
-def bench_step_command(config):
+@click.option("--images", type=click.IntRange(0), default=0, show_default=True,
+              help="Images appended to each clip (image-video joint training's use_image_num).")
+def bench_step_command(config, images):
     """Time a training step (forward + diffusion loss + backward + AdamW) in graph mode.
 
     Each kernel path runs in a fresh process. The top-level figures are the first path's (kernels
@@ -36,6 +38,7 @@ def bench_step_command(config):
     \b
     Example:
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --steps 5
+      latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --images 8
     """
     from latte_core import LATTE_MODELS
     from latte_toolkit.pipelines.bench import bench_step
@@ -43,7 +46,7 @@ def bench_step_command(config):
         raise BadInput(f"unknown Latte variant {config['model_name']!r}; choose one of {', '.join(LATTE_MODELS)}")
     click.echo(json.dumps(bench_step(config["model_name"], config["frames"], config["latent"], config["batch"],
                                      config["steps"], config["flash_attention"], device=config["device"],
-                                     kernels=_kernel_paths(config["kernels"]))))
+                                     kernels=_kernel_paths(config["kernels"]), images=images)))
 
 
 @bench.command("vae")
@@ -113,7 +116,9 @@ def bench_cache_command(config):
     key_option("sample_stride"), key_option("workers"), key_option("max_batches"), key_option("check"),
     key_option("posterior"),
 )
-def bench_loader_command(config):
+@click.option("--images", type=click.IntRange(0), default=0, show_default=True,
+              help="Images appended to each clip (the loader's use_image_num).")
+def bench_loader_command(config, images):
     """Loader samples/s and MB/s against a plain sequential read of the same shard files.
 
     MB/s counts the stored bytes of the frames the loader delivers; the plain read is warm (page
@@ -125,11 +130,12 @@ def bench_loader_command(config):
     Example:
       latte bench loader work/cache
       latte bench loader --synthetic-gb 6 --format mindrecord
+      latte bench loader --synthetic-gb 0.3 --format parquet --images 8
     """
     from latte_toolkit.pipelines.bench import bench_loader
     click.echo(json.dumps(bench_loader(config["cache"], config["synthetic_gb"], config["format"], config["batch"],
                                        config["num_frames"], config["sample_stride"], None, config["workers"],
-                                       config["max_batches"], config["check"], config["posterior"])))
+                                       config["max_batches"], config["check"], config["posterior"], images)))
 
 
 @bench.command("attention")

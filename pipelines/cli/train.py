@@ -30,6 +30,11 @@ def _cache_keys(options):
     key_option("use_parallel", "--use_parallel", "--use-parallel",
                help="True: data-parallel over the processes msrun started."),
     key_option("device_target", "--device", help="Device [CPU]."),
+    key_option("image_video_joint", "--image-video-joint", "--image_video_joint",
+               help="True: image-video joint training (Latte + IMG), with --use-image-num images per clip."),
+    key_option("use_image_num", "--use-image-num", "--use_image_num",
+               help="Images per clip in joint training: each a random frame of another video, appended to "
+                    "the clip; the loss covers all frames."),
     yaml="Training YAML (MindONE's key names; see `latte train --keys`).",
     overrides=_cache_keys,
 )
@@ -47,6 +52,7 @@ def train(config, resume):
     Example:
       latte train -c configs/training/sky_numpy_video.yaml --cache work/cache --output-dir runs/sky
       msrun --worker_num=2 --local_worker_num=2 --join=True latte train -c ... --use_parallel True
+      latte train -c configs/training/tiny_cpu_image_video.yaml --cache work/cache   # 8 frames + 4 images
     """
     from latte_toolkit.train.loop import preflight, train as run_training
     try:
