@@ -38,6 +38,7 @@ def _cache_in_subprocess(manifest, vae, out, workers, **env):
     return {video_id: np.asarray(cache.read(video_id)["mean"]) for video_id in cache.ids}
 
 
+@pytest.mark.slow
 def test_the_cache_is_bit_identical_for_every_runner_on_avx2_kernels(manifest, fixtures_dir, tmp_path):
     vae = fixtures_dir / "vae" / "vae_small_diffusers"
     in_process = _cache_in_subprocess(manifest, vae, tmp_path / "w0", 0, OPENBLAS_CORETYPE="Haswell")
@@ -47,6 +48,7 @@ def test_the_cache_is_bit_identical_for_every_runner_on_avx2_kernels(manifest, f
         np.testing.assert_array_equal(in_process[video_id], two_workers[video_id])
 
 
+@pytest.mark.slow
 def test_across_blas_kernels_latents_differ_by_float32_rounding_only(manifest, fixtures_dir, tmp_path):
     """Another CPU type runs other sgemm kernels (other blocking, FMA order): the latents may differ,
     by float32 rounding only. Measured over these clips: at most a few ulp of the latents' scale

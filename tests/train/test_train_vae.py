@@ -1,12 +1,14 @@
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from latte_core import AutoencoderKL
 from latte_toolkit.pipelines.cli import main
 
 
+@pytest.mark.slow
 def test_train_vae_learns_the_frames_and_writes_a_diffusers_folder(caches, tmp_path):
     """50 steps on the test clips: the loss falls, the folder loads, and its scaling factor makes the
     latents of these frames unit-variance. (50 steps also pass the point where a separate ops.pad's

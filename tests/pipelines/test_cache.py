@@ -157,6 +157,7 @@ def test_one_and_two_dask_workers_make_the_same_cache(ingested, numpy_cache, tmp
         _assert_same_cache(numpy_cache[0], tmp_path / f"w{workers}")
 
 
+@pytest.mark.slow
 def test_a_5000_frame_256px_video_caches_in_mindrecord(tmp_path):
     """The seed's failure: one record per long video overflows MindRecord's page. Here: chunks."""
     frames = moving_square_frames(50, height=256, width=256)

@@ -2,12 +2,16 @@
 import json
 import os
 
+import pytest
+
 from click.testing import CliRunner
 
 from latte_toolkit.pipelines.cli import main
 from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.pipelines.sample import PRETRAINED
 from latte_toolkit.pipelines.synthetic import write_cloud_dataset
+
+pytestmark = pytest.mark.slow  # the shipped weights and the demo, end to end
 
 LIMIT = 20 * 1000 * 1000
 

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from latte_toolkit.pipelines.cli import main
@@ -22,6 +23,7 @@ def test_unknown_variant_is_bad_usage():
     assert "unknown Latte variant 'Latte-M/2'" in result.output and "Latte-XL/8" in result.output
 
 
+@pytest.mark.slow
 def test_bench_step_prints_one_json_line_with_the_figures(tmp_path):
     latte = os.path.join(os.path.dirname(sys.executable), "latte")
     proc = subprocess.run([latte, "bench", "step", "--model", "Latte-S/8", "--frames", "2", "--latent", "16",

@@ -2,6 +2,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import yaml
 from click.testing import CliRunner
 from PIL import Image
@@ -25,6 +26,7 @@ def _latents(folder):
     return np.stack([np.load(folder / f"sample_{i:03d}.npy") for i in range(2)])
 
 
+@pytest.mark.slow
 def test_class_conditional_sampling_with_guidance_writes_gif_mp4_and_latents(latte_fixture, fixtures_dir, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["sample", "-c", _class_config(tmp_path, latte_fixture, fixtures_dir),
@@ -97,6 +99,7 @@ def test_a_video_is_the_same_whatever_the_batch_it_is_sampled_in(latte_fixture, 
     assert np.abs(runs[2][0] - runs[2][1]).max() > 0.1  # the two videos are not the same noise
 
 
+@pytest.mark.slow
 def test_dpm_solver_sampling_and_which_sampler_wins(latte_fixture, fixtures_dir, tmp_path, caplog):
     out = tmp_path / "dpm"
     config = _class_config(tmp_path, latte_fixture, fixtures_dir, ddim_sampling=True, sampling_steps=None)

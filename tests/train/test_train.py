@@ -42,6 +42,7 @@ def _state(folder):
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(folder / "train_state.ckpt")).items()}
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_identically(caches, tmp_path):
     """6 steps in one go, and 3 steps + kill + resume + 3 steps: the same losses and final state
     (weights, EMA, Adam moments, loss scale), with accumulation, clipping and an fp16 loss scale."""
@@ -125,6 +126,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cach
     assert all(np.isfinite(v).all() for v in _state(run / "ckpt" / saved[-1]).values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_image_num", [0, 3])  # 3: image-video joint training, 4 frames + 3 images
 def test_two_msrun_workers_equal_one_worker_with_twice_the_batch(caches, tmp_path, use_image_num):
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "GLOG_v": "3"}
