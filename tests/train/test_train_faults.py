@@ -267,7 +267,7 @@ def test_numeric_keys_out_of_range_are_refused_by_name(tmp_path, key, value):
 
 def test_every_numeric_key_has_a_range_and_the_key_list_shows_the_new_key():
     unranged = [k.name for k in KEYS if (int in k.types or float in k.types) and k.range is None]
-    assert unranged == ["max_rowsize", "use_image_num"]  # no effect here / must be null or 0 (validate)
+    assert unranged == ["max_rowsize"]  # MindONE's shared-memory size: no effect here (reported)
     for k in KEYS:
         if k.range is not None:
             assert k.default is None or k.default in k.range, k.name
