@@ -10,7 +10,6 @@
 Decoding runs in a thread ahead of the encoder (a bounded queue of micro-batches), and shards are
 written as each video finishes, so decode, encode and write overlap.
 """
-import errno
 import hashlib
 import logging
 import os
@@ -30,6 +29,7 @@ from latte_toolkit.datasets.formats import FORMAT_NAMES, get_format
 from latte_toolkit.datasets.video import UnusableInput, center_crop_resize, iter_frames, read_manifest, to_pixels
 
 from .jobs import Job
+from .ledger import is_disk_full
 from .runners import check_workers
 
 logger = logging.getLogger(__name__)
@@ -254,10 +254,10 @@ def _allocated_bytes(folder):
 
 
 def _disk_full(err, folder):
-    """numpy raises OSError(ENOSPC); MindRecord and pyarrow word it in their own exceptions (MindRecord
-    refuses to write once less than about a megabyte is free: "No free disk to be used")."""
+    """The ledger's test (ENOSPC/EDQUOT, or pyarrow's wording), plus MindRecord's own: its message says
+    "No space left" or, once less than about a megabyte is free, "No free disk to be used"."""
     text = str(err)
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left" in text or "No free disk" in text:
+    if is_disk_full(err) or "No space left" in text or "No free disk" in text:
         return True
     try:
         return shutil.disk_usage(folder).free < (1 << 20)
