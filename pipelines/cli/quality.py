@@ -1,4 +1,4 @@
-"""`latte quality`: sampled videos against the training videos and two baselines."""
+"""`latte quality`: sampled videos against the training videos, two baselines and their drift."""
 import json
 
 import click
@@ -21,7 +21,9 @@ def quality(config):
 
     Appearance: Fréchet distance of per-frame VAE-latent features to real clips, against decoded
     noise. Motion: frame-to-frame change within the real clips' range, while real frames shuffled
-    in time fall outside it.
+    in time fall outside it. Drift: each sample's coherent motion (px/frame, phase correlation of
+    consecutive frames) within the real clips' range, as they are and after a VAE round trip; a
+    still picture that flickers drifts ~0.
 
     \b
     Example:

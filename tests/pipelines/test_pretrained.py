@@ -28,6 +28,8 @@ def test_shipped_weights_are_small_and_come_with_their_commands_and_logs():
     assert "latte train-vae" in script and "latte train -c" in script and "latte cache" in script
 
 
+@pytest.mark.xfail(strict=True, reason="issue 17 item 7: the shipped Latte's samples do not drift (0.010-0.017 "
+                                       "px/frame against the real clips' 0.40-1.13): retrain it, then drop this mark")
 def test_default_samples_are_closer_to_the_data_than_the_baselines(tmp_path):
     """`latte sample` with its defaults (the shipped model, DDPM 250 steps), then `latte quality` against
     fresh clips from the same procedural source (other seeds than the training clips)."""
@@ -41,7 +43,8 @@ def test_default_samples_are_closer_to_the_data_than_the_baselines(tmp_path):
                                        os.path.join(PRETRAINED, "vae-clouds")])
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.exit_code == 0, figures
-    assert figures["passed"] and figures["frechet_distance"]["samples"] < figures["frechet_distance"]["noise_decoded"]
+    assert figures["frechet_distance"]["samples"] < figures["frechet_distance"]["noise_decoded"]
+    assert figures["passed"] and figures["drift_in_real_range"], figures["drift"]
 
 
 def test_demo_runs_every_stage_into_one_folder_and_resumes(tmp_path):
