@@ -4,11 +4,16 @@
     <shard>/<offset>.<name>.npy    a per-video array (e.g. the caption embedding), when the cache has one
     <shard>/blob.<name>.npy        a blob of the shard
 """
+import functools
 import os
 
 import numpy as np
 
 from .formats import ShardReader, ShardWriter
+
+HEADERS_KEPT = 1 << 16  # parsed .npy headers a reader keeps (about 200 bytes each)
+SPAN_READ_LIMIT = 4  # a clip's frames are read as one span unless it holds over 4x the frames asked for
+HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 class Writer(ShardWriter):
@@ -24,7 +29,22 @@ class Writer(ShardWriter):
             np.save(os.path.join(self.staging, f"blob.{name}.npy"), array)
 
 
+def _read_into(descriptor, path, array, offset):
+    """Fill `array` with the file's bytes at `offset`; IOError naming the file if it ends first."""
+    wanted = array.nbytes
+    got = os.preadv(descriptor, [memoryview(array).cast("B")], offset)
+    if got != wanted:
+        raise IOError(f"{path}: {got} bytes at offset {offset} where {wanted} should be: the file is truncated")
+
+
 class Reader(ShardReader):
+    def __init__(self, shards_dir, entries, **settings):
+        super().__init__(shards_dir, entries, **settings)
+        # Each file's header is parsed once (shards never change once committed): a random single-frame
+        # read is then an open, a pread and a close. Parsing it on every read (np.load) cost more than
+        # the read itself.
+        self._layout = functools.lru_cache(maxsize=HEADERS_KEPT)(self._parse_header)
+
     def _path(self, entry, name):
         return os.path.join(self.shard_folder(entry["shard"]), f"{entry['offset']}.{name}.npy")
 
@@ -32,14 +52,48 @@ class Reader(ShardReader):
         """Memory-mapped arrays (no copy until they are used)."""
         return {field: np.load(self._path(entry, field), mmap_mode="r") for field in fields}
 
+    def _parse_header(self, path, frames):
+        """(data offset, frame shape) of a frame field's file, checked against the index (`frames`) and
+        the cache dtype."""
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = HEADER_READERS.get(version)
+            if read_header is None:
+                raise IOError(f"{path}: .npy format version {version} is not one numpy.save writes here")
+            shape, fortran_order, dtype = read_header(handle)
+            offset = handle.tell()
+        if dtype != self.dtype or fortran_order or not shape or shape[0] != frames:
+            raise IOError(f"{path}: holds {dtype} {shape}{' in Fortran order' if fortran_order else ''}, the "
+                          f"index says {self.dtype} x {frames} frames")
+        return offset, tuple(shape[1:])
+
     def read_frames(self, entry, frame_indices, fields=None):
-        """Only the frames at `frame_indices`, copied out of the memory maps (the maps are closed again,
-        so streaming many videos does not grow the resident memory)."""
+        """Only the frames at `frame_indices`, read with pread into fresh arrays (no memory map: streaming
+        many videos does not grow the resident memory): the frames from the first to the last in one
+        read, or each frame on its own when that span is mostly frames not asked for."""
+        indices = np.asarray(frame_indices, np.int64)
+        first, last = int(indices.min()), int(indices.max())
+        if first < 0 or last >= entry["frames"]:
+            raise IndexError(f"frames {first}..{last} of a video of {entry['frames']} frames")
+        span = last - first + 1
+        whole_span = span <= SPAN_READ_LIMIT * len(indices)
+        consecutive = bool((np.diff(indices) == 1).all())  # the span is exactly the frames asked for
         out = {}
         for field in fields or self.frame_fields:
-            array = np.load(self._path(entry, field), mmap_mode="r")
-            out[field] = np.asarray(array[frame_indices])
-            del array
+            path = self._path(entry, field)
+            offset, frame_shape = self._layout(path, entry["frames"])
+            frames = np.empty(((span if whole_span else len(indices)),) + frame_shape, self.dtype)
+            frame_bytes = frames[0].nbytes
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                if whole_span:
+                    _read_into(descriptor, path, frames, offset + first * frame_bytes)
+                else:
+                    for place, index in enumerate(indices):
+                        _read_into(descriptor, path, frames[place], offset + int(index) * frame_bytes)
+            finally:
+                os.close(descriptor)
+            out[field] = frames[indices - first] if whole_span and not consecutive else frames
         return out
 
     def video_arrays(self, entry):

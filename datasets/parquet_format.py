@@ -5,7 +5,10 @@
     <shard>/extras.parquet (only with per-video arrays or blobs), columns: video (int32, -1 for a
     blob), name (string), dtype (string), shape (list<int32>), data (binary)
 
-Row groups are sized to about `ROW_GROUP_BYTES` so readers can fetch parts of a shard.
+Each chunk row is a row group of its own: Parquet's smallest unit of reading is a row group's column,
+so a random frame (an image of image-video joint training) then costs one chunk, not the whole shard
+(caches written with larger row groups read the same, slower). Rows are written to the file in
+batches of about `WRITE_BATCH_BYTES`.
 """
 import collections
 import logging
@@ -22,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 FILE_NAME = "shard.parquet"
 EXTRAS_NAME = "extras.parquet"
-ROW_GROUP_BYTES = 96 << 20  # within the 64-128 MB that columnar readers handle well
+WRITE_BATCH_BYTES = 96 << 20  # rows buffered before they are written
+OPEN_FILES_KEPT = 64  # Parquet files each reading thread keeps open (their footers parsed)
 EXTRAS_SCHEMA = pa.schema([("video", pa.int32()), ("name", pa.string()), ("dtype", pa.string()),
                            ("shape", pa.list_(pa.int32())), ("data", pa.binary())])
 
@@ -47,12 +51,12 @@ class Writer(ShardWriter):
                 row[field] = chunk.tobytes()
                 self.buffered_bytes += chunk.nbytes
             self.rows.append(row)
-            if self.buffered_bytes >= ROW_GROUP_BYTES:
+            if self.buffered_bytes >= WRITE_BATCH_BYTES:
                 self._flush()
 
     def _flush(self):
         if self.rows:
-            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema), row_group_size=1)
             self.rows, self.buffered_bytes = [], 0
 
     def _finish(self, video_arrays, blobs):
@@ -98,8 +102,8 @@ class Reader(ShardReader):
                 raise IOError(f"{folder}: row {first_row + chunk} holds video {offset} frame {first_frame}, the "
                               f"index says video {entry['offset']} frame {chunk * self.chunk_frames}")
             parts.append(arrays)
-        base = chunks[0] * self.chunk_frames
-        return {field: np.concatenate([part[field] for part in parts])[np.asarray(frame_indices) - base]
+        at = np.asarray(frame_indices) - chunks[0] * self.chunk_frames
+        return {field: (parts[0][field] if len(parts) == 1 else np.concatenate([part[field] for part in parts]))[at]
                 for field in fields}
 
     def _read_extras(self, folder):
@@ -127,36 +131,54 @@ def _prefer_jemalloc():
 
 
 class _RowGroupCache:
-    """Decoded Parquet row groups, least recently used dropped first once `max_bytes` is exceeded."""
+    """Decoded Parquet row groups, least recently used dropped first once `max_bytes` is exceeded, and
+    the open files they come from (per thread: a ParquetFile is not shared between reading threads)."""
 
     def __init__(self, max_bytes):
         _prefer_jemalloc()
         self.max_bytes = max_bytes
         self.tables = collections.OrderedDict()
+        self.held_bytes = 0
         self.bounds = {}
         self.lock = threading.Lock()
+        self.local = threading.local()
+
+    def _file(self, folder):
+        """This thread's open ParquetFile of a shard (memory-mapped; footer parsed once)."""
+        files = getattr(self.local, "files", None)
+        if files is None:
+            files = self.local.files = collections.OrderedDict()
+        parquet = files.get(folder)
+        if parquet is None:
+            parquet = files[folder] = pq.ParquetFile(os.path.join(folder, FILE_NAME), memory_map=True)
+            if len(files) > OPEN_FILES_KEPT:
+                files.popitem(last=False)  # closed once no decoded table maps it
+        files.move_to_end(folder)
+        return parquet
 
     def row(self, folder, row, fields):
         """(table, row within it) holding shard row `row`."""
         with self.lock:
-            if folder not in self.bounds:
-                metadata = pq.ParquetFile(os.path.join(folder, FILE_NAME)).metadata
-                self.bounds[folder] = np.cumsum([0] + [metadata.row_group(i).num_rows
-                                                       for i in range(metadata.num_row_groups)])
-            bounds = self.bounds[folder]
+            bounds = self.bounds.get(folder)
+        if bounds is None:
+            metadata = self._file(folder).metadata
+            bounds = np.cumsum([0] + [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)])
+            with self.lock:
+                self.bounds[folder] = bounds
         if not 0 <= row < bounds[-1]:
             raise IOError(f"{folder}: no row {row} (the shard holds {bounds[-1]})")
         group = int(np.searchsorted(bounds, row, side="right") - 1)
-        key = (folder, group)
+        key = (folder, group, tuple(fields))
         with self.lock:
             table = self.tables.get(key)
             if table is not None:
                 self.tables.move_to_end(key)
         if table is None:  # read outside the lock, so parallel workers read different row groups at once
-            table = pq.ParquetFile(os.path.join(folder, FILE_NAME), memory_map=True).read_row_group(
-                group, columns=["video", "start", "shape"] + list(fields))
+            table = self._file(folder).read_row_group(group, columns=["video", "start", "shape"] + list(fields))
             with self.lock:
-                self.tables[key] = table
-                while len(self.tables) > 1 and sum(t.nbytes for t in self.tables.values()) > self.max_bytes:
-                    self.tables.popitem(last=False)
+                if key not in self.tables:
+                    self.tables[key] = table
+                    self.held_bytes += table.nbytes
+                while len(self.tables) > 1 and self.held_bytes > self.max_bytes:
+                    self.held_bytes -= self.tables.popitem(last=False)[1].nbytes
         return table, row - int(bounds[group])

@@ -92,8 +92,9 @@ def test_single_frames_and_clips_read_from_any_video(tmp_path, fmt):
     reader, entries = _reader(fmt, shard, _write(fmt, shard, videos))
     assert reader.video_arrays(entries[0]) == {}
     requests = [(entries[2], np.array([12])), (entries[0], np.array([3])), (entries[1], np.array([0, 1, 2, 3])),
-                (entries[2], np.array([2, 5, 8, 11]))]
-    for (entry, frames), streamed in zip(requests, reader.stream_frames(requests, 1)):
+                (entries[2], np.array([2, 5, 8, 11])), (entries[2], np.array([12, 0])), (entries[0], [8, 8])]
+    streamed_requests = [(entry, np.asarray(frames)) for entry, frames in requests]
+    for (entry, frames), streamed in zip(requests, reader.stream_frames(streamed_requests, 1)):
         single = reader.read_frames(entry, frames)
         for field in FIELDS:
             expected = videos[entry["offset"]][field][frames]
@@ -138,3 +139,41 @@ def test_a_shard_rewritten_after_a_kill_replaces_the_old_one(tmp_path, fmt):
     reader, entries = _reader(fmt, shard, writer)
     np.testing.assert_array_equal(np.asarray(reader.read(entries[0])["std"]), _video(1, 6)["std"])
     assert os.listdir(tmp_path / "shards") == ["s-0"]
+
+
+def test_numpy_frame_reads_check_the_file_against_the_index(tmp_path):
+    """read_frames parses each .npy header once, then preads: a file that disagrees with the index, or
+    ends before the frames asked for, is an IOError naming it, never other bytes."""
+    shard = tmp_path / "shards" / "s-0"
+    reader, entries = _reader("numpy", shard, _write("numpy", shard, [_video(0, 9), _video(1, 4)]))
+    np.testing.assert_array_equal(reader.read_frames(entries[0], [8])["std"], _video(0, 9)["std"][[8]])
+    path = shard / "0.std.npy"
+    path.write_bytes(path.read_bytes()[:-100])  # cut after its header was parsed: the pread comes up short
+    with pytest.raises(IOError, match="0.std.npy.*truncated"):
+        reader.read_frames(entries[0], [8])
+    np.save(shard / "1.mean.npy", _video(1, 5)["mean"])  # 5 frames where the index says 4
+    with pytest.raises(IOError, match="1.mean.npy: holds float16 \\(5, 4, 3, 5\\), the index says float16 x 4"):
+        reader.read_frames(entries[1], [0])
+    with pytest.raises(IndexError, match="frames 2..4 of a video of 4 frames"):
+        reader.read_frames(entries[1], [2, 4])
+
+
+def test_parquet_chunk_rows_are_row_groups_and_larger_row_groups_read_the_same(tmp_path):
+    """A random frame decodes one chunk row (its own row group); a shard written with all its rows in
+    one row group (the earlier layout) gives the same frames."""
+    import pyarrow.parquet as pq
+    videos = [_video(i, frames) for i, frames in enumerate((9, 4, 13))]
+    shard = tmp_path / "shards" / "s-0"
+    _, entries = _reader("parquet", shard, _write("parquet", shard, videos))
+    metadata = pq.ParquetFile(shard / "shard.parquet").metadata
+    assert metadata.num_row_groups == 3 + 1 + 4 and {metadata.row_group(g).num_rows for g in range(8)} == {1}
+    requests = [(entries[2], np.array([12, 3])), (entries[1], np.array([2])), (entries[0], np.array([0, 1, 8]))]
+    pq.write_table(pq.read_table(shard / "shard.parquet"), tmp_path / "one_group.parquet", row_group_size=1 << 20)
+    os.replace(tmp_path / "one_group.parquet", shard / "shard.parquet")
+    assert pq.ParquetFile(shard / "shard.parquet").metadata.num_row_groups == 1
+    old_layout = get_format("parquet").Reader(tmp_path / "shards", entries, frame_fields=FIELDS, dtype="float16",
+                                             chunk_frames=CHUNK)
+    for entry, frames in requests:
+        for field in FIELDS:
+            np.testing.assert_array_equal(old_layout.read_frames(entry, frames)[field],
+                                          videos[entry["offset"]][field][frames])
