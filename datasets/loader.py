@@ -25,8 +25,10 @@ global plan already handed out, so a loader restored from it yields exactly the 
 uninterrupted run would have, whatever num_parallel_workers is, and a run restarted with another
 world size continues the same plan spread over the new ranks.
 """
+import collections
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -237,6 +239,22 @@ def _check_image_num(use_image_num, videos, where):
                          f"clip's, and there is {videos} usable video")
 
 
+def _in_order(function, items, workers):
+    """function(*item) of each item, in order, computed on `workers` threads, at most 2 x workers
+    items ahead of the consumer (numpy's Gaussian draws and array arithmetic release the GIL)."""
+    if workers == 1:
+        yield from (function(*item) for item in items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending = collections.deque()
+        for item in items:
+            pending.append(pool.submit(function, *item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _stack(samples):
     """Samples (tuples of arrays) -> one tuple of batched arrays. A dataset row per batch, not per
     sample: MindSpore's per-row cost (about 3 ms here) would otherwise exceed the sample's own."""
@@ -319,13 +337,17 @@ class CacheLoader(_ClipLoader):
         chosen = [self.images_of(p, video[p]) for p in positions] if self.use_image_num else []
         frames = reader.stream_frames([(self.image_entries[i], np.array([k])) for others, indices in chosen
                                        for i, k in zip(others, indices)], workers, self.fields)
+
+        def read():
+            for number, (position, (entry, _), arrays) in enumerate(zip(positions, requests, clips)):
+                images = None
+                if self.use_image_num:
+                    images = chosen[number][0], _joined([next(frames) for _ in range(self.use_image_num)])
+                yield arrays, entry, position, images
+
         batch = []
-        for number, (position, (entry, _), arrays) in enumerate(zip(positions, requests, clips)):
-            images = None
-            if self.use_image_num:
-                singles = [next(frames) for _ in range(self.use_image_num)]
-                images = chosen[number][0], _joined(singles)
-            batch.append(self._sample(arrays, entry, position, images))
+        for sample in _in_order(self._sample, read(), workers):  # the arithmetic on the workers' threads
+            batch.append(sample)
             if len(batch) == self.batch_size:
                 yield _stack(batch)
                 batch = []

@@ -153,7 +153,8 @@ class Reader(ShardReader):
             if offset != entry["offset"]:
                 raise IOError(f"{self.shard_folder(entry['shard'])}: a record of video {offset} where the index "
                               f"places video {entry['offset']}")
-            chunks[first_frame] = {f: np.frombuffer(record[3 + i].tobytes(), self.dtype).reshape(shape)
+            chunks[first_frame] = {f: record[3 + i].view(np.uint8).view(self.dtype).reshape(shape)  # no copy
                                    for i, f in enumerate(fields)}
-        base = min(chunks)
-        return {f: np.concatenate([chunks[k][f] for k in sorted(chunks)])[frame_indices - base] for f in fields}
+        at, starts = frame_indices - min(chunks), sorted(chunks)
+        return {f: (chunks[starts[0]][f] if len(starts) == 1 else np.concatenate([chunks[k][f] for k in starts]))[at]
+                for f in fields}
