@@ -183,9 +183,33 @@ def _plain_read(files):
     return size, time.perf_counter() - start
 
 
+def _latent_arithmetic(loader, sample, samples, threads):
+    """Samples/s of the loader's own latent arithmetic alone (posterior sampling and scaling of a
+    sample already in memory: its clip, then its images; no I/O, no pipeline) over `samples`
+    positions, shared by `threads` threads as the loader's workers share theirs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from latte_toolkit.datasets.loader import IMAGE_STREAM
+    clip, images = sample
+
+    def arithmetic(positions):
+        for position in positions:
+            loader.latent(clip, position)
+            if images:
+                loader.latent(images, position, (IMAGE_STREAM,))
+
+    shares = np.array_split(np.arange(samples), threads)
+    with ThreadPoolExecutor(threads) as pool:
+        start = time.perf_counter()
+        list(pool.map(arithmetic, shares))
+        seconds = time.perf_counter() - start
+    return {"threads": threads, "samples": samples, "seconds": round(seconds, 3),
+            "samples_per_s": round(samples / seconds, 1)}
+
+
 def _loader_figures(cache_dir, loader_options, max_batches, queue):
     """Child process: a warm plain read of every shard file, then the loader, then the loader's own
-    per-clip latent arithmetic alone on one thread; reports figures."""
+    latent arithmetic alone, on as many threads as the loader has workers and on one; reports figures."""
     os.environ.setdefault("GLOG_v", "3")
     from latte_toolkit.datasets.loader import CacheLoader
 
@@ -197,38 +221,38 @@ def _loader_figures(cache_dir, loader_options, max_batches, queue):
     loader = CacheLoader(cache_dir, **loader_options)
     setup_s = time.perf_counter() - start
     stored = loader.cache.read(loader.video_ids[0])
-    sample_frames = loader.plan.num_frames + loader.use_image_num  # a clip and its images
-    clip = {field: np.array(stored[field][:sample_frames]) for field in loader.fields}
-    clip_bytes = sum(array.nbytes for array in clip.values())  # the stored bytes a sample reads
+    frames, images = loader.plan.num_frames, loader.use_image_num
+    clip = {field: np.array(stored[field][:frames]) for field in loader.fields}
+    image_frames = ({field: stored[field][np.arange(images) % len(stored[field])] for field in loader.fields}
+                    if images else None)
+    clip_bytes = sum(array.nbytes for array in clip.values()) * (frames + images) // frames  # stored bytes a sample reads
     samples, start = 0, time.perf_counter()
     for number, batch in enumerate(loader):
         samples += len(batch["latent"])
         if max_batches and number + 1 >= max_batches:
             break
     loader_s = time.perf_counter() - start
-    # The floor of the loader's work: posterior sampling of clips already in memory, no I/O, no pipeline.
     arithmetic = min(samples, 1000)
-    start = time.perf_counter()
-    for position in range(arithmetic):
-        loader.latent(clip, position)
-    arithmetic_s = time.perf_counter() - start
+    workers = loader.num_parallel_workers
+    same_threads = _latent_arithmetic(loader, (clip, image_frames), arithmetic, workers)
+    one_thread = same_threads if workers == 1 else _latent_arithmetic(loader, (clip, image_frames), arithmetic, 1)
     queue.put({"plain_read": {"bytes": plain_bytes, "seconds": round(plain_s, 3),
                               "MB_per_s": round(plain_bytes / plain_s / 1e6, 1)},
                "loader": {"samples": samples, "seconds": round(loader_s, 3), "setup_seconds": round(setup_s, 3),
                           "samples_per_s": round(samples / loader_s, 1),
+                          "frames_per_s": round(samples * (frames + images) / loader_s, 1),
                           "MB_per_s": round(samples * clip_bytes / loader_s / 1e6, 1), "clip_bytes": clip_bytes},
-               "latent_arithmetic_one_thread": {"samples": arithmetic, "seconds": round(arithmetic_s, 3),
-                                                "samples_per_s": round(arithmetic / arithmetic_s, 1),
-                                                "MB_per_s": round(arithmetic * clip_bytes / arithmetic_s / 1e6, 1)},
+               "latent_arithmetic": same_threads, "latent_arithmetic_one_thread": one_thread,
                "peak_rss_mb": round(peak_rss_mb(), 1)})
 
 
 def bench_loader(cache_dir=None, synthetic_gb=1.0, fmt="numpy", batch_size=4, num_frames=16, sample_stride=1,
                  clips_per_video=None, workers=2, max_batches=0, check="full", posterior="sample", images=0):
-    """Loader samples/s and MB/s (stored latent bytes of the frames it delivers) against a plain
-    sequential read of the same shard files, page cache warm, and against the loader's latent arithmetic
-    alone on one thread, in a fresh process (for its peak RSS). `images`: the loader's use_image_num
-    (a sample is then its clip and that many single frames of other videos).
+    """Loader samples/s, frames/s and MB/s (stored latent bytes of the frames it delivers) against a
+    plain sequential read of the same shard files, page cache warm, and against the loader's latent
+    arithmetic alone on as many threads as the loader's workers (`loader_to_latent_arithmetic`) and on
+    one, in a fresh process (for its peak RSS). `images`: the loader's use_image_num (a sample is then
+    its clip and that many single frames of other videos).
     Without `cache_dir`, a synthetic cache of `synthetic_gb` GB in format `fmt` is written first."""
     from latte_toolkit.datasets.cache import open_cache
 
@@ -249,8 +273,9 @@ def bench_loader(cache_dir=None, synthetic_gb=1.0, fmt="numpy", batch_size=4, nu
     result = {"bench": "loader", "format": info["format"], "store": info["store"], **options,
               "cache_bytes": figures["plain_read"]["bytes"], **figures}
     result["loader_to_plain_MB_per_s"] = round(figures["loader"]["MB_per_s"] / figures["plain_read"]["MB_per_s"], 3)
-    result["loader_to_latent_arithmetic"] = round(
-        figures["loader"]["samples_per_s"] / figures["latent_arithmetic_one_thread"]["samples_per_s"], 3)
+    for key, baseline in (("loader_to_latent_arithmetic", "latent_arithmetic"),
+                          ("loader_to_latent_arithmetic_one_thread", "latent_arithmetic_one_thread")):
+        result[key] = round(figures["loader"]["samples_per_s"] / figures[baseline]["samples_per_s"], 3)
     return result
 
 

@@ -108,6 +108,8 @@ BENCH_STEP_KEYS = KeyTable([
     Key("batch", int, 2, "clips per step", range=AT_LEAST_1),
     Key("steps", int, 5, "steps to run; the first (compile) is reported apart", range=Range(2)),
     Key("flash_attention", bool, False, "use the flash attention backend (fused on Ascend, block-wise elsewhere)"),
+    Key("images", int, 0, "images appended to each clip (image-video joint training's use_image_num): the step "
+                          "then runs on frames + images frames", range=NON_NEGATIVE),
     DEVICE, KERNELS,
 ], {}, ConfigError)
 
@@ -150,6 +152,8 @@ BENCH_LOADER_KEYS = KeyTable([
         ("full", "size")),
     Key("posterior", str, "sample", "latents drawn from the cached posterior, or its mean (reads only the mean)",
         ("sample", "mean")),
+    Key("images", int, 0, "the loader's use_image_num: single frames of other videos appended to each clip (each a "
+                          "random frame of a random other video)", range=NON_NEGATIVE),
 ], {}, ConfigError)
 
 BENCH_ATTENTION_KEYS = KeyTable([

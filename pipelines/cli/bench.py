@@ -24,11 +24,9 @@ def _kernel_paths(choice):
     key_option("model_name", "--model"),
     key_option("frames"), key_option("latent"), key_option("batch"), key_option("steps"),
     key_option("flash_attention", "--flash-attention/--no-flash-attention"),
-    key_option("device"), key_option("kernels"),
+    key_option("device"), key_option("kernels"), key_option("images"),
 )
-@click.option("--images", type=click.IntRange(0), default=0, show_default=True,
-              help="Images appended to each clip (image-video joint training's use_image_num).")
-def bench_step_command(config, images):
+def bench_step_command(config):
     """Time a training step (forward + diffusion loss + backward + AdamW) in graph mode.
 
     Each kernel path runs in a fresh process. The top-level figures are the first path's (kernels
@@ -46,7 +44,7 @@ def bench_step_command(config, images):
         raise BadInput(f"unknown Latte variant {config['model_name']!r}; choose one of {', '.join(LATTE_MODELS)}")
     click.echo(json.dumps(bench_step(config["model_name"], config["frames"], config["latent"], config["batch"],
                                      config["steps"], config["flash_attention"], device=config["device"],
-                                     kernels=_kernel_paths(config["kernels"]), images=images)))
+                                     kernels=_kernel_paths(config["kernels"]), images=config["images"])))
 
 
 @bench.command("vae")
@@ -114,17 +112,16 @@ def bench_cache_command(config):
     key_option("cache", argument=True, metavar="CACHE_DIR", type=click.Path(exists=True, file_okay=False)),
     key_option("synthetic_gb"), key_option("format"), key_option("batch"), key_option("num_frames"),
     key_option("sample_stride"), key_option("workers"), key_option("max_batches"), key_option("check"),
-    key_option("posterior"),
+    key_option("posterior"), key_option("images"),
 )
-@click.option("--images", type=click.IntRange(0), default=0, show_default=True,
-              help="Images appended to each clip (the loader's use_image_num).")
-def bench_loader_command(config, images):
-    """Loader samples/s and MB/s against a plain sequential read of the same shard files.
+def bench_loader_command(config):
+    """Loader samples/s, frames/s and MB/s against a plain sequential read of the same shard files.
 
     MB/s counts the stored bytes of the frames the loader delivers; the plain read is warm (page
-    cache). Also timed: the loader's own latent arithmetic (posterior sampling, scaling) on clips
-    already in memory, one thread, no I/O — the floor of its per-sample work. The loader runs in a
-    fresh process, whose peak RSS is reported.
+    cache). Also timed: the loader's own latent arithmetic (posterior sampling, scaling) on samples
+    already in memory, no I/O, on as many threads as the loader's workers (the floor of its
+    per-sample work: loader_to_latent_arithmetic) and on one thread. The loader runs in a fresh
+    process, whose peak RSS is reported.
 
     \b
     Example:
@@ -135,7 +132,7 @@ def bench_loader_command(config, images):
     from latte_toolkit.pipelines.bench import bench_loader
     click.echo(json.dumps(bench_loader(config["cache"], config["synthetic_gb"], config["format"], config["batch"],
                                        config["num_frames"], config["sample_stride"], None, config["workers"],
-                                       config["max_batches"], config["check"], config["posterior"], images)))
+                                       config["max_batches"], config["check"], config["posterior"], config["images"])))
 
 
 @bench.command("attention")

@@ -207,20 +207,29 @@ def test_bad_settings_are_refused(caches):
         CacheLoader(caches["numpy"], batch_size=8, **CLIP)
 
 
-def test_bench_loader_prints_its_figures(caches):
+def test_bench_loader_prints_its_figures(caches, tmp_path):
     def bench(*options):
         result = CliRunner().invoke(main, ["bench", "loader", str(caches["mindrecord"]), "--batch", "2",
-                                           "--num-frames", "4", "--workers", "1", *options])
+                                           "--num-frames", "4", *options])
         assert result.exit_code == 0, result.output
         return json.loads(result.output.strip().splitlines()[-1])
 
     info = open_cache(caches["mindrecord"]).info
     latent_side = info["image_size"] // info["downsample_factor"]
     frame_bytes = info["latent_channels"] * latent_side ** 2 * np.dtype(info["dtype"]).itemsize
-    for posterior, fields in (("sample", 2), ("mean", 1)):  # the mean alone reads half the stored bytes
-        figures = bench("--posterior", posterior)
+    (tmp_path / "bench.yaml").write_text("posterior: mean\nimages: 2\nworkers: 2\n")  # images is a key like the others
+    # the mean alone reads half the stored bytes; a sample with 2 images reads 4 + 2 frames
+    for options, posterior, fields, images, workers in ((("--workers", "1"), "sample", 2, 0, 1),
+                                                         (("-c", str(tmp_path / "bench.yaml")), "mean", 1, 2, 2)):
+        figures = bench(*options)
         assert figures["format"] == "mindrecord" and figures["posterior"] == posterior
-        assert figures["loader"]["samples"] > 0 and figures["loader"]["clip_bytes"] == 4 * fields * frame_bytes
-        assert figures["latent_arithmetic_one_thread"]["samples"] == min(figures["loader"]["samples"], 1000)
-        assert figures["loader_to_latent_arithmetic"] > 0
+        assert figures["use_image_num"] == images and figures["num_parallel_workers"] == workers
+        loader = figures["loader"]
+        assert loader["samples"] > 0 and loader["clip_bytes"] == (4 + images) * fields * frame_bytes
+        assert loader["frames_per_s"] == pytest.approx(loader["samples_per_s"] * (4 + images), rel=0.01)  # rounding
+        for baseline, threads in (("latent_arithmetic", workers), ("latent_arithmetic_one_thread", 1)):
+            assert figures[baseline]["threads"] == threads
+            assert figures[baseline]["samples"] == min(loader["samples"], 1000)
+        assert figures["loader_to_latent_arithmetic"] == pytest.approx(
+            loader["samples_per_s"] / figures["latent_arithmetic"]["samples_per_s"], abs=2e-3)  # 3-decimal rounding
         assert figures["plain_read"]["bytes"] > 0 and figures["peak_rss_mb"] > 0
