@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 CONDITIONS = (None, "class", "text")
 PATCH_EMBEDDERS = ("conv", "linear")
-TEXT_TOKENS, TEXT_DIM = 77, 768  # the reference's CLIP text embedding shape
+TEXT_TOKENS, TEXT_DIM = 77, 768  # the reference's CLIP text embedding shape (CLIP-L's width by default)
 
 
 def _pair(size):
@@ -150,8 +150,9 @@ class Latte(nn.Cell):
     """Video diffusion transformer with interleaved spatial and temporal blocks.
 
     Forward: x (B, F, C, H, W) latents, t (B,) timesteps, y (B,) class labels for condition="class",
-    text_embedding (B, 77, 768) for condition="text" -> (B, F, C_out, H, W), C_out = 2·C with
-    learn_sigma (epsilon, then the variance interpolation values). With the keyword use_image_num = I
+    text_embedding (B, 77, text_embed_dim) for condition="text" (a CLIP encoder's last_hidden_state;
+    768 for CLIP-L as the reference, 1024 for SD 2.x's OpenCLIP-H) -> (B, F, C_out, H, W), C_out = 2·C
+    with learn_sigma (epsilon, then the variance interpolation values). With the keyword use_image_num = I
     the last I of F + I frames are images for image-video joint training (see construct).
     """
 
@@ -171,6 +172,7 @@ class Latte(nn.Cell):
         condition=None,
         patch_embedder="conv",
         enable_flash_attention=False,
+        text_embed_dim=TEXT_DIM,
     ):
         super().__init__()
         prefer_avx2_onednn()
@@ -184,6 +186,8 @@ class Latte(nn.Cell):
             raise ValueError(f"hidden_size must be divisible by 4 for the 2-D sin-cos embedding, got {hidden_size}")
         if any(s % patch_size for s in _pair(input_size)):
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
+        if isinstance(text_embed_dim, bool) or not isinstance(text_embed_dim, int) or text_embed_dim < 1:
+            raise ValueError(f"text_embed_dim must be a positive integer, got {text_embed_dim!r}")
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
@@ -192,6 +196,7 @@ class Latte(nn.Cell):
         self.num_frames = num_frames
         self.hidden_size = hidden_size
         self.condition = condition
+        self.text_embed_dim = text_embed_dim
         attention_backend = "flash" if enable_flash_attention else "plain"
         logger.info("Latte uses %s", describe_attention_backend(enable_flash_attention))
 
@@ -201,7 +206,7 @@ class Latte(nn.Cell):
             self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         elif condition == "text":
             self.text_embedding_projection = nn.SequentialCell(
-                nn.SiLU(), Dense(TEXT_TOKENS * TEXT_DIM, hidden_size))
+                nn.SiLU(), Dense(TEXT_TOKENS * text_embed_dim, hidden_size))
         self.grid = self.x_embedder.grid
         self.pos_embed = Parameter(
             Tensor(get_2d_sincos_pos_embed(hidden_size, self.grid)[None], ms.float32),
@@ -279,12 +284,18 @@ class Latte(nn.Cell):
             cond = cond + self.y_embedder(y, force_drop_ids)
         cond_blocks = cond
         if self.condition == "text":
+            if text_embedding is None:
+                raise ValueError("condition='text' needs text_embedding")
+            if text_embedding.shape[-1] != self.text_embed_dim or text_embedding.shape[-2] != TEXT_TOKENS:
+                raise ValueError(f"text_embedding of width {text_embedding.shape[-1]} given, the model expects width "
+                                 f"{self.text_embed_dim} (its text_embed_dim): shape (..., {TEXT_TOKENS}, "
+                                 f"{self.text_embed_dim}), got {text_embedding.shape}")
             # The reference conditions the final layer on the timestep alone for text (on t + y for classes).
             if use_image_num:
                 if text_embedding.ndim != 4 or text_embedding.shape[1] != 1 + use_image_num:
                     raise ValueError(f"use_image_num={use_image_num} with condition='text' needs text_embedding of "
-                                     f"shape (B, 1 + use_image_num, {TEXT_TOKENS}, {TEXT_DIM}) (the video's caption, "
-                                     f"then one per image), got {text_embedding.shape}")
+                                     f"shape (B, 1 + use_image_num, {TEXT_TOKENS}, {self.text_embed_dim}) (the "
+                                     f"video's caption, then one per image), got {text_embedding.shape}")
                 cond_blocks = cond + self.text_embedding_projection(text_embedding[:, 0].reshape(b, -1))
             else:
                 cond_blocks = cond + self.text_embedding_projection(text_embedding.reshape(b, -1))
@@ -337,7 +348,7 @@ class Latte(nn.Cell):
                                  f"got {force_drop_ids_image.shape}")
             return t_emb.expand_dims(1) + self.y_embedder(y_image, force_drop_ids_image)  # (B, I, D)
         if self.condition == "text":
-            captions = text_embedding[:, 1:].reshape(b * num_images, -1)  # (B·I, 77·768)
+            captions = text_embedding[:, 1:].reshape(b * num_images, -1)  # (B·I, 77·text_embed_dim)
             captions = self.text_embedding_projection(captions).reshape(b, num_images, -1)  # (B, I, D)
             return t_emb.expand_dims(1) + captions
         return None
@@ -435,5 +446,9 @@ def latte_config_from_state_dict(state, in_channels=4):
         config.update(condition="class", num_classes=shape("y_embedder.embedding_table.weight")[0] - 1,
                       class_dropout_prob=0.1)
     elif "text_embedding_projection.1.weight" in state:
-        config.update(condition="text")
+        features = shape("text_embedding_projection.1.weight")[1]  # 77 tokens x the encoder's width
+        if features % TEXT_TOKENS:
+            raise ValueError(f"text_embedding_projection.1.weight takes {features} features, not {TEXT_TOKENS} "
+                             f"tokens of one width")
+        config.update(condition="text", text_embed_dim=features // TEXT_TOKENS)
     return config
