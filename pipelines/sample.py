@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from latte_core.atomic import write_json_atomically
 from latte_core.errors import UserError
 from latte_core.samplers import SAMPLERS
 from latte_toolkit.train.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Key, KeyTable, Range
@@ -63,6 +64,8 @@ SAMPLE_KEYS = KeyTable([
     Key("output_path", (str,), "samples", "folder for sample_NNN.gif / .mp4 / .npy and summary.json (which holds "
         "this config)"),
     Key("device_target", (str,), "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend")),
+    Key("use_parallel", (bool,), False, "split the videos over the processes msrun started (video i on rank "
+        "i mod ranks); each video's noise depends only on (seed, i), so the files are those of one process"),
 ], {"guidance": "guidance_scale", "num_samples": "num_videos", "output_dir": "output_path"}, SampleError)
 
 
@@ -130,9 +133,10 @@ def _guided_cell(model, scale):
     return Guided()
 
 
-def run_sample(config, progress=True):
-    """Sample config["num_videos"] videos (config: SAMPLE_KEYS.load's, whose checks it relies on); returns
-    the summary, also written as summary.json with the resolved config under "config"."""
+def run_sample(config, progress=True, rank=0, world=1):
+    """Sample config["num_videos"] videos (config: SAMPLE_KEYS.load's, whose checks it relies on), those of
+    `rank` of `world` processes (see join_parallel); returns the summary, which rank 0 also writes as
+    summary.json with the resolved config under "config" and every rank's times under "ranks"."""
     import mindspore as ms
     from mindspore import Tensor
     from latte_core import create_latte
@@ -188,48 +192,81 @@ def run_sample(config, progress=True):
     out = os.path.abspath(config["output_path"])
     os.makedirs(out, exist_ok=True)
     started, written = time.perf_counter(), []
-    for first in range(0, config["num_videos"], config["batch_size"]):
-        count = config["batch_size"]  # always whole batches: one compiled shape; extra videos are dropped
-        # Video i's noise, initial and per step, is its own stream seeded by (seed, i): the same video
-        # whatever the batch size (or, later, the rank) it is sampled in.
-        seeds = [[config["seed"], first + i] for i in range(count)]
+    mine = list(range(rank, config["num_videos"], world))  # this rank's videos
+    for first in range(0, len(mine), config["batch_size"]):
+        indices = mine[first:first + config["batch_size"]]
+        count = len(indices)
+        # Always whole batches (one compiled shape): a short last batch is padded with extra videos that are
+        # dropped. Video i's noise, initial and per step, is its own stream seeded by (seed, i): the same
+        # video whatever the batch size or the rank it is sampled in.
+        batch = indices + list(range(config["num_videos"], config["num_videos"] + config["batch_size"] - count))
+        seeds = [[config["seed"], i] for i in batch]
         noise = np.stack([np.random.default_rng(s + [0]).standard_normal(shape_one, dtype=np.float32) for s in seeds])
         step_seeds = [s + [1] for s in seeds]
         kwargs = None
         if condition == "class":
-            y = np.array([labels[(first + i) % len(labels)] for i in range(count)], np.int32)
+            y = np.array([labels[i % len(labels)] for i in batch], np.int32)
             if guided:  # the null-class half follows the same noise: it only supplies the unconditional eps
                 noise, step_seeds = np.concatenate([noise, noise]), step_seeds + step_seeds
-                y = np.concatenate([y, np.full(count, settings["num_classes"], np.int32)])
+                y = np.concatenate([y, np.full(len(batch), settings["num_classes"], np.int32)])
             kwargs = {"y": Tensor(y)}
         latents = sample_latents(sampler, diffusion, steps, net, noise.shape, noise=noise, model_kwargs=kwargs,
                                  progress=progress, seed=step_seeds,
                                  eta=float(config["ddim_eta"])).asnumpy()[:count]
         videos = vae.decode_video(latents / scale, micro_batch=config["decode_micro_batch"])
         frames = to_frames(videos)
-        for i in range(min(count, config["num_videos"] - first)):
-            name = os.path.join(out, f"sample_{first + i:03d}")
+        for i, index in enumerate(indices):
+            name = os.path.join(out, f"sample_{index:03d}")
             np.save(name + ".npy", latents[i])
             write_gif(name + ".gif", frames[i], config["fps"])
             write_mp4(name + ".mp4", frames[i], fps=config["fps"])
             written.append(name + ".gif")
     sample_s = time.perf_counter() - started
+    times = {"rank": rank, "videos": len(written), "checkpoint_loading_s": round(load_s, 2),
+             "compile_s": round(compile_s, 2), "total_sample_s": round(sample_s, 2)}
+    ranks = [times]
+    if world > 1:
+        ranks, written = _gather_over_ranks(times, written)
     summary = {"checkpoint": config["checkpoint"], "model": settings["model_name"], "condition": condition,
                "image_size": settings["image_size"], "num_frames": settings["num_frames"],
                "method": sampler.name, "steps": steps,
                "guidance_scale": config["guidance_scale"] if guided else None, "videos": len(written),
-               "checkpoint_loading_s": round(load_s, 2), "compile_s": round(compile_s, 2),
-               "total_sample_s": round(sample_s, 2), "output_path": out, "files": written,
-               "config": config}
-    with open(os.path.join(out, "summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=1)
+               **{k: max(r[k] for r in ranks) for k in ("checkpoint_loading_s", "compile_s", "total_sample_s")},
+               "ranks": ranks, "output_path": out, "files": written, "config": config}
+    if rank == 0:
+        write_json_atomically(os.path.join(out, "summary.json"), summary)
     return summary
 
 
+def join_parallel(config):
+    """(rank, ranks) of this process: (0, 1), or its place in the msrun job with use_parallel."""
+    if not config["use_parallel"]:
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+    try:
+        init()
+    except RuntimeError as err:
+        raise SampleError(f"use_parallel: cannot join a distributed job ({str(err).splitlines()[0]}); "
+                          f"start the sampling with msrun, or drop --use_parallel") from None
+    return get_rank(), get_group_size()
+
+
+def _gather_over_ranks(times, written):
+    """Every rank's timing row and all files, on every rank (in video order)."""
+    from mindspore.mint.distributed import all_gather_object, get_world_size
+    gathered = [None] * get_world_size()
+    all_gather_object(gathered, (times, written))
+    ranks = [row for row, _ in gathered]
+    files = sorted(name for _, names in gathered for name in names)
+    return ranks, files
+
+
 def summary_table(summary):
-    """The seed's closing table, in Markdown."""
-    header = ("| model | image size | frames | method | steps | ckpt loading time | compile time | "
-              "total sample time |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n")
-    return header + (f"| {summary['model']} | {summary['image_size']}x{summary['image_size']} | "
-                     f"{summary['num_frames']} | {summary['method']} | {summary['steps']} | "
-                     f"{summary['checkpoint_loading_s']}s | {summary['compile_s']}s | {summary['total_sample_s']}s |")
+    """The seed's closing table, in Markdown: one row per rank."""
+    header = ("| model | image size | frames | method | steps | rank | videos | ckpt loading time | compile time | "
+              "total sample time |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    size = f"{summary['image_size']}x{summary['image_size']}"
+    return header + "\n".join(
+        f"| {summary['model']} | {size} | {summary['num_frames']} | {summary['method']} | {summary['steps']} | "
+        f"{row['rank']} | {row['videos']} | {row['checkpoint_loading_s']}s | {row['compile_s']}s | "
+        f"{row['total_sample_s']}s |" for row in summary["ranks"])

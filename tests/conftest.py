@@ -1,6 +1,8 @@
 import json
 import os
 import pathlib
+import socket
+import sys
 
 os.environ.setdefault("GLOG_v", "3")
 
@@ -55,6 +57,16 @@ def latte_fixture(fixtures_dir):
         "safetensors": folder / "latte_class_small.safetensors",
         "io": dict(np.load(folder / "latte_class_small_io.npz")),
     }
+
+
+BIN = os.path.dirname(sys.executable)  # the venv's console scripts: latte, msrun
+
+
+def free_port():
+    """A port nothing listens on: the suite runs on several processes, so a fixed msrun port could clash."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def relative_error(ours, ref):

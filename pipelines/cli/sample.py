@@ -24,6 +24,8 @@ from . import IntList, configured, key_option, main, setup_mindspore
     key_option("output_path", "--output-dir", "--output_path", type=click.Path(file_okay=False),
                help="Output folder [samples]; summary.json there holds the resolved config."),
     key_option("device_target", "--device", help="Device [CPU]."),
+    key_option("use_parallel", "--use_parallel", "--use-parallel",
+               help="True: split the videos over the processes msrun started (the same files as one process)."),
     yaml="Inference YAML (MindONE's keys; `latte sample --keys`). Default: the shipped cloud model.",
 )
 def sample(config):
@@ -35,9 +37,12 @@ def sample(config):
       latte sample -c configs/inference/sky.yaml     # the converted official Sky Timelapse Latte-XL/2
       latte sample --checkpoint runs/sky/ckpt/step-00001000 --sampler ddim --steps 50
       latte sample --sampler dpm-solver++ --steps 20
+      msrun --worker_num=2 --local_worker_num=2 --join=True latte sample --num-videos 8 --use_parallel True
     """
-    from latte_toolkit.pipelines.sample import run_sample, summary_table
+    from latte_toolkit.pipelines.sample import join_parallel, run_sample, summary_table
     setup_mindspore(config["device_target"])
-    summary = run_sample(config)
-    click.echo(summary_table(summary))
-    click.echo(f"{summary['videos']} videos in {summary['output_path']}")
+    rank, world = join_parallel(config)
+    summary = run_sample(config, progress=rank == 0, rank=rank, world=world)
+    if rank == 0:
+        click.echo(summary_table(summary))
+        click.echo(f"{summary['videos']} videos in {summary['output_path']}")

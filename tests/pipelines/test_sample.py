@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import BIN, free_port
 from latte_toolkit.pipelines.cli import main
 
 
@@ -121,3 +123,35 @@ def test_a_step_count_the_sampler_cannot_take_is_refused_by_name(latte_fixture, 
                                        "--sampler", "ddim", "--steps", "300", "--output-dir", str(tmp_path / "x")])
     assert result.exit_code == 2 and "sampling_steps" in result.stderr and "300" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_sampling_over_msrun_splits_the_videos_and_gives_the_files_of_one_process(latte_fixture, fixtures_dir,
+                                                                                   tmp_path):
+    """Two msrun ranks (video i on rank i mod 2; rank 1's one video padded to the batch) give the videos
+    one process gives at batch 1. Bound 1e-4 of the latents' scale, as for the batch sizes above: only the
+    batch the matmuls see differs."""
+    config = _class_config(tmp_path, latte_fixture, fixtures_dir, num_videos=3)
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "GLOG_v": "3"}
+    parallel, single = tmp_path / "parallel", tmp_path / "single"
+    command = ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+               f"--log_dir={tmp_path / 'logs'}", "--join=True", os.path.join(BIN, "latte"), "sample", "-c", config,
+               "--cfg-scale", "4", "--output-dir", str(parallel), "--use_parallel", "True"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = CliRunner().invoke(main, ["sample", "-c", config, "--cfg-scale", "4", "--batch-size", "1",
+                                       "--output-dir", str(single)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((parallel / "summary.json").read_text())
+    assert [row["rank"] for row in summary["ranks"]] == [0, 1] and [r["videos"] for r in summary["ranks"]] == [2, 1]
+    assert summary["files"] == [str(parallel / f"sample_{i:03d}.gif") for i in range(3)]
+    ours, one_process = (np.stack([np.load(f / f"sample_{i:03d}.npy") for i in range(3)]) for f in (parallel, single))
+    assert np.abs(ours - one_process).max() / np.abs(one_process).max() < 1e-4
+
+
+def test_use_parallel_without_msrun_is_one_error_and_writes_nothing(latte_fixture, fixtures_dir, tmp_path):
+    out = tmp_path / "never"
+    result = CliRunner().invoke(main, ["sample", "-c", _class_config(tmp_path, latte_fixture, fixtures_dir),
+                                       "--output-dir", str(out), "--use_parallel", "True"])
+    assert result.exit_code == 2 and "Error: use_parallel" in result.output and "msrun" in result.output
+    assert not out.exists()

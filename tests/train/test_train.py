@@ -2,7 +2,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,12 +10,11 @@ from click.testing import CliRunner
 
 import mindspore as ms
 
-from conftest import ROOT
+from conftest import BIN, ROOT, free_port
 from latte_toolkit.pipelines.cli import main
 from latte_toolkit.train.config import TrainConfigError, load_train_config
 from latte_toolkit.train.loop import learning_rate
 
-BIN = os.path.dirname(sys.executable)
 TINY = {"model_name": "Latte-S/2", "depth": 2, "hidden_size": 64, "num_heads": 4, "image_size": 32, "num_frames": 4,
         "dtype": "fp32", "amp_level": "O0", "train_data_type": "numpy", "start_learning_rate": 1e-3,
         "train_batch_size": 2, "use_ema": True, "ema_decay": 0.9, "step_mode": True, "ckpt_save_interval": 3,
@@ -132,7 +130,7 @@ def test_two_msrun_workers_equal_one_worker_with_twice_the_batch(caches, tmp_pat
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "GLOG_v": "3"}
     parallel, single = tmp_path / "parallel", tmp_path / "single"
     images = {"image_video_joint": bool(use_image_num), "use_image_num": use_image_num}
-    command = ["msrun", "--worker_num=2", "--local_worker_num=2", "--master_port=8191", f"--log_dir={tmp_path / 'logs'}",
+    command = ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}", f"--log_dir={tmp_path / 'logs'}",
                "--join=True", os.path.join(BIN, "latte"), "train", "-c",
                _config(tmp_path, "b1.yaml", train_batch_size=1, **images),
                "--cache", str(caches["numpy"]), "--output-dir", str(parallel), "--max-steps", "3", "--use_parallel", "True"]
