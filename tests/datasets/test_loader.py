@@ -226,6 +226,7 @@ def test_bench_loader_prints_its_figures(caches, tmp_path):
         assert figures["use_image_num"] == images and figures["num_parallel_workers"] == workers
         loader = figures["loader"]
         assert loader["samples"] > 0 and loader["clip_bytes"] == (4 + images) * fields * frame_bytes
+        assert loader["first_batch_seconds"] > 0  # timed apart from the rates
         assert loader["frames_per_s"] == pytest.approx(loader["samples_per_s"] * (4 + images), rel=0.01)  # rounding
         for baseline, threads in (("latent_arithmetic", workers), ("latent_arithmetic_one_thread", 1)):
             assert figures[baseline]["threads"] == threads
