@@ -339,3 +339,53 @@ def test_the_fingerprint_covers_every_defining_file(text_fixture, encoder, tmp_p
     assert TextEncoder.from_pretrained(folder).sha256 == encoder.sha256  # a copy is the same encoder
     _edit_json(folder / "tokenizer" / "tokenizer_config.json", model_max_length=77, note="edited")
     assert TextEncoder.from_pretrained(folder).sha256 != encoder.sha256
+
+
+# ------------------------------------------------------------------ transformers itself as the oracle
+def _tricky_prompts(count=300, seed=17):
+    """Hand-picked hard cases, then seeded random strings over scripts, emoji, combining marks,
+    compatibility forms and Unicode whitespace."""
+    prompts = ["", "  \t\n ", "HELLO World!!!", "cafe\u0301 crème brûlée", "Straße İstanbul ΣΊΣΥΦΟΣ",
+               "ﬁne ｆｕｌｌ ①²", "日本語 中文 한국어 русский עברית العربية हिन्दी ไทย", "😀🎉 👨\u200d👩\u200d👧 🇫🇷",
+               "nbsp\u00a0em\u2003ideo\u3000", "line\u2028par\u2029nel\x85vt\x0bff\x0c", "zero\u200bwidth\ufeff",
+               "ctrl\x00\x01\x7f", "it's I'M you'll it’s", "3.14 1e10 ... !!! ((x)) <|startoftext|>a<|endoftext|>",
+               "wow! a!b !!", "x" * 300, "word " * 100, "a " * 74, "a " * 75, "a " * 76, "😀" * 80,
+               "\u0301 lone combining", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ǅ Ⅻ"]
+    blocks = [(0x20, 0x7e), (0xa0, 0x24f), (0x300, 0x36f), (0x370, 0x4ff), (0x590, 0x6ff), (0x900, 0x97f),
+              (0x2000, 0x206f), (0x3040, 0x30ff), (0x4e00, 0x4fff), (0xac00, 0xacff), (0xfb00, 0xfb4f),
+              (0xff00, 0xffef), (0x1d400, 0x1d4ff), (0x1f300, 0x1f64f)]
+    spaces = [" ", "\t", "\n", "\u00a0", "\u2003", "\u3000", "\u2028", "\x85", "\u200b"]
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        chars = []
+        for _ in range(rng.integers(0, 120)):
+            low, high = blocks[rng.integers(len(blocks))]
+            space = rng.random() < 0.15
+            chars.append(spaces[rng.integers(len(spaces))] if space else chr(rng.integers(low, high + 1)))
+        prompts.append("".join(chars))
+    return prompts
+
+
+@pytest.mark.parametrize("variant", ["fixture", "pad ! in the config", "pad ! in special_tokens_map",
+                                     "AddedToken objects"])
+def test_ids_equal_transformers_clip_tokenizer(text_fixture, tmp_path, variant):
+    transformers = pytest.importorskip("transformers")  # test-only oracle: transformers 5.x, no torch needed
+    folder = _copy(text_fixture, tmp_path)
+    tokenizer = folder / "tokenizer"
+    added = {"__type": "AddedToken", "lstrip": False, "rstrip": False, "normalized": True, "single_word": False}
+    if variant == "pad ! in the config":
+        _edit_json(tokenizer / "tokenizer_config.json", pad_token="!")
+        (tokenizer / "special_tokens_map.json").unlink()
+    elif variant == "pad ! in special_tokens_map":
+        _edit_json(tokenizer / "special_tokens_map.json", pad_token="!")
+    elif variant == "AddedToken objects":
+        _edit_json(tokenizer / "tokenizer_config.json", bos_token={**added, "content": "<|startoftext|>"},
+                   eos_token={**added, "content": "<|endoftext|>"})
+    prompts = _tricky_prompts()
+    reference = transformers.CLIPTokenizer.from_pretrained(str(tokenizer))(
+        prompts, padding="max_length", truncation=True, max_length=77)["input_ids"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = TextEncoder.from_pretrained(folder).tokenize(prompts)
+    mismatched = [prompts[i] for i in np.flatnonzero((ours != np.array(reference)).any(axis=1))]
+    assert not mismatched, f"{len(mismatched)} prompts differ, e.g. {mismatched[:3]!r}"
