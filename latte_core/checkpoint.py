@@ -89,7 +89,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_unused):
         return _BadTensor(f"size {list(size)}, stride {list(stride)} and offset {storage_offset} need {needed} "
                           f"elements, storage data/{storage.key} holds {values.size} (truncated or corrupt file)")
     if not size:
-        return values[storage_offset].copy()
+        return np.array(values[storage_offset])  # a 0-d tensor (e.g. CLIP's logit_scale) stays an array
     itemsize = values.itemsize
     view = np.lib.stride_tricks.as_strided(
         values[storage_offset:], shape=size, strides=tuple(s * itemsize for s in stride))

@@ -216,10 +216,10 @@ def test_a_flat_clipmodel_folder(text_fixture, tmp_path, weights_file):
     weights.update({"vision_model.embeddings.patch_embedding.weight": np.ones((48, 3, 14, 14), np.float32),
                     "visual_projection.weight": np.ones((32, 48), np.float32),
                     "text_projection.weight": np.ones((32, 32), np.float32),
-                    "text_model.embeddings.position_ids": np.arange(77, dtype=np.float32)[None]})
+                    "text_model.embeddings.position_ids": np.arange(77, dtype=np.float32)[None],
+                    "logit_scale": np.array(2.6592, np.float32)})  # CLIPModel's 0-d tensor
     if weights_file == "model.safetensors":
-        # CLIPModel's 0-d logit_scale: in a .bin, checkpoint.read_state_dict still refuses 0-d tensors
-        save_file({**weights, "logit_scale": np.array(2.6592, np.float32)}, str(flat / weights_file))
+        save_file(weights, str(flat / weights_file))
     else:
         _torch_save(weights, flat / weights_file)
     encoder = TextEncoder.from_pretrained(flat)
