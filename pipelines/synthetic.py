@@ -75,26 +75,27 @@ def _sky(top, horizon, size):
     return np.asarray(top) * (1 - rows) + np.asarray(horizon) * rows  # (size, 1, 3)
 
 
-def cloud_frames(num_frames, size=64, seed=0, speed=(0.4, 1.2)):
+def cloud_frames(num_frames, size=64, seed=0, speed=(0.4, 1.2), one_way=False):
     """Clouds drifting over a sky gradient, like a time-lapse: (F, size, size, 3) uint8.
 
     Per video (from the seed): the sky's colours (day blue to a warm dusk), cloud cover, softness and
-    the drift: left or right at a speed drawn uniformly from the `speed` range (px/frame)."""
+    the drift: left or right (only right with one_way) at a speed drawn uniformly from the `speed`
+    range (px/frame)."""
     rng = np.random.default_rng(seed)
     dusk = rng.random() < 0.3
     top = np.array([20, 60, 150]) + rng.integers(-15, 16, 3)
     horizon = (np.array([240, 170, 110]) if dusk else np.array([170, 205, 240])) + rng.integers(-15, 16, 3)
     alpha, shade = _cloud_layer(rng, size)
     cloud_colour = np.array([255, 235, 225]) if dusk else np.array([250, 250, 252])
-    dx = rng.uniform(*speed) * rng.choice([-1, 1])
+    dx = rng.uniform(*speed) * (1 if one_way else rng.choice([-1, 1]))
     return _drift_frames(_sky(top, horizon, size), alpha, shade, cloud_colour, (dx, 0.0), num_frames, size)
 
 
-def write_cloud_dataset(folder, videos=48, num_frames=32, size=64, fps=8, seed=0, speed=(0.4, 1.2)):
-    """`videos` H.264 clips of drifting clouds in folder/clouds_NNN.mp4; returns the folder."""
+def write_cloud_dataset(folder, videos=48, num_frames=32, size=64, fps=8, seed=0, speed=(0.4, 1.2), one_way=False):
+    """`videos` H.264 clips of drifting clouds (cloud_frames) in folder/clouds_NNN.mp4; returns the folder."""
     for i in range(videos):
         write_mp4(os.path.join(folder, f"clouds_{i:03d}.mp4"),
-                  cloud_frames(num_frames, size, seed=seed * 100003 + i, speed=speed), fps=fps)
+                  cloud_frames(num_frames, size, seed=seed * 100003 + i, speed=speed, one_way=one_way), fps=fps)
     return folder
 
 
