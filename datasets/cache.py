@@ -4,6 +4,15 @@
     CACHE/index.parquet    video_id -> shard, offset, frames, label, caption
     CACHE/shards/<shard>/  one folder per shard, in the format's layout (formats.py, *_format.py)
     CACHE/ledger.jsonl, CACHE/failures.parquet, CACHE/units/ (job bookkeeping)
+
+A cache made with a text encoder (`latte cache --text-encoder DIR`) also holds:
+    cache.json             text_encoder_sha256, text_embed_dim (D), text_max_length (77)
+    shards/<shard>/        each video's caption embedding (77, D) in the cache dtype: the per-video
+                           array `caption_embedding` of its format (a video without a caption has the
+                           empty prompt's)
+    empty_prompt_embedding.npy   the empty prompt's (77, D), once: the null condition of
+                           classifier-free guidance
+    text_encoder.json      the encoder's folder (as last run) and the sha256 of empty_prompt_embedding.npy
 """
 import hashlib
 import json
@@ -12,12 +21,20 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 
+from latte_core.atomic import sha256_of
 from latte_core.errors import UserError
 
 from .formats import get_format
 
 POSTERIOR_FIELDS = ("mean", "std")
 SAMPLE_FIELDS = ("sample",)
+CAPTION_EMBEDDING = "caption_embedding"  # the per-video array of a text cache
+NULL_TEXT_FILE = "empty_prompt_embedding.npy"
+TEXT_ENCODER_FILE = "text_encoder.json"
+
+
+class CorruptTextEmbedding(UserError):
+    """A cached text embedding disagrees with its checksum, shape or dtype."""
 
 
 def fields_for(store):
@@ -26,11 +43,41 @@ def fields_for(store):
     return POSTERIOR_FIELDS if store == "posterior" else SAMPLE_FIELDS
 
 
+def video_fields_for(info):
+    """The per-video arrays a cache's shards hold, from its cache.json."""
+    return (CAPTION_EMBEDDING,) if "text_encoder_sha256" in info else ()
+
+
+def check_null_text_embedding(folder):
+    """None when the cache's empty_prompt_embedding.npy has the sha256 text_encoder.json recorded for it
+    (or the cache has no text), else the problem."""
+    path = os.path.join(folder, NULL_TEXT_FILE)
+    record_path = os.path.join(folder, TEXT_ENCODER_FILE)
+    if not os.path.isfile(record_path):
+        return f"{record_path} is missing" if os.path.isfile(path) else None
+    try:
+        with open(record_path) as handle:
+            expected = json.load(handle)["empty_prompt_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{record_path} is not a record of the text encoder (restore it, or re-run latte cache)"
+    if not os.path.isfile(path):
+        return f"{path} is missing"
+    digest = sha256_of(path)
+    if digest != expected:
+        return f"{path}: sha256 {digest[:12]}… differs from the {expected[:12]}… recorded in {TEXT_ENCODER_FILE}"
+    return None
+
+
 class CacheReader:
     """`ids` (video ids, sorted) and `read(video_id)` -> {"mean", "std"} or {"sample"} arrays of shape
     (frames, C, h, w), plus "label" and "caption" (and the video's arrays when the cache has them).
     `reader` is the format's Reader over every shard (random frame reads: `reader.read_frames`);
-    `cache_bytes` bounds the decoded shard data it keeps in memory."""
+    `cache_bytes` bounds the decoded shard data it keeps in memory.
+
+    Text caches: `has_text`; `text_encoder` {"path", "sha256", "width", "max_length"} (None without
+    text); `caption_embedding(video)` (a video id or an index entry) -> (77, D) in the cache dtype;
+    `null_text_embedding` -> (77, D), the empty prompt's, checked against its sha256
+    (CorruptTextEmbedding, a UserError)."""
 
     def __init__(self, folder, cache_bytes=256 << 20):
         self.folder = os.fspath(folder)
@@ -48,13 +95,60 @@ class CacheReader:
             os.path.join(self.folder, "shards"), self.entries.values(), frame_fields=self.fields, dtype=self.dtype,
             chunk_frames=self.info["chunk_frames"], cache_bytes=cache_bytes)
 
+        self.has_text = bool(video_fields_for(self.info))
+        self._null_text_embedding = None
+
     def __len__(self):
         return len(self.ids)
 
+    def _entry(self, video):
+        entry = video if isinstance(video, dict) else self.entries.get(video)
+        if entry is None:
+            raise KeyError(f"{self.folder}: no video {video!r} in the cache")
+        return entry
+
     def read(self, video_id):
-        if video_id not in self.entries:
-            raise KeyError(f"{self.folder}: no video {video_id!r} in the cache")
-        return self.reader.read(self.entries[video_id])
+        return self.reader.read(self._entry(video_id))
+
+    @property
+    def text_encoder(self):
+        if not self.has_text:
+            return None
+        with open(os.path.join(self.folder, TEXT_ENCODER_FILE)) as handle:
+            path = json.load(handle)["path"]
+        return {"path": path, "sha256": self.info["text_encoder_sha256"], "width": self.info["text_embed_dim"],
+                "max_length": self.info["text_max_length"]}
+
+    def _require_text(self):
+        if not self.has_text:
+            raise ValueError(f"{self.folder}: the cache holds no caption embeddings (made without "
+                             f"--text-encoder); re-run latte cache with --text-encoder into a new folder")
+
+    def _check_embedding(self, array, what):
+        shape = (self.info["text_max_length"], self.info["text_embed_dim"])
+        if array.shape != shape or array.dtype != self.dtype:
+            raise CorruptTextEmbedding(f"{self.folder}: {what} is {array.dtype} {array.shape}, the cache's "
+                                       f"is {self.dtype} {shape}")
+        return array
+
+    def caption_embedding(self, video):
+        """The caption embedding (77, D) of a video (its id, or its index entry)."""
+        self._require_text()
+        entry = self._entry(video)
+        return self._check_embedding(self.reader.video_array(entry, CAPTION_EMBEDDING),
+                                     f"the caption embedding of {entry['video_id']!r}")
+
+    @property
+    def null_text_embedding(self):
+        """The empty prompt's embedding (77, D), read once and checked against text_encoder.json."""
+        self._require_text()
+        if self._null_text_embedding is None:
+            problem = check_null_text_embedding(self.folder)
+            if problem:
+                raise CorruptTextEmbedding(problem)
+            self._null_text_embedding = self._check_embedding(np.load(os.path.join(self.folder, NULL_TEXT_FILE)),
+                                                              NULL_TEXT_FILE)
+        return self._null_text_embedding
 
 
 def open_cache(folder, cache_bytes=256 << 20):

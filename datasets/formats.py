@@ -29,7 +29,7 @@ the format's first version.
     reader = module.Reader(shards_dir, entries, frame_fields=..., dtype=..., chunk_frames=16)
     reader.read(entry)                         {field: all frames} + video arrays + label, caption
     reader.read_frames(entry, [k, ...])        {field: (len, C, h, w)}: frame k of a video, cheaply
-    reader.video_arrays(entry), reader.blob(shard, name)
+    reader.video_arrays(entry), reader.video_array(entry, name), reader.blob(shard, name)
     reader.stream_frames(requests, workers)    read_frames of each (entry, frame indices), in order
 
 `entries` are index rows ({"shard", "offset", "frames", ...}) of every video of the shards to read.
@@ -179,6 +179,14 @@ class ShardReader:
 
     def video_arrays(self, entry):
         return dict(self._extras(entry["shard"])[0].get(entry["offset"], {}))
+
+    def video_array(self, entry, name):
+        """One per-video array of one video (e.g. its caption embedding); KeyError naming the shard if the
+        video has none of that name."""
+        arrays = self._extras(entry["shard"])[0].get(entry["offset"], {})
+        if name not in arrays:
+            raise KeyError(f"{self.shard_folder(entry['shard'])}: video {entry['offset']} has no {name!r}")
+        return arrays[name]
 
     def blob(self, shard, name):
         blobs = self._extras(shard)[1]

@@ -101,6 +101,12 @@ class Reader(ShardReader):
                  if name.startswith(f"{entry['offset']}.")} - set(self.frame_fields)
         return {name: np.load(self._path(entry, name)) for name in sorted(names)}
 
+    def video_array(self, entry, name):
+        path = self._path(entry, name)
+        if not os.path.isfile(path):
+            raise KeyError(f"{self.shard_folder(entry['shard'])}: video {entry['offset']} has no {name!r}")
+        return np.load(path)
+
     def blob(self, shard, name):
         path = os.path.join(self.shard_folder(shard), f"blob.{name}.npy")
         if not os.path.isfile(path):
