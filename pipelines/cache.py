@@ -7,10 +7,17 @@
           in shards/.staging-*/ ─▶ one rename to shards/<shard>/ ─▶ one ledger line (index rows inside)
       └ at the end: index.parquet and failures.parquet from the ledger
 
+With a text encoder (--text-encoder DIR), checked whole before the job starts: its sha256 and width
+join the fingerprint; the empty prompt is encoded once, in this process, into
+empty_prompt_embedding.npy (the null condition of classifier-free guidance); each shard encodes its
+distinct captions in one call before its videos and stores every video's (77, D) caption embedding
+as the per-video array `caption_embedding` (a video without a caption gets the empty prompt's).
+
 Decoding runs in a thread ahead of the encoder (a bounded queue of micro-batches), and shards are
 written as each video finishes, so decode, encode and write overlap.
 """
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -22,9 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from latte_core.atomic import sha256_of, write_atomically
+from latte_core.atomic import sha256_of, write_atomically, write_json_atomically
 from latte_core.errors import DiskFull, UserError
-from latte_toolkit.datasets.cache import fields_for, shard_digest
+from latte_toolkit.datasets.cache import (CAPTION_EMBEDDING, NULL_TEXT_FILE, TEXT_ENCODER_FILE,
+                                          check_null_text_embedding, fields_for, shard_digest)
 from latte_toolkit.datasets.formats import FORMAT_NAMES, get_format
 from latte_toolkit.datasets.video import UnusableInput, center_crop_resize, iter_frames, read_manifest, to_pixels
 
@@ -69,18 +77,23 @@ def vae_fingerprint(vae_dir):
 
 
 def cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shard_videos, vae_config=None,
-                      vae_sha256=None):
+                      vae_sha256=None, text_encoder=None):
     """The settings that determine the cache's content. `vae_config` / `vae_sha256`: those of the VAE
-    the job validated (read from `vae_dir` when not given)."""
+    the job validated (read from `vae_dir` when not given); `text_encoder`: the TextEncoder of a cache
+    of caption embeddings (its keys are absent otherwise, so caches without text keep their bytes)."""
     if vae_config is None:
         vae_config = load_vae_checked(vae_dir).config
-    return {
+    fingerprint = {
         "version": CACHE_VERSION, "format": fmt, "vae_sha256": vae_sha256 or vae_fingerprint(vae_dir),
         "scaling_factor": vae_config["scaling_factor"], "latent_channels": vae_config["latent_channels"],
         "downsample_factor": 2 ** (len(vae_config["block_out_channels"]) - 1), "image_size": image_size,
         "crop": CROP_RULE, "store": store, "fields": list(fields_for(store)), "dtype": dtype,
         "chunk_frames": chunk_frames, "shard_videos": shard_videos,
     }
+    if text_encoder is not None:
+        fingerprint.update(text_encoder_sha256=text_encoder.sha256, text_embed_dim=text_encoder.width,
+                           text_max_length=text_encoder.max_length)
+    return fingerprint
 
 
 def load_vae_checked(vae_dir):
@@ -92,6 +105,105 @@ def load_vae_checked(vae_dir):
         return load_vae(vae_dir)
     except CheckpointError as err:
         raise CacheError(f"unusable VAE: {err}") from None
+
+
+def load_text_encoder_checked(folder):
+    """The TextEncoder of `folder`, fully loaded (tokenizer files, config, every weight); any fault is a
+    CacheError naming the file."""
+    from latte_core import TextEncoder
+    from latte_core.checkpoint import CheckpointError
+    try:
+        return TextEncoder.from_pretrained(folder)
+    except CheckpointError as err:
+        raise CacheError(f"unusable text encoder: {err}") from None
+
+
+# ------------------------------------------------------------------------------------------ captions
+_TEXT_ENCODERS = {}
+
+
+def _text_encoder(folder, sha256):
+    """The text encoder, loaded once per worker process; refused if its folder changed since the job
+    validated it."""
+    key = (folder, sha256)
+    if key not in _TEXT_ENCODERS:
+        import mindspore as ms
+        ms.set_context(mode=ms.GRAPH_MODE)
+        encoder = load_text_encoder_checked(folder)
+        if encoder.sha256 != sha256:
+            raise CacheError(f"{folder}: the text-encoder folder changed since the cache job validated it; "
+                             f"re-run the job (this shard was not written)")
+        _TEXT_ENCODERS[key] = encoder
+    return _TEXT_ENCODERS[key]
+
+
+def has_caption(caption):
+    return caption is not None and bool(caption.strip())
+
+
+def text_rows(encoder, shard_videos):
+    """Rows of every text-encoder call of a job: a shard's distinct captions fit one call (up to the
+    encoder's micro-batch), and one shape means one graph compiled per process."""
+    return min(encoder.micro_batch, 1 << (shard_videos - 1).bit_length())
+
+
+def encode_prompts(encoder, prompts, rows, dtype):
+    """(len(prompts), 77, D) in `dtype`. The ids are padded to a multiple of `rows` by repeating the
+    last, so every call runs the one compiled shape; OpenBLAS runs on one thread, as for the VAE, so
+    every runner stores the same bytes."""
+    from latte_core.kernels import blas_threads
+    ids = encoder.tokenize(prompts)
+    padded = np.concatenate([ids, np.repeat(ids[-1:], -len(ids) % rows, axis=0)])
+    with blas_threads(1):
+        hidden = encoder.encode_ids(padded)
+    return hidden[:len(prompts)].astype(dtype)
+
+
+def shard_caption_embeddings(spec):
+    """{caption: (77, D)} of the shard's distinct captions (encoded in one call), how many, and seconds."""
+    started = time.perf_counter()
+    captions = list(dict.fromkeys(item["caption"] for item in spec["videos"] if has_caption(item.get("caption"))))
+    embeddings = {}
+    if captions:
+        text = spec["text"]
+        encoder = _text_encoder(text["dir"], text["sha256"])
+        embeddings = dict(zip(captions, encode_prompts(encoder, captions, text["rows"], spec["dtype"])))
+    return embeddings, len(captions), time.perf_counter() - started
+
+
+def _publish_null_text_embedding(out_dir, encoder, rows, dtype):
+    """The empty prompt's embedding of the cache: the stored one when it checks (the committed shards'
+    uncaptioned videos hold its bytes), else encoded now and written; then text_encoder.json records
+    the encoder's folder and the file's sha256. Returns the array."""
+    path = os.path.join(out_dir, NULL_TEXT_FILE)
+    if os.path.isfile(os.path.join(out_dir, TEXT_ENCODER_FILE)) and check_null_text_embedding(out_dir) is None:
+        null = np.load(path)
+    else:
+        if os.path.exists(path):
+            logger.warning("%s: %s; encoding the empty prompt again", out_dir, check_null_text_embedding(out_dir))
+        null = encode_prompts(encoder, [""], rows, dtype)[0]
+
+        def save(tmp):
+            with open(tmp, "wb") as handle:  # np.save would add .npy to the staging name
+                np.save(handle, null)
+        write_atomically(path, save)
+    write_json_atomically(os.path.join(out_dir, TEXT_ENCODER_FILE),
+                          {"path": encoder.folder, "empty_prompt_sha256": sha256_of(path)})
+    return null
+
+
+def _check_text_width(out_dir, encoder):
+    """An existing cache's caption embeddings and this encoder's must have one width (named apart from
+    the other fingerprint keys: it decides which models the cache can train)."""
+    try:
+        with open(os.path.join(out_dir, "cache.json")) as handle:
+            previous = json.load(handle)
+    except (OSError, ValueError):
+        return  # a new folder, or one the job refuses with its own message
+    width = previous.get("text_embed_dim") if isinstance(previous, dict) else None
+    if width is not None and width != encoder.width:
+        raise CacheError(f"{out_dir} holds caption embeddings {width} wide; the text encoder {encoder.folder} "
+                         f"gives {encoder.width}: use that cache's encoder to resume, or a new --out folder")
 
 
 # ------------------------------------------------------------------------------------------ the shard
@@ -190,6 +302,7 @@ def cache_shard(spec):
     """Encode one shard's videos and commit shards/<shard_id>/; returns the ledger record."""
     vae = _vae(spec["vae_dir"], spec.get("vae_sha256"))
     timings = {"decode": 0.0, "encode": 0.0, "write": 0.0}
+    text = shard_caption_embeddings(spec) if spec.get("text") else None
 
     def encoded():
         for item in spec["videos"]:
@@ -200,20 +313,23 @@ def cache_shard(spec):
                 continue
             yield item, arrays, _source_size(item)
 
-    return write_shard(spec, encoded(), timings)
+    return write_shard(spec, encoded(), timings, text)
 
 
-def write_shard(spec, videos, timings):
+def write_shard(spec, videos, timings, text=None):
     """Write (item, arrays | exception, source bytes) triples with the format's Writer, which commits
-    shards/<unit_id>/ by one rename, and return the ledger record (index and failure rows inside)."""
+    shards/<unit_id>/ by one rename, and return the ledger record (index and failure rows inside).
+    `text`: (caption embeddings, captions encoded, seconds) of shard_caption_embeddings, for a cache of
+    caption embeddings."""
     final = os.path.join(spec["out_dir"], "shards", spec["unit_id"])
     fields = fields_for(spec["store"])
     latent = spec["image_size"] // spec["downsample_factor"]
     frame_nbytes = len(fields) * spec["latent_channels"] * latent * latent * np.dtype(spec["dtype"]).itemsize
-    failures, source_bytes, items = [], 0, []
+    failures, source_bytes, items, without_caption = [], 0, [], 0
     try:
         with get_format(spec["format"]).Writer(final, frame_fields=fields, chunk_frames=spec["chunk_frames"],
-                                               frame_nbytes=frame_nbytes) as writer:
+                                               frame_nbytes=frame_nbytes,
+                                               video_fields=(CAPTION_EMBEDDING,) if text else ()) as writer:
             for item, arrays, size in videos:
                 if isinstance(arrays, UnusableInput):  # the decoder's own verdict, its message naming the file
                     failures.append({"video_id": item["video_id"], "path": item["path"],
@@ -224,7 +340,12 @@ def write_shard(spec, videos, timings):
                                      "message": f"{item['path']}: {_first_line(arrays)}"})
                     continue
                 started = time.perf_counter()
-                writer.add(arrays, label=item.get("label"), caption=item.get("caption"))
+                video_arrays = None
+                if text:
+                    captioned = has_caption(item.get("caption"))
+                    without_caption += not captioned
+                    video_arrays = {CAPTION_EMBEDDING: text[0][item["caption"]] if captioned else spec["text"]["null"]}
+                writer.add(arrays, label=item.get("label"), caption=item.get("caption"), arrays=video_arrays)
                 timings["write"] += time.perf_counter() - started
                 items.append(item)
                 source_bytes += size
@@ -238,10 +359,14 @@ def write_shard(spec, videos, timings):
         raise
     index = [{"video_id": item["video_id"], "shard": spec["unit_id"], **video}
              for item, video in zip(items, writer.videos)]
-    return {"unit_id": spec["unit_id"], "videos": len(index), "failed": len(failures),
-            "frames": sum(row["frames"] for row in index), "bytes": size, "sha256": digest,
-            "disk_bytes": _allocated_bytes(final), "source_bytes": source_bytes,
-            "seconds": {k: round(v, 4) for k, v in timings.items()}, "index": index, "failures": failures}
+    record = {"unit_id": spec["unit_id"], "videos": len(index), "failed": len(failures),
+              "frames": sum(row["frames"] for row in index), "bytes": size, "sha256": digest,
+              "disk_bytes": _allocated_bytes(final), "source_bytes": source_bytes,
+              "seconds": {k: round(v, 4) for k, v in timings.items()}, "index": index, "failures": failures}
+    if text:  # apart from the phases: the encoder's time, the distinct captions, the uncaptioned videos
+        record["text"] = {"captions_encoded": text[1], "without_caption": without_caption,
+                          "seconds": round(text[2], 4)}
+    return record
 
 
 def _first_line(err):
@@ -290,8 +415,9 @@ def publish_index(out_dir, records):
 
 def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="float16", store="posterior",
               workers=1, scheduler=None, micro_batch=8, shard_videos=16, chunk_frames=16, skip_videos=0,
-              seed=0, progress=True):
-    """Run (or resume) the cache job; returns the summary dict."""
+              seed=0, text_encoder=None, progress=True):
+    """Run (or resume) the cache job; returns the summary dict. `text_encoder`: a text-encoder folder
+    (or a TextEncoder read from one) whose caption embeddings the cache also stores."""
     if fmt not in FORMAT_NAMES:
         raise CacheError(f"unknown format {fmt!r}; choose one of {', '.join(FORMAT_NAMES)}")
     if dtype not in ("float16", "float32"):
@@ -317,18 +443,29 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
             del _VAES[key]
         ms.set_context(mode=ms.GRAPH_MODE)
         _VAES[(vae_dir, vae_sha256)] = vae
+    encoder = _checked_text_encoder(text_encoder, in_process=scheduler is None and workers == 0)
+    if encoder is not None:
+        _check_text_width(out_dir, encoder)
     fingerprint = cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shard_videos,
-                                    vae_config=vae.config, vae_sha256=vae_sha256)
+                                    vae_config=vae.config, vae_sha256=vae_sha256, text_encoder=encoder)
     del vae
     if image_size % fingerprint["downsample_factor"]:
         raise CacheError(f"image_size {image_size} is not a multiple of the VAE's {fingerprint['downsample_factor']}")
     with Job(out_dir, "cache.json", fingerprint, "shards", CacheError) as job:
+        text = None
+        if encoder is not None:
+            rows = text_rows(encoder, shard_videos)
+            null = job.publish(lambda: _publish_null_text_embedding(out_dir, encoder, rows, dtype),
+                               f"writing {NULL_TEXT_FILE}")
+            text = {"dir": encoder.folder, "sha256": encoder.sha256, "rows": rows, "null": null}
+            del encoder  # the shards use the workers' copies (in this process: _TEXT_ENCODERS')
+        setup_seconds = time.perf_counter() - started
         pending, skipped = job.plan(videos, shard_videos, _member_key, "s", "videos")
         logger.info("%d videos in %d shards: %d already cached", len(videos), skipped + len(pending), skipped)
         common = {"out_dir": out_dir, "vae_dir": vae_dir, "vae_sha256": vae_sha256, "format": fmt,
                   "image_size": image_size, "dtype": dtype, "store": store, "micro_batch": micro_batch,
                   "chunk_frames": chunk_frames, "seed": seed, "latent_channels": fingerprint["latent_channels"],
-                  "downsample_factor": fingerprint["downsample_factor"]}
+                  "downsample_factor": fingerprint["downsample_factor"], "text": text}
         specs = [{**shard, **common} for shard in pending]
         errors = job.run(cache_shard, specs, lambda spec: sum(v["num_frames"] or 0 for v in spec["videos"]),
                          "cache", "frame", workers, scheduler, progress)
@@ -344,7 +481,35 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
                      len(raised), raised_videos, ", ".join(spec["unit_id"] for spec in raised))
     seconds = time.perf_counter() - started
     run_frames = sum(r["frames"] for r in records if r["unit_id"] in {s["unit_id"] for s in specs})
-    return {"out_dir": out_dir, "videos": len(index), "failed": len(failures) + raised_videos,
-            "frames": sum(r["frames"] for r in index), "shards_run": len(specs), "shards_skipped": skipped,
-            "shard_errors": errors, "shard_error_videos": raised_videos, "seconds": round(seconds, 2),
-            "frames_per_s": round(run_frames / seconds, 3) if specs else 0.0}
+    summary = {"out_dir": out_dir, "videos": len(index), "failed": len(failures) + raised_videos,
+               "frames": sum(r["frames"] for r in index), "shards_run": len(specs), "shards_skipped": skipped,
+               "shard_errors": errors, "shard_error_videos": raised_videos, "seconds": round(seconds, 2),
+               "setup_seconds": round(setup_seconds, 2),
+               "frames_per_s": round(run_frames / seconds, 3) if specs else 0.0}
+    if text:
+        summary["without_caption"] = sum(r["text"]["without_caption"] for r in records)
+    return summary
+
+
+def _checked_text_encoder(text_encoder, in_process):
+    """The job's TextEncoder (None without one), loaded whole before anything is written. `in_process`:
+    the shards run in this process and use this copy (or an earlier job's compiled one of the same
+    bytes)."""
+    if text_encoder is None:
+        return None
+    from latte_core import TextEncoder
+    if isinstance(text_encoder, TextEncoder):
+        if text_encoder.folder is None or text_encoder.sha256 is None:
+            raise CacheError("the text encoder must be read from a folder (TextEncoder.from_pretrained): the "
+                             "cache records its folder and sha256")
+        encoder, given = text_encoder, True
+    else:
+        encoder, given = load_text_encoder_checked(os.fspath(text_encoder)), False
+    key = (encoder.folder, encoder.sha256)
+    if in_process:
+        if given or key not in _TEXT_ENCODERS:
+            for stale in [k for k in _TEXT_ENCODERS if k[0] == encoder.folder]:
+                del _TEXT_ENCODERS[stale]
+            _TEXT_ENCODERS[key] = encoder
+        return _TEXT_ENCODERS[key]
+    return encoder

@@ -55,6 +55,10 @@ CACHE_KEYS = KeyTable([
     Key("skip_videos", int, 0, "the seed's manual resume: skip the first N manifest videos (not needed here: "
                                "re-running resumes from the ledger)", range=NON_NEGATIVE),
     Key("seed", int, 0, "seed of the `store: sample` draws", range=SEED),
+    Key("text_encoder", OPTIONAL_STR, None, "CLIP text-encoder folder (tokenizer/ + text_encoder/, or one flat "
+                                            "folder): also store each video's caption embedding (77 x width, "
+                                            "the cache dtype; no caption: the empty prompt's) and the empty "
+                                            "prompt's once; its sha256 joins the fingerprint"),
 ], {"cache_folder": "out", "cache_file_type": "format", "vae_path": "vae", "sample_size": "image_size",
     "resume_cache_index": "skip_videos"}, ConfigError)
 
@@ -189,6 +193,7 @@ def run_cache_job(config, progress=True):
                         image_size=config["image_size"], dtype=config["dtype"], store=config["store"],
                         workers=config["workers"], scheduler=config["scheduler"], micro_batch=config["micro_batch"],
                         shard_videos=config["shard_videos"], chunk_frames=config["chunk_frames"],
-                        skip_videos=config["skip_videos"], seed=config["seed"], progress=progress)
+                        skip_videos=config["skip_videos"], seed=config["seed"], text_encoder=config["text_encoder"],
+                        progress=progress)
     save_resolved_config(summary["out_dir"], config)
     return summary

@@ -4,7 +4,7 @@ import os
 
 import pyarrow.parquet as pq
 
-from latte_toolkit.datasets.cache import check_shards, read_ledger
+from latte_toolkit.datasets.cache import TEXT_ENCODER_FILE, check_null_text_embedding, check_shards, read_ledger
 
 
 def plot_cache_phases(folder, path):
@@ -41,8 +41,26 @@ def cache_report(folder, verify=False):
                              for phase in ("decode", "encode", "write")},
         "finished": os.path.isfile(os.path.join(folder, "index.parquet")),
     }
+    if "text_encoder_sha256" in info:
+        report["text"] = _text_report(folder, info, records)
     if verify:
         problems = check_shards(folder, records, "full")
         report["verified_shards"] = len(records) - len(problems)
         report["corrupt_shards"] = [f"{shard}: {problem}" for shard, problem in sorted(problems.items())]
+        null_problem = "text_encoder_sha256" in info and check_null_text_embedding(folder)
+        if null_problem:  # the shards' check covers the caption embeddings; this is the cache's one file
+            report["corrupt_shards"].append(f"the empty prompt's embedding: {null_problem}")
     return report
+
+
+def _text_report(folder, info, records):
+    """The text encoder and the caption counts of a cache of caption embeddings."""
+    path = None
+    if os.path.isfile(os.path.join(folder, TEXT_ENCODER_FILE)):
+        with open(os.path.join(folder, TEXT_ENCODER_FILE)) as handle:
+            path = json.load(handle).get("path")
+    texts = [record["text"] for record in records]
+    return {"text_encoder": path, "text_encoder_sha256": info["text_encoder_sha256"],
+            "width": info["text_embed_dim"], "videos_without_caption": sum(t["without_caption"] for t in texts),
+            "captions_encoded": sum(t["captions_encoded"] for t in texts),
+            "seconds": round(sum(t["seconds"] for t in texts), 3)}

@@ -27,6 +27,7 @@ from . import configured, key_option, main, setup_mindspore
                help="The seed's manual resume: skip the first N manifest videos. Not needed here: re-running "
                     "resumes from the ledger."),
     key_option("seed"),
+    key_option("text_encoder", type=click.Path(file_okay=False)),
 )
 def cache(config):
     """Encode every video of an ingest manifest with the VAE into latent shards.
@@ -38,6 +39,7 @@ def cache(config):
     Example:
       latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --format mindrecord
       latte cache -c cache.yaml --cache_folder work/cache --cache_file_type numpy
+      latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --text-encoder clip-vit-large-patch14/
     """
     from latte_toolkit.pipelines.config import run_cache_job
     if config["skip_videos"]:
@@ -49,6 +51,9 @@ def cache(config):
     click.echo(f"cache: {summary['videos']} videos, {summary['frames']} frames cached, {summary['failed']} failed; "
                f"{summary['shards_run']} shards run, {summary['shards_skipped']} already done; "
                f"{summary['seconds']} s ({summary['frames_per_s']} frames/s)")
+    if "without_caption" in summary:
+        click.echo(f"  caption embeddings: {summary['without_caption']} videos without a caption got the empty "
+                   f"prompt's")
     if summary["shard_errors"]:
         click.echo(f"  shards that raised (re-run to retry): {', '.join(summary['shard_errors'])}")
     click.echo(f"  report: latte report {summary['out_dir']}")
