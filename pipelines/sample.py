@@ -3,8 +3,12 @@
     checkpoint (official .pt, converted .ckpt/.safetensors, or a run's ckpt/step-N/ folder: its EMA
     weights and the architecture in its state.json) + VAE (diffusers folder or .ckpt)
       ─ noise from numpy, per video (seed, index) ─ a sampler of latte_core.samplers (DDPM 250 steps,
-        DDIM with eta, DPM-Solver++ 20 steps) ─ classifier-free guidance for class
+        DDIM with eta, DPM-Solver++ 20 steps) ─ classifier-free guidance for class and text
         models (cfg scale > 1) ─ VAE decode in frame micro-batches ─ OUTPUT/sample_NNN.{gif,mp4,npy}
+
+Text models condition on prompts encoded by a CLIP TextEncoder (by default the one the checkpoint's run
+recorded in its state.json, refused if its files changed); the empty prompt's embedding is guidance's
+null condition, as the null class is for class models.
 
 Without a config, the project's own small weights (train/pretrained/, trained on procedural clouds)
 are used, so `latte sample` works on a fresh machine with no downloads.
@@ -13,6 +17,7 @@ import json
 import logging
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -29,6 +34,13 @@ class SampleError(UserError):
     pass
 
 
+def _check_prompts(values):
+    """SAMPLE_KEYS' last check: the table checks that prompts is a list, this that it holds strings."""
+    prompts = values["prompts"]
+    if prompts is not None and not all(isinstance(prompt, str) for prompt in prompts):
+        raise SampleError(f"prompts must be a list of strings, got {prompts!r}")
+
+
 SAMPLE_KEYS = KeyTable([
     Key("checkpoint", (str,), os.path.join(PRETRAINED, "latte-clouds"),
         "Latte weights: .pt/.pth (official, read without torch), .ckpt, .safetensors, or a run's ckpt/step-N folder"),
@@ -38,7 +50,7 @@ SAMPLE_KEYS = KeyTable([
     Key("depth", (int, type(None)), None, "override the variant's blocks", range=AT_LEAST_1),
     Key("hidden_size", (int, type(None)), None, "override the variant's width", range=AT_LEAST_1),
     Key("num_heads", (int, type(None)), None, "override the variant's heads", range=AT_LEAST_1),
-    Key("condition", (str, type(None)), None, "null or class (read from a run folder)", (None, "class")),
+    Key("condition", (str, type(None)), None, "null, class or text (read from a run folder)", (None, "class", "text")),
     Key("num_classes", (int,), 0, "classes of a class-conditional model", range=NON_NEGATIVE),
     Key("image_size", (int, type(None)), None, "frame size in pixels (a run folder's by default)",
         range=AT_LEAST_1),
@@ -54,8 +66,17 @@ SAMPLE_KEYS = KeyTable([
         range=AT_LEAST_1),
     Key("ddim_sampling", (bool,), False, "MindONE's switch: DDIM instead of DDPM (see sampler)"),
     Key("ddim_eta", (int, float), 0.0, "DDIM eta (0: deterministic)", range=NON_NEGATIVE),
-    Key("guidance_scale", (int, float), 1.0, "classifier-free guidance scale for class models (1: none)"),
+    Key("guidance_scale", (int, float), 1.0, "classifier-free guidance scale for class and text models (1: none; "
+        "above 1 the batch is doubled with the null class or the empty prompt)"),
     Key("class_labels", (list, type(None)), None, "class of each video (cycled); default 0, 1, 2, ..."),
+    Key("prompts", (list, type(None)), None, "text models: the prompts; video i gets prompt i mod their count "
+        "(a prompts_file's lines follow these)"),
+    Key("prompts_file", (str, type(None)), None, "text models: a UTF-8 text file of prompts, one a line (blank lines "
+        "skipped)"),
+    Key("text_encoder", (str, type(None)), None, "text models: the CLIP text-encoder folder; null: the one the "
+        "checkpoint's run recorded in its state.json"),
+    Key("force_text_encoder", (bool,), False, "sample with a text_encoder whose sha256 differs from the one the run "
+        "recorded (a warning names both)"),
     Key("num_videos", (int,), 4, "videos to make", range=AT_LEAST_1),
     Key("batch_size", (int,), 4, "videos sampled together", range=AT_LEAST_1),
     Key("seed", (int,), 42, "seed of the initial and per-step noise", range=Range(0, 2 ** 32 - 1)),
@@ -66,24 +87,34 @@ SAMPLE_KEYS = KeyTable([
     Key("device_target", (str,), "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend")),
     Key("use_parallel", (bool,), False, "split the videos over the processes msrun started (video i on rank "
         "i mod ranks); each video's noise depends only on (seed, i), so the files are those of one process"),
-], {"guidance": "guidance_scale", "num_samples": "num_videos", "output_dir": "output_path"}, SampleError)
+], {"guidance": "guidance_scale", "num_samples": "num_videos", "output_dir": "output_path"}, SampleError,
+    _check_prompts)
+TEXT_KEYS = ("prompts", "prompts_file", "text_encoder")  # the keys that only a text model takes
 
 
 def _model_settings(config):
-    """(weights file, Latte constructor settings) for the checkpoint the config names."""
+    """(weights file, Latte constructor settings, the text encoder the run recorded or None) for the
+    checkpoint the config names."""
     from latte_core.latte import LATTE_MODELS
     path = config["checkpoint"]
-    settings = {}
+    settings, recorded_encoder = {}, None
     if os.path.isdir(path):
         weights = os.path.join(path, "ema.ckpt")
         state_path = os.path.join(path, "state.json")
         if not os.path.isfile(weights) or not os.path.isfile(state_path):
             raise SampleError(f"{path}: a checkpoint folder needs ema.ckpt and state.json (a `latte train` ckpt/step-N)")
         with open(state_path) as handle:
-            trained = json.load(handle)["config"]
+            state = json.load(handle)
+        trained = state["config"]
         settings = {k: trained[k] for k in ("model_name", "depth", "hidden_size", "num_heads", "condition",
                                             "num_classes", "image_size", "num_frames", "learn_sigma",
                                             "patch_embedder", "sd_scale_factor")}
+        recorded_encoder = state.get("text_encoder")
+        if recorded_encoder is not None and not (
+                isinstance(recorded_encoder, dict)
+                and all(isinstance(recorded_encoder.get(k), str) for k in ("path", "sha256"))):
+            raise SampleError(f"{state_path}: text_encoder must be {{\"path\": ..., \"sha256\": ...}}, "
+                              f"got {recorded_encoder!r}")
     elif os.path.isfile(path):
         weights = path
     else:
@@ -98,7 +129,78 @@ def _model_settings(config):
         raise SampleError(f"model_name {settings.get('model_name')!r}: give one of {', '.join(LATTE_MODELS)}")
     for key, default in (("image_size", 256), ("num_frames", 16)):
         settings.setdefault(key, default)
-    return weights, settings
+    return weights, settings, recorded_encoder
+
+
+def _read_prompts(config):
+    """The prompts: the prompts key's, then the prompts file's non-blank lines. A file that cannot be read,
+    is not UTF-8 or holds no prompt is a SampleError naming it."""
+    prompts = list(config["prompts"] or [])
+    path = config["prompts_file"]
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except OSError as err:
+            raise SampleError(f"prompts_file {path}: cannot read it ({err.strerror or err})") from None
+        try:
+            text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is not part of a prompt
+        except UnicodeDecodeError as err:
+            line = raw.count(b"\n", 0, err.start) + 1
+            raise SampleError(f"prompts_file {path}: not UTF-8 text (line {line}: {err.reason}); save it as "
+                              f"UTF-8") from None
+        lines = [line.strip() for line in text.split("\n") if line.strip()]
+        if not lines:
+            raise SampleError(f"prompts_file {path}: holds no prompt (one prompt a line)")
+        prompts += lines
+    return prompts
+
+
+def _text_encoder(config, recorded, checkpoint, log):
+    """The TextEncoder to sample with: the text_encoder key's folder, or the one the run recorded; one
+    whose sha256 differs from the recorded one is refused unless force_text_encoder (then a warning,
+    when `log`)."""
+    from latte_core.text_encoder import TextEncoder
+    folder = config["text_encoder"]
+    if folder is None:
+        if recorded is None:
+            where = "its state.json has no text_encoder" if os.path.isdir(checkpoint) else "a weights file records none"
+            raise SampleError(f"text_encoder: {checkpoint} does not record the text encoder it was trained with "
+                              f"({where}); give it with --text-encoder DIR")
+        folder = recorded["path"]
+    encoder = TextEncoder.from_pretrained(folder)
+    if recorded is not None and encoder.sha256 != recorded["sha256"]:
+        message = (f"text_encoder {encoder.folder} (sha256 {encoder.sha256}) is not the encoder {checkpoint} was "
+                   f"trained with ({recorded['path']}, sha256 {recorded['sha256']})")
+        if not config["force_text_encoder"]:
+            raise SampleError(message + "; give that one, or --force-text-encoder to sample anyway")
+        if log:
+            logger.warning("%s: sampling with it anyway (force_text_encoder)", message)
+    return encoder
+
+
+def _encode_prompts(encoder, prompts, log):
+    """(embeddings (len(prompts), 77, D), the empty prompt's (1, 77, D)): each distinct prompt encoded
+    once. The encoder's warning about prompts cut to 77 tokens is logged once, when `log` (rank 0)."""
+    distinct = list(dict.fromkeys(prompts))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # it warns on every call, however often this process has sampled
+        ids = encoder.tokenize(distinct)
+    if log:
+        for message in dict.fromkeys(str(warning.message) for warning in caught):
+            logger.warning("%s", message)
+    encoded = encoder.encode_ids(np.concatenate([ids, encoder.tokenize([""])]))
+    return encoded[[distinct.index(prompt) for prompt in prompts]], encoded[-1:]
+
+
+def _text_embed_dim(state, weights):
+    """The encoder width a text model's weights take: its projection reads 77 x that many features."""
+    from latte_core.latte import TEXT_TOKENS
+    projection = state.get("text_embedding_projection.1.weight")
+    if projection is None or projection.ndim != 2 or projection.shape[1] % TEXT_TOKENS:
+        raise SampleError(f"{weights}: not a text-conditioned Latte (no text_embedding_projection.1.weight taking "
+                          f"{TEXT_TOKENS} x the encoder's width); give the condition it was trained with")
+    return projection.shape[1] // TEXT_TOKENS
 
 
 def _sampler(config):
@@ -119,7 +221,7 @@ def _sampler(config):
 
 def _guided_cell(model, scale):
     """The model under classifier-free guidance, as one compiled cell: the reference's sampling on a
-    doubled batch (conditions, then null classes), guiding the epsilon channels."""
+    doubled batch (conditions, then null classes or empty-prompt embeddings), guiding the epsilon channels."""
     from mindspore import nn
 
     class Guided(nn.Cell):
@@ -127,8 +229,8 @@ def _guided_cell(model, scale):
             super().__init__(auto_prefix=False)
             self.model = model
 
-        def construct(self, x, t, y):
-            return self.model.forward_with_cfg(x, t, y, scale)
+        def construct(self, x, t, y=None, text_embedding=None):
+            return self.model.forward_with_cfg(x, t, y, scale, text_embedding)
 
     return Guided()
 
@@ -140,16 +242,30 @@ def run_sample(config, progress=True, rank=0, world=1):
     import mindspore as ms
     from mindspore import Tensor
     from latte_core import create_latte
-    from latte_core.checkpoint import CheckpointError, load_weights
+    from latte_core.checkpoint import CheckpointError, match_state_dict, read_state_dict
+    from latte_core.latte import TEXT_TOKENS
     from latte_core.samplers import create_sampler, sample as sample_latents
     from latte_core.vae import load_vae
     from latte_toolkit.datasets.video import to_frames, write_gif, write_mp4
 
     sampler, steps = _sampler(config)  # refused before anything is loaded
     started = time.perf_counter()
-    weights, settings = _model_settings(config)
+    weights, settings, recorded_encoder = _model_settings(config)
+    condition = settings.get("condition")
+    if condition == "text":
+        prompts = _read_prompts(config)
+        if not prompts:
+            raise SampleError(f"{config['checkpoint']} is a text model: give its prompts (--prompt TEXT, repeatable, "
+                              f"or --prompts-file FILE)")
+    else:
+        given = [key for key in TEXT_KEYS if config[key] is not None]
+        if given:
+            kind = "class-conditional" if condition == "class" else "unconditional"
+            raise SampleError(f"{given[0]} is for text models; {config['checkpoint']} is {kind} (condition: "
+                              f"{condition or 'null'})")
     try:
         vae = load_vae(config["vae_checkpoint"])
+        state = read_state_dict(weights)
     except CheckpointError as err:
         raise SampleError(str(err)) from None
     factor = vae.downsample_factor
@@ -158,21 +274,31 @@ def run_sample(config, progress=True, rank=0, world=1):
     scale = settings.get("sd_scale_factor") or vae.config["scaling_factor"]
     overrides = {k: settings[k] for k in ("depth", "hidden_size", "num_heads", "learn_sigma", "patch_embedder")
                  if settings.get(k) is not None}
-    condition = settings.get("condition")
+    if condition == "text":
+        overrides["text_embed_dim"] = _text_embed_dim(state, weights)
+        encoder = _text_encoder(config, recorded_encoder, config["checkpoint"], log=rank == 0)
+        if encoder.width != overrides["text_embed_dim"]:
+            raise SampleError(f"text_encoder {encoder.folder} encodes {encoder.width}-wide embeddings; {weights} was "
+                              f"trained on {overrides['text_embed_dim']}-wide ones (its text_embed_dim)")
+        prompt_embeddings, empty_prompt = _encode_prompts(encoder, prompts, log=rank == 0)
     model = create_latte(settings["model_name"], input_size=settings["image_size"] // factor,
                          in_channels=vae.config["latent_channels"], num_frames=settings["num_frames"],
                          condition=condition, num_classes=max(settings.get("num_classes") or 1, 1),
                          enable_flash_attention=config["enable_flash_attention"], **overrides)
+    params = {p.name: p for p in model.get_parameters()}
     try:
-        load_weights(model, weights, recompute=("pos_embed", "temp_embed"))
+        matched = match_state_dict(params, state, weights, recompute=("pos_embed", "temp_embed"))
     except CheckpointError as err:
         raise SampleError(str(err)) from None
+    for name, array in matched.items():
+        params[name].set_data(Tensor(array, params[name].dtype))
+    del state, matched  # the model holds its own copy of the weights
     model.set_train(False)
     if config["use_fp16"]:
         ms.amp.auto_mixed_precision(model, "O2", dtype=ms.float16)
     load_s = time.perf_counter() - started
 
-    guided = condition == "class" and config["guidance_scale"] > 1.0
+    guided = condition in ("class", "text") and config["guidance_scale"] > 1.0
     if condition == "class":
         labels = config["class_labels"] or list(range(settings["num_classes"]))
         if any(not 0 <= int(label) < settings["num_classes"] for label in labels):
@@ -181,12 +307,28 @@ def run_sample(config, progress=True, rank=0, world=1):
     _, diffusion, _ = create_sampler(sampler.name, steps, learn_sigma=model.learn_sigma)
     shape_one = (settings["num_frames"], model.in_channels) + (settings["image_size"] // factor,) * 2
 
+    def conditions(batch):
+        """The model's keyword arguments for the videos `batch`: each one's class or prompt embedding, then
+        with guidance as many null classes or empty-prompt embeddings; None without a condition."""
+        if condition == "class":
+            name, values = "y", np.array([labels[i % len(labels)] for i in batch], np.int32)
+            null = np.full(len(batch), settings["num_classes"], np.int32)
+        elif condition == "text":
+            name, values = "text_embedding", prompt_embeddings[[i % len(prompts) for i in batch]]
+            null = np.repeat(empty_prompt, len(batch), axis=0)
+        else:
+            return None
+        return {name: Tensor(np.concatenate([values, null]) if guided else values)}
+
     started = time.perf_counter()  # compile: the first call of the network, on a dummy batch
     dummy_batch = 2 * config["batch_size"] if guided else config["batch_size"]
-    dummy = [Tensor(np.zeros((dummy_batch,) + shape_one, np.float32)), Tensor(np.zeros(dummy_batch, np.int32))]
+    dummy = {}
     if condition == "class":
-        dummy.append(Tensor(np.zeros(dummy_batch, np.int32)))
-    net(*dummy).asnumpy()
+        dummy["y"] = Tensor(np.zeros(dummy_batch, np.int32))
+    elif condition == "text":
+        dummy["text_embedding"] = Tensor(np.zeros((dummy_batch, TEXT_TOKENS, model.text_embed_dim), np.float32))
+    net(Tensor(np.zeros((dummy_batch,) + shape_one, np.float32)), Tensor(np.zeros(dummy_batch, np.int32)),
+        **dummy).asnumpy()
     compile_s = time.perf_counter() - started
 
     out = os.path.abspath(config["output_path"])
@@ -203,20 +345,15 @@ def run_sample(config, progress=True, rank=0, world=1):
         seeds = [[config["seed"], i] for i in batch]
         noise = np.stack([np.random.default_rng(s + [0]).standard_normal(shape_one, dtype=np.float32) for s in seeds])
         step_seeds = [s + [1] for s in seeds]
-        kwargs = None
-        if condition == "class":
-            y = np.array([labels[i % len(labels)] for i in batch], np.int32)
-            if guided:  # the null-class half follows the same noise: it only supplies the unconditional eps
-                noise, step_seeds = np.concatenate([noise, noise]), step_seeds + step_seeds
-                y = np.concatenate([y, np.full(len(batch), settings["num_classes"], np.int32)])
-            kwargs = {"y": Tensor(y)}
-        latents = sample_latents(sampler, diffusion, steps, net, noise.shape, noise=noise, model_kwargs=kwargs,
-                                 progress=progress, seed=step_seeds,
+        if guided:  # the null half follows the same noise: it only supplies the unconditional eps
+            noise, step_seeds = np.concatenate([noise, noise]), step_seeds + step_seeds
+        latents = sample_latents(sampler, diffusion, steps, net, noise.shape, noise=noise,
+                                 model_kwargs=conditions(batch), progress=progress, seed=step_seeds,
                                  eta=float(config["ddim_eta"])).asnumpy()[:count]
         videos = vae.decode_video(latents / scale, micro_batch=config["decode_micro_batch"])
         frames = to_frames(videos)
         for i, index in enumerate(indices):
-            name = os.path.join(out, f"sample_{index:03d}")
+            name = _video_path(out, index)
             np.save(name + ".npy", latents[i])
             write_gif(name + ".gif", frames[i], config["fps"])
             write_mp4(name + ".mp4", frames[i], fps=config["fps"])
@@ -232,10 +369,20 @@ def run_sample(config, progress=True, rank=0, world=1):
                "method": sampler.name, "steps": steps,
                "guidance_scale": config["guidance_scale"] if guided else None, "videos": len(written),
                **{k: max(r[k] for r in ranks) for k in ("checkpoint_loading_s", "compile_s", "total_sample_s")},
-               "ranks": ranks, "output_path": out, "files": written, "config": config}
+               "ranks": ranks, "output_path": out, "files": written}
+    if condition == "text":
+        summary["text_encoder"] = {"path": encoder.folder, "sha256": encoder.sha256}
+        summary["prompts"] = [{"file": _video_path(out, i) + ".gif", "prompt": prompts[i % len(prompts)]}
+                              for i in range(config["num_videos"])]
+    summary["config"] = config
     if rank == 0:
         write_json_atomically(os.path.join(out, "summary.json"), summary)
     return summary
+
+
+def _video_path(out, index):
+    """OUTPUT/sample_NNN, the name of video `index`'s files without their suffix."""
+    return os.path.join(out, f"sample_{index:03d}")
 
 
 def join_parallel(config):

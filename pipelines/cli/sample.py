@@ -16,8 +16,16 @@ from . import IntList, configured, key_option, main, setup_mindspore
     key_option("sampling_steps", "--steps", help="Sampling steps [the sampler's: " + ", ".join(
         f"{name} {sampler.default_steps}" for name, sampler in SAMPLERS.items()) + "]."),
     key_option("ddim_eta", "--eta", help="DDIM eta [0]."),
-    key_option("guidance_scale", "--cfg-scale", help="Classifier-free guidance scale (class models)."),
+    key_option("guidance_scale", "--cfg-scale", help="Classifier-free guidance scale (class and text models) [1: none]."),
     key_option("class_labels", type=IntList(), help="Comma-separated classes, one per video (cycled)."),
+    key_option("prompts", "--prompt", multiple=True,
+               help="A prompt (text models; repeatable): video i gets prompt i mod the number of prompts."),
+    key_option("prompts_file", "--prompts-file", type=click.Path(dir_okay=False),
+               help="A UTF-8 text file of prompts, one a line; they follow the --prompt ones."),
+    key_option("text_encoder", "--text-encoder", type=click.Path(file_okay=False),
+               help="CLIP text-encoder folder [the one the checkpoint's run recorded in its state.json]."),
+    key_option("force_text_encoder", "--force-text-encoder", is_flag=True,
+               help="Sample with a --text-encoder other than the one the run recorded (its sha256 differs)."),
     key_option("seed", help="Noise seed [42]."),
     key_option("num_videos", help="Videos to make [4]."),
     key_option("batch_size", help="Videos sampled together [4]."),
@@ -31,12 +39,16 @@ from . import IntList, configured, key_option, main, setup_mindspore
 def sample(config):
     """Sample videos: DDPM (250 steps), DDIM or DPM-Solver++ (20 steps); GIF + MP4 + latents (.npy) per video.
 
+    A text-conditioned checkpoint samples the prompts given (--prompt, --prompts-file), encoded by the text
+    encoder its run recorded (or --text-encoder); summary.json records each video's prompt.
+
     \b
     Examples:
       latte sample                                   # the shipped cloud model, no downloads
       latte sample -c configs/inference/sky.yaml     # the converted official Sky Timelapse Latte-XL/2
       latte sample --checkpoint runs/sky/ckpt/step-00001000 --sampler ddim --steps 50
       latte sample --sampler dpm-solver++ --steps 20
+      latte sample --checkpoint runs/t2v/ckpt/step-00002000 --prompt "clouds drifting left" --cfg-scale 4
       msrun --worker_num=2 --local_worker_num=2 --join=True latte sample --num-videos 8 --use_parallel True
     """
     from latte_toolkit.pipelines.sample import join_parallel, run_sample, summary_table
