@@ -178,6 +178,7 @@ def test_bad_text_sampling_requests_are_one_clear_error_and_write_nothing(text_m
         ({"prompts": [1, 2]}, [], ["prompts must be a list of strings"]),
         ({}, ["--prompt", "a", "--text-encoder", text_model["narrow"]], ["16-wide", "32-wide", text_model["narrow"]]),
         (unrecorded, ["--prompt", "a"], ["text_encoder", "state.json has no text_encoder", "--text-encoder"]),
+        ({"text_encoder": None}, ["--prompt", "a"], ["text_encoder", "a weights file records none", "--text-encoder"]),
         ({}, ["--prompt", "a", "--text-encoder", str(tmp_path / "no_encoder")], ["no_encoder"]),
     ]
     for overrides, options, expected in cases:
