@@ -19,6 +19,11 @@
       seeded by (seed, epoch, plan position) as the clip is: "latent" (B, F + I, C, h, w), the images last,
       and "label_image" (B, I) int32, each image's own video's class. images_of(position, ...) names
       the images' videos (their captions are in loader.image_entries).
+    └ with caption embeddings (CacheLoader(captions=True) from a cache made with --text-encoder, or
+      VideoLoader(text_encoder=...)): "caption_embedding" (B, 77, D) float32, the clip's video's, and with
+      images "caption_embedding_image" (B, I, 77, D), each image's own video's; `null_caption_embedding`
+      is the empty prompt's (the null condition the training loop's caption dropout puts in their place)
+      and `text_encoder` {"path", "sha256", "width"} the encoder that made them.
 
 `state_dict()` is {"epoch", "position", ...settings that fix the plan}; `position` counts samples of the
 global plan already handed out, so a loader restored from it yields exactly the batches an
@@ -95,7 +100,7 @@ class _ClipLoader:
     """Epochs, positions and rank slices; subclasses turn plan positions into batches."""
 
     def __init__(self, plan, batch_size, rank, world_size, num_parallel_workers, video_ids, posterior="sample",
-                 use_image_num=0, image_entries=(), image_pool_of_video=None):
+                 use_image_num=0, image_entries=(), image_pool_of_video=None, text_encoder=None):
         if posterior not in POSTERIOR_MODES:
             raise ValueError(f"posterior must be one of {POSTERIOR_MODES}, got {posterior!r}")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
@@ -113,7 +118,10 @@ class _ClipLoader:
         self.image_entries = list(image_entries)  # the videos images come from: every usable one
         self.image_frames = np.array([e["frames"] for e in self.image_entries], np.int64)
         self.image_pool_of_video = image_pool_of_video  # plan video -> its place in image_entries
+        self.text_encoder = text_encoder  # {"path", "sha256", "width"} of the caption embeddings' encoder, or None
         self.columns = ["latent", "label", "index"] + (["label_image"] if use_image_num else [])
+        if text_encoder is not None:
+            self.columns += ["caption_embedding"] + (["caption_embedding_image"] if use_image_num else [])
         if self.batches_per_epoch == 0:
             raise ValueError(f"{plan.size} clips per epoch ({len(video_ids)} videos long enough for a clip x "
                              f"clips_per_video {plan.clips_per_video}) do not fill one global batch of "
@@ -203,15 +211,24 @@ class _ClipLoader:
         others += others >= own  # skip the clip's own video
         return others, rng.integers(0, self.image_frames[others])
 
-    def _with_images(self, clip_latent, label, position, images):
-        """A sample with its images: (latent (F + I, C, h, w), label, position, image labels (I,)).
-        images: (places in image_entries, {field: (I, C, h, w)})."""
-        if not self.use_image_num:
-            return clip_latent, label, position
-        others, arrays = images
-        latent = np.concatenate([clip_latent, self.latent(arrays, position, (IMAGE_STREAM,))])
-        labels = np.array([_label(self.image_entries[i]) for i in others], np.int32)
-        return latent, label, position, labels
+    def _finished_sample(self, clip_latent, entry, position, images):
+        """A sample's columns: latent (F [+ I], C, h, w), label, position, then with images their labels
+        (I,), and with caption embeddings the clip's (77, D) [and the images' (I, 77, D)].
+        images: (places in image_entries, {field: (I, C, h, w)}), or None without images."""
+        latent, sample_extras = clip_latent, ()
+        if self.use_image_num:
+            others, arrays = images
+            latent = np.concatenate([clip_latent, self.latent(arrays, position, (IMAGE_STREAM,))])
+            sample_extras = (np.array([_label(self.image_entries[i]) for i in others], np.int32),)
+        if self.text_encoder is not None:
+            sample_extras += (self.caption_embedding(entry),)
+            if self.use_image_num:
+                sample_extras += (np.stack([self.caption_embedding(self.image_entries[i]) for i in others]),)
+        return (latent, np.int32(_label(entry)), np.int64(position)) + sample_extras
+
+    def caption_embedding(self, entry):
+        """The caption embedding (77, D) float32 of a video (an entry of `entries` or `image_entries`)."""
+        raise NotImplementedError
 
     def _batches(self, video, start, positions):
         raise NotImplementedError
@@ -276,11 +293,13 @@ class CacheLoader(_ClipLoader):
     on_corrupt: "skip" (report and leave out shards that disagree with the ledger) or "raise";
     check: "full" (sha256 of every shard when the loader is built) or "size" (file sizes only).
     cache_bytes bounds the decoded shard data the format's reader keeps in memory (row groups).
+    captions: True adds each sample's caption embeddings (the cache's, as float32; a cache made with
+    --text-encoder); the empty prompt's is read, and checked, when the loader is built.
     """
 
     def __init__(self, cache_dir, batch_size, num_frames, sample_stride=1, clips_per_video=1, seed=0, rank=0,
                  world_size=1, shuffle=True, shuffle_window=4, num_parallel_workers=1, on_corrupt="skip",
-                 check="full", cache_bytes=256 << 20, posterior="sample", use_image_num=0):
+                 check="full", cache_bytes=256 << 20, posterior="sample", use_image_num=0, captions=False):
         if on_corrupt not in ("skip", "raise"):
             raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
         self.cache = open_cache(cache_dir, cache_bytes)
@@ -290,6 +309,11 @@ class CacheLoader(_ClipLoader):
         self.fields = ("mean",) if posterior == "mean" else self.cache.fields  # the fields a clip reads
         self.folder = self.cache.folder
         self.scaling_factor = self.cache.info["scaling_factor"]
+        text_encoder = None
+        if captions:  # ValueError for a cache without text, CorruptTextEmbedding for a damaged null embedding
+            self.null_caption_embedding = self.cache.null_text_embedding.astype(np.float32)
+            record = self.cache.text_encoder
+            text_encoder = {"path": record["path"], "sha256": record["sha256"], "width": record["width"]}
         self.corrupt = check_shards(self.folder, read_ledger(self.folder), check)
         for shard, problem in sorted(self.corrupt.items()):
             logger.error("%s: shard %s disagrees with the ledger (%s)", self.folder, shard, problem)
@@ -318,7 +342,10 @@ class CacheLoader(_ClipLoader):
         pool = {e["video_id"]: i for i, e in enumerate(usable)}
         super().__init__(plan, batch_size, rank, world_size, num_parallel_workers,
                          [e["video_id"] for e in self.entries], posterior, use_image_num, usable,
-                         np.array([pool[e["video_id"]] for e in self.entries], np.int64))
+                         np.array([pool[e["video_id"]] for e in self.entries], np.int64), text_encoder)
+
+    def caption_embedding(self, entry):
+        return self.cache.caption_embedding(entry).astype(np.float32)
 
     def _batches(self, video, start, positions):
         import mindspore.dataset as ds
@@ -368,7 +395,7 @@ class CacheLoader(_ClipLoader):
         return self._sample(self.read_clip(entry, self.plan.frame_indices(start)), entry, position, images)
 
     def _sample(self, arrays, entry, position, images=None):
-        return self._with_images(self.latent(arrays, position), np.int32(_label(entry)), np.int64(position), images)
+        return self._finished_sample(self.latent(arrays, position), entry, position, images)
 
 
 class _PlanSource:
@@ -390,11 +417,15 @@ class _PlanSource:
 class VideoLoader(_ClipLoader):
     """The uncached path behind the same API: clips decoded from the videos of an ingest manifest,
     center-cropped and resized to `image_size`, scaled to [-1, 1] and encoded by the VAE on the fly
-    (in `micro_batch` frames at a time), then sampled from the posterior as the cached path does."""
+    (in `micro_batch` frames at a time), then sampled from the posterior as the cached path does.
+
+    text_encoder: a TextEncoder adds each sample's caption embeddings: the manifest's captions (the empty
+    prompt for a video without one, as the cache does) are encoded when the loader is built, each
+    distinct caption once, and kept in memory (77 x D float32 per distinct caption)."""
 
     def __init__(self, manifest, vae, batch_size, num_frames, sample_stride=1, image_size=256, clips_per_video=1,
                  seed=0, rank=0, world_size=1, shuffle=True, num_parallel_workers=1, micro_batch=8,
-                 posterior="sample", use_image_num=0):
+                 posterior="sample", use_image_num=0, text_encoder=None):
         from .video import read_manifest
         rows = read_manifest(manifest)
         span = clip_span(num_frames, sample_stride)
@@ -411,16 +442,27 @@ class VideoLoader(_ClipLoader):
         pool = [{**row, "frames": row["num_frames"]} for row in rows if row["num_frames"]]  # every decodable video
         _check_image_num(use_image_num, len(pool), manifest)
         place = {row["video_id"]: i for i, row in enumerate(pool)}
+        record = None
+        if text_encoder is not None:  # every video images may come from: the whole pool
+            prompts = [row["caption"] if row["caption"] and row["caption"].strip() else "" for row in pool]
+            distinct = list(dict.fromkeys(prompts + [""]))
+            embeddings = dict(zip(distinct, text_encoder.encode(distinct)))
+            self._caption_embeddings = {row["video_id"]: embeddings[p] for row, p in zip(pool, prompts)}
+            self.null_caption_embedding = embeddings[""]
+            record = {"path": text_encoder.folder, "sha256": text_encoder.sha256, "width": text_encoder.width}
         super().__init__(plan, batch_size, rank, world_size, num_parallel_workers,
                          [row["video_id"] for row in self.entries], posterior, use_image_num, pool,
-                         np.array([place[row["video_id"]] for row in self.entries], np.int64))
+                         np.array([place[row["video_id"]] for row in self.entries], np.int64), record)
         self.vae, self.image_size, self.micro_batch = vae, image_size, micro_batch
         self.scaling_factor = vae.config["scaling_factor"]
+
+    def caption_embedding(self, entry):
+        return self._caption_embeddings[entry["video_id"]]
 
     def _batches(self, video, start, positions):
         import mindspore.dataset as ds
         source = _PlanSource(self._pixel_sample, video, start, positions, self.batch_size)
-        columns = ["pixels", "label", "index"] + (["image_places"] if self.use_image_num else [])
+        columns = ["pixels", "index"] + (["image_places"] if self.use_image_num else [])
         dataset = ds.GeneratorDataset(source, column_names=columns, shuffle=False,
                                       num_parallel_workers=self.num_parallel_workers, python_multiprocessing=False)
         frames = self.plan.num_frames
@@ -431,11 +473,11 @@ class VideoLoader(_ClipLoader):
                 clip = self.latent({"mean": mean[k, :frames], "std": std[k, :frames]}, position)
                 images = (row["image_places"][k], {"mean": mean[k, frames:], "std": std[k, frames:]}) \
                     if self.use_image_num else None
-                samples.append(self._with_images(clip, row["label"][k], position, images))
+                samples.append(self._finished_sample(clip, self.entries[video[position]], position, images))
             yield dict(zip(self.columns, _stack(samples)))
 
     def _pixel_sample(self, video, start, position):
-        """The clip's frames (and its images', last) as VAE input, its label, position (and image places)."""
+        """The clip's frames (and its images', last) as VAE input, its position (and image places)."""
         from .video import center_crop_resize, read_frames_at, to_pixels
         entry = self.entries[video]
         frames = list(read_frames_at(entry["path"], entry["kind"], self.plan.frame_indices(start)))
@@ -446,5 +488,5 @@ class VideoLoader(_ClipLoader):
                 image = self.image_entries[place]
                 frames += list(read_frames_at(image["path"], image["kind"], [index]))
         pixels = to_pixels([center_crop_resize(frame, self.image_size) for frame in frames])
-        sample = (pixels, np.int32(_label(entry)), np.int64(position))
+        sample = (pixels, np.int64(position))
         return sample + ((np.asarray(places, np.int64),) if self.use_image_num else ())
