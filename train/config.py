@@ -72,10 +72,12 @@ class Key:
 NUMBER = (int, float)
 KEYS = [
     # task and model
-    Key("condition", (str, type(None)), None, "null (unconditional) or class; text is not supported yet",
-        (None, "class")),
+    Key("condition", (str, type(None)), None, "null (unconditional), class (labels from the data) or text (caption "
+                                              "embeddings: the cache's, or text_encoder's from videos)",
+        (None, "class", "text")),
     Key("num_classes", int, 0, "classes of a class-conditional model (labels come from the data)", range=NON_NEGATIVE),
-    Key("class_dropout_prob", NUMBER, 0.1, "label dropout for classifier-free guidance", range=UNIT),
+    Key("class_dropout_prob", NUMBER, 0.1, "label (class) or caption (text: to the empty prompt's embedding) dropout "
+                                           "for classifier-free guidance, drawn per sample and per image", range=UNIT),
     Key("model_name", str, "Latte-XL/2", "variant: Latte-S/2 ... Latte-XL/8"),
     Key("depth", (int, type(None)), None, "override the variant's block count (spatial + temporal), e.g. for a "
                                           "small model", range=AT_LEAST_1),
@@ -94,6 +96,10 @@ KEYS = [
                                             "are recomputed for this model's size)", resume_may_change=True),
     Key("vae_checkpoint", str, "", "VAE for training from videos: a diffusers folder, or a .ckpt of "
                                      "sd-vae-ft-mse's architecture (latte convert vae)"),
+    Key("text_encoder", str, "", "condition text from videos (train_data_type video_file): the CLIP text-encoder "
+                                 "folder that encodes the manifest's captions (a cache brings its own: the one "
+                                 "`latte cache --text-encoder` used); recorded in each checkpoint's state.json",
+        resume_may_change=True),
     Key("sd_scale_factor", NUMBER + (type(None),), None, "latent scaling factor; null: the VAE's (or the cache's); "
                                                          "a value must match it", range=POSITIVE),
     Key("dtype", str, "fp32", "compute dtype under amp_level O2: fp16, or bf16 (Ascend only)", ("fp32", "fp16", "bf16")),
@@ -261,6 +267,18 @@ def validate(values):
         raise TrainConfigError(f"betas must be two numbers in [0, 1), got {values['betas']}")
     if values["condition"] == "class" and values["num_classes"] < 1:
         raise TrainConfigError("condition: class needs num_classes >= 1")
+    if values["text_encoder"] and values["condition"] != "text":
+        raise TrainConfigError(f"text_encoder {values['text_encoder']!r} is for condition: text (condition is "
+                               f"{values['condition']}); remove it")
+    if values["condition"] == "text":
+        from_videos = values["train_data_type"] == "video_file"
+        if from_videos and not values["text_encoder"]:
+            raise TrainConfigError("condition: text with train_data_type video_file needs text_encoder: the CLIP "
+                                   "text-encoder folder that encodes the videos' captions")
+        if values["text_encoder"] and not from_videos:
+            raise TrainConfigError(f"text_encoder {values['text_encoder']!r} is for training from videos; a "
+                                   f"{values['train_data_type']} cache holds the caption embeddings of the encoder "
+                                   f"it was made with: remove text_encoder")
     if values["use_safer_augment"]:
         raise TrainConfigError("use_safer_augment is not supported: set it to false")
     if values["image_video_joint"] != bool(values["use_image_num"]):

@@ -18,6 +18,13 @@ Image-video joint training (image_video_joint, use_image_num = I): the loader ap
 videos to each clip, (B, F + I, C, h, w); one timestep and one noise draw per sample cover its clip and
 images, the loss is the mean over all F + I frames, and with class labels each image's label is dropped
 on its own draw (the reference draws one decision per sample for all of its images).
+
+Text conditioning (condition: text): each sample carries its video's caption embedding (77, D) (from a
+cache made with --text-encoder, or encoded from the manifest's captions by text_encoder), and with
+images each image its own video's; caption dropout (class_dropout_prob) replaces an embedding by the
+empty prompt's on the same seeded draws as label dropout. The model takes D from the data, and every
+checkpoint's state.json records the encoder ({"path", "sha256"}: `latte sample` encodes prompts with it;
+a resume with another encoder is refused).
 """
 import json
 import logging
@@ -55,8 +62,8 @@ def learning_rate(config, step, max_steps):
 
 
 def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, num_images=0):
-    """Per sample: timestep, noise and label-dropout decision, from a generator seeded by the sample;
-    then the dropout decision of each of its num_images image labels, (B, num_images)."""
+    """Per sample: timestep, noise and label- (or caption-) dropout decision, from a generator seeded by
+    the sample; then the dropout decision of each of its num_images image labels (captions), (B, num_images)."""
     t = np.empty(len(indices), np.int32)
     noise = np.empty((len(indices),) + tuple(shape), np.float32)
     drop = np.zeros(len(indices), np.int32)
@@ -149,8 +156,42 @@ def check_resume_config(stored, config, folder):
                           + f"; resume with the run's values, or start a new run in another output_path")
 
 
-def build_loader(config, rank, world):
-    """(loader, latent size, latent channels) for the data the config names."""
+def load_text_encoder(config):
+    """The TextEncoder of a text run from videos (its text_encoder key), or None; a fault of the folder is a
+    TrainingError naming the key and the file."""
+    if config["condition"] != "text" or config["train_data_type"] != "video_file":
+        return None
+    from latte_core import TextEncoder
+    from latte_core.checkpoint import CheckpointError
+    try:
+        return TextEncoder.from_pretrained(config["text_encoder"])
+    except CheckpointError as err:
+        raise TrainingError(f"text_encoder: {err}") from None
+
+
+def text_encoder_record(loader):
+    """What a text run's state.json records of its encoder: {"path", "sha256"}, or None."""
+    record = loader.text_encoder
+    return None if record is None else {"path": record["path"], "sha256": record["sha256"]}
+
+
+def check_resume_text_encoder(checkpoint, record):
+    """A text run resumes with the encoder its checkpoint recorded, compared by sha256 (the folder may
+    have moved; another encoder's embeddings would mean other things to the trained projection)."""
+    if record is None:
+        return
+    recorded = read_state(checkpoint).get("text_encoder")
+    if not isinstance(recorded, dict) or recorded.get("sha256") != record["sha256"]:
+        was = (f"{recorded.get('path')} (sha256 {recorded.get('sha256')})" if isinstance(recorded, dict)
+               else "no text encoder")
+        raise ResumeError(f"--resume: {checkpoint} was trained with {was}, this run's caption embeddings come from "
+                          f"{record['path']} (sha256 {record['sha256']}); resume with that run's encoder (and its "
+                          f"cache), or start a new run in another output_path")
+
+
+def build_loader(config, rank, world, text_encoder=None):
+    """(loader, latent size, latent channels) for the data the config names; `text_encoder` (a text run
+    from videos) encodes the manifest's captions."""
     from latte_toolkit.datasets.cache import open_cache
     from latte_toolkit.datasets.loader import CacheLoader, VideoLoader
     folder = config["data_folder"]
@@ -171,22 +212,28 @@ def build_loader(config, rank, world):
         if config["image_size"] % factor:
             raise TrainingError(f"image_size {config['image_size']} is not a multiple of the VAE's {factor}")
         try:
-            loader = VideoLoader(folder, vae, image_size=config["image_size"], **common)
+            loader = VideoLoader(folder, vae, image_size=config["image_size"], text_encoder=text_encoder, **common)
         except UserError:
             raise
         except ValueError as err:
             raise TrainingError(str(err)) from None
         check_image_labels(config, loader, folder)
         return loader, config["image_size"] // factor, vae.config["latent_channels"]
-    info = open_cache(folder).info
+    cache = open_cache(folder)
+    info = cache.info
+    text = config["condition"] == "text"
+    if text and not cache.has_text:
+        raise TrainingError(f"{folder}: condition: text needs caption embeddings, and this cache holds none (made "
+                            f"without --text-encoder); run latte cache --text-encoder DIR into a new folder")
     if info["format"] != config["train_data_type"]:
         raise TrainingError(f"{folder} is a {info['format']} cache, but train_data_type is {config['train_data_type']}")
     for key, mine in (("image_size", config["image_size"]), ("scaling_factor", config["sd_scale_factor"])):
         if mine is not None and abs(info[key] - mine) > 1e-9:
             raise TrainingError(f"{folder} was cached with {key} {info[key]}, the config says {mine}")
     try:
-        loader = CacheLoader(folder, shuffle_window=config["shuffle_window"], on_corrupt=config["on_corrupt"], **common)
-    except UserError:  # CorruptCache: already names the shards
+        loader = CacheLoader(folder, shuffle_window=config["shuffle_window"], on_corrupt=config["on_corrupt"],
+                             captions=text, **common)
+    except UserError:  # CorruptCache, CorruptTextEmbedding: already name the shards or files
         raise
     except ValueError as err:  # no clip fits, too few clips for a batch, too many workers
         message = str(err)
@@ -209,9 +256,10 @@ def check_image_labels(config, loader, folder):
                             f"but {len(bad)} of {len(loader.image_entries)} have none or another ({bad[0]!r} ...)")
 
 
-def build_model(config, latent_size, channels, pretrained=True):
+def build_model(config, latent_size, channels, pretrained=True, text_embed_dim=None):
     """The Latte the config names; with `pretrained`, started from pretrained_model_path if one is given
-    (a resumed run takes every weight from its checkpoint instead)."""
+    (a resumed run takes every weight from its checkpoint instead). A text model projects
+    `text_embed_dim`-wide caption embeddings (the data's: its encoder's width)."""
     import mindspore as ms
     from latte_core import LATTE_MODELS, create_latte
     from latte_core.checkpoint import load_weights
@@ -221,6 +269,8 @@ def build_model(config, latent_size, channels, pretrained=True):
         raise TrainingError(f"image_size {config['image_size']} gives {latent_size}x{latent_size} latents, which "
                             f"{config['model_name']}'s {patch}x{patch} patches do not tile")
     overrides = {k: config[k] for k in ("depth", "hidden_size", "num_heads") if config[k] is not None}
+    if config["condition"] == "text":
+        overrides["text_embed_dim"] = text_embed_dim
     try:
         model = create_latte(config["model_name"], input_size=latent_size, in_channels=channels, **overrides,
                              num_frames=config["num_frames"], learn_sigma=config["learn_sigma"],
@@ -230,7 +280,8 @@ def build_model(config, latent_size, channels, pretrained=True):
     except ValueError as err:
         raise TrainingError(f"model_name {config['model_name']}: {err}") from None
     if pretrained and config["pretrained_model_path"]:
-        load_weights(model, config["pretrained_model_path"], recompute=("pos_embed", "temp_embed"))
+        load_weights(model, config["pretrained_model_path"], recompute=("pos_embed", "temp_embed"),
+                     transform=lambda state: _check_pretrained_text_width(state, config, text_embed_dim))
         logger.info("started from %s", config["pretrained_model_path"])
     if config["use_recompute"]:
         for block in model.blocks:
@@ -241,11 +292,22 @@ def build_model(config, latent_size, channels, pretrained=True):
     return model
 
 
+def _check_pretrained_text_width(state, config, text_embed_dim):
+    """Pretrained text weights must project embeddings of the data's width (named, before any other misfit)."""
+    from latte_core.latte import TEXT_TOKENS
+    projection = state.get("text_embedding_projection.1.weight")
+    if config["condition"] == "text" and projection is not None and projection.shape[-1] != TEXT_TOKENS * text_embed_dim:
+        raise TrainingError(f"pretrained_model_path {config['pretrained_model_path']}: its text projection takes "
+                            f"{projection.shape[-1] / TEXT_TOKENS:g}-wide caption embeddings, the data's text encoder "
+                            f"makes {text_embed_dim}-wide ones")
+    return state
+
+
 def build_step(config, model, diffusion, world):
     """(TrainStep, its updater, EMA or None) for the config."""
     import mindspore as ms
     from mindspore import nn
-    from .step import EMA, ClassDiffusionLoss, DiffusionLoss, TrainStep, Updater
+    from .step import EMA, ClassDiffusionLoss, DiffusionLoss, TextDiffusionLoss, TrainStep, Updater
     params = model.trainable_params()
     ema = EMA(params, config["ema_decay"]) if config["use_ema"] else None
     scaler = None
@@ -256,8 +318,8 @@ def build_step(config, model, diffusion, world):
                       eps=config["optim_eps"], weight_decay=config["weight_decay"],
                       max_grad_norm=config["max_grad_norm"] if config["clip_grad"] else None,
                       loss_scaler=scaler, ema=ema, grad_reducer=reducer)
-    loss_net = (ClassDiffusionLoss if config["condition"] == "class" else DiffusionLoss)(
-        model, diffusion, config["use_image_num"] or 0)
+    loss_class = {"class": ClassDiffusionLoss, "text": TextDiffusionLoss}.get(config["condition"], DiffusionLoss)
+    loss_net = loss_class(model, diffusion, config["use_image_num"] or 0)
     return TrainStep(loss_net, updater, config["gradient_accumulation_steps"]), updater, ema
 
 
@@ -325,25 +387,31 @@ class RunLog:
 
 # ------------------------------------------------------------------------------------------ the loop
 def preflight(config, resume):
-    """The checks that need no data: device limits, model keys, and the run folder's checkpoints (refused
-    without --resume; with it, the checkpoint to resume and its settings against these). Returns
-    (checkpoint to resume or None, damaged checkpoints set aside). Writes nothing."""
+    """The checks that need no latents: device limits, model keys, the text encoder of a text run from
+    videos (loaded), and the run folder's checkpoints (refused without --resume; with it, the checkpoint
+    to resume, its settings and its encoder against these). Returns (checkpoint to resume or None,
+    damaged checkpoints set aside, the TextEncoder or None). Writes nothing."""
     report_device_limits(config)
     check_model_keys(config)
+    text_encoder = load_text_encoder(config)
     out = os.path.abspath(config["output_path"])
     existing = checkpoint_dirs(os.path.join(out, "ckpt"))
     if existing and not resume:
         raise TrainingError(f"{out} already holds checkpoints ({os.path.basename(existing[-1])}); pass --resume to "
                             f"continue that run, or choose another output_path")
     if not (resume and existing):
-        return None, []
+        return None, [], text_encoder
     chosen, damaged = select_checkpoint(existing, config["on_bad_checkpoint"])
     check_resume_config(read_state(chosen).get("config") or {}, config, chosen)
-    return chosen, damaged
+    if text_encoder is not None:
+        check_resume_text_encoder(chosen, {"path": text_encoder.folder, "sha256": text_encoder.sha256})
+    return chosen, damaged, text_encoder
 
 
-def train(config, resume=False, progress=True):
-    """Train (or resume) the run the config describes; returns a summary dict."""
+def train(config, resume=False, progress=True, checked=None):
+    """Train (or resume) the run the config describes; returns a summary dict. `checked`: what
+    preflight(config, resume) returned, when the caller ran it already (the CLI does, before it ingests
+    a folder of videos)."""
     import mindspore as ms
     from mindspore import Tensor
     from tqdm.auto import tqdm
@@ -351,14 +419,18 @@ def train(config, resume=False, progress=True):
 
     # Every check first (keys, checkpoints, data, model, the checkpoint's fit): a run that is refused
     # leaves its folder as it was.
-    chosen, damaged = preflight(config, resume)
+    chosen, damaged, text_encoder = checked or preflight(config, resume)
     rank, world = setup_devices(config)
     is_main = rank == 0
     out = os.path.abspath(config["output_path"])
     ckpt_root = os.path.join(out, "ckpt")
 
-    loader, latent_size, channels = build_loader(config, rank, world)
-    model = build_model(config, latent_size, channels, pretrained=chosen is None)
+    loader, latent_size, channels = build_loader(config, rank, world, text_encoder)
+    text_record = text_encoder_record(loader)
+    if chosen and text_encoder is None:  # a cache's encoder (one from videos was checked in preflight)
+        check_resume_text_encoder(chosen, text_record)
+    model = build_model(config, latent_size, channels, pretrained=chosen is None,
+                        text_embed_dim=loader.text_encoder and loader.text_encoder["width"])
     diffusion = create_diffusion("", learn_sigma=config["learn_sigma"])
     step_fn, updater, ema = build_step(config, model, diffusion, world)
     loss_of_all_ranks = _rank_mean(world)
@@ -392,6 +464,9 @@ def train(config, resume=False, progress=True):
                 params / 1e6, latent_size, latent_size, config["num_frames"], config["use_image_num"] or 0,
                 config["train_batch_size"], accumulation, world, steps_per_epoch,
                 config["amp_level"], config["dtype"], config["data_folder"])
+    if text_record:
+        logger.info("caption embeddings of %s (sha256 %s, width %d)", text_record["path"], text_record["sha256"],
+                    loader.text_encoder["width"])
 
     log = RunLog(os.path.join(out, "train_log.jsonl"), step, enabled=is_main)
     bar = tqdm(total=max_steps, initial=step, unit="step", disable=not (progress and is_main))
@@ -405,7 +480,7 @@ def train(config, resume=False, progress=True):
         losses = []
         for _ in range(accumulation):  # the last micro-batch's call updates and returns norm and finite
             batch = next(stream)
-            inputs = _step_inputs(batch, loader.epoch, config, diffusion.num_timesteps, Tensor)
+            inputs = _step_inputs(batch, loader, config, diffusion.num_timesteps, Tensor)
             loss, norm, finite = step_fn(*inputs)
             losses.append(float(loss_of_all_ranks(loss).asnumpy()))
         finite, loss = bool(finite.asnumpy()), float(np.mean(losses))
@@ -424,7 +499,7 @@ def train(config, resume=False, progress=True):
         if step % config["log_interval"] == 0:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if step % save_every == 0 or step == max_steps:
-            last_checkpoint = _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main)
+            last_checkpoint = _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, text_record)
     bar.close()
     curve = None
     if is_main:
@@ -449,12 +524,12 @@ def _endless(loader):
         yield from loader
 
 
-def _step_inputs(batch, epoch, config, num_timesteps, tensor):
+def _step_inputs(batch, loader, config, num_timesteps, tensor):
     latent = batch["latent"]
     num_images = config["use_image_num"] or 0
     t, noise, drop, drop_image = diffusion_draws(
-        batch["index"], epoch, config["seed"], latent.shape[1:], num_timesteps,
-        config["class_dropout_prob"] if config["condition"] == "class" else 0.0, num_images)
+        batch["index"], loader.epoch, config["seed"], latent.shape[1:], num_timesteps,
+        config["class_dropout_prob"] if config["condition"] in ("class", "text") else 0.0, num_images)
     inputs = [tensor(latent), tensor(t), tensor(noise)]
     if config["condition"] == "class":
         labels = batch["label"]
@@ -464,13 +539,28 @@ def _step_inputs(batch, epoch, config, num_timesteps, tensor):
         inputs += [tensor(labels.astype(np.int32)), tensor(drop)]
         if num_images:  # both masks always given: the model never falls back to MindSpore's random state
             inputs += [tensor(batch["label_image"].astype(np.int32)), tensor(drop_image)]
+    elif config["condition"] == "text":
+        inputs.append(tensor(captions_with_dropout(batch, drop, drop_image, loader.null_caption_embedding)))
     return inputs
 
 
-def _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main):
+def captions_with_dropout(batch, drop, drop_image, null):
+    """The text_embedding of a batch: (B, 77, D), or (B, 1 + I, 77, D) with images (the clip's caption
+    embedding, then each image's); one whose drop (B,) / drop_image (B, I) decision is 1 is replaced by
+    the empty prompt's, `null` (77, D)."""
+    captions = np.where(drop.astype(bool)[:, None, None], null, batch["caption_embedding"])
+    if "caption_embedding_image" not in batch:
+        return captions
+    images = np.where(drop_image.astype(bool)[:, :, None, None], null, batch["caption_embedding_image"])
+    return np.concatenate([captions[:, None], images], axis=1)
+
+
+def _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, text_record=None):
     folder = os.path.join(ckpt_root, f"step-{step:08d}")
     if is_main:
         state = {"step": step, "loader": loader.state_dict(), "config": config}
+        if text_record:  # what `latte sample` encodes prompts with
+            state["text_encoder"] = text_record
         save_checkpoint(ckpt_root, step, _state_cells(model, updater), _sampling_weights(model, ema), state,
                         config["ckpt_max_keep"])
     return folder

@@ -55,6 +55,18 @@ class ClassDiffusionLoss(DiffusionLoss):
         return self.diffusion.training_losses(self.network, x_start, t, kwargs, noise)["loss"].mean()
 
 
+class TextDiffusionLoss(DiffusionLoss):
+    """As DiffusionLoss, conditioned on caption embeddings (B, 77, D), or with images (B, 1 + I, 77, D):
+    the clip's caption, then each image's. Caption dropout is the caller's (it passes the empty prompt's
+    embedding in a dropped caption's place), so that it is reproducible."""
+
+    def construct(self, x_start, t, noise, text_embedding):
+        kwargs = {"text_embedding": text_embedding}
+        if self.use_image_num:
+            kwargs["use_image_num"] = self.use_image_num
+        return self.diffusion.training_losses(self.network, x_start, t, kwargs, noise)["loss"].mean()
+
+
 class EMA(nn.Cell):
     """Exponential moving average of parameters, kept in non-trainable copies named ema.<name>."""
 

@@ -35,6 +35,8 @@ def _cache_keys(options):
     key_option("use_image_num", "--use-image-num", "--use_image_num",
                help="Images per clip in joint training: each a random frame of another video, appended to "
                     "the clip; the loss covers all frames."),
+    key_option("text_encoder", "--text-encoder", "--text_encoder", type=click.Path(file_okay=False),
+               help="condition: text from videos: the CLIP text-encoder folder for the manifest's captions."),
     yaml="Training YAML (MindONE's key names; see `latte train --keys`).",
     overrides=_cache_keys,
 )
@@ -53,13 +55,15 @@ def train(config, resume):
       latte train -c configs/training/sky_numpy_video.yaml --cache work/cache --output-dir runs/sky
       msrun --worker_num=2 --local_worker_num=2 --join=True latte train -c ... --use_parallel True
       latte train -c configs/training/tiny_cpu_image_video.yaml --cache work/cache   # 8 frames + 4 images
+      latte train -c configs/training/tiny_cpu_text.yaml --cache work/text-cache   # captions (latte cache --text-encoder)
     """
     from latte_toolkit.train.loop import preflight, train as run_training
     try:
+        checked = None
         if config["train_data_type"] == "video_file":
-            preflight(config, resume)  # before the raw videos are ingested into the run folder
+            checked = preflight(config, resume)  # before the raw videos are ingested into the run folder
             config["data_folder"] = _ingested(config)
-        summary = run_training(config, resume=resume)
+        summary = run_training(config, resume=resume, checked=checked)
     except FileNotFoundError as err:
         raise BadInput(str(err)) from None
     if summary["rank"] == 0:
