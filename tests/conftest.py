@@ -69,6 +69,19 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def all_batches(loader):
+    """Every batch of a loader, as numpy arrays."""
+    return [{key: np.array(value) for key, value in batch.items()} for batch in loader]
+
+
+def assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert sorted(a) == sorted(b)
+        for key in a:  # latent, label, index (and label_image, caption embeddings)
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
 def relative_error(ours, ref):
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     return float(np.abs(ours - ref).max() / np.abs(ref).max())

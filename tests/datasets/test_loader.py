@@ -4,24 +4,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import all_batches, assert_same_batches
 from latte_toolkit.datasets.cache import open_cache
 from latte_toolkit.datasets.formats import FORMAT_NAMES
 from latte_toolkit.datasets.loader import CacheLoader, ClipPlan, CorruptCache, VideoLoader
 from latte_toolkit.pipelines.cli import main
 
 CLIP = dict(num_frames=4, sample_stride=2)  # a clip spans 7 frames
-
-
-def _all(loader):
-    return [{key: np.array(value) for key, value in batch.items()} for batch in loader]
-
-
-def _assert_same_batches(first, second):
-    assert len(first) == len(second)
-    for a, b in zip(first, second):
-        assert sorted(a) == sorted(b)
-        for key in a:  # latent, label, index (and label_image with images)
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_a_clip_is_the_posterior_sample_of_its_frames(caches):
@@ -44,12 +33,12 @@ def test_posterior_mean_gives_the_scaled_means_in_every_format_and_needs_a_poste
     loader = CacheLoader(caches["numpy"], batch_size=2, seed=3, posterior="mean", **CLIP)
     video, start = loader.plan.epoch(0)
     cache = open_cache(caches["numpy"])
-    reference = _all(loader)
+    reference = all_batches(loader)
     for latent, position in zip(reference[0]["latent"], reference[0]["index"]):
         mean = cache.read(loader.video_ids[video[position]])["mean"][start[position] + 2 * np.arange(4)]
         np.testing.assert_allclose(latent, mean.astype(np.float32) * 0.18215, rtol=1e-6)
     for fmt in FORMAT_NAMES[1:]:  # the others against the numpy reference
-        _assert_same_batches(reference, _all(CacheLoader(caches[fmt], batch_size=2, seed=3, posterior="mean", **CLIP)))
+        assert_same_batches(reference, all_batches(CacheLoader(caches[fmt], batch_size=2, seed=3, posterior="mean", **CLIP)))
     run_cache(caches["ingest"], caches["vae"], tmp_path / "sampled", fmt="numpy", image_size=32, store="sample",
               workers=0, progress=False)
     with pytest.raises(ValueError, match="sampled.*posterior='mean' needs a cache of the posterior"):
@@ -59,23 +48,23 @@ def test_posterior_mean_gives_the_scaled_means_in_every_format_and_needs_a_poste
 
 
 def test_every_format_and_worker_count_gives_the_same_batches(caches):
-    reference = _all(CacheLoader(caches["numpy"], batch_size=3, clips_per_video=2, seed=1, shuffle_window=2, **CLIP))
+    reference = all_batches(CacheLoader(caches["numpy"], batch_size=3, clips_per_video=2, seed=1, shuffle_window=2, **CLIP))
     assert len(reference) == 7 * 2 // 3
     for fmt in FORMAT_NAMES:
         for workers in (1, 2):
             loader = CacheLoader(caches[fmt], batch_size=3, clips_per_video=2, seed=1, shuffle_window=2,
                                  num_parallel_workers=workers, **CLIP)
-            _assert_same_batches(reference, _all(loader))
+            assert_same_batches(reference, all_batches(loader))
 
 
 def test_samples_are_reproducible_and_differ_between_epochs(caches):
     loader = CacheLoader(caches["parquet"], batch_size=7, seed=5, shuffle=False, **CLIP)
-    first, second = _all(loader), _all(loader)
+    first, second = all_batches(loader), all_batches(loader)
     assert loader.state_dict()["epoch"] == 2
-    again = _all(CacheLoader(caches["parquet"], batch_size=7, seed=5, shuffle=False, **CLIP))
-    _assert_same_batches(first, again)
+    again = all_batches(CacheLoader(caches["parquet"], batch_size=7, seed=5, shuffle=False, **CLIP))
+    assert_same_batches(first, again)
     assert not np.allclose(first[0]["latent"], second[0]["latent"])  # new clips and a new posterior draw
-    other_seed = _all(CacheLoader(caches["parquet"], batch_size=7, seed=6, shuffle=False, **CLIP))
+    other_seed = all_batches(CacheLoader(caches["parquet"], batch_size=7, seed=6, shuffle=False, **CLIP))
     assert not np.allclose(first[0]["latent"], other_seed[0]["latent"])
 
 
@@ -93,7 +82,7 @@ def test_shuffle_visits_shards_in_windows():
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 def test_rank_shards_are_disjoint_and_equally_long(caches, fmt):
     options = dict(batch_size=2, clips_per_video=3, seed=2, **CLIP)  # 21 clips: 3 global batches of 3 x 2
-    ranks = [_all(CacheLoader(caches[fmt], rank=r, world_size=3, **options)) for r in range(3)]
+    ranks = [all_batches(CacheLoader(caches[fmt], rank=r, world_size=3, **options)) for r in range(3)]
     assert [len(batches) for batches in ranks] == [3, 3, 3]
     seen = np.concatenate([b["index"] for batches in ranks for b in batches])
     assert sorted(seen.tolist()) == list(range(18))
@@ -103,7 +92,7 @@ def test_rank_shards_are_disjoint_and_equally_long(caches, fmt):
 def test_exact_resume_mid_epoch_whatever_the_workers(caches, use_image_num):
     options = dict(batch_size=2, clips_per_video=2, seed=4, use_image_num=use_image_num, **CLIP)
     uninterrupted = CacheLoader(caches["mindrecord"], **options)
-    expected = _all(uninterrupted) + _all(uninterrupted)  # two epochs
+    expected = all_batches(uninterrupted) + all_batches(uninterrupted)  # two epochs
     first = CacheLoader(caches["mindrecord"], num_parallel_workers=1, **options)
     taken = []
     for batch in first:
@@ -114,7 +103,7 @@ def test_exact_resume_mid_epoch_whatever_the_workers(caches, use_image_num):
     assert state["epoch"] == 0 and state["position"] == 8
     resumed = CacheLoader(caches["mindrecord"], num_parallel_workers=2, **options)
     resumed.load_state_dict(state)
-    _assert_same_batches(expected, taken + _all(resumed) + _all(resumed))
+    assert_same_batches(expected, taken + all_batches(resumed) + all_batches(resumed))
 
 
 @pytest.mark.parametrize("batch_size", [2, 7])  # 7 clips: a remainder of 1 is dropped, or the plan is used up
@@ -123,7 +112,7 @@ def test_a_state_saved_at_the_end_of_an_epoch_resumes_at_the_next_one(caches, ba
     end); the resumed loader goes on with epoch e + 1, as the uninterrupted one does."""
     options = dict(batch_size=batch_size, seed=4, **CLIP)
     uninterrupted = CacheLoader(caches["numpy"], **options)
-    expected = _all(uninterrupted) + _all(uninterrupted) + _all(uninterrupted)
+    expected = all_batches(uninterrupted) + all_batches(uninterrupted) + all_batches(uninterrupted)
     first = CacheLoader(caches["numpy"], **options)
     taken = []
     for batch in first:  # the generator stays suspended after the last batch, as the training loop leaves it
@@ -135,10 +124,10 @@ def test_a_state_saved_at_the_end_of_an_epoch_resumes_at_the_next_one(caches, ba
     resumed = CacheLoader(caches["numpy"], **options)
     resumed.load_state_dict(state)
     assert (resumed.epoch, resumed.position) == (1, 0)
-    _assert_same_batches(expected, taken + _all(resumed) + _all(resumed))
+    assert_same_batches(expected, taken + all_batches(resumed) + all_batches(resumed))
     stuck = CacheLoader(caches["numpy"], **options)  # a loader put at the end some other way rolls over too
     stuck.position = stuck.plan.size
-    _assert_same_batches(expected[len(taken):2 * len(taken)], _all(stuck))
+    assert_same_batches(expected[len(taken):2 * len(taken)], all_batches(stuck))
     with pytest.raises(ValueError, match="position 8"):
         resumed.load_state_dict({**state, "position": 8})
 
@@ -153,7 +142,7 @@ def test_resume_with_another_world_size_continues_the_same_plan(caches):
     for rank in range(2):
         loader = CacheLoader(caches["numpy"], rank=rank, world_size=2, **options)
         loader.load_state_dict(state)
-        rest += [b["index"] for b in _all(loader)]
+        rest += [b["index"] for b in all_batches(loader)]
     assert sorted(np.concatenate(consumed + rest).tolist()) == list(range(6 + 20))
 
 
@@ -183,15 +172,15 @@ def test_a_corrupt_shard_is_reported_then_skipped_or_fatal(caches, tmp_path, che
     loader = CacheLoader(copy, batch_size=1, on_corrupt="skip", check=check, **CLIP)
     assert list(loader.corrupt) == [shard.name] and loader.skipped_corrupt == 2
     assert "clip_2.mp4" not in loader.video_ids and "clip_3.mp4" not in loader.video_ids
-    assert len(_all(loader)) == 5  # 8 videos, 2 in the corrupt shard, 1 too short
+    assert len(all_batches(loader)) == 5  # 8 videos, 2 in the corrupt shard, 1 too short
 
 
 def test_the_uncached_path_matches_the_cache(caches):
     from latte_core import AutoencoderKL
     vae = AutoencoderKL.from_pretrained(caches["vae"])
     options = dict(batch_size=3, clips_per_video=1, seed=9, shuffle=False, **CLIP)  # one order for both
-    cached = _all(CacheLoader(caches["float32"], **options))
-    uncached = _all(VideoLoader(caches["ingest"], vae, image_size=32, micro_batch=4, num_parallel_workers=2, **options))
+    cached = all_batches(CacheLoader(caches["float32"], **options))
+    uncached = all_batches(VideoLoader(caches["ingest"], vae, image_size=32, micro_batch=4, num_parallel_workers=2, **options))
     assert len(uncached) == len(cached) == 2
     for a, b in zip(cached, uncached):
         np.testing.assert_array_equal(a["index"], b["index"])

@@ -10,13 +10,12 @@ from click.testing import CliRunner
 
 import mindspore as ms
 
+from conftest import all_batches, assert_same_batches
 from latte_toolkit.datasets.cache import open_cache
 from latte_toolkit.datasets.formats import FORMAT_NAMES
 from latte_toolkit.datasets.loader import IMAGE_STREAM, CacheLoader, VideoLoader
 from latte_toolkit.pipelines.bench import write_synthetic_cache
 from latte_toolkit.pipelines.cli import main
-
-from test_loader import _all, _assert_same_batches
 
 CLIP = dict(num_frames=4, sample_stride=2)  # a clip spans 7 frames; the 5-frame video gives images only
 I = 3
@@ -50,9 +49,9 @@ def test_images_are_posterior_samples_of_frames_of_other_videos(caches):
     another video of the whole cache (the 5-frame one too, too short for a clip), sampled with its
     own noise, with that video's label."""
     options = dict(batch_size=2, clips_per_video=3, seed=3, **CLIP)
-    plain = _all(CacheLoader(caches["numpy"], **options))
+    plain = all_batches(CacheLoader(caches["numpy"], **options))
     loader = CacheLoader(caches["numpy"], use_image_num=I, **options)
-    joint = _all(loader)
+    joint = all_batches(loader)
     assert len(loader.image_entries) == 8 and len(loader.video_ids) == 7
     cache = open_cache(caches["numpy"])
     video, _ = loader.plan.epoch(0)
@@ -81,17 +80,17 @@ def test_images_are_posterior_samples_of_frames_of_other_videos(caches):
 
 def test_every_format_and_worker_count_gives_the_same_images(caches):
     options = dict(batch_size=3, clips_per_video=2, seed=1, shuffle_window=2, use_image_num=I, **CLIP)
-    reference = _all(CacheLoader(caches["numpy"], **options))
+    reference = all_batches(CacheLoader(caches["numpy"], **options))
     for fmt in FORMAT_NAMES:
         for workers in (1, 2):
-            _assert_same_batches(reference, _all(CacheLoader(caches[fmt], num_parallel_workers=workers, **options)))
+            assert_same_batches(reference, all_batches(CacheLoader(caches[fmt], num_parallel_workers=workers, **options)))
 
 
 def test_resume_with_images_on_other_ranks(caches):
     """(Resuming with other worker counts: test_loader's resume test with use_image_num 3.) Two ranks of
     batch 1 restored from a single loader's state share out the rest of its epoch, images included."""
     options = dict(batch_size=2, clips_per_video=4, seed=8, use_image_num=I, **CLIP)  # 28 clips
-    expected = _all(CacheLoader(caches["numpy"], **options))
+    expected = all_batches(CacheLoader(caches["numpy"], **options))
     first = CacheLoader(caches["mindrecord"], **options)
     iterator = iter(first)
     for _ in range(4):
@@ -102,9 +101,9 @@ def test_resume_with_images_on_other_ranks(caches):
     for rank in range(2):
         loader = CacheLoader(caches["parquet"], rank=rank, world_size=2, **{**options, "batch_size": 1})
         loader.load_state_dict(state)
-        ranks.append(_all(loader))
+        ranks.append(all_batches(loader))
     merged = [{key: np.concatenate([a[key], b[key]]) for key in a} for a, b in zip(*ranks)]
-    _assert_same_batches(expected[4:], merged)
+    assert_same_batches(expected[4:], merged)
     with pytest.raises(ValueError, match="use_image_num"):
         CacheLoader(caches["numpy"], **{**options, "use_image_num": 2}).load_state_dict(state)
     with pytest.raises(ValueError, match="use_image_num"):  # nor a video-only state into a joint loader
@@ -116,8 +115,8 @@ def test_the_uncached_path_gives_the_cached_images(caches):
     from latte_core import AutoencoderKL
     vae = AutoencoderKL.from_pretrained(caches["vae"])
     options = dict(batch_size=3, seed=9, shuffle=False, use_image_num=I, **CLIP)
-    cached = _all(CacheLoader(caches["float32"], **options))
-    uncached = _all(VideoLoader(caches["ingest"], vae, image_size=32, micro_batch=4, num_parallel_workers=2, **options))
+    cached = all_batches(CacheLoader(caches["float32"], **options))
+    uncached = all_batches(VideoLoader(caches["ingest"], vae, image_size=32, micro_batch=4, num_parallel_workers=2, **options))
     assert len(uncached) == len(cached) == 2
     for a, b in zip(cached, uncached):
         np.testing.assert_array_equal(a["index"], b["index"])
@@ -203,7 +202,7 @@ def test_class_conditional_joint_training(tmp_path):
     ({"use_image_num": 0}, "image_video_joint True with use_image_num 0"),
     ({"image_video_joint": False}, "image_video_joint False with use_image_num 3"),
     ({"use_image_num": None}, "image_video_joint True with use_image_num None"),
-    ({"condition": "text"}, "condition must be one of"),
+    ({"condition": "text"}, "needs caption embeddings"),
 ])
 def test_bad_joint_keys_are_one_error_naming_the_key(caches, tmp_path, keys, message):
     run = tmp_path / "run"
