@@ -141,6 +141,12 @@ BENCH_CACHE_KEYS = KeyTable([
     Key("frames", int, 16, "frames per clip", range=AT_LEAST_1),
     Key("size", int, 256, "cached frame size", range=AT_LEAST_1),
     Key("micro_batch", int, 8, "frames per VAE call", range=AT_LEAST_1),
+    Key("text_encoder", OPTIONAL_STR, None, "also time the job with and without caption embeddings (a caption of "
+                                            "its own per video): clip-l (random weights, CLIP ViT-L/14's text "
+                                            "tower: width 768, 12 layers, 12 heads), small (random: 64, 4, 4) or "
+                                            "a text-encoder folder"),
+    Key("repeats", int, 3, "with text_encoder: timed jobs of each kind, interleaved after an untimed pair "
+                           "(medians)", range=AT_LEAST_1),
 ], {}, ConfigError)
 
 BENCH_LOADER_KEYS = KeyTable([

@@ -1,5 +1,6 @@
 """`latte bench ...`: speed and memory benchmarks, each printing one JSON line."""
 import json
+import os
 
 import click
 
@@ -91,19 +92,31 @@ def bench_ingest_command(config):
 @configured(
     BENCH_CACHE_KEYS,
     key_option("format"), key_option("vae", type=click.Path(file_okay=False)), key_option("videos"),
-    key_option("frames"), key_option("size"), key_option("micro_batch"),
+    key_option("frames"), key_option("size"), key_option("micro_batch"), key_option("text_encoder"),
+    key_option("repeats"),
 )
 def bench_cache_command(config):
     """End-to-end cache frames/s against encode-only frames/s of the same VAE on the same frames.
 
+    With --text-encoder, `text` holds the same job without and with caption embeddings (a caption of
+    its own per video), --repeats times each, interleaved: medians of the job's frames/s and of its
+    frames/s after the setup (validating the VAE and the text encoder, which a longer job amortises),
+    the setup seconds, the encoder's seconds in the shards, and the with/without ratios.
+
     \b
     Example:
       latte bench cache --format mindrecord
+      latte bench cache --text-encoder clip-l --repeats 3
+      latte bench cache --vae train/pretrained/vae-clouds --size 64 --videos 16 --frames 32 --text-encoder small
     """
-    from latte_toolkit.pipelines.bench import bench_cache
+    from latte_toolkit.pipelines.bench import BENCH_TEXT_ENCODERS, bench_cache
+    text_encoder = config["text_encoder"]
+    if text_encoder is not None and text_encoder not in BENCH_TEXT_ENCODERS and not os.path.isdir(text_encoder):
+        raise BadInput(f"--text-encoder {text_encoder!r} is neither {' nor '.join(BENCH_TEXT_ENCODERS)} nor a "
+                       f"text-encoder folder")
     setup_mindspore("CPU")
     click.echo(json.dumps(bench_cache(config["format"], config["vae"], config["videos"], config["frames"],
-                                      config["size"], config["micro_batch"])))
+                                      config["size"], config["micro_batch"], text_encoder, config["repeats"])))
 
 
 @bench.command("loader")
