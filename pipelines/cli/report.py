@@ -39,6 +39,10 @@ def report(config, as_json):
                    f"{result['bytes'] / 1e6:.1f} MB ({result['cache_to_source_bytes']} x the sources)")
         click.echo(f"  failed: {result['failed']} {result['failed_by_category'] or ''}")
         click.echo("  seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds_by_phase"].items()))
+        if "text" in result:
+            text = result["text"]
+            click.echo(f"  text: {text['width']}-wide caption embeddings from {text['text_encoder']}; "
+                       f"{text['videos_without_caption']} videos without a caption (the empty prompt's)")
         if config["verify"]:
             click.echo(f"  verified shards: {result['verified_shards']}")
             for line in result["corrupt_shards"]:

@@ -157,6 +157,9 @@ def test_a_video_without_a_caption_gets_the_empty_prompt_and_is_counted(captione
     assert report["text"]["videos_without_caption"] == 1 and report["text"]["width"] == 32
     result = CliRunner().invoke(main, ["report", str(captioned["root"] / "numpy"), "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["text"]["videos_without_caption"] == 1
+    result = CliRunner().invoke(main, ["report", str(captioned["root"] / "numpy")])
+    assert result.exit_code == 0 and "32-wide caption embeddings" in result.output
+    assert "1 videos without a caption" in result.output
 
 
 def _cache_command(captioned, out):
