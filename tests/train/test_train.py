@@ -125,8 +125,11 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cach
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("use_image_num", [0, 3])  # 3: image-video joint training, 4 frames + 3 images
-def test_two_msrun_workers_equal_one_worker_with_twice_the_batch(caches, tmp_path, use_image_num):
+def test_two_msrun_workers_equal_one_worker_with_twice_the_batch(caches, tmp_path):
+    """With image-video joint training (4 frames + 3 images), which runs every part of the plain path too
+    (use_image_num 0 is the same model bit for bit: tests/latte_core/test_latte_img.py), plus the images'
+    draws from the whole cache on every rank."""
+    use_image_num = 3
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "GLOG_v": "3"}
     parallel, single = tmp_path / "parallel", tmp_path / "single"
     images = {"image_video_joint": bool(use_image_num), "use_image_num": use_image_num}
