@@ -66,7 +66,9 @@ class BlockwiseAttention(nn.Cell):
         mask[n:] = _MASKED
         k_blocks = k.reshape(b, h, num_blocks, size, d).permute(2, 0, 1, 3, 4)
         v_blocks = v.reshape(b, h, num_blocks, size, d).permute(2, 0, 1, 3, 4)
-        return k_blocks, v_blocks, Tensor(mask.reshape(num_blocks, 1, 1, 1, size)), num_blocks
+        # in q/k/v's dtype: a float32 mask would promote float16 scores (AMP O2) and break the matmul with v;
+        # in float16 -1e30 becomes -inf, still exactly 0 after exp (every query sees a real key in block 0)
+        return k_blocks, v_blocks, Tensor(mask.reshape(num_blocks, 1, 1, 1, size)).astype(k.dtype), num_blocks
 
     def construct(self, q, k, v):
         q = q * self.scale

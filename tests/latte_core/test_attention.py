@@ -39,6 +39,28 @@ def test_blockwise_attention_equals_plain_forward_and_gradients(mode, length, bl
         assert relative_error(ours.asnumpy(), ref.asnumpy()) < 1e-5
 
 
+@pytest.mark.parametrize("length, block", [(64, 16), (37, 8)])
+def test_blockwise_attention_in_float16_matches_float32_attention(length, block):
+    """AMP O2 (dtype fp16) runs the attention on float16 q, k, v: the padding mask must not promote the
+    scores to float32 (MatMul of float32 probabilities with float16 v was refused). Bound 1e-2 of the
+    scale: float16 keeps 11 bits (4.9e-4 per value), summed over 16-64 keys and two matmuls."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(length)
+    q, k, v = (rng.standard_normal((2, 3, length, 16)).astype(np.float32) for _ in range(3))
+    weight = rng.standard_normal((2, 3, length, 16)).astype(np.float32)
+    half = [Tensor(a.astype(np.float16)) for a in (q, k, v, weight)]
+    full = [Tensor(a.astype(np.float16).astype(np.float32)) for a in (q, k, v, weight)]  # the same values
+    blockwise, plain = BlockwiseAttention(0.25, block_size=block), PlainAttention(0.25)
+    out = blockwise(*half[:3])[0]
+    assert out.dtype == ms.float16
+    assert relative_error(out.asnumpy().astype(np.float32), plain(*full[:3]).asnumpy()) < 1e-2
+    grads_half = ms.grad(_Objective(blockwise, True), grad_position=(0, 1, 2))(*half)
+    grads_full = ms.grad(_Objective(plain, False), grad_position=(0, 1, 2))(*full)
+    for ours, ref in zip(grads_half, grads_full):
+        assert ours.dtype == ms.float16
+        assert relative_error(ours.asnumpy().astype(np.float32), ref.asnumpy()) < 1e-2
+
+
 def test_latte_with_flash_attention_matches_plain(latte_fixture):
     io = latte_fixture["io"]
     from latte_core.checkpoint import load_weights
