@@ -158,6 +158,40 @@ void LATTE_SGEMM(int order, int trans_a, int trans_b, LATTE_BLAS_INT m, LATTE_BL
                  float alpha, const float *a, LATTE_BLAS_INT lda, const float *b, LATTE_BLAS_INT ldb, float beta,
                  float *c, LATTE_BLAS_INT ldc);
 enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+#ifdef LATTE_BLAS_SET_THREADS
+void LATTE_BLAS_SET_THREADS(int threads);
+int LATTE_BLAS_GET_THREADS(void);
+#endif
+
+// Every kernel's BLAS calls run inside one of these, one kernel at a time (MindSpore may run independent
+// kernels at once). threads > 0 also sets OpenBLAS's thread count for the section, then restores it: the
+// attention kernels call sgemm from one thread per core, and OpenBLAS's own threads on top of those (each
+// call waits for them, spinning) made them 7x slower on a loaded 2-core AVX2 machine. Their results then
+// come from one-thread sgemm everywhere, so they do not depend on the count a job pins either.
+class BlasSection {
+ public:
+  explicit BlasSection(int threads = 0) : lock_(mutex()) {
+#ifdef LATTE_BLAS_SET_THREADS
+    if (threads > 0) {
+      previous_ = LATTE_BLAS_GET_THREADS();
+      LATTE_BLAS_SET_THREADS(threads);
+    }
+#endif
+  }
+  ~BlasSection() {
+#ifdef LATTE_BLAS_SET_THREADS
+    if (previous_ > 0) LATTE_BLAS_SET_THREADS(previous_);
+#endif
+  }
+
+ private:
+  static std::mutex &mutex() {
+    static std::mutex blas_mutex;
+    return blas_mutex;
+  }
+  std::lock_guard<std::mutex> lock_;
+  int previous_ = 0;
+};
 
 // row-major c = a·b (with the transposes), beta = 0 or 1, recorded in g_shapes
 void dense_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const float *a, const float *b, float beta,
@@ -192,6 +226,7 @@ int latte_dense_forward(AOT_ARGS) {
   const int64_t m = leading(ndims[0], shapes[0]), k = shapes[0][ndims[0] - 1], n = shapes[1][0];
   Timed timed(kDenseForward, 2 * m * n * k);
   for (int64_t i = 0; i < m; ++i) std::memcpy(y + i * n, b, n * sizeof(float));
+  BlasSection blas;
   dense_gemm(0, 1, m, n, k, x, w, 1.0f, y);
   return 0;
 }
@@ -203,8 +238,11 @@ int latte_dense_backward(AOT_ARGS) {
   float *dx = F32(3), *dw = F32(4), *db = F32(5);
   const int64_t m = leading(ndims[1], shapes[1]), k = shapes[1][ndims[1] - 1], n = shapes[2][0];
   Timed timed(kDenseBackward, 4 * m * n * k);
-  dense_gemm(0, 0, m, k, n, dy, w, 0.0f, dx);
-  dense_gemm(1, 0, n, k, m, dy, x, 0.0f, dw);
+  {
+    BlasSection blas;
+    dense_gemm(0, 0, m, k, n, dy, w, 0.0f, dx);
+    dense_gemm(1, 0, n, k, m, dy, x, 0.0f, dw);
+  }
   // db: each thread sums all rows over its own slice of the columns
   parallel_for((n + 63) / 64, 64 * m, [=](int64_t begin, int64_t end) {
     const int64_t first = begin * 64, last = std::min(n, end * 64);
@@ -436,6 +474,7 @@ int latte_attention_forward(AOT_ARGS) {
   float *out = F32(2), *lse = F32(3);
   const Heads g(shapes[0], shapes[1][0]);
   const int64_t n = g.tokens, d = g.head_dim, ld = 3 * g.channels;
+  BlasSection blas(1);
   parallel_for(g.batch * g.heads, n * n * d, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(n * n);
     for (int64_t pair = begin; pair < end; ++pair) {
@@ -472,6 +511,7 @@ int latte_attention_backward(AOT_ARGS) {
   float *dqkv = F32(4);
   const Heads g(shapes[1], shapes[3][1]);
   const int64_t n = g.tokens, d = g.head_dim, ld = 3 * g.channels, c = g.channels;
+  BlasSection blas(1);
   parallel_for(g.batch * g.heads, 2 * n * n * d, [&](int64_t begin, int64_t end) {
     std::vector<float> probs(n * n), dscores(n * n);
     for (int64_t pair = begin; pair < end; ++pair) {

@@ -71,8 +71,19 @@ def has_blas():
     return _state["has_blas"]
 
 
+def _thread_api(handle):
+    """The (set, get) names of OpenBLAS's thread-count functions in a loaded BLAS, or None."""
+    for prefix in ("", "scipy_"):
+        for suffix in ("64_", ""):
+            names = (f"{prefix}openblas_set_num_threads{suffix}", f"{prefix}openblas_get_num_threads{suffix}")
+            if all(hasattr(handle, name) for name in names):
+                return names
+    return None
+
+
 def find_blas():
-    """(library path, sgemm symbol, integer type) of numpy's bundled OpenBLAS, or None."""
+    """(library path, sgemm symbol, integer type, thread-count (set, get) names or None) of numpy's bundled
+    OpenBLAS, or None."""
     numpy_dir = os.path.dirname(os.path.abspath(np.__file__))
     candidates = sorted(glob.glob(os.path.join(os.path.dirname(numpy_dir), "numpy.libs", "*openblas*.so*")))
     candidates += sorted(glob.glob(os.path.join(numpy_dir, ".libs", "*openblas*.so*")))
@@ -83,7 +94,7 @@ def find_blas():
             continue
         for symbol, int_type in _SGEMM_SYMBOLS:
             if hasattr(handle, symbol):
-                return path, symbol, int_type
+                return path, symbol, int_type, _thread_api(handle)
     return None
 
 
@@ -96,13 +107,11 @@ def blas_threads(count):
     long K), so a job whose bytes must not depend on its runner pins the count. Does nothing where no
     OpenBLAS with a thread API is loaded."""
     blas = find_blas()
-    handle = ctypes.CDLL(blas[0]) if blas else None
-    names = [f"{prefix}openblas_{{}}_num_threads{suffix}" for prefix in ("", "scipy_") for suffix in ("64_", "")]
-    name = next((n for n in names if handle is not None and hasattr(handle, n.format("set"))), None)
-    if name is None:
+    if blas is None or blas[3] is None:
         yield
         return
-    set_threads, get_threads = getattr(handle, name.format("set")), getattr(handle, name.format("get"))
+    handle = ctypes.CDLL(blas[0])
+    set_threads, get_threads = (getattr(handle, name) for name in blas[3])
     set_threads.argtypes, get_threads.restype = [ctypes.c_int], ctypes.c_int
     previous = get_threads()
     set_threads(count)
@@ -136,10 +145,12 @@ def _build_command(output, blas):
     command = ["g++", "-O3", f"-march={_target_cpu()}", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared",
                "-fPIC", "-pthread", "-o", output, SOURCE]
     if blas:
-        path, symbol, int_type = blas
+        path, symbol, int_type, thread_api = blas
         # DT_RPATH (not RUNPATH) so that the BLAS finds its own neighbours (libgfortran) in numpy.libs
         command += [f"-DLATTE_SGEMM={symbol}", f"-DLATTE_BLAS_INT={int_type}", path,
                     f"-Wl,--disable-new-dtags,-rpath,{os.path.dirname(path)}"]
+        if thread_api:
+            command += [f"-DLATTE_BLAS_SET_THREADS={thread_api[0]}", f"-DLATTE_BLAS_GET_THREADS={thread_api[1]}"]
     return command
 
 
