@@ -4,8 +4,8 @@ import os
 
 import click
 
-from latte_toolkit.pipelines.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_INGEST_KEYS,
-                                            BENCH_LOADER_KEYS, BENCH_STEP_KEYS, BENCH_VAE_KEYS)
+from latte_toolkit.pipelines.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_FORWARD_KEYS,
+                                            BENCH_INGEST_KEYS, BENCH_LOADER_KEYS, BENCH_STEP_KEYS, BENCH_VAE_KEYS)
 
 from . import BadInput, configured, key_option, main, setup_mindspore
 
@@ -46,6 +46,37 @@ def bench_step_command(config):
     click.echo(json.dumps(bench_step(config["model_name"], config["frames"], config["latent"], config["batch"],
                                      config["steps"], config["flash_attention"], device=config["device"],
                                      kernels=_kernel_paths(config["kernels"]), images=config["images"])))
+
+
+@bench.command("forward")
+@configured(
+    BENCH_FORWARD_KEYS,
+    key_option("model_name", "--model"),
+    key_option("frames"), key_option("latent"), key_option("batch"), key_option("repeats"),
+    key_option("device"), key_option("kernels"),
+)
+def bench_forward_command(config):
+    """Time one denoising forward (inference, float32, a new x and t per call) in graph mode.
+
+    Each kernel path runs in a fresh process; the top-level figures are the first path's. gflops
+    counts every matmul (2·M·N·K, QKᵀ and AV included); matmul_floor times numpy's sgemm on the same
+    products in the same process (forward_to_numpy_floor: its seconds over the forward's). With both
+    paths their outputs must agree within 1e-4 (kernels_on_vs_off_max_rel).
+
+    \b
+    Example:
+      latte bench forward --model Latte-S/2 --frames 16 --latent 32 --batch 2
+    """
+    from latte_core import LATTE_MODELS
+    from latte_toolkit.pipelines.bench import bench_forward
+    if config["model_name"] not in LATTE_MODELS:
+        raise BadInput(f"unknown Latte variant {config['model_name']!r}; choose one of {', '.join(LATTE_MODELS)}")
+    patch = LATTE_MODELS[config["model_name"]]["patch_size"]
+    if config["latent"] % patch:
+        raise BadInput(f"--latent {config['latent']} is not a multiple of {config['model_name']}'s patch size {patch}")
+    click.echo(json.dumps(bench_forward(config["model_name"], config["frames"], config["latent"], config["batch"],
+                                        config["repeats"], device=config["device"],
+                                        kernels=_kernel_paths(config["kernels"]))))
 
 
 @bench.command("vae")
