@@ -321,6 +321,68 @@ def _special_tokens(files):
     return listed + named, {key: token for _, key, token, _ in named}
 
 
+def _clip_normalizer():
+    return normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+
+
+def _clip_pre_tokenizer():
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_CLIP_WORDS), behavior="removed", invert=True),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False)])
+
+
+def byte_level_vocabulary(merges=(), size=None):
+    """A CLIP-style {token: id} vocabulary: the 256 byte-level symbols, each also as a word end, the token of
+    each merge ("a b" -> "ab") in order, then <|startoftext|> and <|endoftext|> (CLIP's own order); with
+    `size`, unused tokens up to that many (CLIP's embedding table holds 49,408)."""
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = symbols + [symbol + "</w>" for symbol in symbols]
+    tokens += ["".join(merge.split(" ")) for merge in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    if size is not None:
+        if size < len(tokens):
+            raise ValueError(f"size {size} is below the vocabulary's {len(tokens)} tokens")
+        tokens += [f"unused{i}" for i in range(size - len(tokens))]
+    if len(set(tokens)) != len(tokens):
+        raise ValueError("the merges make a token twice")
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def learn_bpe_merges(corpus, max_merges=None):
+    """BPE merges ("a b" lines, in rank order) learned from the texts `corpus` as CLIP's were: each text
+    split into words as CLIP's tokenizer splits it (normalised, byte-level symbols, the last one marked
+    "</w>"), then the most frequent adjacent pair merged, again and again (ties: the pair that sorts first),
+    until every word is one token or `max_merges` are made. With byte_level_vocabulary it gives a tokenizer
+    that keeps the corpus's words whole and still spells any other text symbol by symbol."""
+    normalizer, pre_tokenizer = _clip_normalizer(), _clip_pre_tokenizer()
+    counts = {}
+    for text in corpus:
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
+            symbols = tuple(word[:-1]) + (word[-1] + "</w>",)
+            counts[symbols] = counts.get(symbols, 0) + 1
+    merges = []
+    while max_merges is None or len(merges) < max_merges:
+        pairs = {}
+        for symbols, count in counts.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] = pairs.get(pair, 0) + count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(" ".join(best))
+        merged = {}
+        for symbols, count in counts.items():
+            out, i = [], 0
+            while i < len(symbols):
+                if symbols[i:i + 2] == best:
+                    out.append(best[0] + best[1])
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + count
+        counts = merged
+    return merges
+
+
 def build_clip_tokenizer(files):
     """(tokenizers.Tokenizer padding and truncating to 77 tokens, vocabulary size) from the folder's
     tokenizer files: transformers 5.x CLIPTokenizer's pipeline. Every special token must be in vocab.json
@@ -341,11 +403,7 @@ def build_clip_tokenizer(files):
                                   f"{files['vocab']}")
     tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
                               end_of_word_suffix="</w>", fuse_unk=False, unk_token=named["unk_token"].content))
-    tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_CLIP_WORDS), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tokenizer.normalizer, tokenizer.pre_tokenizer = _clip_normalizer(), _clip_pre_tokenizer()
     tokenizer.add_tokens([token for _, _, token, _ in special])
     bos, eos, pad = (named[key].content for key in ("bos_token", "eos_token", "pad_token"))
     tokenizer.post_processor = processors.RobertaProcessing((eos, vocab[eos]), (bos, vocab[bos]),
