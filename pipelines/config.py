@@ -79,9 +79,13 @@ DEMO_KEYS = KeyTable([
     Key("out", str, "latte-demo", "folder for everything the demo makes (re-running resumes)"),
     Key("videos", int, 48, "procedural cloud clips to generate", range=AT_LEAST_1),
     Key("train_steps", int, 200, "training steps from the shipped Latte", range=NON_NEGATIVE),
-    Key("sample_steps", int, 250, "DDPM steps", range=AT_LEAST_1),
-    Key("num_videos", int, 4, "videos to sample", range=AT_LEAST_1),
+    Key("sample_steps", (int, type(None)), None, "sampler steps; null: 250 (DDPM), or 20 (DPM-Solver++) with text",
+        range=AT_LEAST_1),
+    Key("num_videos", (int, type(None)), None, "videos to sample; null: 4, or with text one per prompt of the "
+                                               "demo's 20 (fewer: its first ones)", range=AT_LEAST_1),
     Key("seed", int, 0, "seed of the clips, the training run and the samples", range=SEED),
+    Key("text", bool, False, "the text-to-video demo: captioned clips, the shipped text encoder and text Latte, "
+                             "one video per prompt (sample_steps are DPM-Solver++'s) and the prompt check"),
 ], {}, ConfigError)
 
 CONVERT_LATTE_KEYS = KeyTable([
@@ -114,6 +118,15 @@ BENCH_STEP_KEYS = KeyTable([
     Key("flash_attention", bool, False, "use the flash attention backend (fused on Ascend, block-wise elsewhere)"),
     Key("images", int, 0, "images appended to each clip (image-video joint training's use_image_num): the step "
                           "then runs on frames + images frames", range=NON_NEGATIVE),
+    DEVICE, KERNELS,
+], {}, ConfigError)
+
+BENCH_FORWARD_KEYS = KeyTable([
+    Key("model_name", str, "Latte-S/2", "Latte variant"),
+    Key("frames", int, 16, "frames per video", range=AT_LEAST_1),
+    Key("latent", int, 32, "latent height and width (32: 256-pixel frames)", range=AT_LEAST_1),
+    Key("batch", int, 2, "videos per forward", range=AT_LEAST_1),
+    Key("repeats", int, 3, "timed forwards after the compiling one", range=AT_LEAST_1),
     DEVICE, KERNELS,
 ], {}, ConfigError)
 

@@ -10,6 +10,12 @@
     OUT/config.resolved.json  the demo's settings (each stage's folder holds its own resolved config)
 
 Every stage is the one the commands run, so re-running the demo resumes where it stopped.
+
+`latte demo --text` is the text-to-video demo, the same stages on captioned clips ("clouds drifting left
+over a blue sky"): the cache stores each clip's caption embedding from the shipped text encoder
+(train/pretrained/text-clouds, RANDOM weights), the shipped text Latte is fine-tuned on it, and one
+video is sampled per prompt (TEXT_DEMO_PROMPTS: 4 per direction of trained pairings, then the pairings
+held out of training), checked by `latte quality`'s prompt check (the direction each sample drifts in).
 """
 import json
 import logging
@@ -20,29 +26,50 @@ from .sample import PRETRAINED
 
 logger = logging.getLogger(__name__)
 CLIP_FRAMES = 8
+TEXT_GUIDANCE = 4.0  # classifier-free guidance of the text demo's samples
+TEXT_SAMPLE_STEPS = 20  # DPM-Solver++ steps of the text demo's samples
 
 
-def shipped_latte_config():
-    """The training config the shipped Latte was made with (its architecture and data settings)."""
-    with open(os.path.join(PRETRAINED, "latte-clouds", "state.json")) as handle:
+TEXT_LATTE = os.path.join(PRETRAINED, "latte-clouds-text")
+TEXT_ENCODER = os.path.join(PRETRAINED, "text-clouds")
+ARCHITECTURE_KEYS = ("model_name", "depth", "hidden_size", "num_heads", "num_frames", "image_size", "learn_sigma",
+                     "patch_embedder", "posterior")
+
+
+def shipped_latte_config(name="latte-clouds"):
+    """The training config a shipped Latte was made with (its architecture and data settings)."""
+    with open(os.path.join(PRETRAINED, name, "state.json")) as handle:
         return json.load(handle)["config"]
 
 
-def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=250, num_videos=4, seed=0, progress=True):
+def text_demo_prompts():
+    """The text demo's prompts: for each direction its trained sky colours in turn (4 prompts), then the
+    pairings held out of training (synthetic.HELD_OUT_COMBINATIONS), one each."""
+    from .synthetic import DIRECTIONS, HELD_OUT_COMBINATIONS, SKY_COLOURS, cloud_caption
+    seen = []
+    for direction in DIRECTIONS:
+        colours = [c for c in SKY_COLOURS if (direction, c) not in HELD_OUT_COMBINATIONS]
+        seen += [cloud_caption(direction, colours[i % len(colours)]) for i in range(4)]
+    return seen + [cloud_caption(d, c) for d, c in HELD_OUT_COMBINATIONS]
+
+
+def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, num_videos=None, seed=0, text=False,
+             progress=True):
     """Run (or resume) the demo into `out` (the keys of DEMO_KEYS); returns {stage: figures} and writes
-    OUT/demo_summary.json and OUT/config.resolved.json."""
+    OUT/demo_summary.json and OUT/config.resolved.json. text: the text-to-video demo (one video per prompt
+    of text_demo_prompts(), the first num_videos of them if given; DPM-Solver++ sampling, guidance 4)."""
     from latte_toolkit.train.config import load_train_config
     from latte_toolkit.train.loop import train
     from .config import CACHE_KEYS, INGEST_KEYS, run_cache_job, run_ingest_job, save_resolved_config
-    from .quality import check_samples, read_sample_gifs, write_report
+    from .quality import check_samples, read_sample_gifs, sample_prompts, write_report
     from .report import cache_report
     from latte_core.vae import load_vae
     from .sample import SAMPLE_KEYS, run_sample
-    from .synthetic import write_cloud_dataset
+    from .synthetic import DIRECTIONS, HELD_OUT_COMBINATIONS, SKY_COLOURS, write_captioned_cloud_dataset, write_cloud_dataset
 
     out = os.path.abspath(out)
     timings, started = {}, time.perf_counter()
-    shipped = shipped_latte_config()
+    shipped = shipped_latte_config("latte-clouds-text" if text else "latte-clouds")
     vae_dir = os.path.join(PRETRAINED, "vae-clouds")
     size = shipped["image_size"]
 
@@ -52,44 +79,61 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=250, num
 
     source = os.path.join(out, "videos")
     if not os.path.isdir(source):
-        write_cloud_dataset(source + ".partial", videos=videos, num_frames=32, size=size, seed=seed + 1)
+        if text:  # the trained pairings only: the held-out ones stay unseen
+            pairings = [(d, c) for d in DIRECTIONS for c in SKY_COLOURS if (d, c) not in HELD_OUT_COMBINATIONS]
+            write_captioned_cloud_dataset(source + ".partial", pairings, max(1, videos // len(pairings)),
+                                          num_frames=32, size=size, seed=seed + 1)
+        else:
+            write_cloud_dataset(source + ".partial", videos=videos, num_frames=32, size=size, seed=seed + 1)
         os.rename(source + ".partial", source)
     stage("videos")
-    ingest = run_ingest_job(INGEST_KEYS.load(None, {"sources": [source], "out": os.path.join(out, "ingest"),
+    listing = os.path.join(source, "captions.csv") if text else source
+    ingest = run_ingest_job(INGEST_KEYS.load(None, {"sources": [listing], "out": os.path.join(out, "ingest"),
                                                     "num_frames": CLIP_FRAMES, "workers": 0}), progress)
     stage("ingest")
     run_cache_job(CACHE_KEYS.load(None, {"manifest": os.path.join(out, "ingest"), "vae": vae_dir,
                                          "out": os.path.join(out, "cache"), "format": "numpy", "image_size": size,
-                                         "workers": 0}), progress)
+                                         "workers": 0, "text_encoder": TEXT_ENCODER if text else None}), progress)
     report = cache_report(os.path.join(out, "cache"), verify=True)
     with open(os.path.join(out, "cache_report.json"), "w") as handle:
         json.dump(report, handle, indent=1)
     stage("cache")
-    architecture = {k: shipped[k] for k in ("model_name", "depth", "hidden_size", "num_heads", "num_frames",
-                                            "image_size", "learn_sigma", "patch_embedder", "posterior")}
+    architecture = {k: shipped[k] for k in ARCHITECTURE_KEYS}
+    if text:
+        architecture.update(condition="text", class_dropout_prob=shipped["class_dropout_prob"])
     config = load_train_config(None, {
         **architecture, "data_folder": os.path.join(out, "cache"), "train_data_type": "numpy",
-        "pretrained_model_path": os.path.join(PRETRAINED, "latte-clouds", "ema.ckpt"), "dtype": "fp32",
+        "pretrained_model_path": os.path.join(TEXT_LATTE if text else os.path.join(PRETRAINED, "latte-clouds"),
+                                              "ema.ckpt"), "dtype": "fp32",
         "amp_level": "O0", "start_learning_rate": 5e-5, "train_batch_size": 4, "max_steps": train_steps,
         "ema_decay": 0.99, "ckpt_save_interval": train_steps, "step_mode": True, "ckpt_max_keep": 1,
         "output_path": os.path.join(out, "train"), "seed": seed})
     trained = train(config, resume=True, progress=progress)
     stage("train")
-    sample_config = SAMPLE_KEYS.load(None, {
-        "checkpoint": trained["last_checkpoint"], "vae_checkpoint": vae_dir, "sampling_steps": sample_steps,
-        "num_videos": num_videos, "batch_size": num_videos, "seed": seed, "output_path": os.path.join(out, "samples")})
-    sampled = run_sample(sample_config, progress=progress)
+    sample_steps = sample_steps or (TEXT_SAMPLE_STEPS if text else 250)
+    num_videos = num_videos or (None if text else 4)
+    sampling = {"checkpoint": trained["last_checkpoint"], "vae_checkpoint": vae_dir, "sampling_steps": sample_steps,
+                "num_videos": num_videos, "batch_size": num_videos, "seed": seed,
+                "output_path": os.path.join(out, "samples")}
+    if text:
+        prompts = text_demo_prompts()[:num_videos]
+        sampling.update(prompts=prompts, num_videos=len(prompts), batch_size=len(prompts), sampler="dpm-solver++",
+                        guidance_scale=TEXT_GUIDANCE, text_encoder=TEXT_ENCODER)
+    sampled = run_sample(SAMPLE_KEYS.load(None, sampling), progress=progress)
     stage("sample")
-    quality = check_samples(read_sample_gifs(os.path.join(out, "samples")), os.path.join(out, "ingest"),
-                            load_vae(vae_dir))
+    samples_dir = os.path.join(out, "samples")
+    quality = check_samples(read_sample_gifs(samples_dir), os.path.join(out, "ingest"), load_vae(vae_dir),
+                            prompts=sample_prompts(samples_dir))
     write_report(quality, os.path.join(out, "quality.json"))
     stage("quality")
     summary = {"out": out, "videos": ingest["ok"], "cached_frames": report["frames"], "train_steps": trained["steps"],
                "loss_curve": trained["loss_curve"], "samples": sampled["files"], "quality_passed": quality["passed"],
                "seconds": timings, "total_seconds": round(time.perf_counter() - started, 1)}
+    if text:
+        summary["prompts"] = {group: quality["prompts"][group] for group in ("seen", "unseen")}
     with open(os.path.join(out, "demo_summary.json"), "w") as handle:
         json.dump(summary, handle, indent=1)
     save_resolved_config(out, {"out": out, "videos": videos, "train_steps": train_steps, "sample_steps": sample_steps,
-                               "num_videos": num_videos, "seed": seed})
+                               "num_videos": num_videos, "seed": seed, "text": text})
     return summary
 

@@ -16,10 +16,18 @@ Three measures, the first two compared with baselines that a broken model would 
 The check passes when the samples' distance is below the noise baseline's, their motion lies within
 the range of the real clips' while the shuffled clips' does not, and every sample's drift speed lies
 within the real clips' drift range (JSON: drift.real_min..real_max; drift_in_real_range).
+
+Prompts (a text model's samples, whose summary.json names each one's prompt): each sample's drift
+direction, read from the same drift estimate, against the direction its caption names (caption_direction:
+the cloud demo's captions say "drifting left / right / up / down"); a sample drifting slower than
+MOTION_FLOOR has none. Samples whose prompt is one of the training videos' captions ("seen") must match
+for at least PROMPT_ACCURACY of them; prompts no training video had ("unseen": pairings held out of
+training) are reported apart, with no target.
 """
 import glob
 import json
 import os
+import re
 
 import numpy as np
 
@@ -74,6 +82,45 @@ def drift_direction(velocity):
     return "down" if dy > 0 else "up"
 
 
+# px/frame: a sample drifting slower has no direction (still pictures that flicker read ~0.01; the
+# demos' clips drift 1-3, CLOUD_SPEED).
+MOTION_FLOOR = 0.25
+PROMPT_ACCURACY = 15 / 16  # of the seen prompts' samples: the text demo's 16 samples, at most one wrong
+
+
+def caption_direction(prompt):
+    """The direction ("left", "right", "up", "down") a caption says its clouds drift in: the one direction
+    word among its words; None if it names none or several."""
+    from .synthetic import DIRECTIONS
+    words = set(re.findall(r"[a-z]+", prompt.lower()))
+    named = [direction for direction in DIRECTIONS if direction in words]
+    return named[0] if len(named) == 1 else None
+
+
+def check_prompts(samples, prompts, seen_captions):
+    """The prompt check of text samples (uint8 (N, F, H, W, 3), their N prompts) given the training
+    videos' captions: per sample its expected and measured direction, and per group ("seen", "unseen")
+    how many were scored (the prompt names a direction) and matched."""
+    velocity = drift_velocity(samples)
+    seen_captions = set(seen_captions)
+    rows, groups = [], {"seen": [0, 0], "unseen": [0, 0]}
+    for prompt, (dx, dy) in zip(prompts, velocity):
+        expected = caption_direction(prompt)
+        measured = drift_direction((dx, dy)) if np.hypot(dx, dy) >= MOTION_FLOOR else None
+        group = "seen" if prompt in seen_captions else "unseen"
+        if expected is not None:
+            groups[group][0] += 1
+            groups[group][1] += measured == expected
+        rows.append({"prompt": prompt, "group": group, "expected": expected, "measured": measured,
+                     "velocity": [round(float(dx), 4), round(float(dy), 4)]})
+    result = {name: {"scored": scored, "matched": matched, "accuracy": round(matched / scored, 4) if scored else None}
+              for name, (scored, matched) in groups.items()}
+    result["samples"] = rows
+    scored, matched = groups["seen"]
+    result["passed"] = bool(scored) and matched >= PROMPT_ACCURACY * scored
+    return result
+
+
 def encode_frames(vae, videos, micro_batch=16):
     """videos uint8 (N, F, H, W, 3) -> the VAE's posterior means (N·F, C, h, w)."""
     from latte_toolkit.datasets.video import to_pixels
@@ -121,10 +168,35 @@ def real_clips(manifest, num_frames, image_size, count, seed=0):
     return np.stack(clips)
 
 
+def _sample_gif_paths(folder):
+    return sorted(glob.glob(os.path.join(folder, "sample_*.gif")))
+
+
+def sample_prompts(folder):
+    """The prompt of each sample_*.gif (in read_sample_gifs' order) from the folder's summary.json, as
+    `latte sample` of a text model writes it; None for samples of other models."""
+    path = os.path.join(folder, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        try:
+            listed = json.load(handle).get("prompts")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not JSON ({err})") from None
+    if not listed:
+        return None
+    by_name = {os.path.basename(entry["file"]): entry["prompt"] for entry in listed}
+    names = [os.path.basename(p) for p in _sample_gif_paths(folder)]
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise ValueError(f"{path}: no prompt for {', '.join(missing[:4])}")
+    return [by_name[name] for name in names]
+
+
 def read_sample_gifs(folder):
     """The sample_*.gif files `latte sample` wrote, as uint8 (N, F, H, W, 3)."""
     from PIL import Image, ImageSequence
-    paths = sorted(glob.glob(os.path.join(folder, "sample_*.gif")))
+    paths = _sample_gif_paths(folder)
     if not paths:
         raise FileNotFoundError(f"{folder}: no sample_*.gif")
     videos = []
@@ -134,8 +206,9 @@ def read_sample_gifs(folder):
     return np.stack(videos)
 
 
-def check_samples(samples, manifest, vae, real_count=64, seed=0):
-    """The two measures for `samples` (uint8 (N, F, H, W, 3)) against real clips and the baselines."""
+def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None):
+    """The measures for `samples` (uint8 (N, F, H, W, 3)) against real clips and the baselines, and with
+    `prompts` (one per sample) the prompt check against the manifest's captions."""
     from latte_toolkit.datasets.video import to_frames
     _, num_frames, height = samples.shape[:3]
     real = real_clips(manifest, num_frames, height, real_count, seed)
@@ -170,6 +243,11 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0):
     result["drift_in_real_range"] = bool(np.all((low <= speed) & (speed <= high)))
     result["passed"] = (result["closer_than_noise"] and result["motion_in_real_range"] and result["shuffled_outside_range"]
                         and result["drift_in_real_range"])
+    if prompts is not None:
+        from latte_toolkit.datasets.video import read_manifest
+        captions = {row["caption"] for row in read_manifest(manifest) if row.get("caption")}
+        result["prompts"] = check_prompts(samples, prompts, captions)
+        result["passed"] = result["passed"] and result["prompts"]["passed"]
     return result
 
 
@@ -182,4 +260,5 @@ def write_report(result, path):
 def run_quality(samples_dir, manifest, vae_checkpoint, real_clips=64):
     """`latte quality`: the check of SAMPLES_DIR's sample_*.gif against the manifest's videos."""
     from latte_core.vae import load_vae
-    return check_samples(read_sample_gifs(samples_dir), manifest, load_vae(vae_checkpoint), real_clips)
+    return check_samples(read_sample_gifs(samples_dir), manifest, load_vae(vae_checkpoint), real_clips,
+                         prompts=sample_prompts(samples_dir))

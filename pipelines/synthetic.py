@@ -75,7 +75,13 @@ def _sky(top, horizon, size):
     return np.asarray(top) * (1 - rows) + np.asarray(horizon) * rows  # (size, 1, 3)
 
 
-def cloud_frames(num_frames, size=64, seed=0, speed=(0.4, 1.2), one_way=False):
+# Drift speeds (px/frame, drawn uniformly per clip): of the cloud clips, the data of the shipped Latte and
+# of `latte demo`; of the captioned clips, the data of the shipped text Latte and of `latte demo --text`.
+CLOUD_SPEED = (0.4, 1.2)
+CAPTIONED_CLOUD_SPEED = (1.0, 3.0)
+
+
+def cloud_frames(num_frames, size=64, seed=0, speed=CLOUD_SPEED, one_way=False):
     """Clouds drifting over a sky gradient, like a time-lapse: (F, size, size, 3) uint8.
 
     Per video (from the seed): the sky's colours (day blue to a warm dusk), cloud cover, softness and
@@ -91,7 +97,7 @@ def cloud_frames(num_frames, size=64, seed=0, speed=(0.4, 1.2), one_way=False):
     return _drift_frames(_sky(top, horizon, size), alpha, shade, cloud_colour, (dx, 0.0), num_frames, size)
 
 
-def write_cloud_dataset(folder, videos=48, num_frames=32, size=64, fps=8, seed=0, speed=(0.4, 1.2), one_way=False):
+def write_cloud_dataset(folder, videos=48, num_frames=32, size=64, fps=8, seed=0, speed=CLOUD_SPEED, one_way=False):
     """`videos` H.264 clips of drifting clouds (cloud_frames) in folder/clouds_NNN.mp4; returns the folder."""
     for i in range(videos):
         write_mp4(os.path.join(folder, f"clouds_{i:03d}.mp4"),
@@ -128,19 +134,21 @@ def captioned_cloud_frames(direction, colour, num_frames, size=64, speed=1.0, se
 
 
 def write_captioned_cloud_dataset(folder, combinations=None, clips_per_combination=4, num_frames=32, size=64,
-                                  speed=1.0, fps=8, seed=0):
+                                  speed=CAPTIONED_CLOUD_SPEED, fps=8, seed=0):
     """H.264 clips of captioned clouds in folder/<direction>_<colour>_NNN.mp4 and folder/captions.csv
     (columns video, caption: the list `latte ingest --source folder/captions.csv` reads, which carries
     each caption into the manifest). `combinations`: (direction, colour) pairs, all by default (leave
-    some out to hold them out of training). Returns the CSV's path."""
+    some out to hold them out of training). speed: px/frame, or a (low, high) range drawn from per clip.
+    Returns the CSV's path."""
     combinations = combinations or [(d, c) for d in DIRECTIONS for c in SKY_COLOURS]
     os.makedirs(folder, exist_ok=True)
     rows = []
     for index, (direction, colour) in enumerate(combinations):
         for i in range(clips_per_combination):
             name = f"{direction}_{colour}_{i:03d}.mp4"
-            frames = captioned_cloud_frames(direction, colour, num_frames, size, speed,
-                                            seed=seed * 100003 + index * 1009 + i)
+            clip_seed = seed * 100003 + index * 1009 + i
+            clip_speed = speed if np.isscalar(speed) else np.random.default_rng([clip_seed, 1]).uniform(*speed)
+            frames = captioned_cloud_frames(direction, colour, num_frames, size, clip_speed, seed=clip_seed)
             write_mp4(os.path.join(folder, name), frames, fps=fps)
             rows.append({"video": name, "caption": cloud_caption(direction, colour)})
     path = os.path.join(folder, "captions.csv")
@@ -149,3 +157,19 @@ def write_captioned_cloud_dataset(folder, combinations=None, clips_per_combinati
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+# The text demo holds these pairings out of training: one colour per direction and each colour once, so
+# every word of their captions is trained, only the pairing is new.
+HELD_OUT_COMBINATIONS = (("left", "green"), ("right", "grey"), ("up", "orange"), ("down", "blue"))
+
+
+def write_caption_text_encoder(folder, width=32, layers=4, heads=4, seed=0):
+    """The text demo's encoder folder (Stable Diffusion layout): a tokenizer learned from every caption
+    the captioned generator writes (latte_core.text_encoder.learn_bpe_merges: each of their words is one
+    token; other text is spelt symbol by symbol) and a CLIP text tower of RANDOM weights, said so in its
+    config (random_weights: true). Returns the folder."""
+    from latte_core.text_encoder import byte_level_vocabulary, learn_bpe_merges, write_random_text_encoder
+    merges = learn_bpe_merges(sorted(CAPTION_DIRECTIONS))
+    return write_random_text_encoder(folder, byte_level_vocabulary(merges), merges, hidden_size=width,
+                                     num_hidden_layers=layers, num_attention_heads=heads, seed=seed)

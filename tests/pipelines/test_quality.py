@@ -14,7 +14,7 @@ from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.pipelines.sample import PRETRAINED
 from latte_toolkit.pipelines.quality import drift_direction, drift_velocity, frame_shifts
 from latte_toolkit.pipelines.synthetic import (
-    CAPTION_DIRECTIONS, DIRECTIONS, SKY_COLOURS, captioned_cloud_frames, cloud_frames, write_captioned_cloud_dataset,
+    CAPTION_DIRECTIONS, CLOUD_SPEED, DIRECTIONS, SKY_COLOURS, captioned_cloud_frames, cloud_frames, write_captioned_cloud_dataset,
     write_cloud_dataset)
 
 
@@ -56,7 +56,7 @@ def test_a_still_picture_that_flickers_does_not_drift():
     flicker = np.stack([still * rng.uniform(0.85, 1.15) + rng.normal(0.0, 10.0, still.shape) for _ in range(8)])
     video = np.clip(flicker, 0, 255).astype(np.uint8)
     assert np.abs(np.diff(video.astype(np.float64), axis=0)).mean() > 8  # it changes a lot frame to frame
-    # Measured 0.013 px/frame; the slowest training clip drifts 0.4.
+    # Measured 0.013 px/frame; the slowest training clip drifts 0.4 (CLOUD_SPEED).
     assert np.hypot(*drift_velocity(video[None])[0]) < 0.05
 
 
@@ -64,7 +64,8 @@ def test_training_clips_drift_within_the_generators_speed_range():
     """write_cloud_dataset's speed range is what the clips drift at (the shipped model's seed 7)."""
     videos = np.stack([cloud_frames(8, seed=7 * 100003 + i) for i in range(12)])
     speed = np.hypot(*drift_velocity(videos).T)
-    assert speed.min() >= 0.4 * 0.9 and speed.max() <= 1.2 * 1.1, speed  # the 10 % bound above
+    low, high = CLOUD_SPEED
+    assert speed.min() >= low * 0.9 and speed.max() <= high * 1.1, speed  # the 10 % bound above
     fast = drift_velocity(np.stack([cloud_frames(8, seed=i, speed=(2.0, 4.0), one_way=True) for i in range(6)]))
     assert fast[:, 0].min() >= 2.0 * 0.9 and fast[:, 0].max() <= 4.0 * 1.1, fast  # all to the right
 
