@@ -145,8 +145,14 @@ def test_each_sample_and_image_gets_its_own_videos_caption_dropped_on_the_seeded
                 np.testing.assert_array_equal(text[k, j], expected)
                 dropped, kept = dropped + bool(is_dropped), kept + (not is_dropped)
     assert dropped and kept  # both cases seen (p = 0.5, 18 draws)
-    distinct = {cache.caption_embedding(i).tobytes() for i in cache.ids}
-    assert len(distinct) == 5  # 5 distinct prompts (the empty one included): the embeddings tell them apart
+    # 5 distinct prompts (the empty one included): the embeddings tell them apart. The same caption encoded
+    # in another shard's batch may differ in its last bits (AVX2 OpenBLAS rounds by batch shape), so
+    # embeddings within 1e-3 (float16 cache; distinct captions differ by O(1)) count as one.
+    distinct = []
+    for embedding in (cache.caption_embedding(i).astype(np.float32) for i in cache.ids):
+        if not any(np.abs(embedding - other).max() < 1e-3 for other in distinct):
+            distinct.append(embedding)
+    assert len(distinct) == 5
 
 
 @pytest.mark.slow
