@@ -14,7 +14,7 @@ Every stage is the one the commands run, so re-running the demo resumes where it
 `latte demo --text` is the text-to-video demo, the same stages on captioned clips ("clouds drifting left
 over a blue sky"): the cache stores each clip's caption embedding from the shipped text encoder
 (train/pretrained/text-clouds, RANDOM weights), the shipped text Latte is fine-tuned on it, and one
-video is sampled per prompt (TEXT_DEMO_PROMPTS: 4 per direction of trained pairings, then the pairings
+video is sampled per prompt (text_demo_prompts(): 4 per direction of trained pairings, then the pairings
 held out of training), checked by `latte quality`'s prompt check (the direction each sample drifts in).
 """
 import json
@@ -28,27 +28,26 @@ logger = logging.getLogger(__name__)
 CLIP_FRAMES = 8
 TEXT_GUIDANCE = 4.0  # classifier-free guidance of the text demo's samples
 TEXT_SAMPLE_STEPS = 20  # DPM-Solver++ steps of the text demo's samples
-
-
+LATTE = os.path.join(PRETRAINED, "latte-clouds")
 TEXT_LATTE = os.path.join(PRETRAINED, "latte-clouds-text")
 TEXT_ENCODER = os.path.join(PRETRAINED, "text-clouds")
 ARCHITECTURE_KEYS = ("model_name", "depth", "hidden_size", "num_heads", "num_frames", "image_size", "learn_sigma",
                      "patch_embedder", "posterior")
 
 
-def shipped_latte_config(name="latte-clouds"):
-    """The training config a shipped Latte was made with (its architecture and data settings)."""
-    with open(os.path.join(PRETRAINED, name, "state.json")) as handle:
+def shipped_latte_config(folder=LATTE):
+    """The training config a shipped Latte (its folder) was made with: its architecture and data settings."""
+    with open(os.path.join(folder, "state.json")) as handle:
         return json.load(handle)["config"]
 
 
 def text_demo_prompts():
     """The text demo's prompts: for each direction its trained sky colours in turn (4 prompts), then the
     pairings held out of training (synthetic.HELD_OUT_COMBINATIONS), one each."""
-    from .synthetic import DIRECTIONS, HELD_OUT_COMBINATIONS, SKY_COLOURS, cloud_caption
+    from .synthetic import DIRECTIONS, HELD_OUT_COMBINATIONS, cloud_caption, trained_pairings
     seen = []
     for direction in DIRECTIONS:
-        colours = [c for c in SKY_COLOURS if (direction, c) not in HELD_OUT_COMBINATIONS]
+        colours = [c for d, c in trained_pairings() if d == direction]
         seen += [cloud_caption(direction, colours[i % len(colours)]) for i in range(4)]
     return seen + [cloud_caption(d, c) for d, c in HELD_OUT_COMBINATIONS]
 
@@ -65,11 +64,12 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     from .report import cache_report
     from latte_core.vae import load_vae
     from .sample import SAMPLE_KEYS, run_sample
-    from .synthetic import DIRECTIONS, HELD_OUT_COMBINATIONS, SKY_COLOURS, write_captioned_cloud_dataset, write_cloud_dataset
+    from .synthetic import trained_pairings, write_captioned_cloud_dataset, write_cloud_dataset
 
     out = os.path.abspath(out)
     timings, started = {}, time.perf_counter()
-    shipped = shipped_latte_config("latte-clouds-text" if text else "latte-clouds")
+    latte_dir = TEXT_LATTE if text else LATTE
+    shipped = shipped_latte_config(latte_dir)
     vae_dir = os.path.join(PRETRAINED, "vae-clouds")
     size = shipped["image_size"]
 
@@ -80,7 +80,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     source = os.path.join(out, "videos")
     if not os.path.isdir(source):
         if text:  # the trained pairings only: the held-out ones stay unseen
-            pairings = [(d, c) for d in DIRECTIONS for c in SKY_COLOURS if (d, c) not in HELD_OUT_COMBINATIONS]
+            pairings = trained_pairings()
             write_captioned_cloud_dataset(source + ".partial", pairings, max(1, videos // len(pairings)),
                                           num_frames=32, size=size, seed=seed + 1)
         else:
@@ -103,8 +103,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
         architecture.update(condition="text", class_dropout_prob=shipped["class_dropout_prob"])
     config = load_train_config(None, {
         **architecture, "data_folder": os.path.join(out, "cache"), "train_data_type": "numpy",
-        "pretrained_model_path": os.path.join(TEXT_LATTE if text else os.path.join(PRETRAINED, "latte-clouds"),
-                                              "ema.ckpt"), "dtype": "fp32",
+        "pretrained_model_path": os.path.join(latte_dir, "ema.ckpt"), "dtype": "fp32",
         "amp_level": "O0", "start_learning_rate": 5e-5, "train_batch_size": 4, "max_steps": train_steps,
         "ema_decay": 0.99, "ckpt_save_interval": train_steps, "step_mode": True, "ckpt_max_keep": 1,
         "output_path": os.path.join(out, "train"), "seed": seed})

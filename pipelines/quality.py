@@ -83,7 +83,7 @@ def drift_direction(velocity):
 
 
 # px/frame: a sample drifting slower has no direction (still pictures that flicker read ~0.01; the
-# demos' clips drift 1-3, CLOUD_SPEED).
+# text demo's clips drift 1-3, synthetic.CAPTIONED_CLOUD_SPEED).
 MOTION_FLOOR = 0.25
 PROMPT_ACCURACY = 15 / 16  # of the seen prompts' samples: the text demo's 16 samples, at most one wrong
 

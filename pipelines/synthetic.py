@@ -164,6 +164,12 @@ def write_captioned_cloud_dataset(folder, combinations=None, clips_per_combinati
 HELD_OUT_COMBINATIONS = (("left", "green"), ("right", "grey"), ("up", "orange"), ("down", "blue"))
 
 
+def trained_pairings():
+    """The (direction, colour) pairings the text demo trains on: all but HELD_OUT_COMBINATIONS, in
+    DIRECTIONS x SKY_COLOURS order."""
+    return [(d, c) for d in DIRECTIONS for c in SKY_COLOURS if (d, c) not in HELD_OUT_COMBINATIONS]
+
+
 def write_caption_text_encoder(folder, width=32, layers=4, heads=4, seed=0):
     """The text demo's encoder folder (Stable Diffusion layout): a tokenizer learned from every caption
     the captioned generator writes (latte_core.text_encoder.learn_bpe_merges: each of their words is one

@@ -15,6 +15,12 @@ def bench():
     """Speed and memory benchmarks; each prints one JSON line."""
 
 
+def _check_variant(name):
+    from latte_core import LATTE_MODELS
+    if name not in LATTE_MODELS:
+        raise BadInput(f"unknown Latte variant {name!r}; choose one of {', '.join(LATTE_MODELS)}")
+
+
 def _kernel_paths(choice):
     return ("on", "off") if choice == "both" else (choice,)
 
@@ -39,10 +45,8 @@ def bench_step_command(config):
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --steps 5
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --images 8
     """
-    from latte_core import LATTE_MODELS
     from latte_toolkit.pipelines.bench import bench_step
-    if config["model_name"] not in LATTE_MODELS:
-        raise BadInput(f"unknown Latte variant {config['model_name']!r}; choose one of {', '.join(LATTE_MODELS)}")
+    _check_variant(config["model_name"])
     click.echo(json.dumps(bench_step(config["model_name"], config["frames"], config["latent"], config["batch"],
                                      config["steps"], config["flash_attention"], device=config["device"],
                                      kernels=_kernel_paths(config["kernels"]), images=config["images"])))
@@ -69,8 +73,7 @@ def bench_forward_command(config):
     """
     from latte_core import LATTE_MODELS
     from latte_toolkit.pipelines.bench import bench_forward
-    if config["model_name"] not in LATTE_MODELS:
-        raise BadInput(f"unknown Latte variant {config['model_name']!r}; choose one of {', '.join(LATTE_MODELS)}")
+    _check_variant(config["model_name"])
     patch = LATTE_MODELS[config["model_name"]]["patch_size"]
     if config["latent"] % patch:
         raise BadInput(f"--latent {config['latent']} is not a multiple of {config['model_name']}'s patch size {patch}")

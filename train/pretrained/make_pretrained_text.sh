@@ -21,11 +21,11 @@ latte train -c "$PRETRAINED/latte-clouds.yaml" --cache base-cache --output-dir b
 python -c "from latte_toolkit.pipelines.synthetic import write_caption_text_encoder; write_caption_text_encoder('text-clouds')"
 
 # 3. 192 captioned clips, 32 frames of 64x64 at 1-3 px/frame: 16 per (direction, sky colour) pairing, 12
-#    pairings; the 4 of synthetic.HELD_OUT_COMBINATIONS are left out (the demo reports them apart)
+#    pairings (synthetic.trained_pairings: the 4 of HELD_OUT_COMBINATIONS are left out; the demo reports
+#    them apart)
 python -c "
-from latte_toolkit.pipelines.synthetic import DIRECTIONS, HELD_OUT_COMBINATIONS, SKY_COLOURS, write_captioned_cloud_dataset
-pairings = [(d, c) for d in DIRECTIONS for c in SKY_COLOURS if (d, c) not in HELD_OUT_COMBINATIONS]
-write_captioned_cloud_dataset('videos', pairings, clips_per_combination=16, num_frames=32, size=64, seed=11)"
+from latte_toolkit.pipelines.synthetic import trained_pairings, write_captioned_cloud_dataset
+write_captioned_cloud_dataset('videos', trained_pairings(), clips_per_combination=16, num_frames=32, size=64, seed=11)"
 latte ingest --source videos/captions.csv --out ingest --num-frames 8 --workers 0
 
 # 4. their latents and caption embeddings
