@@ -33,6 +33,10 @@ NULL_TEXT_FILE = "empty_prompt_embedding.npy"
 TEXT_ENCODER_FILE = "text_encoder.json"
 
 
+class CorruptCache(UserError):
+    """A shard disagrees with the ledger and the loader was told to stop (on_corrupt="raise")."""
+
+
 class CorruptTextEmbedding(UserError):
     """A cached text embedding disagrees with its checksum, shape or dtype."""
 

@@ -37,19 +37,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from latte_core.errors import UserError
+from latte_core.errors import is_integer
 
-from .cache import check_shards, open_cache, read_ledger
+from .cache import CorruptCache, check_shards, open_cache, read_ledger
 
 logger = logging.getLogger(__name__)
 
 POSTERIOR_MODES = ("sample", "mean")
 PLAN_KEYS = ("seed", "num_frames", "sample_stride", "clips_per_video", "shuffle", "shuffle_window", "videos")
 IMAGE_STREAM = 2  # keeps the image draws apart from the clip's noise (and the loop's diffusion stream, 1)
-
-
-class CorruptCache(UserError):
-    """A shard disagrees with the ledger and the loader was told to stop (on_corrupt="raise")."""
 
 
 def _longest(videos, key):
@@ -249,7 +245,7 @@ def _joined(singles):
 
 
 def _check_image_num(use_image_num, videos, where):
-    if isinstance(use_image_num, bool) or not isinstance(use_image_num, int) or use_image_num < 0:
+    if not is_integer(use_image_num) or use_image_num < 0:
         raise ValueError(f"use_image_num must be a non-negative integer, got {use_image_num!r}")
     if use_image_num and videos < 2:
         raise ValueError(f"{where}: use_image_num {use_image_num} takes images from videos other than the "

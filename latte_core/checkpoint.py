@@ -17,7 +17,7 @@ import zlib
 import numpy as np
 
 from .atomic import staged
-from .errors import UserError
+from .errors import UserError, is_integer
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +70,14 @@ class _BadTensor:
         self.problem = problem
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _rebuild_tensor(storage, storage_offset, size, stride, *_unused):
     if not isinstance(storage, _Storage):
         return _BadTensor(f"its storage is a {type(storage).__name__}, not a storage record")
     values = storage.values
     size, stride = tuple(size), tuple(stride)
-    if not _is_int(storage_offset) or storage_offset < 0:
+    if not is_integer(storage_offset) or storage_offset < 0:
         return _BadTensor(f"storage offset {storage_offset!r} is not a non-negative integer")
-    if len(size) != len(stride) or not all(_is_int(n) and n >= 0 for n in size + stride):
+    if len(size) != len(stride) or not all(is_integer(n) and n >= 0 for n in size + stride):
         return _BadTensor(f"size {list(size)} / stride {list(stride)} are not non-negative integers of one length")
     # the largest element index the tensor reads, plus one (an empty tensor reads nothing)
     needed = 0 if 0 in size else storage_offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
@@ -161,8 +157,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             itemsize = 2 if storage_type.dtype == "bfloat16" else np.dtype(storage_type.dtype).itemsize
             count = len(raw) // itemsize
             numel = pid[4] if len(pid) >= 5 else None
-            if len(raw) % itemsize or (_is_int(numel) and count < numel):
-                expected = f"{numel} {storage_type.name} values" if _is_int(numel) else f"whole {itemsize}-byte values"
+            if len(raw) % itemsize or (is_integer(numel) and count < numel):
+                expected = f"{numel} {storage_type.name} values" if is_integer(numel) else f"whole {itemsize}-byte values"
                 raise CheckpointError(f"{self.path}: storage record data/{key} holds {len(raw)} bytes, the "
                                       f"checkpoint expects {expected} (truncated or damaged file?)")
             if storage_type.dtype == "bfloat16":
@@ -236,10 +232,10 @@ def _safetensors_layout(path, header, data_size):
         if dtype is None:
             raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {dtype_name!r}")
         shape, offsets = spec.get("shape"), spec.get("data_offsets")
-        if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
+        if not isinstance(shape, list) or not all(is_integer(n) and n >= 0 for n in shape):
             raise CheckpointError(f"{path}: tensor {name} has an invalid shape {shape!r:.80} "
                                   f"(expected a list of non-negative integers)")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_integer(o) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1]):
             raise CheckpointError(f"{path}: tensor {name} has invalid data_offsets {offsets!r:.80} "
                                   f"(expected [start, stop] with 0 <= start <= stop)")
@@ -339,7 +335,8 @@ def read_state_dict(path):
 
 
 def match_state_dict(params, state, source, recompute=()):
-    """Check `state` against the model's parameters {name: Parameter}; returns {name: float32 array}.
+    """Check `state` against the model's parameters {name: Parameter}; returns {name: float32 array}
+    (the state's own arrays where they are float32 already: no copy).
 
     Names in `recompute` (the fixed sin-cos tables) may differ in shape: the model keeps its own.
     Raises CheckpointError listing every missing, unexpected and mis-shaped key by name.
@@ -362,7 +359,7 @@ def match_state_dict(params, state, source, recompute=()):
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             misshaped.append(f"{name} holds NaN or inf")
             continue
-        matched[name] = array.astype(np.float32)
+        matched[name] = np.asarray(array).astype(np.float32, copy=False)
     if missing or unexpected or misshaped:
         problems = []
         for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong", misshaped)):
@@ -375,13 +372,18 @@ def match_state_dict(params, state, source, recompute=()):
 def load_weights(model, path, recompute=(), transform=None):
     """Load a checkpoint file of any supported format into `model` (strict: every parameter).
     `transform` maps the file's names onto the model's (e.g. an older layout)."""
-    import mindspore as ms
-    params = {p.name: p for p in model.get_parameters()}
     state = read_state_dict(path)
     if transform is not None:
         state = transform(state)
-    matched = match_state_dict(params, state, os.fspath(path), recompute)
-    for name, array in matched.items():
+    return set_weights(model, state, os.fspath(path), recompute)
+
+
+def set_weights(model, state, source, recompute=()):
+    """Set every parameter of `model` from `state` {name: array}, checked by match_state_dict (`source`
+    names the weights in its errors)."""
+    import mindspore as ms
+    params = {p.name: p for p in model.get_parameters()}
+    for name, array in match_state_dict(params, state, source, recompute).items():
         params[name].set_data(ms.Tensor(array, params[name].dtype))
     return model
 

@@ -6,6 +6,7 @@ JobAborted: a job stopped on a fault of its surroundings (a full disk, ...); eve
 before it stays valid and a re-run resumes. One `Error:` line, exit 1.
 Anything else is a bug: one `Error:` line too, exit 1, and `latte -v` shows the traceback.
 """
+import json
 
 
 class UserError(ValueError):
@@ -18,3 +19,17 @@ class JobAborted(RuntimeError):
 
 class DiskFull(JobAborted):
     """No space left (or over quota) while writing; committed units stay valid."""
+
+
+def is_integer(value):
+    """An int, and not a bool (a config's `true` is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def describe_value(value):
+    """A config value as it reads in JSON, with its type, for messages: "64" (str), 3.5 (float), null."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return "null" if value is None else f"{text} ({type(value).__name__})"

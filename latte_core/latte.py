@@ -13,6 +13,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, XavierUniform, Zero, initializer
 
 from .attention import Attention, describe_attention_backend
+from .errors import is_integer
 from .layers import Dense, EmbeddingTable, GatedResidual, Mlp, ModulatedLayerNorm
 from .runtime import prefer_avx2_onednn
 
@@ -186,7 +187,7 @@ class Latte(nn.Cell):
             raise ValueError(f"hidden_size must be divisible by 4 for the 2-D sin-cos embedding, got {hidden_size}")
         if any(s % patch_size for s in _pair(input_size)):
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
-        if isinstance(text_embed_dim, bool) or not isinstance(text_embed_dim, int) or text_embed_dim < 1:
+        if not is_integer(text_embed_dim) or text_embed_dim < 1:
             raise ValueError(f"text_embed_dim must be a positive integer, got {text_embed_dim!r}")
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels

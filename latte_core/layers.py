@@ -32,10 +32,12 @@ def modulate(x, shift, scale):
 
 class Dense(nn.Dense):
     """nn.Dense (same parameters, `weight` (out, in) and `bias`) whose float32 CPU path is one fused
-    kernel over BLAS, forward and backward."""
+    kernel over BLAS, forward and backward. `init` (e.g. "zeros") replaces nn.Dense's random
+    initialisers for weight and bias."""
 
-    def __init__(self, in_channels, out_channels, has_bias=True):
-        super().__init__(in_channels, out_channels, has_bias=has_bias)
+    def __init__(self, in_channels, out_channels, has_bias=True, init=None):
+        defaults = {} if init is None else {"weight_init": init, "bias_init": init}
+        super().__init__(in_channels, out_channels, has_bias=has_bias, **defaults)
         self.kernel = kernels.dense_op() if has_bias and kernels.enabled() and kernels.has_blas() else None
 
     def construct(self, x):
@@ -111,11 +113,13 @@ class Mlp(nn.Cell):
 
 
 class EmbeddingTable(nn.Cell):
-    """A lookup table whose parameter is called `weight`, as torch.nn.Embedding's is."""
+    """A lookup table whose parameter is called `weight`, as torch.nn.Embedding's is; N(0, std²) unless
+    `init` (e.g. "zeros") says otherwise."""
 
-    def __init__(self, num_embeddings, embedding_dim, std=0.02):
+    def __init__(self, num_embeddings, embedding_dim, std=0.02, init=None):
         super().__init__()
-        self.weight = Parameter(initializer(Normal(std), (num_embeddings, embedding_dim), ms.float32), name="weight")
+        self.weight = Parameter(initializer(init or Normal(std), (num_embeddings, embedding_dim), ms.float32),
+                                name="weight")
 
     def construct(self, ids):
         return ops.gather(self.weight, ids, 0)

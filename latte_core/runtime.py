@@ -36,3 +36,14 @@ def prefer_avx2_onednn():
                     "(set ONEDNN_MAX_CPU_ISA to override)")
         return "AVX2"
     return None
+
+
+def join_msrun(error, remedy):
+    """(rank, world size) of this process in the msrun job it was started by. Started otherwise:
+    `error` (a UserError subclass) with the reason and `remedy`."""
+    from mindspore.communication import get_group_size, get_rank, init
+    try:
+        init()
+    except RuntimeError as err:
+        raise error(f"use_parallel: cannot join a distributed job ({str(err).splitlines()[0]}); {remedy}") from None
+    return get_rank(), get_group_size()

@@ -5,6 +5,8 @@ Adding a sampler is one entry here plus its loop on `GaussianDiffusion`.
 """
 import dataclasses
 
+from .errors import is_integer
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
@@ -35,7 +37,7 @@ def create_sampler(name, steps=None, learn_sigma=True):
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     sampler = SAMPLERS[name]
     steps = sampler.default_steps if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+    if not is_integer(steps) or not 1 <= steps <= 1000:
         raise ValueError(f"sampler {name} takes 1 to 1000 steps ({sampler.steps_doc}), got {steps!r}")
     try:
         diffusion = create_diffusion(sampler.respacing(steps), learn_sigma=learn_sigma)

@@ -20,6 +20,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, Zero, initializer
 
 from . import kernels
+from .errors import describe_value, is_integer
 from .layers import Dense
 from .runtime import prefer_avx2_onednn
 
@@ -542,19 +543,6 @@ def vae_config_from_state_dict(state, norm_num_groups=32):
     )
 
 
-def _describe(value):
-    """A config value as it reads in JSON, with its type: "64" (str), 3.5 (float), null."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return "null" if value is None else f"{text} ({type(value).__name__})"
-
-
-def _is_integer(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def vae_settings_from_config(config, source="config"):
     """The AutoencoderKL constructor settings of a diffusers config dict, each key checked.
 
@@ -563,20 +551,20 @@ def vae_settings_from_config(config, source="config"):
     a usable value: an explicit null scaling_factor (or a non-positive / non-finite one) would make
     every latent NaN. Raises ValueError naming `source`, the key and the value."""
     if not isinstance(config, dict):
-        raise ValueError(f"{source}: a VAE config must be a JSON object, got {_describe(config)}")
+        raise ValueError(f"{source}: a VAE config must be a JSON object, got {describe_value(config)}")
     missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
     if missing:
         raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
     settings = {key: config.get(key, default) for key, default in VAE_CONFIG_DEFAULTS.items()}
 
     def bad(key, expected):
-        return ValueError(f"{source}: key {key!r} must be {expected}, got {_describe(settings[key])}")
+        return ValueError(f"{source}: key {key!r} must be {expected}, got {describe_value(settings[key])}")
 
     for key in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
-        if not _is_integer(settings[key]) or settings[key] < 1:
+        if not is_integer(settings[key]) or settings[key] < 1:
             raise bad(key, "a positive integer")
     channels = settings["block_out_channels"]
-    if not isinstance(channels, (list, tuple)) or not channels or not all(_is_integer(c) and c >= 1 for c in channels):
+    if not isinstance(channels, (list, tuple)) or not channels or not all(is_integer(c) and c >= 1 for c in channels):
         raise bad("block_out_channels", "a non-empty list of positive integers")
     groups = settings["norm_num_groups"]
     uneven = [c for c in channels if c % groups]
@@ -598,7 +586,7 @@ def vae_settings_from_config(config, source="config"):
         kinds = settings.pop(key)
         if kinds is not None and (not isinstance(kinds, (list, tuple)) or len(kinds) != len(channels)
                                   or any(kind != expected for kind in kinds)):
-            raise ValueError(f"{source}: {key} must be {len(channels)} x {expected}, got {_describe(kinds)}")
+            raise ValueError(f"{source}: {key} must be {len(channels)} x {expected}, got {describe_value(kinds)}")
     del settings["act_fn"]
     settings["block_out_channels"] = list(channels)
     return settings

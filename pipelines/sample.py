@@ -242,7 +242,7 @@ def run_sample(config, progress=True, rank=0, world=1):
     import mindspore as ms
     from mindspore import Tensor
     from latte_core import create_latte
-    from latte_core.checkpoint import CheckpointError, match_state_dict, read_state_dict
+    from latte_core.checkpoint import CheckpointError, read_state_dict, set_weights
     from latte_core.latte import TEXT_TOKENS
     from latte_core.samplers import create_sampler, sample as sample_latents
     from latte_core.vae import load_vae
@@ -285,14 +285,11 @@ def run_sample(config, progress=True, rank=0, world=1):
                          in_channels=vae.config["latent_channels"], num_frames=settings["num_frames"],
                          condition=condition, num_classes=max(settings.get("num_classes") or 1, 1),
                          enable_flash_attention=config["enable_flash_attention"], **overrides)
-    params = {p.name: p for p in model.get_parameters()}
     try:
-        matched = match_state_dict(params, state, weights, recompute=("pos_embed", "temp_embed"))
+        set_weights(model, state, weights, recompute=("pos_embed", "temp_embed"))
     except CheckpointError as err:
         raise SampleError(str(err)) from None
-    for name, array in matched.items():
-        params[name].set_data(Tensor(array, params[name].dtype))
-    del state, matched  # the model holds its own copy of the weights
+    del state  # the model holds its own copy of the weights
     model.set_train(False)
     if config["use_fp16"]:
         ms.amp.auto_mixed_precision(model, "O2", dtype=ms.float16)
@@ -389,13 +386,8 @@ def join_parallel(config):
     """(rank, ranks) of this process: (0, 1), or its place in the msrun job with use_parallel."""
     if not config["use_parallel"]:
         return 0, 1
-    from mindspore.communication import get_group_size, get_rank, init
-    try:
-        init()
-    except RuntimeError as err:
-        raise SampleError(f"use_parallel: cannot join a distributed job ({str(err).splitlines()[0]}); "
-                          f"start the sampling with msrun, or drop --use_parallel") from None
-    return get_rank(), get_group_size()
+    from latte_core.runtime import join_msrun
+    return join_msrun(SampleError, "start the sampling with msrun, or drop --use_parallel")
 
 
 def _gather_over_ranks(times, written):

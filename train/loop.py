@@ -82,7 +82,7 @@ def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, nu
 def setup_devices(config):
     """Device and graph mode; with use_parallel, join the msrun job. Returns (rank, world size)."""
     import mindspore as ms
-    from latte_core.runtime import prefer_avx2_onednn
+    from latte_core.runtime import join_msrun, prefer_avx2_onednn
     prefer_avx2_onednn()
     try:
         ms.set_device(config["device_target"])
@@ -92,13 +92,7 @@ def setup_devices(config):
     ms.set_seed(config["seed"])
     if not config["use_parallel"]:
         return 0, 1
-    from mindspore.communication import get_group_size, get_rank, init
-    try:
-        init()
-    except RuntimeError as err:
-        raise TrainingError(f"use_parallel: cannot join a distributed job ({str(err).splitlines()[0]}); "
-                            f"start the run with msrun") from None
-    rank, world = get_rank(), get_group_size()
+    rank, world = join_msrun(TrainingError, "start the run with msrun")
     ms.reset_auto_parallel_context()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=world)
     return rank, world
@@ -153,7 +147,7 @@ def check_resume_config(stored, config, folder):
     if changed:
         raise ResumeError(f"--resume: {folder} was trained with other settings: "
                           + ", ".join(f"{name} {was!r} (now {now!r})" for name, was, now in changed)
-                          + f"; resume with the run's values, or start a new run in another output_path")
+                          + "; resume with the run's values, or start a new run in another output_path")
 
 
 def load_text_encoder(config):
