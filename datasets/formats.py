@@ -29,6 +29,7 @@ the format's first version.
     reader = module.Reader(shards_dir, entries, frame_fields=..., dtype=..., chunk_frames=16)
     reader.read(entry)                         {field: all frames} + video arrays + label, caption
     reader.read_frames(entry, [k, ...])        {field: (len, C, h, w)}: frame k of a video, cheaply
+    reader.read_single_frames([(entry, k), ...])  {field: (len, C, h, w)}: one frame of each of many videos
     reader.video_arrays(entry), reader.video_array(entry, name), reader.blob(shard, name)
     reader.stream_frames(requests, workers)    read_frames of each (entry, frame indices), in order
 
@@ -209,6 +210,12 @@ class ShardReader:
 
     def read_frames(self, entry, frame_indices, fields=None):
         raise NotImplementedError
+
+    def read_single_frames(self, frames, fields=None):
+        """{field: (len(frames), C, h, w)}: frame k of the video of each (entry, k) of `frames` (a sample's
+        images), in order."""
+        singles = [self.read_frames(entry, [index], fields) for entry, index in frames]
+        return {field: np.concatenate([single[field] for single in singles]) for field in singles[0]}
 
     def _read_extras(self, folder):
         raise NotImplementedError

@@ -178,24 +178,24 @@ class _ClipLoader:
             yield batch
         self.epoch, self.position = self.epoch + 1, 0
 
-    def _noise(self, position, shape, stream=()):
-        rng = np.random.default_rng([self.plan.seed, self.epoch, int(position), *stream])
-        return rng.standard_normal(shape, dtype=np.float32)
-
-    def latent(self, arrays, position, stream=()):
+    def latent(self, arrays, position, stream=(), out=None):
         """The latent of plan position `position` from a clip's cached arrays {field: (F, C, h, w)}, in the
-        model's space (× self.scaling_factor, which each loader sets from its cache or VAE). `stream`
-        (IMAGE_STREAM,) draws the noise of the position's images instead of its clip's."""
-        if "sample" in arrays:
-            latent = arrays["sample"].astype(np.float32)
-        elif self.posterior == "mean":
-            latent = arrays["mean"].astype(np.float32)
-        else:  # in place: (mean + std·ε)·scaling_factor
-            latent = arrays["std"].astype(np.float32)
-            latent *= self._noise(position, latent.shape, stream)
-            latent += arrays["mean"]
-        latent *= np.float32(self.scaling_factor)
-        return latent
+        model's space (× self.scaling_factor, which each loader sets from its cache or VAE), float32, into
+        `out` if given. `stream` (IMAGE_STREAM,) draws the noise of the position's images instead of its
+        clip's."""
+        first = next(iter(arrays.values()))
+        out = np.empty(first.shape, np.float32) if out is None else out
+        scale = np.float32(self.scaling_factor)
+        if "sample" in arrays or self.posterior == "mean":
+            # dtype: with a scalar, numpy 1.x would multiply a float16 array in float16
+            np.multiply(arrays["sample" if "sample" in arrays else "mean"], scale, out=out, dtype=np.float32)
+        else:  # in place, no temporaries: (mean + std·ε)·scaling_factor
+            rng = np.random.default_rng([self.plan.seed, self.epoch, int(position), *stream])
+            rng.standard_normal(out=out, dtype=np.float32)
+            out *= arrays["std"]
+            out += arrays["mean"]
+            out *= scale
+        return out
 
     def images_of(self, position, video):
         """(places in image_entries, frame indices) of the use_image_num images of plan position
@@ -207,20 +207,32 @@ class _ClipLoader:
         others += others >= own  # skip the clip's own video
         return others, rng.integers(0, self.image_frames[others])
 
-    def _finished_sample(self, clip_latent, entry, position, images):
+    def sample_latent(self, clip_arrays, position, image_arrays=None):
+        """The latent (F [+ I], C, h, w) float32 of plan position `position`: its clip's, then its images'
+        (each drawn from its own stream), computed into one array."""
+        if image_arrays is None:
+            return self.latent(clip_arrays, position)
+        frames, first_image = len(next(iter(clip_arrays.values()))), next(iter(image_arrays.values()))
+        latent = np.empty((frames + len(first_image),) + first_image.shape[1:], np.float32)
+        self.latent(clip_arrays, position, out=latent[:frames])
+        self.latent(image_arrays, position, (IMAGE_STREAM,), out=latent[frames:])
+        return latent
+
+    def _finished_sample(self, clip_arrays, entry, position, images):
         """A sample's columns: latent (F [+ I], C, h, w), label, position, then with images their labels
         (I,), and with caption embeddings the clip's (77, D) [and the images' (I, 77, D)].
-        images: (places in image_entries, {field: (I, C, h, w)}), or None without images."""
-        latent, sample_extras = clip_latent, ()
+        clip_arrays: the clip's {field: (F, C, h, w)}; images: (places in image_entries, {field: (I, C, h,
+        w)}), or None without images."""
+        others, image_arrays = images if self.use_image_num else ((), None)
+        extras = ()
         if self.use_image_num:
-            others, arrays = images
-            latent = np.concatenate([clip_latent, self.latent(arrays, position, (IMAGE_STREAM,))])
-            sample_extras = (np.array([_label(self.image_entries[i]) for i in others], np.int32),)
+            extras += (np.array([_label(self.image_entries[i]) for i in others], np.int32),)
         if self.text_encoder is not None:
-            sample_extras += (self.caption_embedding(entry),)
+            extras += (self.caption_embedding(entry),)
             if self.use_image_num:
-                sample_extras += (np.stack([self.caption_embedding(self.image_entries[i]) for i in others]),)
-        return (latent, np.int32(_label(entry)), np.int64(position)) + sample_extras
+                extras += (np.stack([self.caption_embedding(self.image_entries[i]) for i in others]),)
+        return (self.sample_latent(clip_arrays, position, image_arrays), np.int32(_label(entry)),
+                np.int64(position)) + extras
 
     def caption_embedding(self, entry):
         """The caption embedding (77, D) float32 of a video (an entry of `entries` or `image_entries`)."""
@@ -379,19 +391,16 @@ class CacheLoader(_ClipLoader):
                     images = chosen[number][0], _joined([next(frames) for _ in range(self.use_image_num)])
                 yield arrays, entry, position, images
 
-        return _batched(_in_order(self._sample, read(), workers), self.batch_size)  # arithmetic on the workers
+        return _batched(_in_order(self._finished_sample, read(), workers), self.batch_size)  # arithmetic on the workers
 
     def _clip_sample(self, video, start, position):
         entry = self.entries[video]
         images = None
         if self.use_image_num:
             others, indices = self.images_of(position, video)
-            singles = [self.read_clip(self.image_entries[i], [k]) for i, k in zip(others, indices)]
-            images = others, _joined(singles)
-        return self._sample(self.read_clip(entry, self.plan.frame_indices(start)), entry, position, images)
-
-    def _sample(self, arrays, entry, position, images=None):
-        return self._finished_sample(self.latent(arrays, position), entry, position, images)
+            images = others, self.cache.reader.read_single_frames(
+                [(self.image_entries[i], k) for i, k in zip(others, indices)], self.fields)
+        return self._finished_sample(self.read_clip(entry, self.plan.frame_indices(start)), entry, position, images)
 
 
 class _PlanSource:
@@ -466,7 +475,7 @@ class VideoLoader(_ClipLoader):
             mean, std = self.vae.encode_video(row["pixels"], micro_batch=self.micro_batch)  # clip and images
             samples = []
             for k, position in enumerate(row["index"]):
-                clip = self.latent({"mean": mean[k, :frames], "std": std[k, :frames]}, position)
+                clip = {"mean": mean[k, :frames], "std": std[k, :frames]}
                 images = (row["image_places"][k], {"mean": mean[k, frames:], "std": std[k, frames:]}) \
                     if self.use_image_num else None
                 samples.append(self._finished_sample(clip, self.entries[video[position]], position, images))

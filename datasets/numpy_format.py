@@ -96,6 +96,28 @@ class Reader(ShardReader):
             out[field] = frames[indices - first] if whole_span and not consecutive else frames
         return out
 
+    def read_single_frames(self, frames, fields=None):
+        """Each frame read with pread straight into its place in the output."""
+        out = {}
+        for field in fields or self.frame_fields:
+            array = None
+            for place, (entry, index) in enumerate(frames):
+                if not 0 <= index < entry["frames"]:
+                    raise IndexError(f"frame {index} of a video of {entry['frames']} frames")
+                path = self._path(entry, field)
+                offset, frame_shape = self._layout(path, entry["frames"])
+                if array is None:
+                    array = np.empty((len(frames),) + frame_shape, self.dtype)
+                elif frame_shape != array.shape[1:]:
+                    raise IOError(f"{path}: frames of shape {frame_shape}, other videos' are {array.shape[1:]}")
+                descriptor = os.open(path, os.O_RDONLY)
+                try:
+                    _read_into(descriptor, path, array[place], offset + int(index) * array[place].nbytes)
+                finally:
+                    os.close(descriptor)
+            out[field] = array
+        return out
+
     def video_arrays(self, entry):
         names = {name.split(".")[1] for name in os.listdir(self.shard_folder(entry["shard"]))
                  if name.startswith(f"{entry['offset']}.")} - set(self.frame_fields)

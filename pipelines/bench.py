@@ -274,15 +274,11 @@ def _latent_arithmetic(loader, sample, samples, threads):
     sample already in memory: its clip, then its images; no I/O, no pipeline) over `samples`
     positions, shared by `threads` threads as the loader's workers share theirs."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from latte_toolkit.datasets.loader import IMAGE_STREAM
     clip, images = sample
 
     def arithmetic(positions):
         for position in positions:
-            loader.latent(clip, position)
-            if images:
-                loader.latent(images, position, (IMAGE_STREAM,))
+            loader.sample_latent(clip, position, images)
 
     shares = np.array_split(np.arange(samples), threads)
     with ThreadPoolExecutor(threads) as pool:
