@@ -214,11 +214,15 @@ class ShardReader:
     def read_single_frames(self, frames, fields=None):
         """{field: (len(frames), C, h, w)}: frame k of the video of each (entry, k) of `frames` (a sample's
         images), in order."""
-        singles = [self.read_frames(entry, [index], fields) for entry, index in frames]
-        return {field: np.concatenate([single[field] for single in singles]) for field in singles[0]}
+        return joined_frames([self.read_frames(entry, [index], fields) for entry, index in frames])
 
     def _read_extras(self, folder):
         raise NotImplementedError
+
+
+def joined_frames(singles):
+    """Single-frame reads [{field: (1, C, h, w)}, ...] -> {field: (len(singles), C, h, w)}."""
+    return {field: np.concatenate([single[field] for single in singles]) for field in singles[0]}
 
 
 def chunk_rows(entries, chunk_frames):

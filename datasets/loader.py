@@ -40,6 +40,7 @@ import numpy as np
 from latte_core.errors import is_integer
 
 from .cache import CorruptCache, check_shards, open_cache, read_ledger
+from .formats import joined_frames
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +184,8 @@ class _ClipLoader:
         model's space (× self.scaling_factor, which each loader sets from its cache or VAE), float32, into
         `out` if given. `stream` (IMAGE_STREAM,) draws the noise of the position's images instead of its
         clip's."""
-        first = next(iter(arrays.values()))
-        out = np.empty(first.shape, np.float32) if out is None else out
+        if out is None:
+            out = np.empty(next(iter(arrays.values())).shape, np.float32)
         scale = np.float32(self.scaling_factor)
         if "sample" in arrays or self.posterior == "mean":
             # dtype: with a scalar, numpy 1.x would multiply a float16 array in float16
@@ -249,11 +250,6 @@ def _dataset_batches(dataset, columns):
 
 def _label(entry):
     return -1 if entry["label"] is None else entry["label"]
-
-
-def _joined(singles):
-    """Single-frame reads [{field: (1, ...)}] -> {field: (len, ...)}."""
-    return {field: np.concatenate([single[field] for single in singles]) for field in singles[0]}
 
 
 def _check_image_num(use_image_num, videos, where):
@@ -388,7 +384,7 @@ class CacheLoader(_ClipLoader):
             for number, (position, (entry, _), arrays) in enumerate(zip(positions, requests, clips)):
                 images = None
                 if self.use_image_num:
-                    images = chosen[number][0], _joined([next(frames) for _ in range(self.use_image_num)])
+                    images = chosen[number][0], joined_frames([next(frames) for _ in range(self.use_image_num)])
                 yield arrays, entry, position, images
 
         return _batched(_in_order(self._finished_sample, read(), workers), self.batch_size)  # arithmetic on the workers
