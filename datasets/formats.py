@@ -31,11 +31,9 @@ the format's first version.
     reader.read_frames(entry, [k, ...])        {field: (len, C, h, w)}: frame k of a video, cheaply
     reader.read_single_frames([(entry, k), ...])  {field: (len, C, h, w)}: one frame of each of many videos
     reader.video_arrays(entry), reader.video_array(entry, name), reader.blob(shard, name)
-    reader.stream_frames(requests, workers)    read_frames of each (entry, frame indices), in order
 
 `entries` are index rows ({"shard", "offset", "frames", ...}) of every video of the shards to read.
-`random_access` tells the loader how to read many clips: True, read_frames from its worker threads;
-False, one stream_frames over the epoch (MindRecord reads rows fastest through its own pipeline).
+The loader calls read_frames and read_single_frames from its worker threads: a Reader must allow that.
 
 Adding a format: one module `datasets/<name>_format.py` with its Writer and Reader, one line in
 FORMATS below, and its tests: tests/test_formats.py runs the round trips over every registered format.
@@ -43,6 +41,7 @@ FORMATS below, and its tests: tests/test_formats.py runs the round trips over ev
 import importlib
 import math
 import os
+import threading
 
 import numpy as np
 
@@ -154,8 +153,6 @@ class ShardReader:
     read_frames, and the extras (_extras(shard) -> ({offset: {name: array}}, {name: array}), or
     video_arrays and blob themselves)."""
 
-    random_access = True
-
     def __init__(self, shards_dir, entries, *, frame_fields, dtype, chunk_frames, cache_bytes=256 << 20):
         self.shards_dir = os.fspath(shards_dir)
         self.frame_fields, self.dtype = tuple(frame_fields), np.dtype(dtype)
@@ -200,11 +197,6 @@ class ShardReader:
             self._extras_of[shard] = self._read_extras(self.shard_folder(shard))
         return self._extras_of[shard]
 
-    def stream_frames(self, requests, num_parallel_workers=1, fields=None):
-        """read_frames(entry, frame_indices) of each request, in order."""
-        for entry, frame_indices in requests:
-            yield self.read_frames(entry, frame_indices, fields)
-
     def _read_video(self, entry, fields):
         raise NotImplementedError
 
@@ -214,31 +206,105 @@ class ShardReader:
     def read_single_frames(self, frames, fields=None):
         """{field: (len(frames), C, h, w)}: frame k of the video of each (entry, k) of `frames` (a sample's
         images), in order."""
-        return joined_frames([self.read_frames(entry, [index], fields) for entry, index in frames])
+        singles = [self.read_frames(entry, [index], fields) for entry, index in frames]
+        return {field: np.concatenate([single[field] for single in singles]) for field in singles[0]}
 
     def _read_extras(self, folder):
         raise NotImplementedError
 
 
-def joined_frames(singles):
-    """Single-frame reads [{field: (1, C, h, w)}, ...] -> {field: (len(singles), C, h, w)}."""
-    return {field: np.concatenate([single[field] for single in singles]) for field in singles[0]}
+def read_into(descriptor, path, array, offset):
+    """Fill `array` (contiguous) with the file's bytes at `offset`; IOError naming the file if it ends first."""
+    wanted = array.nbytes
+    got = os.preadv(descriptor, [memoryview(array).cast("B")], offset)
+    if got != wanted:
+        raise IOError(f"{path}: {got} bytes at offset {offset} where {wanted} should be: the file is truncated")
 
 
-def chunk_rows(entries, chunk_frames):
-    """For formats of one row per chunk of `chunk_frames` frames: the row of each video's first chunk
-    {(shard, offset): row} and the rows of each shard {shard: rows}."""
-    by_shard = {}
-    for entry in entries:
-        by_shard.setdefault(entry["shard"], []).append((entry["offset"], entry["frames"]))
-    first, rows = {}, {}
-    for shard, videos in by_shard.items():
-        row = 0
-        for offset, frames in sorted(videos):
-            first[(shard, offset)] = row
-            row += math.ceil(frames / chunk_frames)
-        rows[shard] = row
-    return first, rows
+class ChunkLayout:
+    """Where one shard's frames lie: `addresses[row, j]` is the byte address in `path` of chunk row `row`'s
+    first frame of frame field j (the Reader's frame_fields order), the chunk's frames one after another,
+    each `frame_bytes` long, of shape `frame_shape`."""
+
+    def __init__(self, path, addresses, frame_shape, frame_bytes):
+        self.path, self.addresses = path, addresses
+        self.frame_shape, self.frame_bytes = frame_shape, frame_bytes
+
+
+class ChunkedShardReader(ShardReader):
+    """For formats of one row per chunk of `chunk_frames` frames whose frames lie as raw bytes in the file:
+    the format implements _parse_layout(shard) -> a ChunkLayout checked against the cache index (or None
+    for a shard it cannot read that way), and read_direct then preads frames straight into place. A
+    random frame costs a pread of its own bytes, not the decoding of its chunk."""
+
+    def __init__(self, shards_dir, entries, **settings):
+        super().__init__(shards_dir, entries, **settings)
+        self._entries_of = {}
+        for entry in self.entries:
+            self._entries_of.setdefault(entry["shard"], []).append(entry)
+        self._first_rows, self._shard_rows = {}, {}
+        for shard, videos in self._entries_of.items():
+            row = 0
+            for entry in sorted(videos, key=lambda e: e["offset"]):
+                self._first_rows[(shard, entry["offset"])] = row
+                row += math.ceil(entry["frames"] / self.chunk_frames)
+            self._shard_rows[shard] = row
+        self._layouts, self._layout_lock = {}, threading.Lock()
+
+    def _parse_layout(self, shard):
+        raise NotImplementedError
+
+    def layout(self, shard):
+        """The shard's ChunkLayout (or None), parsed once, by whichever reading thread comes first."""
+        with self._layout_lock:
+            if shard not in self._layouts:
+                self._layouts[shard] = self._parse_layout(shard)
+            return self._layouts[shard]
+
+    def expected_chunks(self, shard):
+        """(rows, 3) int64: (video offset, first frame, frames) of each chunk row of a shard, in row order,
+        from the cache index."""
+        rows = np.zeros((self._shard_rows[shard], 3), np.int64)
+        for entry in self._entries_of[shard]:
+            first = self._first_rows[(shard, entry["offset"])]
+            starts = np.arange(0, entry["frames"], self.chunk_frames)
+            rows[first:first + len(starts)] = np.stack(
+                [np.full(len(starts), entry["offset"]), starts, np.minimum(self.chunk_frames, entry["frames"] - starts)], 1)
+        return rows
+
+    def read_direct(self, frames, fields=None):
+        """{field: (len(frames), C, h, w)}: frame k of the video of each (entry, k), its shard's layout
+        known, read straight into place: one pread per field for each run of frames that lie one after
+        another in one chunk."""
+        fields = tuple(fields or self.frame_fields)
+        places = []
+        for entry, index in frames:
+            index = int(index)
+            if not 0 <= index < entry["frames"]:
+                raise IndexError(f"frame {index} of a video of {entry['frames']} frames")
+            row = self._first_rows[(entry["shard"], entry["offset"])] + index // self.chunk_frames
+            places.append((self.layout(entry["shard"]), row, index % self.chunk_frames))
+        frame_shape = places[0][0].frame_shape
+        if any(layout.frame_shape != frame_shape for layout, _, _ in places):
+            raise IOError(f"{self.shards_dir}: frames of shapes {sorted({p[0].frame_shape for p in places})} "
+                          f"asked for as one array")
+        out = {field: np.empty((len(places),) + frame_shape, self.dtype) for field in fields}
+        columns = [self.frame_fields.index(field) for field in fields]
+        first = 0
+        while first < len(places):
+            layout, row, within = places[first]
+            last = first + 1
+            while last < len(places) and places[last] == (layout, row, within + last - first):
+                last += 1
+            descriptor = os.open(layout.path, os.O_RDONLY)
+            try:
+                for field, column in zip(fields, columns):
+                    read_into(descriptor, layout.path, out[field][first:last],
+                              int(layout.addresses[row, column]) + within * layout.frame_bytes)
+            finally:
+                os.close(descriptor)
+            first = last
+        return out
 
 
 def extras_rows(video_arrays, blobs):

@@ -6,9 +6,8 @@
     │   visited in a seeded order, clips shuffled within windows of `shuffle_window` shards (the bounded
     │   shuffle buffer); global batches of batch_size × world_size, of which rank r takes slice r
     └ a MindSpore pipeline from the rank's position in the plan, through the format's Reader
-    │   (datasets/formats.py): a random-access format is read by num_parallel_workers threads calling
-    │   read_frames; a streaming one hands over the rank's clips in plan order (stream_frames), reading
-    │   just the rows they need; either way the posterior sampling runs on those threads, in plan order
+    │   (datasets/formats.py): num_parallel_workers threads each read a sample's frames (read_frames,
+    │   and read_single_frames for its images) and sample its posterior, handed over in plan order
     └ per clip: frames start, start + stride, …; latent = (mean + std·ε)·scaling_factor with ε from a
       generator seeded by (seed, epoch, plan position): reproducible, different every epoch
       (posterior="mean": mean·scaling_factor, for VAEs whose posterior noise would swamp the signal)
@@ -40,7 +39,6 @@ import numpy as np
 from latte_core.errors import is_integer
 
 from .cache import CorruptCache, check_shards, open_cache, read_ledger
-from .formats import joined_frames
 
 logger = logging.getLogger(__name__)
 
@@ -353,8 +351,7 @@ class CacheLoader(_ClipLoader):
 
     def _batches(self, video, start, positions):
         import mindspore.dataset as ds
-        batches = self._read_batches if self.cache.reader.random_access else self._streamed_batches
-        dataset = ds.GeneratorDataset(lambda: batches(video, start, positions), column_names=self.columns,
+        dataset = ds.GeneratorDataset(lambda: self._read_batches(video, start, positions), column_names=self.columns,
                                       shuffle=False)
         return _dataset_batches(dataset, self.columns)
 
@@ -368,26 +365,6 @@ class CacheLoader(_ClipLoader):
     def read_clip(self, entry, frame_indices):
         """{field: (F, C, h, w)} of one video's frames at `frame_indices`, in the cache dtype."""
         return self.cache.reader.read_frames(entry, frame_indices, self.fields)
-
-    def _streamed_batches(self, video, start, positions):
-        """Batches from the Reader's stream of the rank's clips, in plan order; the images, if any, come
-        from a second stream of single frames beside it (one request per image, so no image is padded
-        to a clip's chunks)."""
-        reader, workers = self.cache.reader, self.num_parallel_workers
-        requests = [(self.entries[video[p]], self.plan.frame_indices(start[p])) for p in positions]
-        clips = reader.stream_frames(requests, workers, self.fields)
-        chosen = [self.images_of(p, video[p]) for p in positions] if self.use_image_num else []
-        frames = reader.stream_frames([(self.image_entries[i], np.array([k])) for others, indices in chosen
-                                       for i, k in zip(others, indices)], workers, self.fields)
-
-        def read():
-            for number, (position, (entry, _), arrays) in enumerate(zip(positions, requests, clips)):
-                images = None
-                if self.use_image_num:
-                    images = chosen[number][0], joined_frames([next(frames) for _ in range(self.use_image_num)])
-                yield arrays, entry, position, images
-
-        return _batched(_in_order(self._finished_sample, read(), workers), self.batch_size)  # arithmetic on the workers
 
     def _clip_sample(self, video, start, position):
         entry = self.entries[video]

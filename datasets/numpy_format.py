@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from .formats import ShardReader, ShardWriter
+from .formats import ShardReader, ShardWriter, read_into
 
 HEADERS_KEPT = 1 << 16  # parsed .npy headers a reader keeps (about 200 bytes each)
 SPAN_READ_LIMIT = 4  # a clip's frames are read as one span unless it holds over 4x the frames asked for
@@ -27,14 +27,6 @@ class Writer(ShardWriter):
                 np.save(os.path.join(self.staging, f"{offset}.{name}.npy"), array)
         for name, array in blobs.items():
             np.save(os.path.join(self.staging, f"blob.{name}.npy"), array)
-
-
-def _read_into(descriptor, path, array, offset):
-    """Fill `array` with the file's bytes at `offset`; IOError naming the file if it ends first."""
-    wanted = array.nbytes
-    got = os.preadv(descriptor, [memoryview(array).cast("B")], offset)
-    if got != wanted:
-        raise IOError(f"{path}: {got} bytes at offset {offset} where {wanted} should be: the file is truncated")
 
 
 class Reader(ShardReader):
@@ -87,10 +79,10 @@ class Reader(ShardReader):
             descriptor = os.open(path, os.O_RDONLY)
             try:
                 if whole_span:
-                    _read_into(descriptor, path, frames, offset + first * frame_bytes)
+                    read_into(descriptor, path, frames, offset + first * frame_bytes)
                 else:
                     for place, index in enumerate(indices):
-                        _read_into(descriptor, path, frames[place], offset + int(index) * frame_bytes)
+                        read_into(descriptor, path, frames[place], offset + int(index) * frame_bytes)
             finally:
                 os.close(descriptor)
             out[field] = frames[indices - first] if whole_span and not consecutive else frames
@@ -112,7 +104,7 @@ class Reader(ShardReader):
                     raise IOError(f"{path}: frames of shape {frame_shape}, other videos' are {array.shape[1:]}")
                 descriptor = os.open(path, os.O_RDONLY)
                 try:
-                    _read_into(descriptor, path, array[place], offset + int(index) * array[place].nbytes)
+                    read_into(descriptor, path, array[place], offset + int(index) * array[place].nbytes)
                 finally:
                     os.close(descriptor)
             out[field] = array

@@ -5,21 +5,26 @@
     <shard>/extras.parquet (only with per-video arrays or blobs), columns: video (int32, -1 for a
     blob), name (string), dtype (string), shape (list<int32>), data (binary)
 
-Each chunk row is a row group of its own: Parquet's smallest unit of reading is a row group's column,
-so a random frame (an image of image-video joint training) then costs one chunk, not the whole shard
-(caches written with larger row groups read the same, slower). Rows are written to the file in
-batches of about `WRITE_BATCH_BYTES`.
+Each chunk row is a row group of its own, plain and uncompressed, so a chunk's field is one PLAIN
+value (a little-endian uint32 length, then the bytes) ending its column chunk: the Reader locates each
+chunk's frames once per shard from the footer, checks them against the cache index and the length
+prefixes, and then reads any frame with one pread of its own bytes (an image of image-video joint
+training no longer decodes its whole chunk: 60-170 us a row group, and the cache of decoded row groups
+it needed thrashed on caches larger than its 256 MB). Shards written with larger row groups (an earlier
+layout) or compressed are read through pyarrow, row group by row group, through that cache. Rows are
+written to the file in batches of about `WRITE_BATCH_BYTES`.
 """
 import collections
 import logging
 import os
+import struct
 import threading
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .formats import ShardReader, ShardWriter, chunk_rows, extras_from_rows, extras_rows
+from .formats import ChunkedShardReader, ChunkLayout, ShardWriter, extras_from_rows, extras_rows
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +76,57 @@ class Writer(ShardWriter):
         writer.close()
 
 
-class Reader(ShardReader):
+class Reader(ChunkedShardReader):
     def __init__(self, shards_dir, entries, **settings):
         super().__init__(shards_dir, entries, **settings)
-        self._first_rows, _ = chunk_rows(self.entries, self.chunk_frames)
-        self._row_groups = _RowGroupCache(self.cache_bytes)
+        self._row_groups = _RowGroupCache(self.cache_bytes)  # for shards of the earlier layout only
+
+    def _parse_layout(self, shard):
+        """Each chunk row's frame bytes from the footer: a row group of one row whose field column chunk
+        ends with the value; None for a shard of several rows per row group or compressed. IOError
+        naming the file where the shard disagrees with the cache index."""
+        path = os.path.join(self.shard_folder(shard), FILE_NAME)
+        try:
+            parquet = pq.ParquetFile(path)
+            metadata = parquet.metadata
+            small = parquet.read(columns=["video", "start", "shape"], use_threads=False)
+        except (OSError, pa.ArrowException) as err:
+            raise IOError(f"{path}: not a readable Parquet shard ({err})") from None
+        expected = self.expected_chunks(shard)
+        stored = np.stack([small.column("video").to_numpy(), small.column("start").to_numpy()], 1) \
+            if small.num_rows else np.zeros((0, 2), np.int64)
+        if len(stored) != len(expected) or (stored != expected[:, :2]).any():
+            raise IOError(f"{path}: its {len(stored)} chunk rows are not the {len(expected)} chunks of the cache "
+                          f"index (video and first frame of each, in order)")
+        shapes = small.column("shape").to_pylist()
+        frame_shapes = {tuple(shape[1:]) for shape in shapes}
+        if len(frame_shapes) != 1 or any(shape[0] != n for shape, n in zip(shapes, expected[:, 2])):
+            raise IOError(f"{path}: chunk shapes {sorted(frame_shapes)[:3]}... do not hold the cache index's frames "
+                          f"of one shape")
+        if metadata.num_row_groups != metadata.num_rows:
+            return None
+        leaf = {metadata.schema.column(i).path: i for i in range(metadata.num_columns)}
+        frame_shape = frame_shapes.pop()
+        frame_bytes = int(np.prod(frame_shape)) * self.dtype.itemsize
+        addresses = np.zeros((len(expected), len(self.frame_fields)), np.int64)
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            for row, frames in enumerate(expected[:, 2]):
+                group = metadata.row_group(row)
+                for j, field in enumerate(self.frame_fields):
+                    chunk = group.column(leaf[field])
+                    if chunk.compression != "UNCOMPRESSED" or chunk.has_dictionary_page or chunk.num_values != 1 \
+                            or "PLAIN" not in chunk.encodings:
+                        return None
+                    length = int(frames) * frame_bytes
+                    address = chunk.data_page_offset + chunk.total_compressed_size - length
+                    if os.pread(descriptor, 4, address - 4) != struct.pack("<I", length):
+                        raise IOError(f"{path}: row {row}'s {field!r} is not the {length} bytes of its "
+                                      f"{frames} frames of {frame_shape} in {self.dtype}")
+                    addresses[row, j] = address
+        finally:
+            os.close(descriptor)
+        return ChunkLayout(path, addresses, frame_shape, frame_bytes)
 
     def _read_video(self, entry, fields):
         table = pq.read_table(os.path.join(self.shard_folder(entry["shard"]), FILE_NAME),
@@ -87,24 +138,48 @@ class Reader(ShardReader):
             out[field] = np.concatenate(parts) if parts else np.zeros((0,), self.dtype)
         return out
 
-    def read_frames(self, entry, frame_indices, fields=None):
-        """The frames at `frame_indices` from the chunk rows that hold them, through a cache of decoded
-        row groups shared by the reading threads."""
-        fields = tuple(fields or self.frame_fields)
+    def _chunk(self, entry, chunk, fields):
+        """{field: (frames, C, h, w)} of one chunk row of a video, from the cache of decoded row groups
+        shared by the reading threads, checked against the index."""
         folder = self.shard_folder(entry["shard"])
-        first_row = self._first_rows[(entry["shard"], entry["offset"])]
+        row = self._first_rows[(entry["shard"], entry["offset"])] + chunk
+        offset, first_frame, arrays = self._row_groups.row(folder, row, fields, self.dtype)
+        if offset != entry["offset"] or first_frame != chunk * self.chunk_frames:
+            raise IOError(f"{folder}: row {row} holds video {offset} frame {first_frame}, the index says video "
+                          f"{entry['offset']} frame {chunk * self.chunk_frames}")
+        return arrays
+
+    def read_frames(self, entry, frame_indices, fields=None):
+        """The frames at `frame_indices`: read directly, or from the decoded chunk rows that hold them."""
+        if self.layout(entry["shard"]) is not None:
+            return self.read_direct([(entry, k) for k in frame_indices], fields)
+        fields = tuple(fields or self.frame_fields)
         chunks = range(min(frame_indices) // self.chunk_frames, max(frame_indices) // self.chunk_frames + 1)
-        parts = []
-        for chunk in chunks:
-            table, row = self._row_groups.row(folder, first_row + chunk, fields)
-            offset, first_frame, arrays = _chunk_of(table, row, fields, self.dtype)
-            if offset != entry["offset"] or first_frame != chunk * self.chunk_frames:
-                raise IOError(f"{folder}: row {first_row + chunk} holds video {offset} frame {first_frame}, the "
-                              f"index says video {entry['offset']} frame {chunk * self.chunk_frames}")
-            parts.append(arrays)
+        parts = [self._chunk(entry, chunk, fields) for chunk in chunks]
         at = np.asarray(frame_indices) - chunks[0] * self.chunk_frames
         return {field: (parts[0][field] if len(parts) == 1 else np.concatenate([part[field] for part in parts]))[at]
                 for field in fields}
+
+    def read_single_frames(self, frames, fields=None):
+        """Each frame read directly, or copied from its decoded chunk row, into its place in the output."""
+        if all(self.layout(entry["shard"]) is not None for entry, _ in frames):
+            return self.read_direct(frames, fields)
+        fields = tuple(fields or self.frame_fields)
+        out = {}
+        for place, (entry, index) in enumerate(frames):
+            index = int(index)
+            if not 0 <= index < entry["frames"]:
+                raise IndexError(f"frame {index} of a video of {entry['frames']} frames")
+            arrays = self._chunk(entry, index // self.chunk_frames, fields)
+            for field in fields:
+                frame = arrays[field][index % self.chunk_frames]
+                if field not in out:
+                    out[field] = np.empty((len(frames),) + frame.shape, self.dtype)
+                elif frame.shape != out[field].shape[1:]:
+                    raise IOError(f"{self.shard_folder(entry['shard'])}: frames of shape {frame.shape}, other "
+                                  f"videos' are {out[field].shape[1:]}")
+                out[field][place] = frame
+        return out
 
     def _read_extras(self, folder):
         path = os.path.join(folder, EXTRAS_NAME)
@@ -131,13 +206,14 @@ def _prefer_jemalloc():
 
 
 class _RowGroupCache:
-    """Decoded Parquet row groups, least recently used dropped first once `max_bytes` is exceeded, and
-    the open files they come from (per thread: a ParquetFile is not shared between reading threads)."""
+    """Decoded Parquet row groups (each row's video, first frame and arrays), least recently used dropped
+    first once `max_bytes` is exceeded, and the open files they come from (per thread: a ParquetFile is
+    not shared between reading threads)."""
 
     def __init__(self, max_bytes):
         _prefer_jemalloc()
         self.max_bytes = max_bytes
-        self.tables = collections.OrderedDict()
+        self.groups = collections.OrderedDict()  # (folder, row group, fields) -> (its rows decoded, bytes)
         self.held_bytes = 0
         self.bounds = {}
         self.lock = threading.Lock()
@@ -156,8 +232,10 @@ class _RowGroupCache:
         files.move_to_end(folder)
         return parquet
 
-    def row(self, folder, row, fields):
-        """(table, row within it) holding shard row `row`."""
+    def row(self, folder, row, fields, dtype):
+        """(video offset, first frame, {field: array}) of shard row `row`, its arrays views of the cached
+        row group, decoded once (pyarrow's per-value access, 15-20 us a value here, cost more than
+        copying a frame out)."""
         with self.lock:
             bounds = self.bounds.get(folder)
         if bounds is None:
@@ -170,15 +248,19 @@ class _RowGroupCache:
         group = int(np.searchsorted(bounds, row, side="right") - 1)
         key = (folder, group, tuple(fields))
         with self.lock:
-            table = self.tables.get(key)
-            if table is not None:
-                self.tables.move_to_end(key)
-        if table is None:  # read outside the lock, so parallel workers read different row groups at once
-            table = self._file(folder).read_row_group(group, columns=["video", "start", "shape"] + list(fields))
+            rows = self.groups.get(key, (None,))[0]
+            if rows is not None:
+                self.groups.move_to_end(key)
+        if rows is None:  # read outside the lock, so parallel workers read different row groups at once
+            # use_threads=False: a chunk row's few columns cost 3x as much when spread over pyarrow's pool
+            # (170 against 60 us here), and the loader's own workers already read in parallel
+            table = self._file(folder).read_row_group(group, columns=["video", "start", "shape"] + list(fields),
+                                                      use_threads=False)
+            rows = [_chunk_of(table, i, fields, dtype) for i in range(table.num_rows)]
             with self.lock:
-                if key not in self.tables:
-                    self.tables[key] = table
+                if key not in self.groups:
+                    self.groups[key] = rows, table.nbytes
                     self.held_bytes += table.nbytes
-                while len(self.tables) > 1 and self.held_bytes > self.max_bytes:
-                    self.held_bytes -= self.tables.popitem(last=False)[1].nbytes
-        return table, row - int(bounds[group])
+                while len(self.groups) > 1 and self.held_bytes > self.max_bytes:
+                    self.held_bytes -= self.groups.popitem(last=False)[1][1]
+        return rows[row - int(bounds[group])]
