@@ -76,7 +76,7 @@ class CacheReader:
     """`ids` (video ids, sorted) and `read(video_id)` -> {"mean", "std"} or {"sample"} arrays of shape
     (frames, C, h, w), plus "label" and "caption" (and the video's arrays when the cache has them).
     `reader` is the format's Reader over every shard (random frame reads: `reader.read_frames`);
-    `cache_bytes` bounds the decoded shard data it keeps in memory.
+    `cache_bytes` bounds the decoded row groups it keeps for Parquet shards of the earlier layout.
 
     Text caches: `has_text`; `text_encoder` {"path", "sha256", "width", "max_length"} (None without
     text); `caption_embedding(video)` (a video id or an index entry) -> (77, D) in the cache dtype;

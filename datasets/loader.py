@@ -294,7 +294,8 @@ class CacheLoader(_ClipLoader):
 
     on_corrupt: "skip" (report and leave out shards that disagree with the ledger) or "raise";
     check: "full" (sha256 of every shard when the loader is built) or "size" (file sizes only).
-    cache_bytes bounds the decoded shard data the format's reader keeps in memory (row groups).
+    cache_bytes bounds the decoded row groups kept in memory for Parquet shards of the earlier layout
+    (several chunk rows per row group, or compressed); every other shard is read frame by frame.
     captions: True adds each sample's caption embeddings (the cache's, as float32; a cache made with
     --text-encoder); the empty prompt's is read, and checked, when the loader is built.
     """
