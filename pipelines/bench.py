@@ -430,7 +430,8 @@ def _median_matmul_seconds(a, b, repeats):
     return statistics.median(times)
 
 
-def _step_path(model_name, frames, latent, batch, steps, flash_attention, seed, device, kernels_on, images, queue):
+def _step_path(model_name, frames, latent, batch, steps, flash_attention, seed, device, kernels_on, images, depth,
+               queue):
     """Child process: time `steps` training steps with the kernels on or off; put the figures on queue."""
     active = _setup_child(device, kernels_on)
     import mindspore as ms
@@ -439,7 +440,9 @@ def _step_path(model_name, frames, latent, batch, steps, flash_attention, seed, 
     from latte_toolkit.train.step import DiffusionLoss, TrainStep, Updater
 
     ms.set_seed(seed)
-    model = create_latte(model_name, input_size=latent, num_frames=frames, enable_flash_attention=flash_attention)
+    overrides = {} if depth is None else {"depth": depth}
+    model = create_latte(model_name, input_size=latent, num_frames=frames, enable_flash_attention=flash_attention,
+                         **overrides)
     diffusion = create_diffusion("")
     step = TrainStep(DiffusionLoss(model, diffusion, images), Updater(model.trainable_params(), learning_rate=1e-4))
     rng = np.random.default_rng(seed)
@@ -475,16 +478,19 @@ def _combine(result, paths, time_key):
 
 
 def bench_step(model_name="Latte-S/2", frames=8, latent=16, batch=2, steps=5, flash_attention=False, seed=0,
-               device="CPU", kernels=KERNEL_PATHS, images=0):
+               device="CPU", kernels=KERNEL_PATHS, images=0, depth=None):
     """Median seconds of forward + diffusion loss + backward + AdamW, in GRAPH_MODE, float32, for each
     kernel path in `kernels` ("on", "off"), each in a fresh process. `images`: use_image_num, images
-    appended to each clip of `frames` frames (image-video joint training)."""
+    appended to each clip of `frames` frames (image-video joint training); `depth`: the block count if not
+    the variant's."""
+    from latte_core.latte import LATTE_MODELS
     if steps < 2:
         raise ValueError("--steps must be at least 2 (the first step includes graph compilation)")
     paths = [run_in_fresh_process(_step_path, (model_name, frames, latent, batch, steps, flash_attention, seed,
-                                               device, path == "on", images), f"step (kernels {path})")
+                                               device, path == "on", images, depth), f"step (kernels {path})")
              for path in kernels]
-    result = {"bench": "step", "model": model_name, "frames": frames, "images": images, "latent": latent,
+    result = {"bench": "step", "model": model_name, "depth": depth or LATTE_MODELS[model_name]["depth"],
+              "frames": frames, "images": images, "latent": latent,
               "batch": batch, "flash_attention": flash_attention, "device": device, "steps": steps}
     return _combine(result, paths, "median_step_s")
 

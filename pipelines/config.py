@@ -84,6 +84,8 @@ DEMO_KEYS = KeyTable([
     Key("num_videos", (int, type(None)), None, "videos to sample; null: 4, or with text one per prompt of the "
                                                "demo's 20 (fewer: its first ones)", range=AT_LEAST_1),
     Key("seed", int, 0, "seed of the clips, the training run and the samples", range=SEED),
+    Key("quality_clips", int, 64, "real clips the quality check compares the samples with (latte quality's "
+                                  "--real-clips)", range=AT_LEAST_1),
     Key("text", bool, False, "the text-to-video demo: captioned clips, the shipped text encoder and text Latte, "
                              "one video per prompt (sample_steps are DPM-Solver++'s) and the prompt check"),
 ], {}, ConfigError)
@@ -111,6 +113,8 @@ DEVICE = Key("device", str, "CPU", "device", DEVICES)
 
 BENCH_STEP_KEYS = KeyTable([
     Key("model_name", str, "Latte-S/2", "Latte variant"),
+    Key("depth", (int, type(None)), None, "override the variant's block count (spatial + temporal, even); fewer "
+                                          "blocks compile faster", range=AT_LEAST_1),
     Key("frames", int, 8, "frames per clip", range=AT_LEAST_1),
     Key("latent", int, 16, "latent height and width", range=AT_LEAST_1),
     Key("batch", int, 2, "clips per step", range=AT_LEAST_1),

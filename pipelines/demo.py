@@ -52,8 +52,8 @@ def text_demo_prompts():
     return seen + [cloud_caption(d, c) for d, c in HELD_OUT_COMBINATIONS]
 
 
-def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, num_videos=None, seed=0, text=False,
-             progress=True):
+def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, num_videos=None, seed=0,
+             quality_clips=64, text=False, progress=True):
     """Run (or resume) the demo into `out` (the keys of DEMO_KEYS); returns {stage: figures} and writes
     OUT/demo_summary.json and OUT/config.resolved.json. text: the text-to-video demo (one video per prompt
     of text_demo_prompts(), the first num_videos of them if given; DPM-Solver++ sampling, guidance 4)."""
@@ -122,7 +122,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     stage("sample")
     samples_dir = os.path.join(out, "samples")
     quality = check_samples(read_sample_gifs(samples_dir), os.path.join(out, "ingest"), load_vae(vae_dir),
-                            prompts=sample_prompts(samples_dir))
+                            real_count=quality_clips, prompts=sample_prompts(samples_dir))
     write_report(quality, os.path.join(out, "quality.json"))
     stage("quality")
     summary = {"out": out, "videos": ingest["ok"], "cached_frames": report["frames"], "train_steps": trained["steps"],
@@ -133,6 +133,6 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     with open(os.path.join(out, "demo_summary.json"), "w") as handle:
         json.dump(summary, handle, indent=1)
     save_resolved_config(out, {"out": out, "videos": videos, "train_steps": train_steps, "sample_steps": sample_steps,
-                               "num_videos": num_videos, "seed": seed, "text": text})
+                               "num_videos": num_videos, "seed": seed, "quality_clips": quality_clips, "text": text})
     return summary
 

@@ -28,7 +28,7 @@ def _kernel_paths(choice):
 @bench.command("step")
 @configured(
     BENCH_STEP_KEYS,
-    key_option("model_name", "--model"),
+    key_option("model_name", "--model"), key_option("depth"),
     key_option("frames"), key_option("latent"), key_option("batch"), key_option("steps"),
     key_option("flash_attention", "--flash-attention/--no-flash-attention"),
     key_option("device"), key_option("kernels"), key_option("images"),
@@ -47,9 +47,12 @@ def bench_step_command(config):
     """
     from latte_toolkit.pipelines.bench import bench_step
     _check_variant(config["model_name"])
+    if config["depth"] is not None and config["depth"] % 2:
+        raise BadInput(f"--depth {config['depth']}: the blocks alternate spatial and temporal, so depth must be even")
     click.echo(json.dumps(bench_step(config["model_name"], config["frames"], config["latent"], config["batch"],
                                      config["steps"], config["flash_attention"], device=config["device"],
-                                     kernels=_kernel_paths(config["kernels"]), images=config["images"])))
+                                     kernels=_kernel_paths(config["kernels"]), images=config["images"],
+                                     depth=config["depth"])))
 
 
 @bench.command("forward")

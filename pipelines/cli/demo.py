@@ -15,6 +15,7 @@ from . import configured, key_option, main, setup_mindspore
     key_option("sample_steps"),
     key_option("num_videos"),
     key_option("seed"),
+    key_option("quality_clips"),
     key_option("text", "--text", is_flag=True),
 )
 def demo(config):

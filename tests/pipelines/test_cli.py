@@ -50,14 +50,16 @@ def test_unknown_variant_is_bad_usage():
 @pytest.mark.slow
 def test_bench_step_prints_one_json_line_with_the_figures(tmp_path):
     latte = os.path.join(os.path.dirname(sys.executable), "latte")
-    proc = subprocess.run([latte, "bench", "step", "--model", "Latte-S/8", "--frames", "2", "--latent", "16",
-                           "--batch", "1", "--steps", "3", "--images", "1"],  # the joint step: 2 frames + 1 image
+    # 2 blocks of Latte-S/8 (its 12 take a minute more to compile in each path); the joint step: 2 frames + 1 image
+    proc = subprocess.run([latte, "bench", "step", "--model", "Latte-S/8", "--depth", "2", "--frames", "2",
+                           "--latent", "16", "--batch", "1", "--steps", "3", "--images", "1"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1
     figures = json.loads(lines[0])
-    assert figures["model"] == "Latte-S/8" and figures["steps"] == 3 and len(figures["step_times_s"]) == 2
+    assert figures["model"] == "Latte-S/8" and figures["depth"] == 2
+    assert figures["steps"] == 3 and len(figures["step_times_s"]) == 2
     assert figures["images"] == 1
     assert 0 < figures["median_step_s"] < figures["first_step_s"]
     assert figures["peak_rss_mb"] > 100

@@ -128,6 +128,7 @@ CASES = [
                                                 "--out", out], "vidoes"),
     ("bench-step-one-step", lambda w, out: ["bench", "step", "--steps", "1"], "--steps"),
     ("bench-step-unknown-variant", lambda w, out: ["bench", "step", "--model", "Latte-M/2"], "Latte-M/2"),
+    ("bench-step-odd-depth", lambda w, out: ["bench", "step", "--depth", "3"], "--depth 3"),
     ("bench-vae-odd-size", lambda w, out: ["bench", "vae", "--size", "7"], "--size"),
     ("bench-loader-missing-cache", lambda w, out: ["bench", "loader", str(w["root"] / "nope")], "nope"),
 ]

@@ -56,7 +56,7 @@ def test_default_samples_are_closer_to_the_data_than_the_baselines(tmp_path):
     assert result.exit_code == 0, result.output
     assert len(list(samples.glob("sample_*.gif"))) == 2
     result = CliRunner().invoke(main, ["quality", str(samples), "--manifest", str(tmp_path / "ingest"), "--vae",
-                                       os.path.join(PRETRAINED, "vae-clouds")])
+                                       os.path.join(PRETRAINED, "vae-clouds"), "--real-clips", "24"])
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.exit_code == 0, figures
     assert figures["frechet_distance"]["samples"] < figures["frechet_distance"]["noise_decoded"]
@@ -67,7 +67,8 @@ def test_demo_runs_every_stage_into_one_folder_and_resumes(tmp_path):
     """`latte demo` on a few clips and steps: every stage's output lands in one folder; a second run
     redoes nothing that was committed (the ledgers and the checkpoint stay as they were)."""
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--videos", "6", "--train-steps", "3", "--sample-steps", "10", "--num-videos", "2"]
+    args = ["demo", "--out", str(out), "--videos", "6", "--train-steps", "3", "--sample-steps", "10", "--num-videos", "2",
+            "--quality-clips", "12"]  # the check's VAE round trip of 64 real clips costs each run 25 s more
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "demo_summary.json").read_text())
@@ -90,7 +91,7 @@ def test_text_demo_caches_captions_samples_prompts_and_checks_their_direction(tm
     is recorded with its prompt, and quality.json holds the prompt check of every sample."""
     out = tmp_path / "demo"
     args = ["demo", "--text", "--out", str(out), "--videos", "12", "--train-steps", "2", "--sample-steps", "3",
-            "--num-videos", "2"]
+            "--num-videos", "2", "--quality-clips", "12"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "prompts, seen pairings:" in result.output
