@@ -182,7 +182,7 @@ class Latte(nn.Cell):
         if patch_embedder not in PATCH_EMBEDDERS:
             raise ValueError(f"patch_embedder must be one of {PATCH_EMBEDDERS}, got {patch_embedder!r}")
         if depth % 2:
-            raise ValueError(f"depth counts spatial and temporal blocks together and must be even, got {depth}")
+            raise ValueError(f"depth {depth}: {DEPTH_RULE}")
         if hidden_size % 4:
             raise ValueError(f"hidden_size must be divisible by 4 for the 2-D sin-cos embedding, got {hidden_size}")
         if any(s % patch_size for s in _pair(input_size)):
@@ -396,6 +396,9 @@ def get_1d_sincos_temp_embed(embed_dim, length):
 #################################################################################
 #                                   Latte configs                                #
 #################################################################################
+
+# depth counts the blocks of both kinds; every check of a depth (the model, `latte train`, `latte bench`) says this
+DEPTH_RULE = "the blocks alternate spatial and temporal, so depth must be even"
 
 _SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 

@@ -145,6 +145,8 @@ KEYS = [
     Key("decay_steps", int, 0, "optimizer steps of the cosine decay (0: until the last step)", range=NON_NEGATIVE),
     Key("train_batch_size", int, 5, "clips per micro-batch on each device", range=AT_LEAST_1),
     Key("gradient_accumulation_steps", int, 1, "micro-batches summed into one optimizer step", range=AT_LEAST_1),
+    Key("snr_gamma", NUMBER + (type(None),), None, "Min-SNR-gamma loss weighting, e.g. 5.0: each timestep's MSE "
+        "times min(SNR, gamma) / SNR (null: unweighted, as the reference)", range=POSITIVE),
     Key("weight_decay", NUMBER, 0.0, "decoupled weight decay (AdamW)", range=NON_NEGATIVE),
     Key("betas", list, [0.9, 0.999], "Adam betas"),
     Key("optim_eps", NUMBER, 1e-8, "Adam epsilon", range=POSITIVE),

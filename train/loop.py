@@ -117,7 +117,7 @@ def report_device_limits(config):
 def check_model_keys(config):
     """The model keys against each other, before anything is loaded or written: the variant exists, and
     its block count, width and heads (the variant's unless overridden) can build a Latte."""
-    from latte_core.latte import LATTE_MODELS
+    from latte_core.latte import DEPTH_RULE, LATTE_MODELS
     name = config["model_name"]
     if name not in LATTE_MODELS:
         raise TrainingError(f"unknown model_name {name!r}; choose one of {', '.join(LATTE_MODELS)}")
@@ -128,7 +128,7 @@ def check_model_keys(config):
 
     (depth, depth_key), (width, width_key), (heads, heads_key) = map(value, ("depth", "hidden_size", "num_heads"))
     if depth % 2:
-        raise TrainingError(f"{depth_key} {depth}: the blocks alternate spatial and temporal, so depth must be even")
+        raise TrainingError(f"{depth_key} {depth}: {DEPTH_RULE}")
     if width % 4:
         raise TrainingError(f"{width_key} {width} must be a multiple of 4 (the 2-D sin-cos position table)")
     if width % heads:
@@ -425,7 +425,7 @@ def train(config, resume=False, progress=True, checked=None):
         check_resume_text_encoder(chosen, text_record)
     model = build_model(config, latent_size, channels, pretrained=chosen is None,
                         text_embed_dim=loader.text_encoder and loader.text_encoder["width"])
-    diffusion = create_diffusion("", learn_sigma=config["learn_sigma"])
+    diffusion = create_diffusion("", learn_sigma=config["learn_sigma"], snr_gamma=config["snr_gamma"])
     step_fn, updater, ema = build_step(config, model, diffusion, world)
     loss_of_all_ranks = _rank_mean(world)
     accumulation = config["gradient_accumulation_steps"]

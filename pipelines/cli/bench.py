@@ -45,10 +45,11 @@ def bench_step_command(config):
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --steps 5
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --images 8
     """
+    from latte_core.latte import DEPTH_RULE
     from latte_toolkit.pipelines.bench import bench_step
     _check_variant(config["model_name"])
     if config["depth"] is not None and config["depth"] % 2:
-        raise BadInput(f"--depth {config['depth']}: the blocks alternate spatial and temporal, so depth must be even")
+        raise BadInput(f"--depth {config['depth']}: {DEPTH_RULE}")
     click.echo(json.dumps(bench_step(config["model_name"], config["frames"], config["latent"], config["batch"],
                                      config["steps"], config["flash_attention"], device=config["device"],
                                      kernels=_kernel_paths(config["kernels"]), images=config["images"],

@@ -92,6 +92,35 @@ def test_training_losses_mse_is_epsilon_error_and_vb_nonnegative():
     assert list(model.seen_t) == [spaced.timestep_map_np[1], 999]
 
 
+def test_min_snr_gamma_weights_the_mse_per_timestep_and_leaves_the_vb_term():
+    """Min-SNR-gamma (arXiv 2303.09556) from the schedule's SNR = alpha_bar / (1 - alpha_bar): for epsilon
+    prediction min(SNR, gamma) / SNR, so 1 from the first timestep whose SNR is <= gamma on, and far below 1
+    at t = 0 (SNR ~ 1e4 on the linear schedule). Bound rtol 1e-5: float32 losses against float64 weights."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    plain, weighted = create_diffusion(""), create_diffusion("", snr_gamma=5.0)
+    snr = plain.alphas_cumprod / (1 - plain.alphas_cumprod)
+    weights = weighted.mse_weights
+    np.testing.assert_allclose(weights, np.minimum(snr, 5.0) / snr, rtol=1e-12)
+    first_capped = int(np.argmax(snr <= 5.0))
+    assert 50 < first_capped < 300 and (weights[first_capped:] == 1).all() and weights[0] < 1e-3
+    np.testing.assert_array_equal(plain.mse_weights, np.ones(1000))
+    np.testing.assert_array_equal(create_diffusion("", snr_gamma=5.0, predict_xstart=True).mse_weights,
+                                  np.minimum(snr, 5.0))
+
+    rng = np.random.default_rng(4)
+    x0 = np.clip(rng.standard_normal(SHAPE), -1, 1).astype(np.float32)
+    noise = rng.standard_normal(SHAPE).astype(np.float32)
+    model = _ConstantModel(rng.standard_normal((2, 3, 8, 4, 4)).astype(np.float32) * 0.1)
+    t = np.array([3, 700], np.int32)
+    base = plain.training_losses(model, Tensor(x0), Tensor(t), noise=Tensor(noise))
+    terms = weighted.training_losses(model, Tensor(x0), Tensor(t), noise=Tensor(noise))
+    np.testing.assert_allclose(terms["mse"].asnumpy(), base["mse"].asnumpy() * weights[t], rtol=1e-5)
+    np.testing.assert_allclose(terms["vb"].asnumpy(), base["vb"].asnumpy(), rtol=1e-5)
+    assert terms["mse"].asnumpy()[0] < 0.01 * base["mse"].asnumpy()[0]
+    with pytest.raises(ValueError, match="snr_gamma"):
+        create_diffusion("", snr_gamma=0)
+
+
 def test_vb_term_is_zero_kl_when_model_predicts_true_noise_and_posterior_variance():
     """With eps = the true noise and the variance at β̃ (v = -1), the KL terms vanish."""
     ms.set_context(mode=ms.PYNATIVE_MODE)

@@ -43,9 +43,9 @@ def _state(folder):
 @pytest.mark.slow
 def test_resume_continues_bit_identically(caches, tmp_path):
     """6 steps in one go, and 3 steps + kill + resume + 3 steps: the same losses and final state
-    (weights, EMA, Adam moments, loss scale), with accumulation, clipping and an fp16 loss scale."""
+    (weights, EMA, Adam moments, loss scale), with accumulation, clipping, an fp16 loss scale and Min-SNR weights."""
     options = dict(gradient_accumulation_steps=2, clip_grad=True, max_grad_norm=0.5, amp_level="O2", dtype="fp16",
-                   init_loss_scale=1024, scale_window=2, num_parallel_workers=2)
+                   init_loss_scale=1024, scale_window=2, num_parallel_workers=2, snr_gamma=5.0)
     whole = tmp_path / "whole"
     assert _train(_config(tmp_path, **options), "--cache", str(caches["numpy"]), "--output-dir", str(whole),
                   "--max-steps", "6").exit_code == 0
@@ -169,6 +169,9 @@ def test_config_errors_name_the_key(tmp_path):
         load_train_config(_config(tmp_path, train_batch_size="5", data_folder="x"))
     with pytest.raises(TrainConfigError, match="image_video_joint"):
         load_train_config(_config(tmp_path, image_video_joint=True, data_folder="x"))
+    with pytest.raises(TrainConfigError, match="snr_gamma"):
+        load_train_config(_config(tmp_path, snr_gamma=0, data_folder="x"))
+    assert load_train_config(_config(tmp_path, snr_gamma=5, data_folder="x"))["snr_gamma"] == 5
     result = _train(_config(tmp_path, dtype="bf16", amp_level="O2", data_folder="x"))
     assert result.exit_code == 2 and "bf16 needs Ascend" in result.output
     shipped = load_train_config(str(ROOT / "configs/training/sky_numpy_video.yaml"), {"data_folder": "cache"})
