@@ -205,6 +205,40 @@ def shard_size(folder):
     return sum(entry.stat().st_size for entry in os.scandir(folder) if entry.is_file())
 
 
+INDEX_KEYS = ("video_id", "offset", "frames", "label", "caption")  # what a reader takes from an index row
+
+
+def check_index(entries, records):
+    """{shard id: problem} for the shards that index.parquet's rows (`entries`) name but the ledger never
+    committed (an index from another job or cache), or whose rows differ from the ones the ledger committed
+    for that shard (the index is built from the ledger, so a difference means either file was replaced)."""
+    committed = {record["unit_id"]: record for record in records}
+    rows_by_shard = {}
+    for entry in entries:
+        rows_by_shard.setdefault(entry["shard"], []).append(entry)
+    problems = {}
+    for shard, rows in rows_by_shard.items():
+        record = committed.get(shard)
+        if record is None:
+            problems[shard] = "named by index.parquet, never committed to the ledger: the index is not this cache's"
+            continue
+        if "index" not in record:  # a ledger of the first layout: nothing to compare
+            continue
+        ours = sorted(tuple(row.get(key) for key in INDEX_KEYS) for row in rows)
+        theirs = sorted(tuple(row.get(key) for key in INDEX_KEYS) for row in record["index"])
+        if ours != theirs:
+            problems[shard] = (f"index.parquet's {len(rows)} video(s) in it differ from the {len(theirs)} the "
+                               f"ledger committed: restore index.parquet, or re-run latte cache to rebuild it")
+    return problems
+
+
+def unindexed_videos(entries, records):
+    """How many committed videos index.parquet (`entries`) leaves out: their shards were committed after
+    the index was written (a cache job still running) or the index is an earlier one."""
+    named = {entry["shard"] for entry in entries}
+    return sum(len(record.get("index", ())) for record in records if record["unit_id"] not in named)
+
+
 def check_shards(folder, records, mode="full"):
     """{shard id: problem} for the ledger records whose shard is missing or whose size ("size") or
     size and sha256 ("full") differ from what the ledger recorded when the shard was committed."""

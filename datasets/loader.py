@@ -1,7 +1,7 @@
 """The streaming loader: random clips of cached latents in batches, reproducible and exactly resumable.
 
-    cache folder ─ index + ledger check (a shard whose size or sha256 differs is reported, then
-    │              skipped or fatal: `on_corrupt`)
+    cache folder ─ index + ledger check (a shard whose size, sha256 or index rows differ from the
+    │              ledger's is reported, then skipped or fatal: `on_corrupt`)
     └ epoch plan = f(seed, epoch): `clips_per_video` clips per video from random first frames; shards
     │   visited in a seeded order, clips shuffled within windows of `shuffle_window` shards (the bounded
     │   shuffle buffer); global batches of batch_size × world_size, of which rank r takes slice r
@@ -38,7 +38,7 @@ import numpy as np
 
 from latte_core.errors import is_integer
 
-from .cache import CorruptCache, check_shards, open_cache, read_ledger
+from .cache import CorruptCache, check_index, check_shards, open_cache, read_ledger, unindexed_videos
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +317,13 @@ class CacheLoader(_ClipLoader):
             self.null_caption_embedding = self.cache.null_text_embedding.astype(np.float32)
             record = self.cache.text_encoder
             text_encoder = {"path": record["path"], "sha256": record["sha256"], "width": record["width"]}
-        self.corrupt = check_shards(self.folder, read_ledger(self.folder), check)
+        records = read_ledger(self.folder)
+        self.corrupt = {**check_shards(self.folder, records, check),
+                        **check_index(self.cache.entries.values(), records)}
+        unindexed = unindexed_videos(self.cache.entries.values(), records)
+        if unindexed:
+            logger.warning("%s: %d committed videos are not in index.parquet (a cache job still running, or an "
+                           "earlier index): they are left out until latte cache finishes", self.folder, unindexed)
         for shard, problem in sorted(self.corrupt.items()):
             logger.error("%s: shard %s disagrees with the ledger (%s)", self.folder, shard, problem)
         if self.corrupt and on_corrupt == "raise":

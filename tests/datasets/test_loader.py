@@ -175,6 +175,37 @@ def test_a_corrupt_shard_is_reported_then_skipped_or_fatal(caches, tmp_path, che
     assert len(all_batches(loader)) == 5  # 8 videos, 2 in the corrupt shard, 1 too short
 
 
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_an_index_that_disagrees_with_the_ledger_is_reported_then_skipped_or_fatal(caches, tmp_path, fmt, caplog):
+    """An index.parquet from another cache names shards this one never committed; an edited one drops a
+    video of a shard: both are the ledger check's corruption, not a crash when the clip is read."""
+    import shutil
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    copy = tmp_path / "cache"
+    shutil.copytree(caches[fmt], copy)
+    rows = pq.read_table(copy / "index.parquet").to_pylist()
+    renamed, trimmed = rows[0]["shard"], rows[4]["shard"]  # clip_0+clip_1, clip_4+clip_5
+    assert renamed != trimmed
+    for row in rows:
+        row["shard"] = "s-0000000000000000" if row["shard"] == renamed else row["shard"]
+    rows = [row for row in rows if row["video_id"] != "clip_5.mp4"]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(copy / "index.parquet")), copy / "index.parquet")
+
+    with pytest.raises(CorruptCache, match="s-0000000000000000.*never committed.*" + trimmed):
+        CacheLoader(copy, batch_size=1, on_corrupt="raise", **CLIP)
+    loader = CacheLoader(copy, batch_size=1, on_corrupt="skip", **CLIP)
+    assert sorted(loader.corrupt) == sorted(["s-0000000000000000", trimmed]) and loader.skipped_corrupt == 3
+    assert not {"clip_0.mp4", "clip_1.mp4", "clip_4.mp4"} & set(loader.video_ids)
+    assert "2 committed videos are not in index.parquet" in caplog.text  # clip_0 and clip_1 under their shard
+    assert len(all_batches(loader)) == 3  # 8 videos: 3 in disagreeing shards, 1 not indexed, 1 too short
+
+    result = CliRunner().invoke(main, ["report", "--verify", str(copy)])
+    assert result.exit_code == 1, result.output
+    assert "CORRUPT s-0000000000000000: named by index.parquet, never committed" in result.output
+    assert f"CORRUPT {trimmed}: index.parquet's 1 video(s) in it differ from the 2 the ledger committed" in result.output
+
+
 def test_the_uncached_path_matches_the_cache(caches):
     from latte_core import AutoencoderKL
     vae = AutoencoderKL.from_pretrained(caches["vae"])
