@@ -187,6 +187,8 @@ def read_yaml_mapping(path, error=TrainConfigError):
     try:
         with open(path) as handle:
             raw = yaml.safe_load(handle) or {}
+    except UnicodeDecodeError:
+        raise error(f"{path}: unreadable config (not UTF-8 text)") from None
     except (OSError, yaml.YAMLError) as err:
         raise error(f"{path}: unreadable config ({err})") from None
     if not isinstance(raw, dict):

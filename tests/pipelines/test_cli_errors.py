@@ -40,6 +40,12 @@ def _yaml(root, name, mapping):
     return str(path)
 
 
+def _not_utf8(root, name):
+    path = root / name
+    path.write_bytes(b"\xff\xfe num_frames: 4\n")
+    return str(path)
+
+
 def _train_yaml(w, name, **overrides):
     return _yaml(w["root"], name, {**TINY_TRAIN, "data_folder": str(w["empty"]), **overrides})
 
@@ -60,6 +66,8 @@ CASES = [
         "decode_timeout": 0}), "--source", str(w["src"]), "--out", out], "decode_timeout"),
     ("ingest-config-seed-spelling-wrong-type", lambda w, out: ["ingest", "-c", _yaml(w["root"], "i4.yaml", {
         "data_config": {"sample_n_frames": 2.5}}), "--source", str(w["src"]), "--out", out], "num_frames"),
+    ("ingest-config-not-utf8", lambda w, out: ["ingest", "-c", _not_utf8(w["root"], "i5.yaml"), "--source",
+                                               str(w["src"]), "--out", out], "i5.yaml: unreadable config (not UTF-8"),
     ("cache-no-manifest", lambda w, out: ["cache", "--vae", str(w["vae"]), "--out", out], "--manifest"),
     ("cache-negative-resume-index", lambda w, out: ["cache", "--manifest", str(w["ingest"]), "--vae", str(w["vae"]),
                                                     "--out", out, "--resume_cache_index", "-1"],
@@ -86,6 +94,10 @@ CASES = [
      "verfiy"),
     ("train-unknown-key", lambda w, out: ["train", "-c", _train_yaml(w, "t1.yaml", learning_rat=1e-4),
                                           "--output-dir", out], "learning_rat"),
+    ("train-config-not-utf8", lambda w, out: ["train", "-c", _not_utf8(w["root"], "t7.yaml"), "--output-dir", out],
+     "t7.yaml: unreadable config (not UTF-8"),
+    ("sample-config-not-utf8", lambda w, out: ["sample", "-c", _not_utf8(w["root"], "s2.yaml"), "--output-dir", out],
+     "s2.yaml: unreadable config (not UTF-8"),
     ("train-negative-learning-rate", lambda w, out: ["train", "-c", _train_yaml(w, "t2.yaml", start_learning_rate=-1e-4),
                                                      "--output-dir", out], "start_learning_rate"),
     ("train-heads-do-not-divide-width", lambda w, out: ["train", "-c", _train_yaml(w, "t3.yaml", num_heads=5),
