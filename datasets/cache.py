@@ -232,6 +232,14 @@ def check_index(entries, records):
     return problems
 
 
+def check_cache(folder, entries, records, mode="full"):
+    """check_shards and check_index in one {shard id: problem}; a shard with both problems gets both."""
+    problems = check_shards(folder, records, mode)
+    for shard, problem in check_index(entries, records).items():
+        problems[shard] = f"{problems[shard]}; {problem}" if shard in problems else problem
+    return problems
+
+
 def unindexed_videos(entries, records):
     """How many committed videos index.parquet (`entries`) leaves out: their shards were committed after
     the index was written (a cache job still running) or the index is an earlier one."""

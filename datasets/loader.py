@@ -38,7 +38,7 @@ import numpy as np
 
 from latte_core.errors import is_integer
 
-from .cache import CorruptCache, check_index, check_shards, open_cache, read_ledger, unindexed_videos
+from .cache import CorruptCache, check_cache, open_cache, read_ledger, unindexed_videos
 
 logger = logging.getLogger(__name__)
 
@@ -326,8 +326,7 @@ class CacheLoader(_ClipLoader):
             record = self.cache.text_encoder
             text_encoder = {"path": record["path"], "sha256": record["sha256"], "width": record["width"]}
         records = read_ledger(self.folder)
-        self.corrupt = {**check_shards(self.folder, records, check),
-                        **check_index(self.cache.entries.values(), records)}
+        self.corrupt = check_cache(self.folder, self.cache.entries.values(), records, check)
         unindexed = unindexed_videos(self.cache.entries.values(), records)
         if unindexed:
             logger.warning("%s: %d committed videos are not in index.parquet (a cache job still running, or an "

@@ -4,8 +4,7 @@ import os
 
 import pyarrow.parquet as pq
 
-from latte_toolkit.datasets.cache import (TEXT_ENCODER_FILE, check_index, check_null_text_embedding, check_shards,
-                                            read_ledger)
+from latte_toolkit.datasets.cache import TEXT_ENCODER_FILE, check_cache, check_null_text_embedding, read_ledger
 
 
 def plot_cache_phases(folder, path):
@@ -45,10 +44,9 @@ def cache_report(folder, verify=False):
     if "text_encoder_sha256" in info:
         report["text"] = _text_report(folder, info, records)
     if verify:
-        problems = check_shards(folder, records, "full")
-        index_path = os.path.join(folder, "index.parquet")
-        if os.path.isfile(index_path):
-            problems.update(check_index(pq.read_table(index_path).to_pylist(), records))
+        index_path = os.path.join(folder, "index.parquet")  # absent while the cache job has not finished
+        entries = pq.read_table(index_path).to_pylist() if os.path.isfile(index_path) else []
+        problems = check_cache(folder, entries, records, "full")
         report["verified_shards"] = sum(record["unit_id"] not in problems for record in records)
         report["corrupt_shards"] = [f"{shard}: {problem}" for shard, problem in sorted(problems.items())]
         null_problem = "text_encoder_sha256" in info and check_null_text_embedding(folder)
