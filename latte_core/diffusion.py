@@ -90,9 +90,11 @@ class GaussianDiffusion:
     """Diffusion over `betas`; with `timestep_map` (respacing) the model sees original timesteps."""
 
     def __init__(self, betas, model_mean_type="epsilon", model_var_type="learned_range",
-                 loss_type="mse", timestep_map=None, snr_gamma=None):
+                 loss_type="mse", timestep_map=None, snr_gamma=None, frame_noise_correlation=0.0):
         if snr_gamma is not None and not snr_gamma > 0:
             raise ValueError(f"snr_gamma must be a positive number or None, got {snr_gamma!r}")
+        check_frame_noise_correlation(frame_noise_correlation)
+        self.frame_noise_correlation = float(frame_noise_correlation)
         if model_mean_type not in MODEL_MEAN_TYPES:
             raise ValueError(f"model_mean_type must be one of {MODEL_MEAN_TYPES}")
         if model_var_type not in MODEL_VAR_TYPES:
@@ -255,7 +257,7 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ sampling
     def _loop(self, step_fn, model, shape, noise, model_kwargs, progress, seed):
-        draw = _noise_source(seed, shape)
+        draw = _noise_source(seed, shape, self.frame_noise_correlation)
         if noise is None:
             noise = draw()
         x = noise if isinstance(noise, Tensor) else Tensor(np.asarray(noise, np.float32))
@@ -329,7 +331,7 @@ class GaussianDiffusion:
         with np.errstate(divide="ignore"):
             lam = np.log(alpha) - np.log(sigma)
         if noise is None:
-            noise = _noise_source(seed, shape)()
+            noise = _noise_source(seed, shape, self.frame_noise_correlation)()
         x = noise if isinstance(noise, Tensor) else Tensor(np.asarray(noise, np.float32))
         if tuple(x.shape) != tuple(shape):
             raise ValueError(f"initial noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
@@ -368,17 +370,50 @@ class GaussianDiffusion:
         return x
 
 
-def _noise_source(seed, shape):
-    """A function drawing one float32 array of `shape` per call. seed: an int (one numpy stream for the
-    whole batch), or one seed per sample (a stream each, so a sample's noise does not depend on the
-    batch it is drawn in)."""
+def check_frame_noise_correlation(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"frame_noise_correlation must be a number in [0, 1), got {value!r}")
+
+
+def correlate_frames(noise, correlation, frames=None):
+    """Noise whose frames share a component: i.i.d. standard normal `noise` (..., F, C, H, W) -> the same
+    shape, each value still N(0, 1), the first `frames` frames (all by default; the rest, e.g. the
+    images of image-video training, stay independent) correlated by `correlation` with each other.
+
+    It is the "mixed" noise of PYoCo (Ge et al., 2023, arXiv 2305.10474) as a linear map of the draws, so
+    no extra random numbers are used: with m the frames' mean, noise_f -> sqrt(1 - ρ)·(noise_f - m) +
+    sqrt(1 - ρ + F·ρ)·m, the symmetric square root of the covariance (1 - ρ)·I + ρ·11ᵀ. Why: with
+    independent noise, averaging the frames removes most of the noise at high noise levels, and a
+    small model learns that average, which is a still picture; with a shared part it cannot. 0 returns
+    `noise` itself (the reference's independent noise). A learned-sigma model's VLB term still scores each
+    value on its own: exact in its variances, approximate in how it weighs their mean errors."""
+    if not correlation:
+        return noise
+    noise = np.asarray(noise, np.float32)
+    axis = noise.ndim - 4
+    frames = noise.shape[axis] if frames is None else frames
+    video = np.take(noise, range(frames), axis=axis)
+    mean = video.mean(axis=axis, keepdims=True)
+    mixed = (np.sqrt(1.0 - correlation) * (video - mean)
+             + np.sqrt(1.0 - correlation + frames * correlation) * mean).astype(np.float32)
+    if frames == noise.shape[axis]:
+        return mixed
+    return np.concatenate([mixed, np.take(noise, range(frames, noise.shape[axis]), axis=axis)], axis=axis)
+
+
+def _noise_source(seed, shape, frame_noise_correlation=0.0):
+    """A function drawing one float32 array of `shape` (B, F, C, H, W) per call, its frames correlated
+    by frame_noise_correlation (correlate_frames). seed: an int (one numpy stream for the whole batch),
+    or one seed per sample (a stream each, so a sample's noise does not depend on the batch it is
+    drawn in)."""
     if isinstance(seed, (list, tuple)):
         if len(seed) != shape[0]:
             raise ValueError(f"{len(seed)} per-sample seeds for a batch of {shape[0]}")
         streams = [np.random.default_rng(s) for s in seed]
-        return lambda: np.stack([r.standard_normal(tuple(shape[1:]), dtype=np.float32) for r in streams])
+        return lambda: correlate_frames(np.stack([r.standard_normal(tuple(shape[1:]), dtype=np.float32)
+                                                  for r in streams]), frame_noise_correlation)
     stream = np.random.default_rng(seed)
-    return lambda: stream.standard_normal(shape).astype(np.float32)
+    return lambda: correlate_frames(stream.standard_normal(shape).astype(np.float32), frame_noise_correlation)
 
 
 def respaced_betas(betas, use_timesteps):
@@ -395,10 +430,12 @@ def respaced_betas(betas, use_timesteps):
 
 def create_diffusion(timestep_respacing="", noise_schedule="linear", sigma_small=False,
                      predict_xstart=False, learn_sigma=True, rescale_learned_sigmas=False,
-                     diffusion_steps=1000, snr_gamma=None):
+                     diffusion_steps=1000, snr_gamma=None, frame_noise_correlation=0.0):
     """The diffusion Latte trains and samples with: `create_diffusion("")` for training (1000 steps),
     `create_diffusion("250")` for DDPM sampling, `create_diffusion("ddim50")` for DDIM. snr_gamma
-    weights the training MSE by Min-SNR-gamma (GaussianDiffusion.min_snr_weights); sampling ignores it."""
+    weights the training MSE by Min-SNR-gamma (GaussianDiffusion.min_snr_weights); sampling ignores it.
+    frame_noise_correlation: the correlation between frames of the noise the sampling loops draw
+    (correlate_frames); a model trained with it samples with it."""
     betas = get_named_beta_schedule(noise_schedule, diffusion_steps)
     timestep_map = None
     if timestep_respacing not in ("", None):
@@ -414,5 +451,6 @@ def create_diffusion(timestep_respacing="", noise_schedule="linear", sigma_small
         loss_type="rescaled_mse" if rescale_learned_sigmas else "mse",
         timestep_map=timestep_map,
         snr_gamma=snr_gamma,
+        frame_noise_correlation=frame_noise_correlation,
     )
 

@@ -29,9 +29,10 @@ SAMPLERS = {
 }
 
 
-def create_sampler(name, steps=None, learn_sigma=True):
+def create_sampler(name, steps=None, learn_sigma=True, frame_noise_correlation=0.0):
     """(sampler, diffusion, steps) for a registered sampler; steps None: the sampler's default. A name or a
-    step count the sampler cannot use is a ValueError naming it."""
+    step count the sampler cannot use is a ValueError naming it. frame_noise_correlation: that of the
+    noise the model was trained with (diffusion.correlate_frames)."""
     from .diffusion import create_diffusion
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
@@ -40,7 +41,8 @@ def create_sampler(name, steps=None, learn_sigma=True):
     if not is_integer(steps) or not 1 <= steps <= 1000:
         raise ValueError(f"sampler {name} takes 1 to 1000 steps ({sampler.steps_doc}), got {steps!r}")
     try:
-        diffusion = create_diffusion(sampler.respacing(steps), learn_sigma=learn_sigma)
+        diffusion = create_diffusion(sampler.respacing(steps), learn_sigma=learn_sigma,
+                                     frame_noise_correlation=frame_noise_correlation)
     except ValueError as err:
         raise ValueError(f"sampler {name} cannot take {steps} steps: {err}") from None
     return sampler, diffusion, steps

@@ -66,6 +66,9 @@ SAMPLE_KEYS = KeyTable([
         range=AT_LEAST_1),
     Key("ddim_sampling", (bool,), False, "MindONE's switch: DDIM instead of DDPM (see sampler)"),
     Key("ddim_eta", (int, float), 0.0, "DDIM eta (0: deterministic)", range=NON_NEGATIVE),
+    Key("frame_noise_correlation", (int, float, type(None)), None, "correlation between the frames of the initial "
+        "and per-step noise; null: the value the checkpoint's run trained with (its state.json; 0 for a weights "
+        "file, as the reference)", range=Range(0.0, 1.0, high_open=True)),
     Key("guidance_scale", (int, float), 1.0, "classifier-free guidance scale for class and text models (1: none; "
         "above 1 the batch is doubled with the null class or the empty prompt)"),
     Key("class_labels", (list, type(None)), None, "class of each video (cycled); default 0, 1, 2, ..."),
@@ -109,6 +112,7 @@ def _model_settings(config):
         settings = {k: trained[k] for k in ("model_name", "depth", "hidden_size", "num_heads", "condition",
                                             "num_classes", "image_size", "num_frames", "learn_sigma",
                                             "patch_embedder", "sd_scale_factor")}
+        settings["frame_noise_correlation"] = trained.get("frame_noise_correlation", 0.0)  # runs before the key: 0
         recorded_encoder = state.get("text_encoder")
         if recorded_encoder is not None and not (
                 isinstance(recorded_encoder, dict)
@@ -120,14 +124,14 @@ def _model_settings(config):
     else:
         raise SampleError(f"{path}: no such checkpoint")
     for key in ("model_name", "depth", "hidden_size", "num_heads", "condition", "image_size", "num_frames",
-                "sd_scale_factor"):
+                "sd_scale_factor", "frame_noise_correlation"):
         if config[key] is not None:
             settings[key] = config[key]
     if config["num_classes"]:
         settings["num_classes"] = config["num_classes"]
     if settings.get("model_name") not in LATTE_MODELS:
         raise SampleError(f"model_name {settings.get('model_name')!r}: give one of {', '.join(LATTE_MODELS)}")
-    for key, default in (("image_size", 256), ("num_frames", 16)):
+    for key, default in (("image_size", 256), ("num_frames", 16), ("frame_noise_correlation", 0.0)):
         settings.setdefault(key, default)
     return weights, settings, recorded_encoder
 
@@ -244,6 +248,7 @@ def run_sample(config, progress=True, rank=0, world=1):
     from latte_core import create_latte
     from latte_core.checkpoint import CheckpointError, read_state_dict, set_weights
     from latte_core.latte import TEXT_TOKENS
+    from latte_core.diffusion import correlate_frames
     from latte_core.samplers import create_sampler, sample as sample_latents
     from latte_core.vae import load_vae
     from latte_toolkit.datasets.video import to_frames, write_gif, write_mp4
@@ -301,7 +306,9 @@ def run_sample(config, progress=True, rank=0, world=1):
         if any(not 0 <= int(label) < settings["num_classes"] for label in labels):
             raise SampleError(f"class_labels {labels} must lie in 0..{settings['num_classes'] - 1}")
     net = _guided_cell(model, float(config["guidance_scale"])) if guided else model
-    _, diffusion, _ = create_sampler(sampler.name, steps, learn_sigma=model.learn_sigma)
+    correlation = settings["frame_noise_correlation"]
+    _, diffusion, _ = create_sampler(sampler.name, steps, learn_sigma=model.learn_sigma,
+                                     frame_noise_correlation=correlation)
     shape_one = (settings["num_frames"], model.in_channels) + (settings["image_size"] // factor,) * 2
 
     def conditions(batch):
@@ -340,7 +347,8 @@ def run_sample(config, progress=True, rank=0, world=1):
         # video whatever the batch size or the rank it is sampled in.
         batch = indices + list(range(config["num_videos"], config["num_videos"] + config["batch_size"] - count))
         seeds = [[config["seed"], i] for i in batch]
-        noise = np.stack([np.random.default_rng(s + [0]).standard_normal(shape_one, dtype=np.float32) for s in seeds])
+        noise = correlate_frames(np.stack([np.random.default_rng(s + [0]).standard_normal(shape_one, dtype=np.float32)
+                                           for s in seeds]), correlation)
         step_seeds = [s + [1] for s in seeds]
         if guided:  # the null half follows the same noise: it only supplies the unconditional eps
             noise, step_seeds = np.concatenate([noise, noise]), step_seeds + step_seeds
@@ -363,7 +371,7 @@ def run_sample(config, progress=True, rank=0, world=1):
         ranks, written = _gather_over_ranks(times, written)
     summary = {"checkpoint": config["checkpoint"], "model": settings["model_name"], "condition": condition,
                "image_size": settings["image_size"], "num_frames": settings["num_frames"],
-               "method": sampler.name, "steps": steps,
+               "method": sampler.name, "steps": steps, "frame_noise_correlation": correlation,
                "guidance_scale": config["guidance_scale"] if guided else None, "videos": len(written),
                **{k: max(r[k] for r in ranks) for k in ("checkpoint_loading_s", "compile_s", "total_sample_s")},
                "ranks": ranks, "output_path": out, "files": written}

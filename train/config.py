@@ -147,6 +147,9 @@ KEYS = [
     Key("gradient_accumulation_steps", int, 1, "micro-batches summed into one optimizer step", range=AT_LEAST_1),
     Key("snr_gamma", NUMBER + (type(None),), None, "Min-SNR-gamma loss weighting, e.g. 5.0: each timestep's MSE "
         "times min(SNR, gamma) / SNR (null: unweighted, as the reference)", range=POSITIVE),
+    Key("frame_noise_correlation", NUMBER, 0.0, "correlation between the video frames of the training noise, "
+        "e.g. 0.5 (PYoCo's mixed noise; each value stays N(0, 1)); sampling a checkpoint of the run uses the same "
+        "(0: independent, as the reference)", range=Range(0.0, 1.0, high_open=True)),
     Key("weight_decay", NUMBER, 0.0, "decoupled weight decay (AdamW)", range=NON_NEGATIVE),
     Key("betas", list, [0.9, 0.999], "Adam betas"),
     Key("optim_eps", NUMBER, 1e-8, "Adam epsilon", range=POSITIVE),

@@ -61,9 +61,11 @@ def learning_rate(config, step, max_steps):
     return config["end_learning_rate"] + 0.5 * (peak - config["end_learning_rate"]) * (1 + math.cos(math.pi * progress))
 
 
-def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, num_images=0):
-    """Per sample: timestep, noise and label- (or caption-) dropout decision, from a generator seeded by
-    the sample; then the dropout decision of each of its num_images image labels (captions), (B, num_images)."""
+def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, num_images=0, frame_noise_correlation=0.0):
+    """Per sample: timestep, noise (its video frames correlated by frame_noise_correlation, the images'
+    independent) and label- (or caption-) dropout decision, from a generator seeded by the sample; then
+    the dropout decision of each of its num_images image labels (captions), (B, num_images)."""
+    from latte_core.diffusion import correlate_frames
     t = np.empty(len(indices), np.int32)
     noise = np.empty((len(indices),) + tuple(shape), np.float32)
     drop = np.zeros(len(indices), np.int32)
@@ -71,7 +73,8 @@ def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, nu
     for i, index in enumerate(indices):
         rng = np.random.default_rng([seed, DIFFUSION_STREAM, epoch, int(index)])
         t[i] = rng.integers(0, num_timesteps)
-        noise[i] = rng.standard_normal(shape, dtype=np.float32)
+        noise[i] = correlate_frames(rng.standard_normal(shape, dtype=np.float32), frame_noise_correlation,
+                                    shape[0] - num_images)
         drop[i] = rng.random() < dropout_prob
         if num_images:
             drop_image[i] = rng.random(num_images) < dropout_prob
@@ -523,7 +526,8 @@ def _step_inputs(batch, loader, config, num_timesteps, tensor):
     num_images = config["use_image_num"] or 0
     t, noise, drop, drop_image = diffusion_draws(
         batch["index"], loader.epoch, config["seed"], latent.shape[1:], num_timesteps,
-        config["class_dropout_prob"] if config["condition"] in ("class", "text") else 0.0, num_images)
+        config["class_dropout_prob"] if config["condition"] in ("class", "text") else 0.0, num_images,
+        config["frame_noise_correlation"])
     inputs = [tensor(latent), tensor(t), tensor(noise)]
     if config["condition"] == "class":
         labels = batch["label"]

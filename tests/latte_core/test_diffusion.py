@@ -4,7 +4,7 @@ import mindspore as ms
 from mindspore import Tensor, ops
 
 from latte_core import create_diffusion
-from latte_core.diffusion import get_named_beta_schedule, space_timesteps
+from latte_core.diffusion import _noise_source, correlate_frames, get_named_beta_schedule, space_timesteps
 
 SHAPE = (2, 3, 4, 4, 4)  # (B, F, C, H, W)
 
@@ -119,6 +119,36 @@ def test_min_snr_gamma_weights_the_mse_per_timestep_and_leaves_the_vb_term():
     assert terms["mse"].asnumpy()[0] < 0.01 * base["mse"].asnumpy()[0]
     with pytest.raises(ValueError, match="snr_gamma"):
         create_diffusion("", snr_gamma=0)
+
+
+def test_frame_correlated_noise_has_the_stated_covariance_and_is_the_reference_noise_at_zero():
+    """correlate_frames: every value stays N(0, 1), any two video frames correlate by rho, images stay
+    independent, and rho = 0 is the draws themselves. Bound 0.03 on sample moments: 32,768 values per frame,
+    so the standard error of a correlation or a variance is <= 0.008 and 0.03 is ~4 of them."""
+    rng = np.random.default_rng(0)
+    draws = rng.standard_normal((1024, 8, 2, 4, 4)).astype(np.float32)  # (B, F, C, H, W)
+    mixed = correlate_frames(draws, 0.5, frames=6)  # 6 video frames, then 2 images
+    per_frame = mixed.swapaxes(0, 1).reshape(8, -1)
+    correlation = np.corrcoef(per_frame)
+    video = ~np.eye(6, dtype=bool)
+    assert np.abs(correlation[:6, :6][video] - 0.5).max() < 0.03
+    assert np.abs(correlation[6:, :6]).max() < 0.03 and abs(correlation[6, 7]) < 0.03
+    assert np.abs(per_frame.var(axis=1) - 1).max() < 0.03
+    np.testing.assert_array_equal(mixed[:, 6:], draws[:, 6:])  # the images' noise is untouched
+    # the map itself: frame deviations from the mean shrink by sqrt(1 - rho), the mean grows to unit variance
+    mean = draws[:, :6].mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(mixed[:, :6].mean(axis=1, keepdims=True), np.sqrt(0.5 + 6 * 0.5) * mean,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mixed[:, :6] - mixed[:, :6].mean(axis=1, keepdims=True),
+                               np.sqrt(0.5) * (draws[:, :6] - mean), rtol=1e-5, atol=1e-6)
+    assert correlate_frames(draws, 0.0) is draws
+    # the sampling loops' noise (initial and per step) is the same streams, correlated
+    shape, seeds = (2, 8, 2, 4, 4), [[7, 0], [7, 1]]
+    np.testing.assert_array_equal(_noise_source(seeds, shape, 0.5)(), correlate_frames(_noise_source(seeds, shape)(), 0.5))
+    assert create_diffusion("250", frame_noise_correlation=0.5).frame_noise_correlation == 0.5
+    for bad in (1.0, -0.1, True, "0.5"):
+        with pytest.raises(ValueError, match="frame_noise_correlation"):
+            create_diffusion("", frame_noise_correlation=bad)
 
 
 def test_vb_term_is_zero_kl_when_model_predicts_true_noise_and_posterior_variance():

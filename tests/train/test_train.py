@@ -172,6 +172,16 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(TrainConfigError, match="snr_gamma"):
         load_train_config(_config(tmp_path, snr_gamma=0, data_folder="x"))
     assert load_train_config(_config(tmp_path, snr_gamma=5, data_folder="x"))["snr_gamma"] == 5
+    with pytest.raises(TrainConfigError, match=r"frame_noise_correlation must be in \[0, 1\)"):
+        load_train_config(_config(tmp_path, frame_noise_correlation=1.0, data_folder="x"))
+    assert load_train_config(_config(tmp_path, data_folder="x"))["frame_noise_correlation"] == 0.0
+    # a sample's training noise is its usual draws with the video frames correlated (the images' as they were)
+    from latte_core.diffusion import correlate_frames
+    from latte_toolkit.train.loop import diffusion_draws
+    t, independent, _, _ = diffusion_draws(np.arange(3), 1, 0, (6, 4, 8, 8), 1000, 0.0, num_images=2)
+    t_mixed, mixed, _, _ = diffusion_draws(np.arange(3), 1, 0, (6, 4, 8, 8), 1000, 0.0, 2, frame_noise_correlation=0.5)
+    np.testing.assert_array_equal(t_mixed, t)
+    np.testing.assert_array_equal(mixed, correlate_frames(independent, 0.5, frames=4))
     result = _train(_config(tmp_path, dtype="bf16", amp_level="O2", data_folder="x"))
     assert result.exit_code == 2 and "bf16 needs Ascend" in result.output
     shipped = load_train_config(str(ROOT / "configs/training/sky_numpy_video.yaml"), {"data_folder": "cache"})
