@@ -93,7 +93,9 @@ class GaussianDiffusion:
                  loss_type="mse", timestep_map=None, snr_gamma=None, frame_noise_correlation=0.0):
         if snr_gamma is not None and not snr_gamma > 0:
             raise ValueError(f"snr_gamma must be a positive number or None, got {snr_gamma!r}")
-        check_frame_noise_correlation(frame_noise_correlation)
+        if (isinstance(frame_noise_correlation, bool) or not isinstance(frame_noise_correlation, (int, float))
+                or not 0.0 <= frame_noise_correlation < 1.0):
+            raise ValueError(f"frame_noise_correlation must be a number in [0, 1), got {frame_noise_correlation!r}")
         self.frame_noise_correlation = float(frame_noise_correlation)
         if model_mean_type not in MODEL_MEAN_TYPES:
             raise ValueError(f"model_mean_type must be one of {MODEL_MEAN_TYPES}")
@@ -257,7 +259,7 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ sampling
     def _loop(self, step_fn, model, shape, noise, model_kwargs, progress, seed):
-        draw = _noise_source(seed, shape, self.frame_noise_correlation)
+        draw = noise_source(seed, shape, self.frame_noise_correlation)
         if noise is None:
             noise = draw()
         x = noise if isinstance(noise, Tensor) else Tensor(np.asarray(noise, np.float32))
@@ -331,7 +333,7 @@ class GaussianDiffusion:
         with np.errstate(divide="ignore"):
             lam = np.log(alpha) - np.log(sigma)
         if noise is None:
-            noise = _noise_source(seed, shape, self.frame_noise_correlation)()
+            noise = noise_source(seed, shape, self.frame_noise_correlation)()
         x = noise if isinstance(noise, Tensor) else Tensor(np.asarray(noise, np.float32))
         if tuple(x.shape) != tuple(shape):
             raise ValueError(f"initial noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
@@ -370,11 +372,6 @@ class GaussianDiffusion:
         return x
 
 
-def check_frame_noise_correlation(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"frame_noise_correlation must be a number in [0, 1), got {value!r}")
-
-
 def correlate_frames(noise, correlation, frames=None):
     """Noise whose frames share a component: i.i.d. standard normal `noise` (..., F, C, H, W) -> the same
     shape, each value still N(0, 1), the first `frames` frames (all by default; the rest, e.g. the
@@ -401,7 +398,7 @@ def correlate_frames(noise, correlation, frames=None):
     return np.concatenate([mixed, np.take(noise, range(frames, noise.shape[axis]), axis=axis)], axis=axis)
 
 
-def _noise_source(seed, shape, frame_noise_correlation=0.0):
+def noise_source(seed, shape, frame_noise_correlation=0.0):
     """A function drawing one float32 array of `shape` (B, F, C, H, W) per call, its frames correlated
     by frame_noise_correlation (correlate_frames). seed: an int (one numpy stream for the whole batch),
     or one seed per sample (a stream each, so a sample's noise does not depend on the batch it is

@@ -248,7 +248,7 @@ def run_sample(config, progress=True, rank=0, world=1):
     from latte_core import create_latte
     from latte_core.checkpoint import CheckpointError, read_state_dict, set_weights
     from latte_core.latte import TEXT_TOKENS
-    from latte_core.diffusion import correlate_frames
+    from latte_core.diffusion import noise_source
     from latte_core.samplers import create_sampler, sample as sample_latents
     from latte_core.vae import load_vae
     from latte_toolkit.datasets.video import to_frames, write_gif, write_mp4
@@ -347,8 +347,7 @@ def run_sample(config, progress=True, rank=0, world=1):
         # video whatever the batch size or the rank it is sampled in.
         batch = indices + list(range(config["num_videos"], config["num_videos"] + config["batch_size"] - count))
         seeds = [[config["seed"], i] for i in batch]
-        noise = correlate_frames(np.stack([np.random.default_rng(s + [0]).standard_normal(shape_one, dtype=np.float32)
-                                           for s in seeds]), correlation)
+        noise = noise_source([s + [0] for s in seeds], (len(seeds),) + shape_one, correlation)()
         step_seeds = [s + [1] for s in seeds]
         if guided:  # the null half follows the same noise: it only supplies the unconditional eps
             noise, step_seeds = np.concatenate([noise, noise]), step_seeds + step_seeds

@@ -4,7 +4,7 @@ import mindspore as ms
 from mindspore import Tensor, ops
 
 from latte_core import create_diffusion
-from latte_core.diffusion import _noise_source, correlate_frames, get_named_beta_schedule, space_timesteps
+from latte_core.diffusion import correlate_frames, noise_source, get_named_beta_schedule, space_timesteps
 
 SHAPE = (2, 3, 4, 4, 4)  # (B, F, C, H, W)
 
@@ -144,7 +144,7 @@ def test_frame_correlated_noise_has_the_stated_covariance_and_is_the_reference_n
     assert correlate_frames(draws, 0.0) is draws
     # the sampling loops' noise (initial and per step) is the same streams, correlated
     shape, seeds = (2, 8, 2, 4, 4), [[7, 0], [7, 1]]
-    np.testing.assert_array_equal(_noise_source(seeds, shape, 0.5)(), correlate_frames(_noise_source(seeds, shape)(), 0.5))
+    np.testing.assert_array_equal(noise_source(seeds, shape, 0.5)(), correlate_frames(noise_source(seeds, shape)(), 0.5))
     assert create_diffusion("250", frame_noise_correlation=0.5).frame_noise_correlation == 0.5
     for bad in (1.0, -0.1, True, "0.5"):
         with pytest.raises(ValueError, match="frame_noise_correlation"):
