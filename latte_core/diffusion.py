@@ -13,7 +13,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
 
-MODEL_MEAN_TYPES = ("epsilon", "start_x")
+MODEL_MEAN_TYPES = ("epsilon", "start_x", "velocity")
 MODEL_VAR_TYPES = ("learned_range", "fixed_small", "fixed_large")
 LOSS_TYPES = ("mse", "rescaled_mse")
 
@@ -176,6 +176,12 @@ class GaussianDiffusion:
         return (self._extract(self.sqrt_recip_alphas_cumprod_t, t, n) * x_t
                 - self._extract(self.sqrt_recipm1_alphas_cumprod_t, t, n) * eps)
 
+    def _predict_xstart_from_velocity(self, x_t, t, velocity):
+        """x_0 = α·x_t - σ·v for v = α·ε - σ·x_0 (α = √ᾱ_t, σ = √(1-ᾱ_t))."""
+        n = x_t.ndim
+        return (self._extract(self.sqrt_alphas_cumprod_t, t, n) * x_t
+                - self._extract(self.sqrt_one_minus_alphas_cumprod_t, t, n) * velocity)
+
     def _predict_eps_from_xstart(self, x_t, t, pred_xstart):
         n = x_t.ndim
         return ((self._extract(self.sqrt_recip_alphas_cumprod_t, t, n) * x_t - pred_xstart)
@@ -198,6 +204,8 @@ class GaussianDiffusion:
             model_log_variance = ops.broadcast_to(self._extract(self.fixed_log_variance_t, t, n), x.shape)
         if self.model_mean_type == "start_x":
             pred_xstart = model_output
+        elif self.model_mean_type == "velocity":
+            pred_xstart = self._predict_xstart_from_velocity(x, t, model_output)
         else:
             pred_xstart = self._predict_xstart_from_eps(x, t, model_output)
         if clip_denoised:
@@ -223,7 +231,8 @@ class GaussianDiffusion:
     def min_snr_weights(self, snr_gamma):
         """Per-timestep weights of the mean's MSE: 1 everywhere without snr_gamma (the reference), else
         Min-SNR-gamma (Hang et al. 2023, arXiv 2303.09556): min(SNR, gamma) / SNR for epsilon prediction,
-        min(SNR, gamma) for x0 prediction, SNR = alpha_bar / (1 - alpha_bar). Uniform timesteps give the
+        min(SNR, gamma) for x0 prediction, min(SNR, gamma) / (SNR + 1) for v prediction, SNR = alpha_bar /
+        (1 - alpha_bar). Uniform timesteps give the
         near-noiseless steps most of the gradient (the shipped cloud model's |grad| of a temporal block
         at t = 0-10 is 15-40x that at t = 400-600, where a sample's layout and motion form); the
         weights cap their share."""
@@ -231,7 +240,7 @@ class GaussianDiffusion:
             return np.ones(self.num_timesteps)
         snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
         capped = np.minimum(snr, snr_gamma)
-        return capped / snr if self.model_mean_type == "epsilon" else capped
+        return capped / {"epsilon": snr, "start_x": 1.0, "velocity": snr + 1.0}[self.model_mean_type]
 
     def training_losses(self, model, x_start, t, model_kwargs=None, noise=None):
         """Per-sample losses {"loss", "mse", "vb"} for the model at timesteps t (indices into this
@@ -243,7 +252,14 @@ class GaussianDiffusion:
         x_t = self.q_sample(x_start, t, noise)
         model_output = model(x_t, ops.gather(self.t_map, t.astype(ms.int32), 0), **(model_kwargs or {}))
         channels = x_start.shape[2]
-        target = x_start if self.model_mean_type == "start_x" else noise
+        if self.model_mean_type == "start_x":
+            target = x_start
+        elif self.model_mean_type == "velocity":
+            n = x_start.ndim
+            target = (self._extract(self.sqrt_alphas_cumprod_t, t, n) * noise
+                      - self._extract(self.sqrt_one_minus_alphas_cumprod_t, t, n) * x_start)
+        else:
+            target = noise
         prediction = model_output[:, :, :channels] if self.learn_sigma else model_output
         mse = mean_flat((target - prediction) ** 2)
         if self.snr_gamma is not None:
@@ -314,7 +330,7 @@ class GaussianDiffusion:
 
     def dpm_solver_sample_progressive(self, model, shape, steps=20, noise=None, clip_denoised=False,
                                       model_kwargs=None, progress=False, seed=0):
-        """DPM-Solver++ (2M, multistep; Lu et al. 2022) for an epsilon-predicting model: yields the state
+        """DPM-Solver++ (2M, multistep; Lu et al. 2022) for an epsilon- or v-predicting model: yields the state
         after each of `steps` steps, the last one x_0. Deterministic given the initial noise.
 
         In λ = log(α/σ) (α = √ᾱ, σ = √(1-ᾱ)) each step integrates the data prediction x̂0 exactly over
@@ -324,8 +340,8 @@ class GaussianDiffusion:
         """
         if self.timestep_map_np.shape != (self.num_timesteps,) or (self.timestep_map_np != np.arange(self.num_timesteps)).any():
             raise ValueError("DPM-Solver++ chooses its own timesteps: use the full diffusion, create_diffusion('')")
-        if self.model_mean_type != "epsilon":
-            raise ValueError("DPM-Solver++ here expects an epsilon-predicting model")
+        if self.model_mean_type == "start_x":
+            raise ValueError("DPM-Solver++ here expects an epsilon- or v-predicting model")
         timesteps = self.dpm_solver_timesteps(steps)
         alpha_bar = self.alphas_cumprod[timesteps]
         alpha = np.append(np.sqrt(alpha_bar), 1.0)  # the state after the last step is x_0: α = 1, σ = 0
@@ -345,8 +361,11 @@ class GaussianDiffusion:
         previous_x0 = None
         for i in indices:
             output = model(x, Tensor(np.full(shape[0], timesteps[i], np.int32)), **(model_kwargs or {}))
-            eps = output[:, :, :channels]  # a learned-sigma model's variance channels are not used
-            x0 = (x - float(sigma[i]) * eps) / float(alpha[i])
+            prediction = output[:, :, :channels]  # a learned-sigma model's variance channels are not used
+            if self.model_mean_type == "velocity":
+                x0 = float(alpha[i]) * x - float(sigma[i]) * prediction
+            else:
+                x0 = (x - float(sigma[i]) * prediction) / float(alpha[i])
             if clip_denoised:
                 x0 = ops.clamp(x0, -1.0, 1.0)
             if i == len(timesteps) - 1:
@@ -427,12 +446,16 @@ def respaced_betas(betas, use_timesteps):
 
 def create_diffusion(timestep_respacing="", noise_schedule="linear", sigma_small=False,
                      predict_xstart=False, learn_sigma=True, rescale_learned_sigmas=False,
-                     diffusion_steps=1000, snr_gamma=None, frame_noise_correlation=0.0):
+                     diffusion_steps=1000, snr_gamma=None, frame_noise_correlation=0.0, predict_v=False):
     """The diffusion Latte trains and samples with: `create_diffusion("")` for training (1000 steps),
     `create_diffusion("250")` for DDPM sampling, `create_diffusion("ddim50")` for DDIM. snr_gamma
     weights the training MSE by Min-SNR-gamma (GaussianDiffusion.min_snr_weights); sampling ignores it.
     frame_noise_correlation: the correlation between frames of the noise the sampling loops draw
-    (correlate_frames); a model trained with it samples with it."""
+    (correlate_frames); a model trained with it samples with it. predict_v: the model predicts
+    v = √ᾱ·ε - √(1-ᾱ)·x_0 (Salimans & Ho 2022) instead of ε; its x_0 estimate stays bounded at high noise,
+    where ε's is ε's error times √((1-ᾱ)/ᾱ) (97 at t = 950 and 157 at t = 999 of the linear schedule)."""
+    if predict_xstart and predict_v:
+        raise ValueError("predict_xstart and predict_v exclude each other")
     betas = get_named_beta_schedule(noise_schedule, diffusion_steps)
     timestep_map = None
     if timestep_respacing not in ("", None):
@@ -443,7 +466,7 @@ def create_diffusion(timestep_respacing="", noise_schedule="linear", sigma_small
         var_type = "fixed_small" if sigma_small else "fixed_large"
     return GaussianDiffusion(
         betas,
-        model_mean_type="start_x" if predict_xstart else "epsilon",
+        model_mean_type="start_x" if predict_xstart else "velocity" if predict_v else "epsilon",
         model_var_type=var_type,
         loss_type="rescaled_mse" if rescale_learned_sigmas else "mse",
         timestep_map=timestep_map,

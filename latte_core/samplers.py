@@ -29,10 +29,11 @@ SAMPLERS = {
 }
 
 
-def create_sampler(name, steps=None, learn_sigma=True, frame_noise_correlation=0.0):
+def create_sampler(name, steps=None, learn_sigma=True, frame_noise_correlation=0.0, predict_v=False):
     """(sampler, diffusion, steps) for a registered sampler; steps None: the sampler's default. A name or a
     step count the sampler cannot use is a ValueError naming it. frame_noise_correlation: that of the
-    noise the model was trained with (diffusion.correlate_frames)."""
+    noise the model was trained with (diffusion.correlate_frames); predict_v: the model predicts v, not
+    epsilon (create_diffusion)."""
     from .diffusion import create_diffusion
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
@@ -42,7 +43,7 @@ def create_sampler(name, steps=None, learn_sigma=True, frame_noise_correlation=0
         raise ValueError(f"sampler {name} takes 1 to 1000 steps ({sampler.steps_doc}), got {steps!r}")
     try:
         diffusion = create_diffusion(sampler.respacing(steps), learn_sigma=learn_sigma,
-                                     frame_noise_correlation=frame_noise_correlation)
+                                     frame_noise_correlation=frame_noise_correlation, predict_v=predict_v)
     except ValueError as err:
         raise ValueError(f"sampler {name} cannot take {steps} steps: {err}") from None
     return sampler, diffusion, steps

@@ -101,6 +101,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     architecture = {k: shipped[k] for k in ARCHITECTURE_KEYS}
     # the noise the shipped model learned to remove (a run before the key: independent noise, the default)
     architecture["frame_noise_correlation"] = shipped.get("frame_noise_correlation", 0.0)
+    architecture["prediction_type"] = shipped.get("prediction_type", "epsilon")
     if text:
         architecture.update(condition="text", class_dropout_prob=shipped["class_dropout_prob"])
     config = load_train_config(None, {

@@ -14,8 +14,9 @@ Three measures, the first two compared with baselines that a broken model would 
   are and after a VAE round trip (encode, decode the posterior mean: what a perfect model of the
   latents would give; the shipped VAE slows a clip's measured drift by ~10 %).
 The check passes when the samples' distance is below the noise baseline's, their motion lies within
-the range of the real clips' while the shuffled clips' does not, and every sample's drift speed lies
-within the real clips' drift range (JSON: drift.real_min..real_max; drift_in_real_range).
+the real clips' CHANGE_PERCENTILES range while the shuffled clips' does not, and at least
+DRIFT_ACCURACY of the samples drift at a speed within the real clips' drift range (JSON:
+drift.real_min..real_max, drift.in_range; drift_in_real_range).
 
 Prompts (a text model's samples, whose summary.json names each one's prompt): each sample's drift
 direction, read from the same drift estimate, against the direction its caption names (caption_direction:
@@ -37,6 +38,15 @@ import numpy as np
 # pixel for a 4x VAE) does not; unweighted, that still pattern pulls every decoded shift towards 0
 # (the shipped VAE's round trip of clips drifting 0.7 px/frame: 0.03 unweighted, 0.66 weighted).
 DRIFT_BANDWIDTH = 1 / 16
+
+# The frame-change range: the real clips' 5th to 95th percentile, not their extremes. A model's mean change
+# lies well inside it, while the few densest fast clips no longer stretch it to the shuffled clips' mean
+# (clips at 2-3.5 px/frame: shuffled 0.0596 against a real maximum of 0.0608, but 1.14-1.24x the real p95).
+CHANGE_PERCENTILES = (5, 95)
+# Of the samples, the share whose drift speed must lie within the real clips' range. Not all: a sample of
+# the real clips' own distribution falls outside the extremes of 2 x 64 real clips with odds 2/129, so all
+# 16 of 16 would fail a perfect model one time in five (0.78 pass), at most one outside 3 in 100 (0.97).
+DRIFT_ACCURACY = 15 / 16
 
 
 def _peak_offset(left, centre, right):
@@ -223,9 +233,10 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None):
     distance = {name: round(frechet_distance(latent_features(encode_frames(vae, videos)), real_features), 4)
                 for name, videos in (("samples", samples), ("noise_decoded", noise_videos))}
     real_motion = motion(real)
+    low, high = (float(p) for p in np.percentile(real_motion, CHANGE_PERCENTILES))
     moves = {"real_min": float(real_motion.min()), "real_max": float(real_motion.max()),
+             f"real_p{CHANGE_PERCENTILES[0]}": low, f"real_p{CHANGE_PERCENTILES[1]}": high,
              "samples": float(motion(samples).mean()), "shuffled": float(motion(shuffled).mean())}
-    low, high = moves["real_min"], moves["real_max"]
     result = {"samples": len(samples), "real_clips": len(real), "frechet_distance": distance,
               "motion": {k: round(v, 5) for k, v in moves.items()},
               "closer_than_noise": distance["samples"] < distance["noise_decoded"],
@@ -240,7 +251,9 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None):
                        "clips": np.round([clip_speed.min(), clip_speed.max()], 4).tolist(),
                        "round_trip": np.round([round_trip_speed.min(), round_trip_speed.max()], 4).tolist(),
                        "samples": np.round(speed, 4).tolist(), "velocity": np.round(velocity, 4).tolist()}
-    result["drift_in_real_range"] = bool(np.all((low <= speed) & (speed <= high)))
+    in_range = int(np.sum((low <= speed) & (speed <= high)))
+    result["drift"]["in_range"] = in_range
+    result["drift_in_real_range"] = bool(in_range >= DRIFT_ACCURACY * len(speed))
     result["passed"] = (result["closer_than_noise"] and result["motion_in_real_range"] and result["shuffled_outside_range"]
                         and result["drift_in_real_range"])
     if prompts is not None:

@@ -69,6 +69,9 @@ SAMPLE_KEYS = KeyTable([
     Key("frame_noise_correlation", (int, float, type(None)), None, "correlation between the frames of the initial "
         "and per-step noise; null: the value the checkpoint's run trained with (its state.json; 0 for a weights "
         "file, as the reference)", range=Range(0.0, 1.0, high_open=True)),
+    Key("prediction_type", (str, type(None)), None, "what the model predicts: epsilon or v_prediction; null: the "
+        "checkpoint's run's (its state.json; epsilon for a weights file, as the reference)",
+        (None, "epsilon", "v_prediction")),
     Key("guidance_scale", (int, float), 1.0, "classifier-free guidance scale for class and text models (1: none; "
         "above 1 the batch is doubled with the null class or the empty prompt)"),
     Key("class_labels", (list, type(None)), None, "class of each video (cycled); default 0, 1, 2, ..."),
@@ -113,6 +116,7 @@ def _model_settings(config):
                                             "num_classes", "image_size", "num_frames", "learn_sigma",
                                             "patch_embedder", "sd_scale_factor")}
         settings["frame_noise_correlation"] = trained.get("frame_noise_correlation", 0.0)  # runs before the key: 0
+        settings["prediction_type"] = trained.get("prediction_type", "epsilon")
         recorded_encoder = state.get("text_encoder")
         if recorded_encoder is not None and not (
                 isinstance(recorded_encoder, dict)
@@ -123,15 +127,21 @@ def _model_settings(config):
         weights = path
     else:
         raise SampleError(f"{path}: no such checkpoint")
+    trained_prediction = settings.get("prediction_type")
+    if trained_prediction and config["prediction_type"] not in (None, trained_prediction):
+        # the other prediction type reads the same outputs as another quantity: noise-like videos, no error
+        raise SampleError(f"prediction_type {config['prediction_type']!r}: {path} was trained to predict "
+                          f"{trained_prediction} (its state.json); leave the key out")
     for key in ("model_name", "depth", "hidden_size", "num_heads", "condition", "image_size", "num_frames",
-                "sd_scale_factor", "frame_noise_correlation"):
+                "sd_scale_factor", "frame_noise_correlation", "prediction_type"):
         if config[key] is not None:
             settings[key] = config[key]
     if config["num_classes"]:
         settings["num_classes"] = config["num_classes"]
     if settings.get("model_name") not in LATTE_MODELS:
         raise SampleError(f"model_name {settings.get('model_name')!r}: give one of {', '.join(LATTE_MODELS)}")
-    for key, default in (("image_size", 256), ("num_frames", 16), ("frame_noise_correlation", 0.0)):
+    for key, default in (("image_size", 256), ("num_frames", 16), ("frame_noise_correlation", 0.0),
+                         ("prediction_type", "epsilon")):
         settings.setdefault(key, default)
     return weights, settings, recorded_encoder
 
@@ -308,7 +318,8 @@ def run_sample(config, progress=True, rank=0, world=1):
     net = _guided_cell(model, float(config["guidance_scale"])) if guided else model
     correlation = settings["frame_noise_correlation"]
     _, diffusion, _ = create_sampler(sampler.name, steps, learn_sigma=model.learn_sigma,
-                                     frame_noise_correlation=correlation)
+                                     frame_noise_correlation=correlation,
+                                     predict_v=settings["prediction_type"] == "v_prediction")
     shape_one = (settings["num_frames"], model.in_channels) + (settings["image_size"] // factor,) * 2
 
     def conditions(batch):
@@ -371,6 +382,7 @@ def run_sample(config, progress=True, rank=0, world=1):
     summary = {"checkpoint": config["checkpoint"], "model": settings["model_name"], "condition": condition,
                "image_size": settings["image_size"], "num_frames": settings["num_frames"],
                "method": sampler.name, "steps": steps, "frame_noise_correlation": correlation,
+               "prediction_type": settings["prediction_type"],
                "guidance_scale": config["guidance_scale"] if guided else None, "videos": len(written),
                **{k: max(r[k] for r in ranks) for k in ("checkpoint_loading_s", "compile_s", "total_sample_s")},
                "ranks": ranks, "output_path": out, "files": written}

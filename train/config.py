@@ -150,6 +150,10 @@ KEYS = [
     Key("frame_noise_correlation", NUMBER, 0.0, "correlation between the video frames of the training noise, "
         "e.g. 0.5 (PYoCo's mixed noise; each value stays N(0, 1)); sampling a checkpoint of the run uses the same "
         "(0: independent, as the reference)", range=Range(0.0, 1.0, high_open=True)),
+    Key("prediction_type", str, "epsilon", "what the model predicts: epsilon (the reference) or v_prediction "
+        "(v = sqrt(alpha_bar)*noise - sqrt(1 - alpha_bar)*x0; its x0 estimate stays bounded at high noise, where "
+        "a video's layout and motion are decided); sampling a checkpoint of the run uses the same",
+        ("epsilon", "v_prediction")),
     Key("weight_decay", NUMBER, 0.0, "decoupled weight decay (AdamW)", range=NON_NEGATIVE),
     Key("betas", list, [0.9, 0.999], "Adam betas"),
     Key("optim_eps", NUMBER, 1e-8, "Adam epsilon", range=POSITIVE),

@@ -428,7 +428,8 @@ def train(config, resume=False, progress=True, checked=None):
         check_resume_text_encoder(chosen, text_record)
     model = build_model(config, latent_size, channels, pretrained=chosen is None,
                         text_embed_dim=loader.text_encoder and loader.text_encoder["width"])
-    diffusion = create_diffusion("", learn_sigma=config["learn_sigma"], snr_gamma=config["snr_gamma"])
+    diffusion = create_diffusion("", learn_sigma=config["learn_sigma"], snr_gamma=config["snr_gamma"],
+                                 predict_v=config["prediction_type"] == "v_prediction")
     step_fn, updater, ema = build_step(config, model, diffusion, world)
     loss_of_all_ranks = _rank_mean(world)
     accumulation = config["gradient_accumulation_steps"]

@@ -57,14 +57,15 @@ def test_class_conditional_sampling_with_guidance_writes_gif_mp4_and_latents(lat
 
 
 def test_ddpm_sampling_from_a_training_run_folder(caches, tmp_path):
-    """A run's checkpoint folder samples with the run's settings, the frame-correlated noise it trained with
-    included (state.json), unless the sampling config says otherwise."""
+    """A run's checkpoint folder samples with the run's settings, the frame-correlated noise and the v
+    prediction it trained with included (state.json); the config may change the noise's correlation but
+    not the prediction type (a v model read as epsilon gives noise, so that is one error)."""
     run = tmp_path / "run"
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"model_name": "Latte-S/2", "depth": 2, "hidden_size": 64, "num_heads": 4,
                                       "image_size": 32, "num_frames": 4, "dtype": "fp32", "amp_level": "O0",
                                       "train_data_type": "numpy", "train_batch_size": 2, "epochs": 10,
-                                      "frame_noise_correlation": 0.5}))
+                                      "frame_noise_correlation": 0.5, "prediction_type": "v_prediction"}))
     result = CliRunner().invoke(main, ["train", "-c", str(config), "--cache", str(caches["numpy"]),
                                        "--output-dir", str(run), "--max-steps", "2"])
     assert result.exit_code == 0, result.output
@@ -76,21 +77,26 @@ def test_ddpm_sampling_from_a_training_run_folder(caches, tmp_path):
     assert sorted(p.name for p in out.glob("*.gif")) == ["sample_000.gif", "sample_001.gif", "sample_002.gif"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "ddpm" and summary["frame_noise_correlation"] == 0.5
+    assert summary["prediction_type"] == "v_prediction"
     checkpoint = str(run / "ckpt" / "step-00000002")
-    for value, folder in ((0.0, tmp_path / "independent"), (1.5, tmp_path / "bad")):
-        sampling = tmp_path / f"sample-{value}.yaml"
+    overrides = {"independent": {"frame_noise_correlation": 0.0}, "bad": {"frame_noise_correlation": 1.5},
+                 "bad_prediction": {"prediction_type": "x0"}, "bad_mismatch": {"prediction_type": "epsilon"}}
+    for name, override in overrides.items():
+        folder = tmp_path / name
+        sampling = tmp_path / f"sample-{name}.yaml"
         sampling.write_text(yaml.safe_dump({"checkpoint": checkpoint, "vae_checkpoint": str(caches["vae"]),
                                             "sampling_steps": 5, "num_videos": 3, "batch_size": 2,
-                                            "frame_noise_correlation": value, "output_path": str(folder)}))
+                                            "output_path": str(folder), **override}))
         result = CliRunner().invoke(main, ["sample", "-c", str(sampling)])
-        if value > 1:
-            assert result.exit_code == 2 and "frame_noise_correlation must be in [0, 1)" in result.output
-            assert not folder.exists()
+        if name.startswith("bad"):
+            assert result.exit_code == 2 and list(override)[0] in result.output and not folder.exists()
+            assert result.output.count("Error:") == 1
             continue
         assert result.exit_code == 0, result.output
-        assert json.loads((folder / "summary.json").read_text())["frame_noise_correlation"] == 0.0
-        independent = np.load(folder / "sample_000.npy")
-        assert np.abs(independent - np.load(out / "sample_000.npy")).max() > 0.1  # other noise, other video
+        summary = json.loads((folder / "summary.json").read_text())
+        assert {key: summary[key] for key in override} == override
+        other = np.load(folder / "sample_000.npy")
+        assert np.abs(other - np.load(out / "sample_000.npy")).max() > 0.1  # other noise, other video
 
 
 def test_bad_sampling_requests_are_one_clear_error(latte_fixture, fixtures_dir, tmp_path):

@@ -175,6 +175,9 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(TrainConfigError, match=r"frame_noise_correlation must be in \[0, 1\)"):
         load_train_config(_config(tmp_path, frame_noise_correlation=1.0, data_folder="x"))
     assert load_train_config(_config(tmp_path, data_folder="x"))["frame_noise_correlation"] == 0.0
+    with pytest.raises(TrainConfigError, match="prediction_type must be one of"):
+        load_train_config(_config(tmp_path, prediction_type="v", data_folder="x"))
+    assert load_train_config(_config(tmp_path, data_folder="x"))["prediction_type"] == "epsilon"
     # a sample's training noise is its usual draws with the video frames correlated (the images' as they were)
     from latte_core.diffusion import correlate_frames
     from latte_toolkit.train.loop import diffusion_draws
