@@ -161,6 +161,9 @@ KEYS = [
     Key("max_grad_norm", NUMBER, 0.1, "clipping threshold", range=POSITIVE),
     Key("use_ema", bool, True, "keep an exponential moving average of the weights"),
     Key("ema_decay", NUMBER, 0.9999, "EMA decay per optimizer step", range=UNIT),
+    Key("ema_warmup", bool, False, "grow the EMA decay as min(ema_decay, (1 + n) / (10 + n)) after n updates "
+        "(diffusers' and timm's warmup; false: ema_decay from the first step, as the reference, so a run of "
+        "a few hundred steps keeps most of its initial weights in the EMA it samples with)"),
     Key("init_loss_scale", NUMBER, 65536.0, "initial dynamic loss scale (amp_level O2)", range=POSITIVE),
     Key("loss_scale_factor", int, 2, "the loss scale is divided by this on overflow, multiplied after "
                                             "scale_window good steps", range=Range(2)),

@@ -306,7 +306,7 @@ def build_step(config, model, diffusion, world):
     from mindspore import nn
     from .step import EMA, ClassDiffusionLoss, DiffusionLoss, TextDiffusionLoss, TrainStep, Updater
     params = model.trainable_params()
-    ema = EMA(params, config["ema_decay"]) if config["use_ema"] else None
+    ema = EMA(params, config["ema_decay"], warmup=config["ema_warmup"]) if config["use_ema"] else None
     scaler = None
     if config["amp_level"] == "O2" and config["dtype"] != "fp32":
         scaler = ms.amp.DynamicLossScaler(config["init_loss_scale"], config["loss_scale_factor"], config["scale_window"])

@@ -68,18 +68,29 @@ class TextDiffusionLoss(DiffusionLoss):
 
 
 class EMA(nn.Cell):
-    """Exponential moving average of parameters, kept in non-trainable copies named ema.<name>."""
+    """Exponential moving average of parameters, kept in non-trainable copies named ema.<name>.
 
-    def __init__(self, params, decay):
+    warmup: the decay after n updates is min(decay, (1 + n) / (10 + n)) (as diffusers' EMAModel and timm),
+    not `decay` from the first step: with DiT's 0.9999 a run of 600 steps keeps 94 % of its initial
+    weights in the EMA (0.999 over 400 steps: 67 %), so a short run or fine-tune samples mostly the
+    weights it started from."""
+
+    def __init__(self, params, decay, warmup=False):
         super().__init__(auto_prefix=False)
         self.decay = decay
+        self.warmup = warmup
         self.params = ParameterTuple(params)
         self.shadow = ParameterTuple([Parameter(p.data.copy(), name=f"ema.{p.name}", requires_grad=False)
                                       for p in params])
 
-    def construct(self):
+    def construct(self, updates=None):
+        """updates: the optimizer's update count including this one (its global_step), for the warmup."""
+        decay = self.decay
+        if self.warmup:
+            n = updates.astype(ms.float32) - 1.0
+            decay = ops.minimum((1.0 + n) / (10.0 + n), decay)
         for param, shadow in zip(self.params, self.shadow):
-            ops.assign(shadow, shadow * self.decay + param * (1.0 - self.decay))
+            ops.assign(shadow, shadow * decay + param * (1.0 - decay))
         return True
 
 
@@ -119,7 +130,7 @@ class Updater(nn.Cell):
                     ops.assign(param, param * shrink)
             self.optimizer(grads)
             if self.ema is not None:
-                self.ema()
+                self.ema(self.optimizer.global_step)
         if self.loss_scaler is not None:
             self.loss_scaler.adjust(finite)
         return norm, finite

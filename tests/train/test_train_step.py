@@ -107,3 +107,29 @@ def test_the_returned_loss_is_unscaled_on_a_step_that_raises_the_loss_scale():
     # scaling by a power of two is exact; the bound covers the forward pass compiled inside the
     # gradient graph rounding apart from the plain one (the bug was a factor of 2)
     np.testing.assert_allclose(float(loss.asnumpy()), expected, rtol=1e-6)
+
+
+def test_ema_warmup_follows_the_weights_with_the_growing_decay():
+    """ema_warmup: after update n (1-based) the EMA is e_n = d_n * e_{n-1} + (1 - d_n) * w_n with
+    d_n = min(decay, n / (9 + n)), replayed here in float64 from the weights after each step; without
+    warmup d_n = decay. Bound 1e-6: float32 EMA arithmetic over 4 updates of weights of size ~0.1."""
+    from latte_toolkit.train.step import EMA
+    for warmup in (True, False):
+        ms.set_seed(0)
+        model = _tiny_latte()
+        params = model.trainable_params()
+        ema = EMA(params, 0.999, warmup=warmup)
+        step = TrainStep(DiffusionLoss(model, create_diffusion("")),
+                         Updater(params, learning_rate=1e-2, ema=ema))
+        expected = {p.name: p.asnumpy().astype(np.float64) for p in params}
+        rng = np.random.default_rng(5)
+        for n in range(1, 5):
+            x, noise = (Tensor(rng.standard_normal((2, 4, 4, 8, 8)).astype(np.float32)) for _ in range(2))
+            step(x, Tensor(np.array([3, 600], np.int32)), noise)
+            decay = min(0.999, n / (9 + n)) if warmup else 0.999
+            for p in params:
+                expected[p.name] = decay * expected[p.name] + (1 - decay) * p.asnumpy()
+        for p, shadow in zip(params, ema.shadow):
+            np.testing.assert_allclose(shadow.asnumpy(), expected[p.name], atol=1e-6, err_msg=p.name)
+        moved = max(np.abs(shadow.asnumpy() - p.asnumpy()).max() for p, shadow in zip(params, ema.shadow))
+        assert (moved < 0.02) if warmup else (moved > 0.02), moved  # warmup tracks; 0.999 stays at the start
