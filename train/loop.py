@@ -38,7 +38,7 @@ from latte_core.errors import UserError
 
 from .checkpoint import (ResumeError, checkpoint_dirs, load_checkpoint, read_state, remove_staging, save_checkpoint,
                          select_checkpoint, set_aside)
-from .plot import plot_loss_curve
+from latte_core.plot import plot_loss_curve
 
 logger = logging.getLogger(__name__)
 DIFFUSION_STREAM = 1  # keeps the diffusion draws apart from the loader's posterior draws

@@ -18,7 +18,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .plot import plot_loss_curve
+from latte_core.plot import plot_loss_curve
 from .step import TrainStep, Updater
 
 logger = logging.getLogger(__name__)
