@@ -46,7 +46,7 @@ def bench_step_command(config):
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --images 8
     """
     from latte_core.latte import DEPTH_RULE
-    from latte_toolkit.tools.bench import bench_step
+    from latte_toolkit.tools.bench.step import bench_step
     _check_variant(config["model_name"])
     if config["depth"] is not None and config["depth"] % 2:
         raise BadInput(f"--depth {config['depth']}: {DEPTH_RULE}")
@@ -76,7 +76,7 @@ def bench_forward_command(config):
       latte bench forward --model Latte-S/2 --frames 16 --latent 32 --batch 2
     """
     from latte_core import LATTE_MODELS
-    from latte_toolkit.tools.bench import bench_forward
+    from latte_toolkit.tools.bench.forward import bench_forward
     _check_variant(config["model_name"])
     patch = LATTE_MODELS[config["model_name"]]["patch_size"]
     if config["latent"] % patch:
@@ -101,7 +101,7 @@ def bench_vae_command(config):
     Example:
       latte bench vae --size 256 --batch 4
     """
-    from latte_toolkit.tools.bench import bench_vae
+    from latte_toolkit.tools.bench.vae import bench_vae
     if config["size"] % 8:
         raise BadInput(f"--size must be a positive multiple of 8, got {config['size']}")
     click.echo(json.dumps(bench_vae(config["size"], config["batch"], config["repeats"], config["dtype"],
@@ -122,7 +122,7 @@ def bench_ingest_command(config):
     Example:
       latte bench ingest --source sky_train/
     """
-    from latte_toolkit.tools.bench import bench_ingest
+    from latte_toolkit.tools.bench.ingest import bench_ingest
     click.echo(json.dumps(bench_ingest(config["sources"], config["workers"], config["replan_inputs"])))
 
 
@@ -147,7 +147,7 @@ def bench_cache_command(config):
       latte bench cache --text-encoder clip-l --repeats 3
       latte bench cache --vae pretrained/vae-clouds --size 64 --videos 16 --frames 32 --text-encoder small
     """
-    from latte_toolkit.tools.bench import BENCH_TEXT_ENCODERS, bench_cache
+    from latte_toolkit.tools.bench.cache import BENCH_TEXT_ENCODERS, bench_cache
     text_encoder = config["text_encoder"]
     if text_encoder is not None and text_encoder not in BENCH_TEXT_ENCODERS and not os.path.isdir(text_encoder):
         raise BadInput(f"--text-encoder {text_encoder!r} is neither {' nor '.join(BENCH_TEXT_ENCODERS)} nor a "
@@ -181,7 +181,7 @@ def bench_loader_command(config):
       latte bench loader --synthetic-gb 6 --format mindrecord
       latte bench loader --synthetic-gb 0.3 --format parquet --images 8
     """
-    from latte_toolkit.tools.bench import bench_loader
+    from latte_toolkit.tools.bench.loader import bench_loader
     click.echo(json.dumps(bench_loader(config["cache"], config["synthetic_gb"], config["format"], config["batch"],
                                        config["num_frames"], config["sample_stride"], None, config["workers"],
                                        config["max_batches"], config["check"], config["posterior"], config["images"])))
@@ -198,5 +198,5 @@ def bench_attention_command(config):
     Example:
       latte bench attention --tokens 16384
     """
-    from latte_toolkit.tools.bench import bench_attention
+    from latte_toolkit.tools.bench.attention import bench_attention
     click.echo(json.dumps(bench_attention(config["tokens"], config["head_dim"], config["block_size"])))

@@ -211,7 +211,7 @@ def _check_text_width(out_dir, encoder):
 _VAES = {}
 
 
-def _vae(vae_dir, vae_sha256=None):
+def worker_vae(vae_dir, vae_sha256=None):
     """The VAE, loaded once per worker process (the transformer is never built here). With `vae_sha256`
     (the folder's fingerprint when the job validated it), a folder changed since then is refused: the
     cache's fingerprint would not describe its latents."""
@@ -301,7 +301,7 @@ def _encode_batches(vae, item, spec, timings, batches):
 
 def cache_shard(spec):
     """Encode one shard's videos and commit shards/<shard_id>/; returns the ledger record."""
-    vae = _vae(spec["vae_dir"], spec.get("vae_sha256"))
+    vae = worker_vae(spec["vae_dir"], spec.get("vae_sha256"))
     timings = {"decode": 0.0, "encode": 0.0, "write": 0.0}
     text = shard_caption_embeddings(spec) if spec.get("text") else None
 
