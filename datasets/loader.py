@@ -22,7 +22,8 @@
       VideoLoader(text_encoder=...)): "caption_embedding" (B, 77, D) float32, the clip's video's, and with
       images "caption_embedding_image" (B, I, 77, D), each image's own video's; `null_caption_embedding`
       is the empty prompt's (the null condition the training loop's caption dropout puts in their place)
-      and `text_encoder` {"path", "sha256", "width"} the encoder that made them.
+      and `text_encoder` the TextEncoderIdentity (path, sha256, width, max_length) of the encoder that made
+      them.
 
 `state_dict()` is {"epoch", "position", ...settings that fix the plan}; `position` counts samples of the
 global plan already handed out, so a loader restored from it yields exactly the batches an
@@ -116,7 +117,7 @@ class _ClipLoader:
         self.image_entries = list(image_entries)  # the videos images come from: every usable one
         self.image_frames = np.array([e["frames"] for e in self.image_entries], np.int64)
         self.image_pool_of_video = image_pool_of_video  # plan video -> its place in image_entries
-        self.text_encoder = text_encoder  # {"path", "sha256", "width"} of the caption embeddings' encoder, or None
+        self.text_encoder = text_encoder  # the TextEncoderIdentity of the caption embeddings' encoder, or None
         self.columns = ["latent", "label", "index"] + (["label_image"] if use_image_num else [])
         if text_encoder is not None:
             self.columns += ["caption_embedding"] + (["caption_embedding_image"] if use_image_num else [])
@@ -323,8 +324,7 @@ class CacheLoader(_ClipLoader):
         text_encoder = None
         if captions:  # ValueError for a cache without text, CorruptTextEmbedding for a damaged null embedding
             self.null_caption_embedding = self.cache.null_text_embedding.astype(np.float32)
-            record = self.cache.text_encoder
-            text_encoder = {"path": record["path"], "sha256": record["sha256"], "width": record["width"]}
+            text_encoder = self.cache.text_encoder
         records = read_ledger(self.folder)
         self.corrupt = check_cache(self.folder, self.cache.entries.values(), records, check)
         unindexed = unindexed_videos(self.cache.entries.values(), records)
@@ -441,7 +441,7 @@ class VideoLoader(_ClipLoader):
             embeddings = dict(zip(distinct, text_encoder.encode(distinct)))
             self._caption_embeddings = {row["video_id"]: embeddings[p] for row, p in zip(pool, prompts)}
             self.null_caption_embedding = embeddings[""]
-            record = {"path": text_encoder.folder, "sha256": text_encoder.sha256, "width": text_encoder.width}
+            record = text_encoder.identity
         super().__init__(plan, batch_size, rank, world_size, num_parallel_workers,
                          [row["video_id"] for row in self.entries], posterior, use_image_num, pool,
                          np.array([place[row["video_id"]] for row in self.entries], np.int64), record)

@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 
 from latte_core.atomic import write_json_atomically
+from latte_core.text_encoder import load_text_encoder
+from latte_core.text_identity import TextEncoderIdentity
 
 from .config import TEXT_KEYS, SampleError
 
@@ -47,12 +49,7 @@ def _model_settings(config):
                                             "patch_embedder", "sd_scale_factor")}
         settings["frame_noise_correlation"] = trained.get("frame_noise_correlation", 0.0)  # runs before the key: 0
         settings["prediction_type"] = trained.get("prediction_type", "epsilon")
-        recorded_encoder = state.get("text_encoder")
-        if recorded_encoder is not None and not (
-                isinstance(recorded_encoder, dict)
-                and all(isinstance(recorded_encoder.get(k), str) for k in ("path", "sha256"))):
-            raise SampleError(f"{state_path}: text_encoder must be {{\"path\": ..., \"sha256\": ...}}, "
-                              f"got {recorded_encoder!r}")
+        recorded_encoder = TextEncoderIdentity.from_record(state.get("text_encoder"), state_path)
     elif os.path.isfile(path):
         weights = path
     else:
@@ -101,26 +98,19 @@ def _read_prompts(config):
 
 
 def _text_encoder(config, recorded, checkpoint, log):
-    """The TextEncoder to sample with: the text_encoder key's folder, or the one the run recorded; one
-    whose sha256 differs from the recorded one is refused unless force_text_encoder (then a warning,
-    when `log`)."""
-    from latte_core.text_encoder import TextEncoder
+    """The TextEncoder to sample with: the text_encoder key's folder, or the one the run recorded (a
+    TextEncoderIdentity); one whose sha256 differs from the recorded one is refused unless
+    force_text_encoder (then a warning, when `log`)."""
     folder = config["text_encoder"]
     if folder is None:
         if recorded is None:
             where = "its state.json has no text_encoder" if os.path.isdir(checkpoint) else "a weights file records none"
             raise SampleError(f"text_encoder: {checkpoint} does not record the text encoder it was trained with "
                               f"({where}); give it with --text-encoder DIR")
-        folder = recorded["path"]
-    encoder = TextEncoder.from_pretrained(folder)
-    if recorded is not None and encoder.sha256 != recorded["sha256"]:
-        message = (f"text_encoder {encoder.folder} (sha256 {encoder.sha256}) is not the encoder {checkpoint} was "
-                   f"trained with ({recorded['path']}, sha256 {recorded['sha256']})")
-        if not config["force_text_encoder"]:
-            raise SampleError(message + "; give that one, or --force-text-encoder to sample anyway")
-        if log:
-            logger.warning("%s: sampling with it anyway (force_text_encoder)", message)
-    return encoder
+        folder = recorded.path
+    force = ("force_text_encoder" if log else "") if config["force_text_encoder"] else None
+    return load_text_encoder(folder, recorded, recorded_by=f"{checkpoint} was trained with",
+                             advice="; give that one, or --force-text-encoder to sample anyway", force=force)
 
 
 def _encode_prompts(encoder, prompts, log):
@@ -317,7 +307,7 @@ def run_sample(config, progress=True, rank=0, world=1):
                **{k: max(r[k] for r in ranks) for k in ("checkpoint_loading_s", "compile_s", "total_sample_s")},
                "ranks": ranks, "output_path": out, "files": written}
     if condition == "text":
-        summary["text_encoder"] = {"path": encoder.folder, "sha256": encoder.sha256}
+        summary["text_encoder"] = encoder.identity.record()
         summary["prompts"] = [{"file": _video_path(out, i) + ".gif", "prompt": prompts[i % len(prompts)]}
                               for i in range(config["num_videos"])]
     summary["config"] = config

@@ -38,6 +38,7 @@ from .checkpoint import CheckpointError, load_weights
 from .errors import UserError, describe_value, is_integer
 from .layers import Dense, EmbeddingTable
 from .runtime import prefer_avx2_onednn
+from .text_identity import TextEncoderError, TextEncoderIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -423,6 +424,11 @@ class TextEncoder:
         self.sha256 = sha256
         self.width = model.final_layer_norm.weight.shape[0]
 
+    @property
+    def identity(self):
+        """The TextEncoderIdentity of an encoder read from a folder: what caches and runs record of it."""
+        return TextEncoderIdentity.of(self)
+
     @classmethod
     def from_pretrained(cls, folder, *, micro_batch=16):
         """Read an SD-pipeline-style folder (tokenizer/ + text_encoder/) or a flat CLIP folder. Every fault
@@ -475,3 +481,24 @@ class TextEncoder:
             padded = np.concatenate([batch, np.repeat(batch[-1:], rows - len(batch), axis=0)])
             out[start:start + len(batch)] = self.model(Tensor(padded)).asnumpy()[:len(batch)]
         return out
+
+
+def load_text_encoder(folder, recorded=None, *, recorded_by="", advice="", force=None):
+    """The one way a stage loads a text encoder (the cache job and its workers, training from videos,
+    sampling): the TextEncoder of `folder`, loaded whole (tokenizer files, config, every weight), and,
+    given the TextEncoderIdentity `recorded_by` recorded, checked to be that encoder: the same sha256 of
+    its files (the folder may have moved). Any fault is one TextEncoderError naming the file, or both
+    encoders (+ `advice`). `force`: the key that allows another encoder; then the difference is a
+    warning (`force` set to "" keeps it quiet: another rank already warned) and the encoder is used."""
+    try:
+        encoder = TextEncoder.from_pretrained(folder)
+    except CheckpointError as err:
+        raise TextEncoderError(f"text_encoder: {err}") from None
+    if recorded is not None and encoder.sha256 != recorded.sha256:
+        message = (f"text_encoder {encoder.folder} (sha256 {encoder.sha256}) is not the encoder {recorded_by} "
+                   f"({recorded.path}, sha256 {recorded.sha256})")
+        if force is None:
+            raise TextEncoderError(message + advice)
+        if force:
+            logger.warning("%s: using it anyway (%s)", message, force)
+    return encoder

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from latte_core.atomic import sha256_of, write_atomically, write_json_atomically
 from latte_core.errors import DiskFull, UserError
+from latte_core.text_encoder import TextEncoder, load_text_encoder
 from latte_toolkit.datasets.cache import (CAPTION_EMBEDDING, NULL_TEXT_FILE, TEXT_ENCODER_FILE,
                                           check_null_text_embedding, fields_for, shard_digest)
 from latte_toolkit.datasets.formats import FORMAT_NAMES, get_format
@@ -91,8 +92,9 @@ def cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shar
         "chunk_frames": chunk_frames, "shard_videos": shard_videos,
     }
     if text_encoder is not None:
-        fingerprint.update(text_encoder_sha256=text_encoder.sha256, text_embed_dim=text_encoder.width,
-                           text_max_length=text_encoder.max_length)
+        identity = text_encoder.identity
+        fingerprint.update(text_encoder_sha256=identity.sha256, text_embed_dim=identity.width,
+                           text_max_length=identity.max_length)
     return fingerprint
 
 
@@ -107,33 +109,20 @@ def load_vae_checked(vae_dir):
         raise CacheError(f"unusable VAE: {err}") from None
 
 
-def load_text_encoder_checked(folder):
-    """The TextEncoder of `folder`, fully loaded (tokenizer files, config, every weight); any fault is a
-    CacheError naming the file."""
-    from latte_core import TextEncoder
-    from latte_core.checkpoint import CheckpointError
-    try:
-        return TextEncoder.from_pretrained(folder)
-    except CheckpointError as err:
-        raise CacheError(f"unusable text encoder: {err}") from None
-
-
 # ------------------------------------------------------------------------------------------ captions
 _TEXT_ENCODERS = {}
 
 
-def _text_encoder(folder, sha256):
-    """The text encoder, loaded once per worker process; refused if its folder changed since the job
-    validated it."""
-    key = (folder, sha256)
+def _text_encoder(identity):
+    """The text encoder (the TextEncoderIdentity the job validated), loaded once per worker process;
+    refused if its folder changed since the job validated it."""
+    key = (identity.path, identity.sha256)
     if key not in _TEXT_ENCODERS:
         import mindspore as ms
         ms.set_context(mode=ms.GRAPH_MODE)
-        encoder = load_text_encoder_checked(folder)
-        if encoder.sha256 != sha256:
-            raise CacheError(f"{folder}: the text-encoder folder changed since the cache job validated it; "
-                             f"re-run the job (this shard was not written)")
-        _TEXT_ENCODERS[key] = encoder
+        _TEXT_ENCODERS[key] = load_text_encoder(identity.path, identity, recorded_by="the cache job validated",
+                                                advice="; its folder changed since: re-run the job (this shard "
+                                                       "was not written)")
     return _TEXT_ENCODERS[key]
 
 
@@ -167,7 +156,7 @@ def shard_caption_embeddings(spec):
     embeddings = {}
     if captions:
         text = spec["text"]
-        encoder = _text_encoder(text["dir"], text["sha256"])
+        encoder = _text_encoder(text["encoder"])
         embeddings = dict(zip(captions, encode_prompts(encoder, captions, text["rows"], spec["dtype"])))
     return embeddings, len(captions), time.perf_counter() - started
 
@@ -458,7 +447,7 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
             rows = text_rows(encoder, min(shard_videos, len(videos)))
             null = job.publish(lambda: _publish_null_text_embedding(out_dir, encoder, rows, dtype),
                                f"writing {NULL_TEXT_FILE}")
-            text = {"dir": encoder.folder, "sha256": encoder.sha256, "rows": rows, "null": null}
+            text = {"encoder": encoder.identity, "rows": rows, "null": null}
             del encoder  # the shards use the workers' copies (in this process: _TEXT_ENCODERS')
         setup_seconds = time.perf_counter() - started
         pending, skipped = job.plan(videos, shard_videos, _member_key, "s", "videos")
@@ -498,14 +487,13 @@ def _checked_text_encoder(text_encoder, in_process):
     bytes)."""
     if text_encoder is None:
         return None
-    from latte_core import TextEncoder
     if isinstance(text_encoder, TextEncoder):
         if text_encoder.folder is None or text_encoder.sha256 is None:
             raise CacheError("the text encoder must be read from a folder (TextEncoder.from_pretrained): the "
                              "cache records its folder and sha256")
         encoder, given = text_encoder, True
     else:
-        encoder, given = load_text_encoder_checked(os.fspath(text_encoder)), False
+        encoder, given = load_text_encoder(os.fspath(text_encoder)), False
     key = (encoder.folder, encoder.sha256)
     if in_process:
         if given or key not in _TEXT_ENCODERS:

@@ -35,10 +35,11 @@ import time
 import numpy as np
 
 from latte_core.errors import UserError
+from latte_core.plot import plot_loss_curve
+from latte_core.text_encoder import load_text_encoder
 
 from .checkpoint import (ResumeError, checkpoint_dirs, load_checkpoint, read_state, remove_staging, save_checkpoint,
                          select_checkpoint, set_aside)
-from latte_core.plot import plot_loss_curve
 
 logger = logging.getLogger(__name__)
 DIFFUSION_STREAM = 1  # keeps the diffusion draws apart from the loader's posterior draws
@@ -153,37 +154,27 @@ def check_resume_config(stored, config, folder):
                           + "; resume with the run's values, or start a new run in another output_path")
 
 
-def load_text_encoder(config):
-    """The TextEncoder of a text run from videos (its text_encoder key), or None; a fault of the folder is a
-    TrainingError naming the key and the file."""
+def run_text_encoder(config):
+    """The TextEncoder of a text run from videos (its text_encoder key, loaded whole), or None; a fault of
+    the folder is a TextEncoderError naming the key and the file."""
     if config["condition"] != "text" or config["train_data_type"] != "video_file":
         return None
-    from latte_core import TextEncoder
-    from latte_core.checkpoint import CheckpointError
-    try:
-        return TextEncoder.from_pretrained(config["text_encoder"])
-    except CheckpointError as err:
-        raise TrainingError(f"text_encoder: {err}") from None
+    return load_text_encoder(config["text_encoder"])
 
 
-def text_encoder_record(loader):
-    """What a text run's state.json records of its encoder: {"path", "sha256"}, or None."""
-    record = loader.text_encoder
-    return None if record is None else {"path": record["path"], "sha256": record["sha256"]}
-
-
-def check_resume_text_encoder(checkpoint, record):
+def check_resume_text_encoder(checkpoint, identity):
     """A text run resumes with the encoder its checkpoint recorded, compared by sha256 (the folder may
-    have moved; another encoder's embeddings would mean other things to the trained projection)."""
-    if record is None:
+    have moved; another encoder's embeddings would mean other things to the trained projection).
+    `identity`: the TextEncoderIdentity of this run's caption embeddings, or None."""
+    if identity is None:
         return
     recorded = read_state(checkpoint).get("text_encoder")
-    if not isinstance(recorded, dict) or recorded.get("sha256") != record["sha256"]:
+    if not isinstance(recorded, dict) or recorded.get("sha256") != identity.sha256:
         was = (f"{recorded.get('path')} (sha256 {recorded.get('sha256')})" if isinstance(recorded, dict)
                else "no text encoder")
         raise ResumeError(f"--resume: {checkpoint} was trained with {was}, this run's caption embeddings come from "
-                          f"{record['path']} (sha256 {record['sha256']}); resume with that run's encoder (and its "
-                          f"cache), or start a new run in another output_path")
+                          f"{identity}; resume with that run's encoder (and its cache), or start a new run in "
+                          f"another output_path")
 
 
 def build_loader(config, rank, world, text_encoder=None):
@@ -390,7 +381,7 @@ def preflight(config, resume):
     damaged checkpoints set aside, the TextEncoder or None). Writes nothing."""
     report_device_limits(config)
     check_model_keys(config)
-    text_encoder = load_text_encoder(config)
+    text_encoder = run_text_encoder(config)
     out = os.path.abspath(config["output_path"])
     existing = checkpoint_dirs(os.path.join(out, "ckpt"))
     if existing and not resume:
@@ -401,7 +392,7 @@ def preflight(config, resume):
     chosen, damaged = select_checkpoint(existing, config["on_bad_checkpoint"])
     check_resume_config(read_state(chosen).get("config") or {}, config, chosen)
     if text_encoder is not None:
-        check_resume_text_encoder(chosen, {"path": text_encoder.folder, "sha256": text_encoder.sha256})
+        check_resume_text_encoder(chosen, text_encoder.identity)
     return chosen, damaged, text_encoder
 
 
@@ -423,11 +414,11 @@ def train(config, resume=False, progress=True, checked=None):
     ckpt_root = os.path.join(out, "ckpt")
 
     loader, latent_size, channels = build_loader(config, rank, world, text_encoder)
-    text_record = text_encoder_record(loader)
+    identity = loader.text_encoder  # the TextEncoderIdentity of the caption embeddings, or None
     if chosen and text_encoder is None:  # a cache's encoder (one from videos was checked in preflight)
-        check_resume_text_encoder(chosen, text_record)
+        check_resume_text_encoder(chosen, identity)
     model = build_model(config, latent_size, channels, pretrained=chosen is None,
-                        text_embed_dim=loader.text_encoder and loader.text_encoder["width"])
+                        text_embed_dim=identity and identity.width)
     diffusion = create_diffusion("", learn_sigma=config["learn_sigma"], snr_gamma=config["snr_gamma"],
                                  predict_v=config["prediction_type"] == "v_prediction")
     step_fn, updater, ema = build_step(config, model, diffusion, world)
@@ -462,9 +453,8 @@ def train(config, resume=False, progress=True, checked=None):
                 params / 1e6, latent_size, latent_size, config["num_frames"], config["use_image_num"] or 0,
                 config["train_batch_size"], accumulation, world, steps_per_epoch,
                 config["amp_level"], config["dtype"], config["data_folder"])
-    if text_record:
-        logger.info("caption embeddings of %s (sha256 %s, width %d)", text_record["path"], text_record["sha256"],
-                    loader.text_encoder["width"])
+    if identity:
+        logger.info("caption embeddings of %s, width %d", identity, identity.width)
 
     log = RunLog(os.path.join(out, "train_log.jsonl"), step, enabled=is_main)
     bar = tqdm(total=max_steps, initial=step, unit="step", disable=not (progress and is_main))
@@ -497,7 +487,7 @@ def train(config, resume=False, progress=True, checked=None):
         if step % config["log_interval"] == 0:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if step % save_every == 0 or step == max_steps:
-            last_checkpoint = _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, text_record)
+            last_checkpoint = _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, identity)
     bar.close()
     curve = None
     if is_main:
@@ -554,12 +544,12 @@ def captions_with_dropout(batch, drop, drop_image, null):
     return np.concatenate([captions[:, None], images], axis=1)
 
 
-def _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, text_record=None):
+def _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, text_encoder=None):
     folder = os.path.join(ckpt_root, f"step-{step:08d}")
     if is_main:
         state = {"step": step, "loader": loader.state_dict(), "config": config}
-        if text_record:  # what `latte sample` encodes prompts with
-            state["text_encoder"] = text_record
+        if text_encoder:  # what `latte sample` encodes prompts with: {"path", "sha256"}
+            state["text_encoder"] = text_encoder.record()
         save_checkpoint(ckpt_root, step, _state_cells(model, updater), _sampling_weights(model, ema), state,
                         config["ckpt_max_keep"])
     return folder
