@@ -57,7 +57,8 @@ def train(config, resume):
       latte train -c configs/training/tiny_cpu_image_video.yaml --cache work/cache   # 8 frames + 4 images
       latte train -c configs/training/tiny_cpu_text.yaml --cache work/text-cache   # captions (latte cache --text-encoder)
     """
-    from latte_toolkit.train.loop import preflight, train as run_training
+    from latte_toolkit.train.loop import train as run_training
+    from latte_toolkit.train.preflight import preflight
     try:
         checked = None
         if config["train_data_type"] == "video_file":
