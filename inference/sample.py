@@ -19,11 +19,22 @@ import os
 import time
 import warnings
 
+import mindspore as ms
 import numpy as np
+from mindspore import Tensor, nn
+from mindspore.mint.distributed import all_gather_object, get_world_size
 
+from latte_core import create_latte
 from latte_core.atomic import write_json_atomically
+from latte_core.checkpoint import CheckpointError, read_state_dict, set_weights
+from latte_core.diffusion import noise_source
+from latte_core.latte import LATTE_MODELS, TEXT_TOKENS
+from latte_core.runtime import join_msrun
+from latte_core.samplers import create_sampler, sample as sample_latents
 from latte_core.text_encoder import load_text_encoder
 from latte_core.text_identity import TextEncoderIdentity
+from latte_core.vae import load_vae
+from latte_toolkit.datasets.video import to_frames, write_gif, write_mp4
 
 from .config import TEXT_KEYS, SampleError
 
@@ -33,7 +44,6 @@ logger = logging.getLogger(__name__)
 def _model_settings(config):
     """(weights file, Latte constructor settings, the text encoder the run recorded or None) for the
     checkpoint the config names."""
-    from latte_core.latte import LATTE_MODELS
     path = config["checkpoint"]
     settings, recorded_encoder = {}, None
     if os.path.isdir(path):
@@ -129,7 +139,6 @@ def _encode_prompts(encoder, prompts, log):
 
 def _text_embed_dim(state, weights):
     """The encoder width a text model's weights take: its projection reads 77 x that many features."""
-    from latte_core.latte import TEXT_TOKENS
     projection = state.get("text_embedding_projection.1.weight")
     if projection is None or projection.ndim != 2 or projection.shape[1] % TEXT_TOKENS:
         raise SampleError(f"{weights}: not a text-conditioned Latte (no text_embedding_projection.1.weight taking "
@@ -140,7 +149,6 @@ def _text_embed_dim(state, weights):
 def _sampler(config):
     """(sampler, steps) from the `sampler` key, or MindONE's `ddim_sampling` when it is null; a step count
     the sampler cannot take is a SampleError naming sampling_steps."""
-    from latte_core.samplers import create_sampler
     name = config["sampler"]
     if name is None:
         name = "ddim" if config["ddim_sampling"] else "ddpm"
@@ -156,8 +164,6 @@ def _sampler(config):
 def _guided_cell(model, scale):
     """The model under classifier-free guidance, as one compiled cell: the reference's sampling on a
     doubled batch (conditions, then null classes or empty-prompt embeddings), guiding the epsilon channels."""
-    from mindspore import nn
-
     class Guided(nn.Cell):
         def __init__(self):
             super().__init__(auto_prefix=False)
@@ -173,31 +179,78 @@ def run_sample(config, progress=True, rank=0, world=1):
     """Sample config["num_videos"] videos (config: SAMPLE_KEYS.load's, whose checks it relies on), those of
     `rank` of `world` processes (see join_parallel); returns the summary, which rank 0 also writes as
     summary.json with the resolved config under "config" and every rank's times under "ranks"."""
-    import mindspore as ms
-    from mindspore import Tensor
-    from latte_core import create_latte
-    from latte_core.checkpoint import CheckpointError, read_state_dict, set_weights
-    from latte_core.latte import TEXT_TOKENS
-    from latte_core.diffusion import noise_source
-    from latte_core.samplers import create_sampler, sample as sample_latents
-    from latte_core.vae import load_vae
-    from latte_toolkit.datasets.video import to_frames, write_gif, write_mp4
-
     sampler, steps = _sampler(config)  # refused before anything is loaded
     started = time.perf_counter()
     weights, settings, recorded_encoder = _model_settings(config)
-    condition = settings.get("condition")
+    prompts = _prompts_of(config, settings.get("condition"))
+    vae, model, encoder = _load_model(config, weights, settings, recorded_encoder, log=rank == 0)
+    load_s = time.perf_counter() - started
+
+    guided, conditions = _conditioning(config, settings, encoder, prompts, log=rank == 0)
+    net = _guided_cell(model, float(config["guidance_scale"])) if guided else model
+    _, diffusion, _ = create_sampler(sampler.name, steps, learn_sigma=model.learn_sigma,
+                                     frame_noise_correlation=settings["frame_noise_correlation"],
+                                     predict_v=settings["prediction_type"] == "v_prediction")
+    shape_one = (settings["num_frames"], model.in_channels) + (settings["image_size"] // vae.downsample_factor,) * 2
+    started = time.perf_counter()  # compile: the first call of the network, on a batch of zeros
+    batch = list(range(config["batch_size"]))
+    net(Tensor(np.zeros((len(batch) * (2 if guided else 1),) + shape_one, np.float32)),
+        Tensor(np.zeros(len(batch) * (2 if guided else 1), np.int32)), **(conditions(batch) or {})).asnumpy()
+    compile_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    out = os.path.abspath(config["output_path"])
+    os.makedirs(out, exist_ok=True)
+    written = []
+    mine = list(range(rank, config["num_videos"], world))  # this rank's videos
+    for first in range(0, len(mine), config["batch_size"]):
+        indices = mine[first:first + config["batch_size"]]
+        latents = _sample_batch(config, indices, sampler, steps, diffusion, net, shape_one, conditions, guided,
+                                settings["frame_noise_correlation"], progress)
+        written += _write_videos(config, out, indices, latents, vae, settings)
+    sample_s = time.perf_counter() - started
+    times = {"rank": rank, "videos": len(written), "checkpoint_loading_s": round(load_s, 2),
+             "compile_s": round(compile_s, 2), "total_sample_s": round(sample_s, 2)}
+    ranks = [times]
+    if world > 1:
+        ranks, written = _gather_over_ranks(times, written)
+    summary = {"checkpoint": config["checkpoint"], "model": settings["model_name"], "condition": settings.get("condition"),
+               "image_size": settings["image_size"], "num_frames": settings["num_frames"],
+               "method": sampler.name, "steps": steps, "frame_noise_correlation": settings["frame_noise_correlation"],
+               "prediction_type": settings["prediction_type"],
+               "guidance_scale": config["guidance_scale"] if guided else None, "videos": len(written),
+               **{k: max(r[k] for r in ranks) for k in ("checkpoint_loading_s", "compile_s", "total_sample_s")},
+               "ranks": ranks, "output_path": out, "files": written}
+    if encoder is not None:
+        summary["text_encoder"] = encoder.identity.record()
+        summary["prompts"] = [{"file": _video_path(out, i) + ".gif", "prompt": prompts[i % len(prompts)]}
+                              for i in range(config["num_videos"])]
+    summary["config"] = config
+    if rank == 0:
+        write_json_atomically(os.path.join(out, "summary.json"), summary)
+    return summary
+
+
+def _prompts_of(config, condition):
+    """A text model's prompts (refused when there are none); None for other models, which refuse the
+    text keys."""
     if condition == "text":
         prompts = _read_prompts(config)
         if not prompts:
             raise SampleError(f"{config['checkpoint']} is a text model: give its prompts (--prompt TEXT, repeatable, "
                               f"or --prompts-file FILE)")
-    else:
-        given = [key for key in TEXT_KEYS if config[key] is not None]
-        if given:
-            kind = "class-conditional" if condition == "class" else "unconditional"
-            raise SampleError(f"{given[0]} is for text models; {config['checkpoint']} is {kind} (condition: "
-                              f"{condition or 'null'})")
+        return prompts
+    given = [key for key in TEXT_KEYS if config[key] is not None]
+    if given:
+        kind = "class-conditional" if condition == "class" else "unconditional"
+        raise SampleError(f"{given[0]} is for text models; {config['checkpoint']} is {kind} (condition: "
+                          f"{condition or 'null'})")
+    return None
+
+
+def _load_model(config, weights, settings, recorded_encoder, log):
+    """(VAE, Latte with the checkpoint's weights in inference mode, TextEncoder of a text model or None);
+    every misfit between them is a SampleError."""
     try:
         vae = load_vae(config["vae_checkpoint"])
         state = read_state_dict(weights)
@@ -206,16 +259,15 @@ def run_sample(config, progress=True, rank=0, world=1):
     factor = vae.downsample_factor
     if settings["image_size"] % factor:
         raise SampleError(f"image_size {settings['image_size']} is not a multiple of the VAE's {factor}")
-    scale = settings.get("sd_scale_factor") or vae.config["scaling_factor"]
     overrides = {k: settings[k] for k in ("depth", "hidden_size", "num_heads", "learn_sigma", "patch_embedder")
                  if settings.get(k) is not None}
+    condition, encoder = settings.get("condition"), None
     if condition == "text":
         overrides["text_embed_dim"] = _text_embed_dim(state, weights)
-        encoder = _text_encoder(config, recorded_encoder, config["checkpoint"], log=rank == 0)
+        encoder = _text_encoder(config, recorded_encoder, config["checkpoint"], log)
         if encoder.width != overrides["text_embed_dim"]:
             raise SampleError(f"text_encoder {encoder.folder} encodes {encoder.width}-wide embeddings; {weights} was "
                               f"trained on {overrides['text_embed_dim']}-wide ones (its text_embed_dim)")
-        prompt_embeddings, empty_prompt = _encode_prompts(encoder, prompts, log=rank == 0)
     model = create_latte(settings["model_name"], input_size=settings["image_size"] // factor,
                          in_channels=vae.config["latent_channels"], num_frames=settings["num_frames"],
                          condition=condition, num_classes=max(settings.get("num_classes") or 1, 1),
@@ -228,23 +280,23 @@ def run_sample(config, progress=True, rank=0, world=1):
     model.set_train(False)
     if config["use_fp16"]:
         ms.amp.auto_mixed_precision(model, "O2", dtype=ms.float16)
-    load_s = time.perf_counter() - started
+    return vae, model, encoder
 
+
+def _conditioning(config, settings, encoder, prompts, log):
+    """(guided, conditions): whether classifier-free guidance doubles the batch, and conditions(batch), the
+    model's keyword arguments for the videos `batch`: each one's class or prompt embedding, then with
+    guidance as many null classes or empty-prompt embeddings; None without a condition."""
+    condition = settings.get("condition")
     guided = condition in ("class", "text") and config["guidance_scale"] > 1.0
     if condition == "class":
         labels = config["class_labels"] or list(range(settings["num_classes"]))
         if any(not 0 <= int(label) < settings["num_classes"] for label in labels):
             raise SampleError(f"class_labels {labels} must lie in 0..{settings['num_classes'] - 1}")
-    net = _guided_cell(model, float(config["guidance_scale"])) if guided else model
-    correlation = settings["frame_noise_correlation"]
-    _, diffusion, _ = create_sampler(sampler.name, steps, learn_sigma=model.learn_sigma,
-                                     frame_noise_correlation=correlation,
-                                     predict_v=settings["prediction_type"] == "v_prediction")
-    shape_one = (settings["num_frames"], model.in_channels) + (settings["image_size"] // factor,) * 2
+    elif condition == "text":
+        prompt_embeddings, empty_prompt = _encode_prompts(encoder, prompts, log)
 
     def conditions(batch):
-        """The model's keyword arguments for the videos `batch`: each one's class or prompt embedding, then
-        with guidance as many null classes or empty-prompt embeddings; None without a condition."""
         if condition == "class":
             name, values = "y", np.array([labels[i % len(labels)] for i in batch], np.int32)
             null = np.full(len(batch), settings["num_classes"], np.int32)
@@ -255,65 +307,38 @@ def run_sample(config, progress=True, rank=0, world=1):
             return None
         return {name: Tensor(np.concatenate([values, null]) if guided else values)}
 
-    started = time.perf_counter()  # compile: the first call of the network, on a dummy batch
-    dummy_batch = 2 * config["batch_size"] if guided else config["batch_size"]
-    dummy = {}
-    if condition == "class":
-        dummy["y"] = Tensor(np.zeros(dummy_batch, np.int32))
-    elif condition == "text":
-        dummy["text_embedding"] = Tensor(np.zeros((dummy_batch, TEXT_TOKENS, model.text_embed_dim), np.float32))
-    net(Tensor(np.zeros((dummy_batch,) + shape_one, np.float32)), Tensor(np.zeros(dummy_batch, np.int32)),
-        **dummy).asnumpy()
-    compile_s = time.perf_counter() - started
+    return guided, conditions
 
-    out = os.path.abspath(config["output_path"])
-    os.makedirs(out, exist_ok=True)
-    started, written = time.perf_counter(), []
-    mine = list(range(rank, config["num_videos"], world))  # this rank's videos
-    for first in range(0, len(mine), config["batch_size"]):
-        indices = mine[first:first + config["batch_size"]]
-        count = len(indices)
-        # Always whole batches (one compiled shape): a short last batch is padded with extra videos that are
-        # dropped. Video i's noise, initial and per step, is its own stream seeded by (seed, i): the same
-        # video whatever the batch size or the rank it is sampled in.
-        batch = indices + list(range(config["num_videos"], config["num_videos"] + config["batch_size"] - count))
-        seeds = [[config["seed"], i] for i in batch]
-        noise = noise_source([s + [0] for s in seeds], (len(seeds),) + shape_one, correlation)()
-        step_seeds = [s + [1] for s in seeds]
-        if guided:  # the null half follows the same noise: it only supplies the unconditional eps
-            noise, step_seeds = np.concatenate([noise, noise]), step_seeds + step_seeds
-        latents = sample_latents(sampler, diffusion, steps, net, noise.shape, noise=noise,
-                                 model_kwargs=conditions(batch), progress=progress, seed=step_seeds,
-                                 eta=float(config["ddim_eta"])).asnumpy()[:count]
-        videos = vae.decode_video(latents / scale, micro_batch=config["decode_micro_batch"])
-        frames = to_frames(videos)
-        for i, index in enumerate(indices):
-            name = _video_path(out, index)
-            np.save(name + ".npy", latents[i])
-            write_gif(name + ".gif", frames[i], config["fps"])
-            write_mp4(name + ".mp4", frames[i], fps=config["fps"])
-            written.append(name + ".gif")
-    sample_s = time.perf_counter() - started
-    times = {"rank": rank, "videos": len(written), "checkpoint_loading_s": round(load_s, 2),
-             "compile_s": round(compile_s, 2), "total_sample_s": round(sample_s, 2)}
-    ranks = [times]
-    if world > 1:
-        ranks, written = _gather_over_ranks(times, written)
-    summary = {"checkpoint": config["checkpoint"], "model": settings["model_name"], "condition": condition,
-               "image_size": settings["image_size"], "num_frames": settings["num_frames"],
-               "method": sampler.name, "steps": steps, "frame_noise_correlation": correlation,
-               "prediction_type": settings["prediction_type"],
-               "guidance_scale": config["guidance_scale"] if guided else None, "videos": len(written),
-               **{k: max(r[k] for r in ranks) for k in ("checkpoint_loading_s", "compile_s", "total_sample_s")},
-               "ranks": ranks, "output_path": out, "files": written}
-    if condition == "text":
-        summary["text_encoder"] = encoder.identity.record()
-        summary["prompts"] = [{"file": _video_path(out, i) + ".gif", "prompt": prompts[i % len(prompts)]}
-                              for i in range(config["num_videos"])]
-    summary["config"] = config
-    if rank == 0:
-        write_json_atomically(os.path.join(out, "summary.json"), summary)
-    return summary
+
+def _sample_batch(config, indices, sampler, steps, diffusion, net, shape_one, conditions, guided, correlation,
+                  progress):
+    """The latents (len(indices), F, C, h, w) of the videos `indices`. Always whole batches (one compiled
+    shape): a short last batch is padded with extra videos that are dropped. Video i's noise, initial
+    and per step, is its own stream seeded by (seed, i): the same video whatever the batch size or the
+    rank it is sampled in."""
+    count = len(indices)
+    batch = indices + list(range(config["num_videos"], config["num_videos"] + config["batch_size"] - count))
+    seeds = [[config["seed"], i] for i in batch]
+    noise = noise_source([s + [0] for s in seeds], (len(seeds),) + shape_one, correlation)()
+    step_seeds = [s + [1] for s in seeds]
+    if guided:  # the null half follows the same noise: it only supplies the unconditional eps
+        noise, step_seeds = np.concatenate([noise, noise]), step_seeds + step_seeds
+    return sample_latents(sampler, diffusion, steps, net, noise.shape, noise=noise, model_kwargs=conditions(batch),
+                          progress=progress, seed=step_seeds, eta=float(config["ddim_eta"])).asnumpy()[:count]
+
+
+def _write_videos(config, out, indices, latents, vae, settings):
+    """Decode the latents and write each video's sample_NNN.npy, .gif and .mp4; returns the GIF paths."""
+    scale = settings.get("sd_scale_factor") or vae.config["scaling_factor"]
+    frames = to_frames(vae.decode_video(latents / scale, micro_batch=config["decode_micro_batch"]))
+    written = []
+    for i, index in enumerate(indices):
+        name = _video_path(out, index)
+        np.save(name + ".npy", latents[i])
+        write_gif(name + ".gif", frames[i], config["fps"])
+        write_mp4(name + ".mp4", frames[i], fps=config["fps"])
+        written.append(name + ".gif")
+    return written
 
 
 def _video_path(out, index):
@@ -325,13 +350,11 @@ def join_parallel(config):
     """(rank, ranks) of this process: (0, 1), or its place in the msrun job with use_parallel."""
     if not config["use_parallel"]:
         return 0, 1
-    from latte_core.runtime import join_msrun
     return join_msrun(SampleError, "start the sampling with msrun, or drop --use_parallel")
 
 
 def _gather_over_ranks(times, written):
     """Every rank's timing row and all files, on every rank (in video order)."""
-    from mindspore.mint.distributed import all_gather_object, get_world_size
     gathered = [None] * get_world_size()
     all_gather_object(gathered, (times, written))
     ranks = [row for row, _ in gathered]
