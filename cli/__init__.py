@@ -11,6 +11,8 @@ import os
 
 import click
 
+from latte_core.errors import JobAborted, UserError
+
 
 class BadInput(click.ClickException):
     """A user error (bad file, bad option value): one line on stderr, exit code 2."""
@@ -23,7 +25,6 @@ class LatteGroup(click.Group):
     other exception one `Error:` line and exit 1, its traceback only with `latte -v`."""
 
     def invoke(self, ctx):
-        from latte_core.errors import JobAborted, UserError
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -45,6 +46,7 @@ def _fail(message, code):
 
 
 def setup_mindspore(device, mode="graph"):
+    # kept here: MindSpore adds ~2.1 s to `latte --help`, and GLOG_v (main) must be set before it loads
     import mindspore as ms
     from latte_core.runtime import prefer_avx2_onednn
     prefer_avx2_onednn()

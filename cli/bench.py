@@ -16,6 +16,7 @@ def bench():
 
 
 def _check_variant(name):
+    # kept here: latte_core.latte (MindSpore) adds ~1.7 s to `latte --help`
     from latte_core import LATTE_MODELS
     if name not in LATTE_MODELS:
         raise BadInput(f"unknown Latte variant {name!r}; choose one of {', '.join(LATTE_MODELS)}")
@@ -45,6 +46,7 @@ def bench_step_command(config):
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --steps 5
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2 --images 8
     """
+    # kept here: latte_core.latte and the step benchmark (MindSpore) add ~1.6 s to `latte --help`
     from latte_core.latte import DEPTH_RULE
     from latte_toolkit.tools.bench.step import bench_step
     _check_variant(config["model_name"])
@@ -75,6 +77,7 @@ def bench_forward_command(config):
     Example:
       latte bench forward --model Latte-S/2 --frames 16 --latent 32 --batch 2
     """
+    # kept here: latte_core.latte and the forward benchmark (MindSpore) add ~1.4 s to `latte --help`
     from latte_core import LATTE_MODELS
     from latte_toolkit.tools.bench.forward import bench_forward
     _check_variant(config["model_name"])
@@ -101,6 +104,7 @@ def bench_vae_command(config):
     Example:
       latte bench vae --size 256 --batch 4
     """
+    # kept here: the VAE benchmark (MindSpore) adds ~1.6 s to `latte --help`
     from latte_toolkit.tools.bench.vae import bench_vae
     if config["size"] % 8:
         raise BadInput(f"--size must be a positive multiple of 8, got {config['size']}")
@@ -122,6 +126,7 @@ def bench_ingest_command(config):
     Example:
       latte bench ingest --source sky_train/
     """
+    # kept here: the ingest benchmark (dask, decord, PyAV) adds ~1.8 s to `latte --help`
     from latte_toolkit.tools.bench.ingest import bench_ingest
     click.echo(json.dumps(bench_ingest(config["sources"], config["workers"], config["replan_inputs"])))
 
@@ -147,6 +152,7 @@ def bench_cache_command(config):
       latte bench cache --text-encoder clip-l --repeats 3
       latte bench cache --vae pretrained/vae-clouds --size 64 --videos 16 --frames 32 --text-encoder small
     """
+    # kept here: the cache benchmark (MindSpore) adds ~2.3 s to `latte --help`
     from latte_toolkit.tools.bench.cache import BENCH_TEXT_ENCODERS, bench_cache
     text_encoder = config["text_encoder"]
     if text_encoder is not None and text_encoder not in BENCH_TEXT_ENCODERS and not os.path.isdir(text_encoder):
@@ -181,6 +187,7 @@ def bench_loader_command(config):
       latte bench loader --synthetic-gb 6 --format mindrecord
       latte bench loader --synthetic-gb 0.3 --format parquet --images 8
     """
+    # kept here: the loader benchmark (MindSpore's dataset engine) adds ~2.3 s to `latte --help`
     from latte_toolkit.tools.bench.loader import bench_loader
     click.echo(json.dumps(bench_loader(config["cache"], config["synthetic_gb"], config["format"], config["batch"],
                                        config["num_frames"], config["sample_stride"], None, config["workers"],
@@ -198,5 +205,6 @@ def bench_attention_command(config):
     Example:
       latte bench attention --tokens 16384
     """
+    # kept here: the attention benchmark (MindSpore) adds ~1.8 s to `latte --help`
     from latte_toolkit.tools.bench.attention import bench_attention
     click.echo(json.dumps(bench_attention(config["tokens"], config["head_dim"], config["block_size"])))

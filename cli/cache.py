@@ -3,7 +3,7 @@ import logging
 
 import click
 
-from latte_toolkit.pipelines.config import CACHE_KEYS
+from latte_toolkit.pipelines.config import CACHE_KEYS, run_cache_job
 
 from . import configured, key_option, main, setup_mindspore
 
@@ -41,7 +41,6 @@ def cache(config):
       latte cache -c cache.yaml --cache_folder work/cache --cache_file_type numpy
       latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --text-encoder clip-vit-large-patch14/
     """
-    from latte_toolkit.pipelines.config import run_cache_job
     if config["skip_videos"]:
         logging.getLogger(__name__).warning("--resume_cache_index %d: skipping the first %d manifest videos "
                                             "(resume from the ledger needs no index)", config["skip_videos"],

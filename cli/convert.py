@@ -46,6 +46,7 @@ def convert_latte_command(config):
     Example:
       latte convert latte --source models/skytimelapse.pt --target models/skytimelapse.ckpt
     """
+    # kept here: latte_core.convert (MindSpore) adds ~1.6 s to `latte --help`
     from latte_core.convert import convert_latte
     architecture = convert_latte(config["source"], config["target"], config["model_name"])
     click.echo(json.dumps({"target": config["target"], "architecture": architecture}))
@@ -67,6 +68,7 @@ def convert_vae_command(config):
     Example:
       latte convert vae --source sd-vae-ft-mse/ --target models/sd-vae-ft-mse.ckpt
     """
+    # kept here: latte_core.convert (MindSpore) adds ~1.6 s to `latte --help`
     from latte_core.convert import convert_vae
     vae_config = None
     if config["vae_config"] is not None:

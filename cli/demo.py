@@ -31,6 +31,7 @@ def demo(config):
       latte demo --out latte-demo
       latte demo --text --out latte-demo-text --sample-steps 20
     """
+    # kept here: the demo (every stage, MindSpore) adds ~2.5 s to `latte --help`
     from latte_toolkit.tools.demo import run_demo
     setup_mindspore("CPU")
     summary = run_demo(**config)

@@ -3,7 +3,7 @@ import os
 
 import click
 
-from latte_toolkit.pipelines.config import INGEST_KEYS
+from latte_toolkit.pipelines.config import INGEST_KEYS, run_ingest_job
 
 from . import configured, key_option, main
 
@@ -36,7 +36,6 @@ def ingest(config):
       latte ingest --source sky_train/ --out work/ingest --num-frames 16 --sample-stride 3 --workers 2
       latte ingest -c ingest.yaml --out work/ingest    # the seed's data_config: data_folder, sample_n_frames
     """
-    from latte_toolkit.pipelines.config import run_ingest_job
     summary = run_ingest_job(config)
     click.echo(f"ingest: {summary['ok']} usable, {summary['failed']} failed of {summary['inputs']} inputs; "
                f"{summary['frames']} frames; {summary['units_run']} units run, {summary['units_skipped']} "

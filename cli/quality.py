@@ -32,6 +32,7 @@ def quality(config):
     Example:
       latte quality samples/ --manifest work/ingest --vae models/vae-clouds
     """
+    # kept here: the quality check and prompt check (the VAE, MindSpore) add ~2.0 s to `latte --help`
     from latte_toolkit.inference.quality import run_quality
     from latte_toolkit.tools.prompt_check import check_prompts
     setup_mindspore("CPU")

@@ -23,6 +23,7 @@ def report(config, as_json):
     Example:
       latte report work/cache --verify --plot work/cache_phases.png
     """
+    # kept here: the report (pyarrow, matplotlib) adds ~0.6 s to `latte --help`
     from latte_toolkit.pipelines.report import cache_report, plot_cache_phases
     try:
         result = cache_report(config["cache"], config["verify"])

@@ -4,6 +4,7 @@ import os
 
 import click
 
+from latte_toolkit.pipelines.config import INGEST_KEYS, run_ingest_job
 from latte_toolkit.train.config import TRAIN_KEYS
 
 from . import BadInput, configured, key_option, main
@@ -57,6 +58,7 @@ def train(config, resume):
       latte train -c configs/training/tiny_cpu_image_video.yaml --cache work/cache   # 8 frames + 4 images
       latte train -c configs/training/tiny_cpu_text.yaml --cache work/text-cache   # captions (latte cache --text-encoder)
     """
+    # kept here: the training loop and its preflight (MindSpore) add ~2.7 s to `latte --help`
     from latte_toolkit.train.loop import train as run_training
     from latte_toolkit.train.preflight import preflight
     try:
@@ -74,7 +76,6 @@ def train(config, resume):
 
 def _ingested(config):
     """A video data_folder holding no manifest is ingested into OUTPUT/ingest first (resumable)."""
-    from latte_toolkit.pipelines.config import INGEST_KEYS, run_ingest_job
     folder = config["data_folder"]
     if os.path.isfile(os.path.join(folder, "manifest.parquet")):
         return folder

@@ -35,11 +35,13 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import mindspore.dataset as ds
 import numpy as np
 
 from latte_core.errors import is_integer
 
 from .cache import CorruptCache, check_cache, open_cache, read_ledger, unindexed_videos
+from .video import center_crop_resize, read_frames_at, read_manifest, to_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -364,7 +366,6 @@ class CacheLoader(_ClipLoader):
         return self.cache.caption_embedding(entry).astype(np.float32)
 
     def _batches(self, video, start, positions):
-        import mindspore.dataset as ds
         dataset = ds.GeneratorDataset(lambda: self._read_batches(video, start, positions), column_names=self.columns,
                                       shuffle=False)
         return _dataset_batches(dataset, self.columns, self.batch_size)
@@ -418,7 +419,6 @@ class VideoLoader(_ClipLoader):
     def __init__(self, manifest, vae, batch_size, num_frames, sample_stride=1, image_size=256, clips_per_video=1,
                  seed=0, rank=0, world_size=1, shuffle=True, num_parallel_workers=1, micro_batch=8,
                  posterior="sample", use_image_num=0, text_encoder=None):
-        from .video import read_manifest
         rows = read_manifest(manifest)
         span = clip_span(num_frames, sample_stride)
         self.entries = [row for row in rows if (row["num_frames"] or 0) >= span]
@@ -452,7 +452,6 @@ class VideoLoader(_ClipLoader):
         return self._caption_embeddings[entry["video_id"]]
 
     def _batches(self, video, start, positions):
-        import mindspore.dataset as ds
         source = _PlanSource(self._pixel_sample, video, start, positions, self.batch_size)
         columns = ["pixels", "index"] + (["image_places"] if self.use_image_num else [])
         dataset = ds.GeneratorDataset(source, column_names=columns, shuffle=False,
@@ -470,7 +469,6 @@ class VideoLoader(_ClipLoader):
 
     def _pixel_sample(self, video, start, position):
         """The clip's frames (and its images', last) as VAE input, its position (and image places)."""
-        from .video import center_crop_resize, read_frames_at, to_pixels
         entry = self.entries[video]
         frames = list(read_frames_at(entry["path"], entry["kind"], self.plan.frame_indices(start)))
         places = ()

@@ -28,8 +28,10 @@ import json
 import os
 
 import numpy as np
+from PIL import Image, ImageSequence
 
-
+from latte_core.vae import load_vae
+from latte_toolkit.datasets.video import center_crop_resize, read_frames_at, read_manifest, to_frames, to_pixels
 
 # Phase correlation is weighted by a Gaussian low-pass of this width (cycles per pixel): structures of
 # ~8 px and more count, while the fixed pattern a VAE decoder leaves at its latent grid (1/4 cycle per
@@ -92,7 +94,6 @@ def drift_direction(velocity):
 
 def encode_frames(vae, videos, micro_batch=16):
     """videos uint8 (N, F, H, W, 3) -> the VAE's posterior means (N·F, C, h, w)."""
-    from latte_toolkit.datasets.video import to_pixels
     pixels = to_pixels(list(videos.reshape((-1,) + videos.shape[2:])))
     mean, _ = vae.encode_video(pixels[None], micro_batch=micro_batch)
     return mean[0]
@@ -123,7 +124,6 @@ def motion(videos):
 
 def real_clips(manifest, num_frames, image_size, count, seed=0):
     """`count` clips of `num_frames` consecutive frames from the manifest's videos (crop rule applied)."""
-    from latte_toolkit.datasets.video import center_crop_resize, read_frames_at, read_manifest
     rows = [r for r in read_manifest(manifest) if r["num_frames"] >= num_frames]
     if not rows:
         raise ValueError(f"{manifest}: no video of {num_frames} frames or more")
@@ -164,7 +164,6 @@ def sample_prompts(folder):
 
 def read_sample_gifs(folder):
     """The sample_*.gif files `latte sample` wrote, as uint8 (N, F, H, W, 3)."""
-    from PIL import Image, ImageSequence
     paths = _sample_gif_paths(folder)
     if not paths:
         raise FileNotFoundError(f"{folder}: no sample_*.gif")
@@ -178,7 +177,6 @@ def read_sample_gifs(folder):
 def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, prompt_check=None):
     """The measures for `samples` (uint8 (N, F, H, W, 3)) against real clips and the baselines, and with
     `prompts` (one per sample) and a `prompt_check` the prompt check against the manifest's captions."""
-    from latte_toolkit.datasets.video import to_frames
     _, num_frames, height = samples.shape[:3]
     real = real_clips(manifest, num_frames, height, real_count, seed)
     rng = np.random.default_rng(seed)
@@ -216,7 +214,6 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, p
     result["passed"] = (result["closer_than_noise"] and result["motion_in_real_range"] and result["shuffled_outside_range"]
                         and result["drift_in_real_range"])
     if prompts is not None and prompt_check is not None:
-        from latte_toolkit.datasets.video import read_manifest
         captions = {row["caption"] for row in read_manifest(manifest) if row.get("caption")}
         result["prompts"] = prompt_check(samples, prompts, captions)
         result["passed"] = result["passed"] and result["prompts"]["passed"]
@@ -232,6 +229,5 @@ def write_report(result, path):
 def run_quality(samples_dir, manifest, vae_checkpoint, real_clips=64, prompt_check=None):
     """`latte quality`: the check of SAMPLES_DIR's sample_*.gif against the manifest's videos (and, for a
     text model's samples, `prompt_check`'s of their prompts)."""
-    from latte_core.vae import load_vae
     return check_samples(read_sample_gifs(samples_dir), manifest, load_vae(vae_checkpoint), real_clips,
                          prompts=sample_prompts(samples_dir), prompt_check=prompt_check)

@@ -1,14 +1,8 @@
-"""PNG plots drawn with matplotlib's Agg backend (no display needed): a run's loss curve, and a cache
-job's seconds per phase (`latte report --plot`)."""
+"""PNG plots drawn with matplotlib's Figure (its Agg canvas: no display, no pyplot state, whatever
+backend the process chose): a run's loss curve, and a cache job's seconds per phase (`latte report --plot`)."""
 import math
 
-
-def _pyplot():
-    """matplotlib's pyplot on the Agg file backend (no display needed), imported on first use."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+from matplotlib.figure import Figure
 
 
 def running_mean(values, window):
@@ -32,7 +26,6 @@ def plot_phase_seconds(shards, path, title="seconds per phase"):
 
 def _save(figure, path):
     figure.savefig(path)
-    _pyplot().close(figure)
     return path
 
 
@@ -40,9 +33,9 @@ def loss_figure(steps, losses, title="training loss", learning_rates=None):
     """Loss against step on a log-scaled axis (each step faint, a running mean over 2 % of the run on top);
     with `learning_rates` (one per step), the learning rate on a second axis. Non-finite and
     non-positive losses cannot be drawn on a log axis and are left out."""
-    plt = _pyplot()
     points = [(s, v) for s, v in zip(steps, losses) if v is not None and v > 0 and math.isfinite(v)]
-    figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
+    figure = Figure(figsize=(8, 4.5), dpi=100)
+    axis = figure.subplots()
     if points:
         xs, ys = zip(*points)
         axis.plot(xs, ys, color="#9db4e0", linewidth=0.8, label="loss")
@@ -71,10 +64,10 @@ def phase_figure(shards, title="seconds per phase"):
     """One stacked horizontal bar per shard (in commit order) of its seconds per phase.
 
     shards: [(shard id, {phase: seconds})]."""
-    plt = _pyplot()
     phases = sorted({phase for _, seconds in shards for phase in seconds}, key=["decode", "encode", "write"].index)
     height = max(2.5, 0.28 * len(shards) + 1.5)
-    figure, axis = plt.subplots(figsize=(8, min(height, 40)), dpi=100)
+    figure = Figure(figsize=(8, min(height, 40)), dpi=100)
+    axis = figure.subplots()
     colours = {"decode": "#4c8bd6", "encode": "#e08a2e", "write": "#59a85b"}
     lefts = [0.0] * len(shards)
     positions = list(range(len(shards)))

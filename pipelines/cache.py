@@ -25,13 +25,17 @@ import shutil
 import threading
 import time
 
+import mindspore as ms
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latte_core.atomic import sha256_of, write_atomically, write_json_atomically
+from latte_core.checkpoint import CheckpointError
 from latte_core.errors import DiskFull, UserError
+from latte_core.kernels import blas_threads
 from latte_core.text_encoder import TextEncoder, load_text_encoder
+from latte_core.vae import load_vae
 from latte_toolkit.datasets.cache import (CAPTION_EMBEDDING, NULL_TEXT_FILE, TEXT_ENCODER_FILE,
                                           check_null_text_embedding, fields_for, shard_digest)
 from latte_toolkit.datasets.formats import FORMAT_NAMES, get_format
@@ -101,8 +105,6 @@ def cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shar
 def load_vae_checked(vae_dir):
     """The VAE of `vae_dir`, fully loaded: config keys and types, weights readable, every tensor present
     with its shape and finite. Any fault is a CacheError naming the folder or file."""
-    from latte_core.checkpoint import CheckpointError
-    from latte_core.vae import load_vae
     try:
         return load_vae(vae_dir)
     except CheckpointError as err:
@@ -118,7 +120,6 @@ def _text_encoder(identity):
     refused if its folder changed since the job validated it."""
     key = (identity.path, identity.sha256)
     if key not in _TEXT_ENCODERS:
-        import mindspore as ms
         ms.set_context(mode=ms.GRAPH_MODE)
         _TEXT_ENCODERS[key] = load_text_encoder(identity.path, identity, recorded_by="the cache job validated",
                                                 advice="; its folder changed since: re-run the job (this shard "
@@ -141,7 +142,6 @@ def encode_prompts(encoder, prompts, rows, dtype):
     """(len(prompts), 77, D) in `dtype`. The ids are padded to a multiple of `rows` by repeating the
     last, so every call runs the one compiled shape; OpenBLAS runs on one thread, as for the VAE, so
     every runner stores the same bytes."""
-    from latte_core.kernels import blas_threads
     ids = encoder.tokenize(prompts)
     padded = np.concatenate([ids, np.repeat(ids[-1:], -len(ids) % rows, axis=0)])
     with blas_threads(1):
@@ -206,7 +206,6 @@ def worker_vae(vae_dir, vae_sha256=None):
     cache's fingerprint would not describe its latents."""
     key = (vae_dir, vae_sha256)
     if key not in _VAES:
-        import mindspore as ms
         if vae_sha256 is not None and vae_fingerprint(vae_dir) != vae_sha256:
             raise CacheError(f"{vae_dir}: the VAE folder changed since the cache job validated it; "
                              f"re-run the job (this shard was not written)")
@@ -257,8 +256,6 @@ def encode_video_frames(vae, item, spec, timings):
 
 
 def _encode_batches(vae, item, spec, timings, batches):
-    import mindspore as ms
-    from latte_core.kernels import blas_threads
     outputs = {field: [] for field in fields_for(spec["store"])}
     rng = np.random.default_rng([spec["seed"], int(hashlib.sha1(item["video_id"].encode()).hexdigest()[:8], 16)])
     while True:
@@ -428,7 +425,6 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
     if vae is None:
         vae = load_vae_checked(vae_dir)
     if scheduler is None and workers == 0:  # the shards run here and use this copy, in graph mode as in a worker
-        import mindspore as ms
         for key in [key for key in _VAES if key[0] == vae_dir]:
             del _VAES[key]
         ms.set_context(mode=ms.GRAPH_MODE)

@@ -32,14 +32,25 @@ import math
 import os
 import time
 
+import mindspore as ms
 import numpy as np
+from mindspore import Tensor, nn
+from tqdm.auto import tqdm
 
+from latte_core import LATTE_MODELS, create_diffusion, create_latte
+from latte_core.checkpoint import load_weights
+from latte_core.diffusion import correlate_frames
 from latte_core.errors import UserError
 from latte_core.plot import plot_loss_curve
+from latte_core.runtime import join_msrun, prefer_avx2_onednn
+from latte_core.vae import load_vae
+from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.datasets.loader import CacheLoader, VideoLoader
 
 from .checkpoint import ResumeError, load_checkpoint, remove_staging, save_checkpoint, set_aside
 from .preflight import (TrainingError, check_cache_fits, check_image_labels, check_model_keys,
                         check_pretrained_text_width, check_resume_text_encoder, preflight)
+from .step import EMA, ClassDiffusionLoss, DiffusionLoss, MeanOverRanks, TextDiffusionLoss, TrainStep, Updater
 
 logger = logging.getLogger(__name__)
 DIFFUSION_STREAM = 1  # keeps the diffusion draws apart from the loader's posterior draws
@@ -62,7 +73,6 @@ def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, nu
     """Per sample: timestep, noise (its video frames correlated by frame_noise_correlation, the images'
     independent) and label- (or caption-) dropout decision, from a generator seeded by the sample; then
     the dropout decision of each of its num_images image labels (captions), (B, num_images)."""
-    from latte_core.diffusion import correlate_frames
     t = np.empty(len(indices), np.int32)
     noise = np.empty((len(indices),) + tuple(shape), np.float32)
     drop = np.zeros(len(indices), np.int32)
@@ -81,8 +91,6 @@ def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, nu
 # ------------------------------------------------------------------------------------------ set-up
 def setup_devices(config):
     """Device and graph mode; with use_parallel, join the msrun job. Returns (rank, world size)."""
-    import mindspore as ms
-    from latte_core.runtime import join_msrun, prefer_avx2_onednn
     prefer_avx2_onednn()
     try:
         ms.set_device(config["device_target"])
@@ -101,8 +109,6 @@ def setup_devices(config):
 def build_loader(config, rank, world, text_encoder=None):
     """(loader, latent size, latent channels) for the data the config names; `text_encoder` (a text run
     from videos) encodes the manifest's captions."""
-    from latte_toolkit.datasets.cache import open_cache
-    from latte_toolkit.datasets.loader import CacheLoader, VideoLoader
     folder = config["data_folder"]
     common = dict(batch_size=config["train_batch_size"], num_frames=config["num_frames"],
                   sample_stride=config["sample_stride"], clips_per_video=config["clips_per_video"], seed=config["seed"],
@@ -112,7 +118,6 @@ def build_loader(config, rank, world, text_encoder=None):
     if config["train_data_type"] == "video_file":
         if not config["vae_checkpoint"]:
             raise TrainingError("train_data_type video_file needs vae_checkpoint (a diffusers VAE folder or .ckpt)")
-        from latte_core.vae import load_vae
         vae = load_vae(config["vae_checkpoint"])
         if config["sd_scale_factor"] is not None and abs(vae.config["scaling_factor"] - config["sd_scale_factor"]) > 1e-9:
             raise TrainingError(f"sd_scale_factor {config['sd_scale_factor']} differs from the VAE's "
@@ -148,9 +153,6 @@ def build_model(config, latent_size, channels, pretrained=True, text_embed_dim=N
     """The Latte the config names; with `pretrained`, started from pretrained_model_path if one is given
     (a resumed run takes every weight from its checkpoint instead). A text model projects
     `text_embed_dim`-wide caption embeddings (the data's: its encoder's width)."""
-    import mindspore as ms
-    from latte_core import LATTE_MODELS, create_latte
-    from latte_core.checkpoint import load_weights
     check_model_keys(config)
     patch = LATTE_MODELS[config["model_name"]]["patch_size"]
     if latent_size % patch:
@@ -182,9 +184,6 @@ def build_model(config, latent_size, channels, pretrained=True, text_embed_dim=N
 
 def build_step(config, model, diffusion, world):
     """(TrainStep, its updater, EMA or None) for the config."""
-    import mindspore as ms
-    from mindspore import nn
-    from .step import EMA, ClassDiffusionLoss, DiffusionLoss, TextDiffusionLoss, TrainStep, Updater
     params = model.trainable_params()
     ema = EMA(params, config["ema_decay"]) if config["use_ema"] else None
     scaler = None
@@ -267,11 +266,6 @@ def train(config, resume=False, progress=True, checked=None):
     """Train (or resume) the run the config describes; returns a summary dict. `checked`: what
     preflight(config, resume) returned, when the caller ran it already (the CLI does, before it ingests
     a folder of videos)."""
-    import mindspore as ms
-    from mindspore import Tensor
-    from tqdm.auto import tqdm
-    from latte_core import create_diffusion
-
     # Every check first (keys, checkpoints, data, model, the checkpoint's fit): a run that is refused
     # leaves its folder as it was.
     chosen, damaged, text_encoder = checked or preflight(config, resume)
@@ -370,7 +364,6 @@ def _rank_mean(world):
     single-process run on the same global batch)."""
     if world == 1:
         return lambda loss: loss
-    from .step import MeanOverRanks
     return MeanOverRanks(world)
 
 

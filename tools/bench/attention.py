@@ -3,7 +3,11 @@ each path in a fresh process."""
 import os
 import time
 
+import mindspore as ms
 import numpy as np
+from mindspore import Tensor, nn
+
+from latte_core.attention import BlockwiseAttention, PlainAttention
 
 from .measure import peak_rss_mb, run_in_fresh_process
 
@@ -11,9 +15,6 @@ from .measure import peak_rss_mb, run_in_fresh_process
 def _attention_peak(backend, tokens, head_dim, block_size, queue):
     """Child process: forward + backward of one attention head group; reports RSS figures in MB."""
     os.environ.setdefault("GLOG_v", "3")
-    import mindspore as ms
-    from mindspore import Tensor, nn
-    from latte_core.attention import BlockwiseAttention, PlainAttention
 
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)

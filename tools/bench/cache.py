@@ -1,15 +1,23 @@
 """`latte bench cache`: end-to-end cache frames/s against encode-only frames/s of the same VAE on the
 same decoded frames; with a text encoder, the same job without and with caption embeddings."""
+import csv
 import os
 import shutil
 import statistics
 import tempfile
 import time
 
+import mindspore as ms
 import numpy as np
 
+from latte_core import AutoencoderKL
+from latte_toolkit.datasets.cache import read_ledger
+from latte_toolkit.datasets.video import center_crop_resize, iter_frames, to_pixels, write_mp4
+from latte_toolkit.pipelines.cache import run_cache, worker_vae
 from latte_toolkit.pipelines.ingest import run_ingest
 
+from ..demo_text_encoder import byte_level_vocabulary, write_random_text_encoder
+from ..synthetic import DIRECTIONS, SKY_COLOURS, cloud_caption, moving_square_frames
 
 # random-weight text encoders `bench cache --text-encoder` builds: (width, layers, heads)
 BENCH_TEXT_ENCODERS = {"clip-l": (768, 12, 12),  # CLIP ViT-L/14's text tower (Stable Diffusion 1.x's)
@@ -22,7 +30,6 @@ CLIP_VOCAB_SIZE = 49408
 def _bench_text_encoder(choice, scratch):
     """(folder, description) of `choice`: a BENCH_TEXT_ENCODERS name (written with random weights) or a
     text-encoder folder."""
-    from ..demo_text_encoder import byte_level_vocabulary, write_random_text_encoder
     if choice not in BENCH_TEXT_ENCODERS:
         return os.path.abspath(choice), {"folder": os.path.abspath(choice)}
     width, layers, heads = BENCH_TEXT_ENCODERS[choice]
@@ -35,11 +42,6 @@ def _bench_text_encoder(choice, scratch):
 
 def _write_captioned_clips(folder, videos, frames, size):
     """`videos` moving-square H.264 clips (4:3) and captions.csv giving each a caption of its own."""
-    import csv
-    from latte_toolkit.datasets.video import write_mp4
-
-    from ..synthetic import DIRECTIONS, SKY_COLOURS, cloud_caption, moving_square_frames
-
     rows = []
     for i in range(videos):
         write_mp4(os.path.join(folder, f"clip_{i}.mp4"),
@@ -59,10 +61,6 @@ def _cache_with_and_without_text(ingest, vae_dir, scratch, encoder_dir, repeats,
     the job's frames/s, its frames/s after the setup (validating the VAE and the encoder, the empty
     prompt's embedding; what a longer job amortises), the setup seconds and the text encoder's seconds
     in the shards."""
-    from latte_toolkit.datasets.cache import read_ledger
-
-    from latte_toolkit.pipelines.cache import run_cache
-
     runs = {False: [], True: []}
     for repeat in range(repeats + 1):
         for with_text in ((True, False) if repeat % 2 else (False, True)):
@@ -96,13 +94,6 @@ def bench_cache(fmt="numpy", vae_dir=None, videos=2, frames=16, size=256, micro_
     of sd-vae-ft-mse's architecture is used. With `text_encoder` ("clip-l", "small": random weights,
     see BENCH_TEXT_ENCODERS; or a folder), also the job with and without caption embeddings (a caption
     of its own per video), `repeats` times each, interleaved, medians and their ratios."""
-    import mindspore as ms
-
-    from latte_toolkit.datasets.video import center_crop_resize, iter_frames, to_pixels
-    from latte_core import AutoencoderKL
-
-    from latte_toolkit.pipelines.cache import run_cache, worker_vae
-
     with tempfile.TemporaryDirectory() as scratch:
         if vae_dir is None:
             vae_dir = AutoencoderKL().save_pretrained(os.path.join(scratch, "vae"))

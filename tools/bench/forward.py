@@ -3,7 +3,10 @@ numpy's sgemm floor on the same products, per kernel path (both paths must agree
 import statistics
 import time
 
+import mindspore as ms
 import numpy as np
+
+from latte_core import create_latte, kernels
 
 from .measure import KERNEL_PATHS, combine_paths, median_matmul_seconds, peak_rss_mb, run_in_fresh_process, setup_child
 
@@ -45,8 +48,6 @@ def _forward_path(model_name, frames, latent, batch, repeats, seed, device, kern
     """Child process: time `repeats` denoising forwards (inference, a new x and t each) after the compiling
     one; put the figures, the last output and the model's GEMMs on queue."""
     active = setup_child(device, kernels_on)
-    import mindspore as ms
-    from latte_core import create_latte, kernels
 
     model = create_latte(model_name, input_size=latent, num_frames=frames)
     model.set_train(False)

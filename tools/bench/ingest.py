@@ -4,15 +4,17 @@ import os
 import tempfile
 import time
 
+import decord
+import pyarrow.parquet  # noqa: F401
+import tqdm.auto  # noqa: F401 (one-time imports, paid once per process, are kept out of the timings)
+from PIL import Image
+
+from latte_toolkit.datasets.video import list_frame_files
 from latte_toolkit.pipelines.ingest import discover, run_ingest
 
 
 def plain_decode(inputs):
     """Decode every frame of every input sequentially in this process (the baseline)."""
-    import decord
-    from PIL import Image
-    from latte_toolkit.datasets.video import list_frame_files
-
     videos = frames = 0
     for item in inputs:
         try:
@@ -33,7 +35,6 @@ def plain_decode(inputs):
 
 
 def _make_frame_folders(root, count):
-    from PIL import Image
     image = Image.new("RGB", (8, 8), (40, 90, 200))
     for i in range(count):
         folder = os.path.join(root, f"{i // 1000:03d}", f"v{i:05d}")
@@ -43,9 +44,6 @@ def _make_frame_folders(root, count):
 
 def bench_ingest(sources, workers=0, replan_inputs=10000):
     """Videos/s and frames/s of `ingest --verify` and of a plain decode, plus re-plan seconds."""
-    import tqdm.auto  # noqa: F401  (one-time imports, paid once per process, are kept out of the timings)
-    import pyarrow.parquet  # noqa: F401
-
     inputs = [item for item in discover(sources) if not item.get("failure")]
     start = time.perf_counter()
     plain_videos, plain_frames = plain_decode(inputs)

@@ -3,9 +3,14 @@ and against the loader's own latent arithmetic, in a fresh process (its peak RSS
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.datasets.loader import CacheLoader
+
+from ..fixtures import write_synthetic_cache
 from .measure import peak_rss_mb, run_in_fresh_process
 
 
@@ -26,7 +31,6 @@ def _latent_arithmetic(loader, sample, samples, threads):
     """Samples/s of the loader's own latent arithmetic alone (posterior sampling and scaling of a
     sample already in memory: its clip, then its images; no I/O, no pipeline) over `samples`
     positions, shared by `threads` threads as the loader's workers share theirs."""
-    from concurrent.futures import ThreadPoolExecutor
     clip, images = sample
 
     def arithmetic(positions):
@@ -46,7 +50,6 @@ def _loader_figures(cache_dir, loader_options, max_batches, queue):
     """Child process: a warm plain read of every shard file, then the loader, then the loader's own
     latent arithmetic alone, on as many threads as the loader has workers and on one; reports figures."""
     os.environ.setdefault("GLOG_v", "3")
-    from latte_toolkit.datasets.loader import CacheLoader
 
     files = sorted(os.path.join(root, name) for root, _, names in os.walk(os.path.join(cache_dir, "shards"))
                    for name in names)
@@ -97,14 +100,11 @@ def bench_loader(cache_dir=None, synthetic_gb=1.0, fmt="numpy", batch_size=4, nu
     (the start of MindSpore's dataset engine, once per process) is first_batch_seconds. `images`: the
     loader's use_image_num (a sample is then its clip and that many single frames of other videos).
     Without `cache_dir`, a synthetic cache of `synthetic_gb` GB in format `fmt` is written first."""
-    from latte_toolkit.datasets.cache import open_cache
-
     with tempfile.TemporaryDirectory() as scratch:
         frames = 128
         if cache_dir is None:
             frame_bytes = 2 * 4 * 32 * 32 * 2  # posterior mean + std, float16, 32x32 latents
             videos = max(1, int(synthetic_gb * 1e9 / (frames * frame_bytes)))
-            from ..fixtures import write_synthetic_cache
             cache_dir = write_synthetic_cache(os.path.join(scratch, "cache"), fmt, videos, frames)
         else:
             cache = open_cache(cache_dir)

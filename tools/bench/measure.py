@@ -4,13 +4,18 @@ the kernels' per-call figures and the dense layers' rate against numpy's sgemm o
 (kernel_figures, median_matmul_seconds), peak RSS, and the kernels-on / kernels-off result layout
 (combine_paths).
 """
+import multiprocessing
 import os
+import queue as queues
 import resource
 import statistics
 import time
 
+import mindspore as ms
 import numpy as np
 
+from latte_core import kernels
+from latte_core.runtime import prefer_avx2_onednn
 
 KERNEL_PATHS = ("on", "off")
 
@@ -22,9 +27,6 @@ def peak_rss_mb():
 def setup_child(device, kernels_on):
     """In a spawned benchmark process: MindSpore on `device` in graph mode, the kernels on or off."""
     os.environ.setdefault("GLOG_v", "3")
-    import mindspore as ms
-    from latte_core import kernels
-    from latte_core.runtime import prefer_avx2_onednn
     prefer_avx2_onednn()
     ms.set_device(device)
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -35,7 +37,6 @@ def setup_child(device, kernels_on):
 def kernel_figures(steps):
     """Per-step milliseconds of each kernel, and the dense layers' matmul rate in the step against
     numpy's BLAS on the same sgemm problems, timed right after in the same process."""
-    from latte_core import kernels
     stats = {name: entry for name, entry in kernels.stats().items() if entry["calls"]}
     figures = {"kernel_ms_per_step": {name: round(1000 * entry["seconds"] / steps, 2) for name, entry in stats.items()}}
     dense = [stats[name] for name in ("dense_forward", "dense_backward") if name in stats]
@@ -86,9 +87,6 @@ def combine_paths(result, paths, time_key):
 def run_in_fresh_process(target, args, what):
     """Run target(*args, queue) in a spawned process (its own peak RSS) and return what it put on the
     queue; a child that dies first raises instead of leaving the caller waiting."""
-    import multiprocessing
-    import queue as queues
-
     # Loading MindSpore's C++ side sets OMP_NUM_THREADS=1 in this process's C environment (not in
     # os.environ); a spawned child would inherit it and run its BLAS on one core. Unless the user
     # set it, the child gets the default.

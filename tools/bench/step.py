@@ -3,7 +3,13 @@ path, each in a fresh process."""
 import statistics
 import time
 
+import mindspore as ms
 import numpy as np
+
+from latte_core import create_latte, kernels
+from latte_core.diffusion import create_diffusion
+from latte_core.latte import LATTE_MODELS
+from latte_toolkit.train.step import DiffusionLoss, TrainStep, Updater
 
 from .measure import KERNEL_PATHS, combine_paths, kernel_figures, peak_rss_mb, run_in_fresh_process, setup_child
 
@@ -12,10 +18,6 @@ def _step_path(model_name, frames, latent, batch, steps, flash_attention, seed, 
                queue):
     """Child process: time `steps` training steps with the kernels on or off; put the figures on queue."""
     active = setup_child(device, kernels_on)
-    import mindspore as ms
-    from latte_core import create_latte, kernels
-    from latte_core.diffusion import create_diffusion
-    from latte_toolkit.train.step import DiffusionLoss, TrainStep, Updater
 
     ms.set_seed(seed)
     overrides = {} if depth is None else {"depth": depth}
@@ -50,7 +52,6 @@ def bench_step(model_name="Latte-S/2", frames=8, latent=16, batch=2, steps=5, fl
     kernel path in `kernels` ("on", "off"), each in a fresh process. `images`: use_image_num, images
     appended to each clip of `frames` frames (image-video joint training); `depth`: the block count if not
     the variant's."""
-    from latte_core.latte import LATTE_MODELS
     if steps < 2:
         raise ValueError("--steps must be at least 2 (the first step includes graph compilation)")
     paths = [run_in_fresh_process(_step_path, (model_name, frames, latent, batch, steps, flash_attention, seed,

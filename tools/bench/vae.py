@@ -2,15 +2,16 @@
 import statistics
 import time
 
+import mindspore as ms
 import numpy as np
+
+from latte_core import AutoencoderKL, kernels
 
 from .measure import KERNEL_PATHS, combine_paths, peak_rss_mb, run_in_fresh_process, setup_child
 
 
 def _vae_path(size, batch, repeats, dtype, seed, device, kernels_on, queue):
     active = setup_child(device, kernels_on)
-    import mindspore as ms
-    from latte_core import AutoencoderKL, kernels
 
     ms.set_seed(seed)
     vae = AutoencoderKL()  # diffusers' defaults are sd-vae-ft-mse's architecture
