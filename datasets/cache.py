@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from latte_core.atomic import sha256_of
 from latte_core.errors import UserError
+from latte_core.text_identity import TextEncoderIdentity
 
 from .formats import get_format
 
@@ -78,8 +79,8 @@ class CacheReader:
     `reader` is the format's Reader over every shard (random frame reads: `reader.read_frames`);
     `cache_bytes` bounds the decoded row groups it keeps for Parquet shards of the earlier layout.
 
-    Text caches: `has_text`; `text_encoder` {"path", "sha256", "width", "max_length"} (None without
-    text); `caption_embedding(video)` (a video id or an index entry) -> (77, D) in the cache dtype;
+    Text caches: `has_text`; `text_encoder` the TextEncoderIdentity (path, sha256, width, max_length)
+    of the encoder that made them (None without text); `caption_embedding(video)` (a video id or an index entry) -> (77, D) in the cache dtype;
     `null_text_embedding` -> (77, D), the empty prompt's, checked against its sha256
     (CorruptTextEmbedding, a UserError)."""
 
@@ -120,8 +121,8 @@ class CacheReader:
             return None
         with open(os.path.join(self.folder, TEXT_ENCODER_FILE)) as handle:
             path = json.load(handle)["path"]
-        return {"path": path, "sha256": self.info["text_encoder_sha256"], "width": self.info["text_embed_dim"],
-                "max_length": self.info["text_max_length"]}
+        return TextEncoderIdentity(path, self.info["text_encoder_sha256"], self.info["text_embed_dim"],
+                                   self.info["text_max_length"])
 
     def _require_text(self):
         if not self.has_text:

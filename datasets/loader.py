@@ -22,7 +22,8 @@
       VideoLoader(text_encoder=...)): "caption_embedding" (B, 77, D) float32, the clip's video's, and with
       images "caption_embedding_image" (B, I, 77, D), each image's own video's; `null_caption_embedding`
       is the empty prompt's (the null condition the training loop's caption dropout puts in their place)
-      and `text_encoder` {"path", "sha256", "width"} the encoder that made them.
+      and `text_encoder` the TextEncoderIdentity (path, sha256, width, max_length) of the encoder that made
+      them.
 
 `state_dict()` is {"epoch", "position", ...settings that fix the plan}; `position` counts samples of the
 global plan already handed out, so a loader restored from it yields exactly the batches an
@@ -34,11 +35,13 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import mindspore.dataset as ds
 import numpy as np
 
 from latte_core.errors import is_integer
 
 from .cache import CorruptCache, check_cache, open_cache, read_ledger, unindexed_videos
+from .video import center_crop_resize, read_frames_at, read_manifest, to_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ class _ClipLoader:
         self.image_entries = list(image_entries)  # the videos images come from: every usable one
         self.image_frames = np.array([e["frames"] for e in self.image_entries], np.int64)
         self.image_pool_of_video = image_pool_of_video  # plan video -> its place in image_entries
-        self.text_encoder = text_encoder  # {"path", "sha256", "width"} of the caption embeddings' encoder, or None
+        self.text_encoder = text_encoder  # the TextEncoderIdentity of the caption embeddings' encoder, or None
         self.columns = ["latent", "label", "index"] + (["label_image"] if use_image_num else [])
         if text_encoder is not None:
             self.columns += ["caption_embedding"] + (["caption_embedding_image"] if use_image_num else [])
@@ -323,8 +326,7 @@ class CacheLoader(_ClipLoader):
         text_encoder = None
         if captions:  # ValueError for a cache without text, CorruptTextEmbedding for a damaged null embedding
             self.null_caption_embedding = self.cache.null_text_embedding.astype(np.float32)
-            record = self.cache.text_encoder
-            text_encoder = {"path": record["path"], "sha256": record["sha256"], "width": record["width"]}
+            text_encoder = self.cache.text_encoder
         records = read_ledger(self.folder)
         self.corrupt = check_cache(self.folder, self.cache.entries.values(), records, check)
         unindexed = unindexed_videos(self.cache.entries.values(), records)
@@ -364,7 +366,6 @@ class CacheLoader(_ClipLoader):
         return self.cache.caption_embedding(entry).astype(np.float32)
 
     def _batches(self, video, start, positions):
-        import mindspore.dataset as ds
         dataset = ds.GeneratorDataset(lambda: self._read_batches(video, start, positions), column_names=self.columns,
                                       shuffle=False)
         return _dataset_batches(dataset, self.columns, self.batch_size)
@@ -418,7 +419,6 @@ class VideoLoader(_ClipLoader):
     def __init__(self, manifest, vae, batch_size, num_frames, sample_stride=1, image_size=256, clips_per_video=1,
                  seed=0, rank=0, world_size=1, shuffle=True, num_parallel_workers=1, micro_batch=8,
                  posterior="sample", use_image_num=0, text_encoder=None):
-        from .video import read_manifest
         rows = read_manifest(manifest)
         span = clip_span(num_frames, sample_stride)
         self.entries = [row for row in rows if (row["num_frames"] or 0) >= span]
@@ -441,7 +441,7 @@ class VideoLoader(_ClipLoader):
             embeddings = dict(zip(distinct, text_encoder.encode(distinct)))
             self._caption_embeddings = {row["video_id"]: embeddings[p] for row, p in zip(pool, prompts)}
             self.null_caption_embedding = embeddings[""]
-            record = {"path": text_encoder.folder, "sha256": text_encoder.sha256, "width": text_encoder.width}
+            record = text_encoder.identity
         super().__init__(plan, batch_size, rank, world_size, num_parallel_workers,
                          [row["video_id"] for row in self.entries], posterior, use_image_num, pool,
                          np.array([place[row["video_id"]] for row in self.entries], np.int64), record)
@@ -452,7 +452,6 @@ class VideoLoader(_ClipLoader):
         return self._caption_embeddings[entry["video_id"]]
 
     def _batches(self, video, start, positions):
-        import mindspore.dataset as ds
         source = _PlanSource(self._pixel_sample, video, start, positions, self.batch_size)
         columns = ["pixels", "index"] + (["image_places"] if self.use_image_num else [])
         dataset = ds.GeneratorDataset(source, column_names=columns, shuffle=False,
@@ -470,7 +469,6 @@ class VideoLoader(_ClipLoader):
 
     def _pixel_sample(self, video, start, position):
         """The clip's frames (and its images', last) as VAE input, its position (and image places)."""
-        from .video import center_crop_resize, read_frames_at, to_pixels
         entry = self.entries[video]
         frames = list(read_frames_at(entry["path"], entry["kind"], self.plan.frame_indices(start)))
         places = ()

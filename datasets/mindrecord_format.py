@@ -25,6 +25,7 @@ import struct
 import urllib.parse
 
 import numpy as np
+from mindspore.mindrecord import FileReader, FileWriter
 
 from .formats import ChunkedShardReader, ChunkLayout, ShardWriter, extras_from_rows, extras_rows
 
@@ -51,7 +52,6 @@ def page_size_for(record_bytes):
 
 
 def _file_writer(path, schema, description, record_bytes):
-    from mindspore.mindrecord import FileWriter
     writer = FileWriter(path, shard_num=1, overwrite=False)
     writer.add_schema(schema, description)
     writer.set_header_size(HEADER_SIZE)
@@ -96,7 +96,6 @@ class Writer(ShardWriter):
 
 
 def _records(path, columns=None):
-    from mindspore.mindrecord import FileReader
     reader = FileReader(path, columns=columns)
     try:
         return list(reader.get_next())

@@ -6,7 +6,13 @@ from FAILURE_CATEGORIES, so callers can record why an input cannot be used.
 import os
 import re
 
+import av
+import decord
+import imageio_ffmpeg
 import numpy as np
+import pyarrow.parquet as pq
+from av.video.reformatter import VideoReformatter
+from PIL import Image
 
 from latte_core.errors import UserError
 
@@ -38,7 +44,6 @@ def natural_key(name):
 def read_manifest(manifest):
     """The rows of an ingest manifest (`latte ingest`'s folder, or its manifest.parquet), sorted by
     video_id. A folder or file without one is a UserError naming it."""
-    import pyarrow.parquet as pq
     manifest = os.fspath(manifest)
     path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
     if not os.path.isfile(path):
@@ -89,8 +94,6 @@ _ROTATIONS = {(1, 0, 0, 1): 0, (0, -1, 1, 0): 1, (-1, 0, 0, -1): 2, (0, 1, -1, 0
 
 
 def _open_decord(path):
-    import decord
-
     try:
         return decord.VideoReader(path, num_threads=1)
     except Exception as err:  # decord raises its own DECORDError for anything it cannot open
@@ -102,8 +105,6 @@ def _open_decord(path):
 
 def _open_pyav(path):
     """(container, first video stream) with PyAV, decoding on one thread as decord does."""
-    import av
-
     try:
         container = av.open(path)
     except Exception as err:
@@ -304,7 +305,6 @@ class _Video:
 
 
 def _reformatter():
-    from av.video.reformatter import VideoReformatter
     return VideoReformatter()  # one per decode: PyAV reuses its conversion context frame after frame
 
 
@@ -314,8 +314,6 @@ def _max_difference(a, b):
 
 def _probe_gif(path, verify):
     """GIFs are read with PIL: decord rejects many of them (no duration metadata)."""
-    from PIL import Image
-
     try:
         image = Image.open(path)
     except Exception as err:
@@ -337,8 +335,6 @@ def _probe_gif(path, verify):
 
 def probe_frame_folder(folder, verify=False):
     """Frame count and size of a folder of images; with verify, decode every image."""
-    from PIL import Image
-
     if not os.path.isdir(folder):
         raise UnusableInput("missing", f"{folder}: no such folder")
     files = list_frame_files(folder)
@@ -415,8 +411,6 @@ def _video(path):
 
 
 def _image_frame(file):
-    from PIL import Image
-
     try:
         with Image.open(file) as image:
             return np.asarray(image.convert("RGB"))
@@ -432,8 +426,6 @@ def _check_image_frame(frame, shape, file):
 
 def _gif_frames(path, indices):
     """(index, uint8 (H, W, 3)) of every frame of a GIF, or of the ascending `indices`."""
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             count = getattr(image, "n_frames", 1)
@@ -456,8 +448,6 @@ def _gif_frames(path, indices):
 def center_crop_resize(frame, size):
     """The official Latte rule: center-crop the largest square (on the short edge), then resize it
     to size x size with bilinear filtering. uint8 (H, W, 3) -> uint8 (size, size, 3)."""
-    from PIL import Image
-
     height, width = frame.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
@@ -482,7 +472,6 @@ def to_frames(pixels):
 # ------------------------------------------------------------------------------------------ writing
 def write_mp4(path, frames, fps=8, faststart=False):
     """H.264 mp4 (yuv420p); with faststart the index (moov) precedes the data."""
-    import imageio_ffmpeg
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
         raise ValueError(f"{path}: H.264 in yuv420p needs even sizes, got {width}x{height}")
@@ -499,7 +488,6 @@ def write_mp4(path, frames, fps=8, faststart=False):
 
 def write_frame_folder(folder, frames, ext="jpg", names=None):
     """One image per frame, named f_0.jpg, f_1.jpg, ... unless `names` are given."""
-    from PIL import Image
     os.makedirs(folder, exist_ok=True)
     names = names or [f"f_{i}.{ext}" for i in range(len(frames))]
     for name, frame in zip(names, frames):
@@ -509,6 +497,5 @@ def write_frame_folder(folder, frames, ext="jpg", names=None):
 
 def write_gif(path, frames, fps):
     """An animated GIF of uint8 (F, H, W, 3) frames, looping, at `fps`."""
-    from PIL import Image
     images = [Image.fromarray(frame) for frame in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)

@@ -14,6 +14,7 @@ import struct
 import zipfile
 import zlib
 
+import mindspore as ms
 import numpy as np
 
 from .atomic import staged
@@ -311,7 +312,6 @@ def read_state_dict(path):
     if path.endswith(".safetensors"):
         state = load_safetensors_file(path)
     elif path.endswith(".ckpt"):
-        import mindspore as ms
         try:
             state = {k: v.asnumpy() for k, v in ms.load_checkpoint(path).items()}
         except (RuntimeError, ValueError) as err:
@@ -381,7 +381,6 @@ def load_weights(model, path, recompute=(), transform=None):
 def set_weights(model, state, source, recompute=()):
     """Set every parameter of `model` from `state` {name: array}, checked by match_state_dict (`source`
     names the weights in its errors)."""
-    import mindspore as ms
     params = {p.name: p for p in model.get_parameters()}
     for name, array in match_state_dict(params, state, source, recompute).items():
         params[name].set_data(ms.Tensor(array, params[name].dtype))
@@ -390,7 +389,6 @@ def set_weights(model, state, source, recompute=()):
 
 def save_weights(params, target, append_dict=None):
     """Write {name: array} atomically as a MindSpore .ckpt or .safetensors file."""
-    import mindspore as ms
     target = os.fspath(target)
     if target.endswith(".safetensors"):
         fmt = "safetensors"

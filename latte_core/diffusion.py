@@ -9,9 +9,10 @@ generator, so a run is reproducible from (initial noise, seed).
 """
 import math
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, ops
+from tqdm.auto import tqdm
 
 MODEL_MEAN_TYPES = ("epsilon", "start_x", "velocity")
 MODEL_VAR_TYPES = ("learned_range", "fixed_small", "fixed_large")
@@ -283,7 +284,6 @@ class GaussianDiffusion:
             raise ValueError(f"initial noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
         steps = list(range(self.num_timesteps))[::-1]
         if progress:
-            from tqdm.auto import tqdm
             steps = tqdm(steps, desc="sampling", unit="step")
         for i in steps:
             t = Tensor(np.full(shape[0], i, np.int32))
@@ -356,7 +356,6 @@ class GaussianDiffusion:
         channels = shape[2]
         indices = range(len(timesteps))
         if progress:
-            from tqdm.auto import tqdm
             indices = tqdm(indices, desc="sampling (DPM-Solver++)", unit="step")
         previous_x0 = None
         for i in indices:

@@ -9,6 +9,8 @@ import logging
 import os
 import platform
 
+from mindspore.communication import get_group_size, get_rank, init
+
 logger = logging.getLogger(__name__)
 
 _ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
@@ -41,7 +43,6 @@ def prefer_avx2_onednn():
 def join_msrun(error, remedy):
     """(rank, world size) of this process in the msrun job it was started by. Started otherwise:
     `error` (a UserError subclass) with the reason and `remedy`."""
-    from mindspore.communication import get_group_size, get_rank, init
     try:
         init()
     except RuntimeError as err:

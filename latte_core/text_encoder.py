@@ -16,7 +16,7 @@ the official Latte's FrozenCLIPEmbedder calls it.
 
 Folders: the Stable Diffusion pipeline layout (tokenizer/ + text_encoder/) or one flat folder holding
 the same files (openai/clip-vit-large-patch14: a CLIPModel config.json whose `text_config` is the text
-tower; its vision_model.* weights are ignored). `write_random_text_encoder` writes such a folder with
+tower; its vision_model.* weights are ignored). tools/demo_text_encoder.py writes such folders with
 RANDOM weights (tests, benchmarks, the demo's small encoder).
 """
 import hashlib
@@ -33,11 +33,12 @@ from mindspore.common.initializer import initializer
 from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
-from .atomic import fsync_tree, sha256_of, staged
+from .atomic import sha256_of
 from .checkpoint import CheckpointError, load_weights
 from .errors import UserError, describe_value, is_integer
 from .layers import Dense, EmbeddingTable
 from .runtime import prefer_avx2_onednn
+from .text_identity import TextEncoderError, TextEncoderIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -325,66 +326,13 @@ def _special_tokens(files):
     return listed + named, {key: token for _, key, token, _ in named}
 
 
-def _clip_normalizer():
+def clip_normalizer():
     return normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
 
 
-def _clip_pre_tokenizer():
+def clip_pre_tokenizer():
     return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_CLIP_WORDS), behavior="removed", invert=True),
                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
-
-
-def byte_level_vocabulary(merges=(), size=None):
-    """A CLIP-style {token: id} vocabulary: the 256 byte-level symbols, each also as a word end, the token of
-    each merge ("a b" -> "ab") in order, then <|startoftext|> and <|endoftext|> (CLIP's own order); with
-    `size`, unused tokens up to that many (CLIP's embedding table holds 49,408)."""
-    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = symbols + [symbol + "</w>" for symbol in symbols]
-    tokens += ["".join(merge.split(" ")) for merge in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    if size is not None:
-        if size < len(tokens):
-            raise ValueError(f"size {size} is below the vocabulary's {len(tokens)} tokens")
-        tokens += [f"unused{i}" for i in range(size - len(tokens))]
-    if len(set(tokens)) != len(tokens):
-        raise ValueError("the merges make a token twice")
-    return {token: i for i, token in enumerate(tokens)}
-
-
-def learn_bpe_merges(corpus, max_merges=None):
-    """BPE merges ("a b" lines, in rank order) learned from the texts `corpus` as CLIP's were: each text
-    split into words as CLIP's tokenizer splits it (normalised, byte-level symbols, the last one marked
-    "</w>"), then the most frequent adjacent pair merged, again and again (ties: the pair that sorts first),
-    until every word is one token or `max_merges` are made. With byte_level_vocabulary it gives a tokenizer
-    that keeps the corpus's words whole and still spells any other text symbol by symbol."""
-    normalizer, pre_tokenizer = _clip_normalizer(), _clip_pre_tokenizer()
-    counts = {}
-    for text in corpus:
-        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
-            symbols = tuple(word[:-1]) + (word[-1] + "</w>",)
-            counts[symbols] = counts.get(symbols, 0) + 1
-    merges = []
-    while max_merges is None or len(merges) < max_merges:
-        pairs = {}
-        for symbols, count in counts.items():
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] = pairs.get(pair, 0) + count
-        if not pairs:
-            break
-        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
-        merges.append(" ".join(best))
-        merged = {}
-        for symbols, count in counts.items():
-            out, i = [], 0
-            while i < len(symbols):
-                if symbols[i:i + 2] == best:
-                    out.append(best[0] + best[1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            merged[tuple(out)] = merged.get(tuple(out), 0) + count
-        counts = merged
-    return merges
 
 
 def build_clip_tokenizer(files):
@@ -407,7 +355,7 @@ def build_clip_tokenizer(files):
                                   f"{files['vocab']}")
     tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
                               end_of_word_suffix="</w>", fuse_unk=False, unk_token=named["unk_token"].content))
-    tokenizer.normalizer, tokenizer.pre_tokenizer = _clip_normalizer(), _clip_pre_tokenizer()
+    tokenizer.normalizer, tokenizer.pre_tokenizer = clip_normalizer(), clip_pre_tokenizer()
     tokenizer.add_tokens([token for _, _, token, _ in special])
     bos, eos, pad = (named[key].content for key in ("bos_token", "eos_token", "pad_token"))
     tokenizer.post_processor = processors.RobertaProcessing((eos, vocab[eos]), (bos, vocab[bos]),
@@ -476,6 +424,11 @@ class TextEncoder:
         self.sha256 = sha256
         self.width = model.final_layer_norm.weight.shape[0]
 
+    @property
+    def identity(self):
+        """The TextEncoderIdentity of an encoder read from a folder: what caches and runs record of it."""
+        return TextEncoderIdentity.of(self)
+
     @classmethod
     def from_pretrained(cls, folder, *, micro_batch=16):
         """Read an SD-pipeline-style folder (tokenizer/ + text_encoder/) or a flat CLIP folder. Every fault
@@ -530,77 +483,22 @@ class TextEncoder:
         return out
 
 
-#################################################################################
-#                     Writing an encoder folder (random weights)                 #
-#################################################################################
-
-def _load_vocab_and_merges(vocab, merges):
-    if isinstance(vocab, (str, os.PathLike)):
-        vocab = _read_json(os.fspath(vocab))
-    if isinstance(merges, (str, os.PathLike)):
-        with open(merges, encoding="utf-8") as handle:
-            merges = [line.rstrip("\n") for line in handle if line.strip() and not line.startswith("#version")]
-    return dict(vocab), list(merges)
-
-
-def write_random_text_encoder(folder, vocab, merges, *, hidden_size=768, num_hidden_layers=12,
-                              num_attention_heads=12, intermediate_size=None, hidden_act="quick_gelu",
-                              pad_token="<|endoftext|>", seed=0):
-    """Write a text-encoder folder in the Stable Diffusion layout (tokenizer/vocab.json, merges.txt,
-    tokenizer_config.json; text_encoder/config.json, model.safetensors) whose weights are RANDOM: every
-    matrix and embedding drawn from N(0, 0.02²) by a numpy generator seeded with `seed`, LayerNorms at
-    one and zero. It encodes nothing meaningful; it has the shape and cost of a real encoder of that size.
-
-    `vocab` is a {token: id} dict or a vocab.json path, `merges` a list of "a b" merge lines or a
-    merges.txt path; the vocabulary must hold <|startoftext|>, <|endoftext|> and `pad_token` ("!" as
-    SD 2.x). intermediate_size defaults to 4 x hidden_size. The folder appears in one rename, complete;
-    an existing non-empty folder is refused. Returns the folder."""
-    from safetensors.numpy import save_file
-
-    folder = os.fspath(folder)
-    if os.path.isdir(folder) and os.listdir(folder):
-        raise CheckpointError(f"{folder}: the folder exists and is not empty; give a new folder")
-    vocab, merges = _load_vocab_and_merges(vocab, merges)
-    for token in ("<|startoftext|>", "<|endoftext|>", pad_token):
-        if token not in vocab:
-            raise CheckpointError(f"the vocabulary has no {token!r}: a CLIP tokenizer needs it")
-    config = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
-              "vocab_size": max(vocab.values()) + 1, "hidden_size": hidden_size,
-              "intermediate_size": intermediate_size or 4 * hidden_size, "num_hidden_layers": num_hidden_layers,
-              "num_attention_heads": num_attention_heads,
-              "max_position_embeddings": MAX_LENGTH, "hidden_act": hidden_act, "layer_norm_eps": 1e-5,
-              "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-              "pad_token_id": vocab[pad_token], "random_weights": True}
-    settings = text_settings_from_config(config, "the requested encoder")
-    rng = np.random.default_rng(seed)
-    weights = {}
-    for param in CLIPTextModel(**settings).get_parameters():
-        if "layer_norm" in param.name and param.name.endswith("weight"):
-            weights[param.name] = np.ones(param.shape, np.float32)
-        elif param.name.endswith("bias"):
-            weights[param.name] = np.zeros(param.shape, np.float32)
-        else:
-            weights[param.name] = rng.normal(0.0, 0.02, param.shape).astype(np.float32)
-    tokenizer_config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "do_lower_case": True,
-                        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-                        "pad_token": pad_token}
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    with staged(folder, folder=True) as tmp:
-        for sub in ("tokenizer", "text_encoder"):
-            os.makedirs(os.path.join(tmp, sub))
-        with open(os.path.join(tmp, "tokenizer", "vocab.json"), "w", encoding="utf-8") as handle:
-            json.dump(vocab, handle, ensure_ascii=False)
-        with open(os.path.join(tmp, "tokenizer", "merges.txt"), "w", encoding="utf-8") as handle:
-            handle.write("#version: 0.2\n" + "".join(f"{line}\n" for line in merges))
-        with open(os.path.join(tmp, "tokenizer", "tokenizer_config.json"), "w") as handle:
-            json.dump(tokenizer_config, handle, indent=1)
-        # the folder must load: its tokenizer files are checked before they are published
-        build_clip_tokenizer({"tokenizer_config": os.path.join(tmp, "tokenizer", "tokenizer_config.json"),
-                              **{name.split(".")[0]: os.path.join(tmp, "tokenizer", name) for name in TOKENIZER_FILES}})
-        with open(os.path.join(tmp, "text_encoder", "config.json"), "w") as handle:
-            json.dump(config, handle, indent=1)
-        save_file(weights, os.path.join(tmp, "text_encoder", "model.safetensors"), metadata={"weights": "random"})
-        for sub in ("tokenizer", "text_encoder"):  # the commit flushes the folder's own files only
-            fsync_tree(os.path.join(tmp, sub))
-    return folder
+def load_text_encoder(folder, recorded=None, *, recorded_by="", advice="", force=None):
+    """The one way a stage loads a text encoder (the cache job and its workers, training from videos,
+    sampling): the TextEncoder of `folder`, loaded whole (tokenizer files, config, every weight), and,
+    given the TextEncoderIdentity `recorded_by` recorded, checked to be that encoder: the same sha256 of
+    its files (the folder may have moved). Any fault is one TextEncoderError naming the file, or both
+    encoders (+ `advice`). `force`: the key that allows another encoder; then the difference is a
+    warning (`force` set to "" keeps it quiet: another rank already warned) and the encoder is used."""
+    try:
+        encoder = TextEncoder.from_pretrained(folder)
+    except CheckpointError as err:
+        raise TextEncoderError(f"text_encoder: {err}") from None
+    if recorded is not None and encoder.sha256 != recorded.sha256:
+        message = (f"text_encoder {encoder.folder} (sha256 {encoder.sha256}) is not the encoder {recorded_by} "
+                   f"({recorded.path}, sha256 {recorded.sha256})")
+        if force is None:
+            raise TextEncoderError(message + advice)
+        if force:
+            logger.warning("%s: using it anyway (%s)", message, force)
+    return encoder

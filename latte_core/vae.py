@@ -14,12 +14,14 @@ import math
 import os
 import re
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, Zero, initializer
+from safetensors.numpy import save_file
 
 from . import kernels
+from .checkpoint import CheckpointError, load_weights
 from .errors import describe_value, is_integer
 from .layers import Dense
 from .runtime import prefer_avx2_onednn
@@ -403,8 +405,6 @@ class AutoencoderKL(nn.Cell):
 
     def save_pretrained(self, folder):
         """Write a diffusers-format folder (config.json + diffusion_pytorch_model.safetensors)."""
-        from safetensors.numpy import save_file
-
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "config.json"), "w") as handle:
             json.dump({"_class_name": "AutoencoderKL", **self.config}, handle, indent=1)
@@ -418,8 +418,6 @@ class AutoencoderKL(nn.Cell):
         read without torch). Either attention naming is accepted (to_q/... or query/key/value/proj_attn).
         Every fault (no such folder, no or a bad config.json, unreadable or truncated weights, a missing
         or mis-shaped tensor) is a CheckpointError naming the folder or file."""
-        from .checkpoint import CheckpointError, load_weights
-
         folder = os.fspath(folder)
         if not os.path.isdir(folder):
             raise CheckpointError(f"{folder}: no such VAE folder (expected a diffusers AutoencoderKL folder: "
@@ -451,7 +449,6 @@ def load_vae(path):
     """The AutoencoderKL at `path`: a diffusers folder (from_pretrained), or one weights file of
     sd-vae-ft-mse's architecture (.ckpt / .safetensors / .pt, diffusers or LDM names). Every fault is a
     CheckpointError naming the folder or file. The one loader of every command that takes a VAE."""
-    from .checkpoint import CheckpointError, load_weights
     path = os.fspath(path)
     if os.path.isdir(path):
         return AutoencoderKL.from_pretrained(path)

@@ -1,4 +1,5 @@
-"""The `latte` command line and what it runs beyond training: the resumable batch jobs (ingest, cache)
-with their ledger and runners, `latte report`, `latte sample`, `latte quality`, `latte demo`, the
-procedural test videos and every benchmark (`latte bench`).
+"""The staged batch jobs and their skeleton: ingest (videos -> manifest), cache (manifest -> VAE
+latents), `latte report`, the job skeleton (jobs.py), the ledger and job lock (ledger.py), the runners
+(in-process, dask), killable decoding (decode_worker.py), and the jobs' key tables (config.py).
+Nothing here imports `train`.
 """

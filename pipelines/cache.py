@@ -25,12 +25,17 @@ import shutil
 import threading
 import time
 
+import mindspore as ms
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latte_core.atomic import sha256_of, write_atomically, write_json_atomically
+from latte_core.checkpoint import CheckpointError
 from latte_core.errors import DiskFull, UserError
+from latte_core.kernels import blas_threads
+from latte_core.text_encoder import TextEncoder, load_text_encoder
+from latte_core.vae import load_vae
 from latte_toolkit.datasets.cache import (CAPTION_EMBEDDING, NULL_TEXT_FILE, TEXT_ENCODER_FILE,
                                           check_null_text_embedding, fields_for, shard_digest)
 from latte_toolkit.datasets.formats import FORMAT_NAMES, get_format
@@ -91,49 +96,34 @@ def cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shar
         "chunk_frames": chunk_frames, "shard_videos": shard_videos,
     }
     if text_encoder is not None:
-        fingerprint.update(text_encoder_sha256=text_encoder.sha256, text_embed_dim=text_encoder.width,
-                           text_max_length=text_encoder.max_length)
+        identity = text_encoder.identity
+        fingerprint.update(text_encoder_sha256=identity.sha256, text_embed_dim=identity.width,
+                           text_max_length=identity.max_length)
     return fingerprint
 
 
 def load_vae_checked(vae_dir):
     """The VAE of `vae_dir`, fully loaded: config keys and types, weights readable, every tensor present
     with its shape and finite. Any fault is a CacheError naming the folder or file."""
-    from latte_core.checkpoint import CheckpointError
-    from latte_core.vae import load_vae
     try:
         return load_vae(vae_dir)
     except CheckpointError as err:
         raise CacheError(f"unusable VAE: {err}") from None
 
 
-def load_text_encoder_checked(folder):
-    """The TextEncoder of `folder`, fully loaded (tokenizer files, config, every weight); any fault is a
-    CacheError naming the file."""
-    from latte_core import TextEncoder
-    from latte_core.checkpoint import CheckpointError
-    try:
-        return TextEncoder.from_pretrained(folder)
-    except CheckpointError as err:
-        raise CacheError(f"unusable text encoder: {err}") from None
-
-
 # ------------------------------------------------------------------------------------------ captions
 _TEXT_ENCODERS = {}
 
 
-def _text_encoder(folder, sha256):
-    """The text encoder, loaded once per worker process; refused if its folder changed since the job
-    validated it."""
-    key = (folder, sha256)
+def _text_encoder(identity):
+    """The text encoder (the TextEncoderIdentity the job validated), loaded once per worker process;
+    refused if its folder changed since the job validated it."""
+    key = (identity.path, identity.sha256)
     if key not in _TEXT_ENCODERS:
-        import mindspore as ms
         ms.set_context(mode=ms.GRAPH_MODE)
-        encoder = load_text_encoder_checked(folder)
-        if encoder.sha256 != sha256:
-            raise CacheError(f"{folder}: the text-encoder folder changed since the cache job validated it; "
-                             f"re-run the job (this shard was not written)")
-        _TEXT_ENCODERS[key] = encoder
+        _TEXT_ENCODERS[key] = load_text_encoder(identity.path, identity, recorded_by="the cache job validated",
+                                                advice="; its folder changed since: re-run the job (this shard "
+                                                       "was not written)")
     return _TEXT_ENCODERS[key]
 
 
@@ -152,7 +142,6 @@ def encode_prompts(encoder, prompts, rows, dtype):
     """(len(prompts), 77, D) in `dtype`. The ids are padded to a multiple of `rows` by repeating the
     last, so every call runs the one compiled shape; OpenBLAS runs on one thread, as for the VAE, so
     every runner stores the same bytes."""
-    from latte_core.kernels import blas_threads
     ids = encoder.tokenize(prompts)
     padded = np.concatenate([ids, np.repeat(ids[-1:], -len(ids) % rows, axis=0)])
     with blas_threads(1):
@@ -167,7 +156,7 @@ def shard_caption_embeddings(spec):
     embeddings = {}
     if captions:
         text = spec["text"]
-        encoder = _text_encoder(text["dir"], text["sha256"])
+        encoder = _text_encoder(text["encoder"])
         embeddings = dict(zip(captions, encode_prompts(encoder, captions, text["rows"], spec["dtype"])))
     return embeddings, len(captions), time.perf_counter() - started
 
@@ -211,13 +200,12 @@ def _check_text_width(out_dir, encoder):
 _VAES = {}
 
 
-def _vae(vae_dir, vae_sha256=None):
+def worker_vae(vae_dir, vae_sha256=None):
     """The VAE, loaded once per worker process (the transformer is never built here). With `vae_sha256`
     (the folder's fingerprint when the job validated it), a folder changed since then is refused: the
     cache's fingerprint would not describe its latents."""
     key = (vae_dir, vae_sha256)
     if key not in _VAES:
-        import mindspore as ms
         if vae_sha256 is not None and vae_fingerprint(vae_dir) != vae_sha256:
             raise CacheError(f"{vae_dir}: the VAE folder changed since the cache job validated it; "
                              f"re-run the job (this shard was not written)")
@@ -268,8 +256,6 @@ def encode_video_frames(vae, item, spec, timings):
 
 
 def _encode_batches(vae, item, spec, timings, batches):
-    import mindspore as ms
-    from latte_core.kernels import blas_threads
     outputs = {field: [] for field in fields_for(spec["store"])}
     rng = np.random.default_rng([spec["seed"], int(hashlib.sha1(item["video_id"].encode()).hexdigest()[:8], 16)])
     while True:
@@ -301,7 +287,7 @@ def _encode_batches(vae, item, spec, timings, batches):
 
 def cache_shard(spec):
     """Encode one shard's videos and commit shards/<shard_id>/; returns the ledger record."""
-    vae = _vae(spec["vae_dir"], spec.get("vae_sha256"))
+    vae = worker_vae(spec["vae_dir"], spec.get("vae_sha256"))
     timings = {"decode": 0.0, "encode": 0.0, "write": 0.0}
     text = shard_caption_embeddings(spec) if spec.get("text") else None
 
@@ -439,7 +425,6 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
     if vae is None:
         vae = load_vae_checked(vae_dir)
     if scheduler is None and workers == 0:  # the shards run here and use this copy, in graph mode as in a worker
-        import mindspore as ms
         for key in [key for key in _VAES if key[0] == vae_dir]:
             del _VAES[key]
         ms.set_context(mode=ms.GRAPH_MODE)
@@ -458,7 +443,7 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
             rows = text_rows(encoder, min(shard_videos, len(videos)))
             null = job.publish(lambda: _publish_null_text_embedding(out_dir, encoder, rows, dtype),
                                f"writing {NULL_TEXT_FILE}")
-            text = {"dir": encoder.folder, "sha256": encoder.sha256, "rows": rows, "null": null}
+            text = {"encoder": encoder.identity, "rows": rows, "null": null}
             del encoder  # the shards use the workers' copies (in this process: _TEXT_ENCODERS')
         setup_seconds = time.perf_counter() - started
         pending, skipped = job.plan(videos, shard_videos, _member_key, "s", "videos")
@@ -498,14 +483,13 @@ def _checked_text_encoder(text_encoder, in_process):
     bytes)."""
     if text_encoder is None:
         return None
-    from latte_core import TextEncoder
     if isinstance(text_encoder, TextEncoder):
         if text_encoder.folder is None or text_encoder.sha256 is None:
             raise CacheError("the text encoder must be read from a folder (TextEncoder.from_pretrained): the "
                              "cache records its folder and sha256")
         encoder, given = text_encoder, True
     else:
-        encoder, given = load_text_encoder_checked(os.fspath(text_encoder)), False
+        encoder, given = load_text_encoder(os.fspath(text_encoder)), False
     key = (encoder.folder, encoder.sha256)
     if in_process:
         if given or key not in _TEXT_ENCODERS:

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from latte_toolkit.datasets.video import UnusableInput, probe_frame_folder, probe_video
+
 
 class DecodeWorker:
     def __init__(self, timeout=60.0):
@@ -69,10 +71,6 @@ class DecodeWorker:
 
 def serve(stdin=sys.stdin, stdout=sys.stdout):
     """Child side: one JSON request per line in, one JSON answer per line out."""
-    import av  # noqa: F401  (both decoders imported before the first request arrives)
-    import decord  # noqa: F401
-    from latte_toolkit.datasets.video import UnusableInput, probe_frame_folder, probe_video
-
     for line in stdin:
         request = json.loads(line)
         probe = probe_frame_folder if request["kind"] == "frames" else probe_video

@@ -16,11 +16,11 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from latte_core.atomic import sha256_of, write_atomically
 from latte_core.errors import UserError
 from latte_toolkit.datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
 
-from latte_core.atomic import sha256_of, write_atomically
-
+from .decode_worker import DecodeWorker
 from .jobs import Job, plan_units
 from .ledger import disk_full_error, is_disk_full
 from .runners import check_workers
@@ -237,7 +237,6 @@ _DECODERS = {}
 
 def _decoder(timeout):
     """One decode child per worker process and timeout, reused across units."""
-    from .decode_worker import DecodeWorker
     if timeout not in _DECODERS:
         _DECODERS[timeout] = DecodeWorker(timeout)
     return _DECODERS[timeout]

@@ -4,12 +4,12 @@ import os
 
 import pyarrow.parquet as pq
 
+from latte_core.plot import plot_phase_seconds
 from latte_toolkit.datasets.cache import TEXT_ENCODER_FILE, check_cache, check_null_text_embedding, read_ledger
 
 
 def plot_cache_phases(folder, path):
     """`latte report --plot PNG`: each committed shard's seconds decoding, encoding and writing."""
-    from latte_toolkit.train.plot import plot_phase_seconds
     records = read_ledger(os.path.abspath(folder))
     shards = [(record["unit_id"], record["seconds"]) for record in records]
     total = sum(sum(seconds.values()) for _, seconds in shards)

@@ -3,6 +3,10 @@ existing dask cluster. The runner is a detail; each unit returns a result record
 import logging
 import numbers
 
+import dask
+from dask.distributed import Client, LocalCluster, as_completed
+from tqdm.auto import tqdm
+
 from latte_core.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -29,8 +33,6 @@ def run_units(work, specs, on_result, workers=1, scheduler=None, stop_on=()):
         for spec in specs:
             on_result(spec, _guarded(work, spec, stop_on))
         return
-    import dask
-    from dask.distributed import Client, LocalCluster, as_completed
 
     with dask.config.set({"distributed.worker.daemon": False}):
         if scheduler is not None:
@@ -71,7 +73,6 @@ def _guarded(work, spec, stop_on):
 def run_and_commit(work, specs, ledger, weight, desc, unit, workers=1, scheduler=None, progress=True, stop_on=()):
     """run_units with the commit every stage does: append each result to the ledger as it arrives and
     advance a progress bar by weight(spec) ({unit}s). Returns the ids of units that raised."""
-    from tqdm.auto import tqdm
     bar = tqdm(total=sum(weight(spec) for spec in specs), unit=unit, desc=desc, disable=not progress)
     errors = []
 

@@ -3,7 +3,7 @@ random-weight VAE folder."""
 import os
 
 from latte_toolkit.datasets.video import write_frame_folder, write_mp4  # noqa: F401
-from latte_toolkit.pipelines.synthetic import moving_square_frames  # noqa: F401
+from latte_toolkit.tools.synthetic import moving_square_frames  # noqa: F401
 
 
 def truncate(path, keep_fraction=0.5):

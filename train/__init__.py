@@ -4,7 +4,5 @@
     loop.py        `latte train`: devices, loader, model, step, resume, the loop, checkpoints, log
     step.py        the compiled step (TrainStep): gradients, loss scale, clipping, AdamW, EMA, accumulation
     checkpoint.py  atomic run checkpoints with checksums, and choosing the one to resume
-    plot.py        loss-curve and phase-time PNGs
     vae.py         `latte train-vae`: a small AutoencoderKL on an ingest manifest's frames
-    pretrained/    the shipped weights, with the config, commands and logs that made them
 """

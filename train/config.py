@@ -1,18 +1,8 @@
-"""Typed key tables, the one config mechanism of every `latte` command, and the training keys.
-
-A KeyTable is a stage's keys (name, types, default, doc, choices, range) with the seed's spellings as
-aliases: defaults < a YAML file (which may name a `data_config_file` whose `data_config:` section is
-merged in, as MindONE's configs do) < command-line values. Unknown keys, wrong types and values out of
-range are errors naming the key and where it came from. `TRAIN_KEYS` uses MindONE's Latte key names;
-`TRAIN_VAE_KEYS` are `latte train-vae`'s. `describe()` prints a table (`latte <stage> --keys`).
+"""The training keys: `TRAIN_KEYS` uses MindONE's Latte key names; `TRAIN_VAE_KEYS` are `latte
+train-vae`'s. Both are KeyTables (latte_core/keys.py).
 """
-import dataclasses
-import math
-import os
-
-import yaml
-
 from latte_core.errors import UserError
+from latte_core.keys import AT_LEAST_1, NON_NEGATIVE, NUMBER, POSITIVE, SEED, UNIT, Key, KeyTable, Range
 from latte_toolkit.datasets.formats import FORMAT_NAMES
 
 
@@ -20,56 +10,6 @@ class TrainConfigError(UserError):
     pass
 
 
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """The values a numeric key accepts: finite numbers from `low` to `high` (open ends exclude them)."""
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value):
-        value = float(value)
-        if not math.isfinite(value):
-            return False
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return above and below
-
-    def __str__(self):
-        def number(x):
-            return str(int(x)) if float(x).is_integer() else repr(x)
-        if self.high == math.inf:
-            return f"{'greater than' if self.low_open else 'at least'} {number(self.low)}"
-        if self.low == -math.inf:
-            return f"{'less than' if self.high_open else 'at most'} {number(self.high)}"
-        return (f"in {'(' if self.low_open else '['}{number(self.low)}, {number(self.high)}"
-                f"{')' if self.high_open else ']'}")
-
-
-AT_LEAST_1 = Range(1)
-NON_NEGATIVE = Range(0)
-POSITIVE = Range(0, low_open=True)
-UNIT = Range(0, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Key:
-    """One key. A default that is not of its types (None for a str key) makes the key required."""
-    name: str
-    types: tuple
-    default: object
-    doc: str
-    choices: tuple = ()
-    range: Range = None  # numeric keys: the accepted values (None, where the type allows it, is not checked)
-    resume_may_change: bool = False  # a run-control key that `--resume` accepts with another value
-
-    def __post_init__(self):
-        if not isinstance(self.types, tuple):  # one type given bare
-            object.__setattr__(self, "types", (self.types,))
-
-
-NUMBER = (int, float)
 KEYS = [
     # task and model
     Key("condition", (str, type(None)), None, "null (unconditional), class (labels from the data) or text (caption "
@@ -171,7 +111,7 @@ KEYS = [
     Key("epochs", int, 3000, "epochs to train (max_steps stops earlier)", range=AT_LEAST_1, resume_may_change=True),
     Key("max_steps", (int, type(None)), None, "optimizer steps to train", range=AT_LEAST_1, resume_may_change=True),
     Key("seed", int, 42, "seed of the initial weights, the loader and the diffusion noise",
-        range=Range(0, 2 ** 32 - 1)),
+        range=SEED),
     # run
     Key("output_path", str, "outputs/train", "run folder: config, log, checkpoints, loss curve",
         resume_may_change=True),
@@ -190,86 +130,6 @@ KEYS = [
     Key("device_target", str, "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend"), resume_may_change=True),
 ]
 ALIASES = {"use_model_dtype": "dtype", "output_dir": "output_path", "cache_folder": "data_folder"}
-
-
-def read_yaml_mapping(path, error=TrainConfigError):
-    """The top-level mapping of a YAML file; `error` names the file when it is unreadable or not one."""
-    try:
-        with open(path) as handle:
-            raw = yaml.safe_load(handle) or {}
-    except UnicodeDecodeError:
-        raise error(f"{path}: unreadable config (not UTF-8 text)") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise error(f"{path}: unreadable config ({err})") from None
-    if not isinstance(raw, dict):
-        raise error(f"{path}: expected a mapping of keys to values")
-    return raw
-
-
-class KeyTable:
-    """A stage's typed keys: defaults < YAML file (a `data_config:` section and a `data_config_file`
-    are merged in, as MindONE's configs nest data keys) < overrides. Errors name key and file.
-
-    aliases: {the seed's spelling: key name}; validate(values): checks across keys, run after loading."""
-
-    def __init__(self, keys, aliases, error, validate=None):
-        self.keys, self.aliases, self.error, self.validate = keys, aliases, error, validate
-        self.by_name = {key.name: key for key in keys}
-
-    def check(self, name, value, source):
-        key = self.by_name[name]
-        if not isinstance(value, key.types) or (isinstance(value, bool) and bool not in key.types):
-            raise self.error(f"{source}: {name} must be {'/'.join(t.__name__ for t in key.types)}, got {value!r}")
-        if key.choices and value not in key.choices:
-            raise self.error(f"{source}: {name} must be one of {', '.join(map(str, key.choices))}, got {value!r}")
-        if key.range is not None and value is not None and value not in key.range:
-            raise self.error(f"{source}: {name} must be {key.range}, got {value!r}")
-        return float(value) if float in key.types and type(value) is int else value
-
-    def _merge(self, values, raw, source):
-        nested = raw.pop("data_config", None) or {}
-        if not isinstance(nested, dict):
-            raise self.error(f"{source}: data_config must be a mapping")
-        for key, value in {**raw, **nested}.items():
-            name = self.aliases.get(key, key)
-            if name not in self.by_name:
-                raise self.error(f"{source}: unknown key {key!r}; known keys: "
-                                 f"{', '.join(sorted(set(self.by_name) | set(self.aliases)))}")
-            values[name] = self.check(name, value, source)
-
-    def load(self, path=None, overrides=None):
-        values = {key.name: key.default for key in self.keys}
-        if path:
-            raw = read_yaml_mapping(path, self.error)
-            data_file = raw.get("data_config_file")
-            self._merge(values, raw, path)
-            if data_file:
-                candidates = [data_file, os.path.join(os.path.dirname(os.path.abspath(path)), data_file)]
-                found = next((c for c in candidates if os.path.isfile(c)), None)
-                if found is None:
-                    raise self.error(f"{path}: data_config_file {data_file!r} not found")
-                self._merge(values, read_yaml_mapping(found, self.error), found)
-                values["data_config_file"] = data_file  # the data file's own keys may not re-point it
-        for name, value in (overrides or {}).items():
-            if value is not None:
-                values[name] = self.check(name, value, "command line")
-        if self.validate is not None:
-            self.validate(values)
-        return values
-
-    def missing(self, values):
-        """The required keys (see Key) that `values` leaves unset, in table order."""
-        return [key.name for key in self.keys if not isinstance(values[key.name], key.types)]
-
-    def describe(self):
-        """One line per key: name, default (or "required"), meaning, range, the seed's spellings."""
-        lines = []
-        for key in self.keys:
-            default = repr(key.default) if isinstance(key.default, key.types) else "required"
-            spellings = sorted(alias for alias, name in self.aliases.items() if name == key.name)
-            lines.append(f"{key.name} [{default}]: {key.doc}" + (f" ({key.range})" if key.range else "")
-                         + (f"; also spelled {', '.join(spellings)}" if spellings else ""))
-        return "\n".join(lines)
 
 
 def validate(values):
@@ -323,5 +183,5 @@ TRAIN_VAE_KEYS = KeyTable([
     Key("batch_size", int, 16, "frames per step", range=AT_LEAST_1),
     Key("learning_rate", NUMBER, 1e-3, "learning rate (after 100 warm-up steps)", range=POSITIVE),
     Key("kl_weight", NUMBER, 1e-3, "weight of the KL term (per latent element)", range=NON_NEGATIVE),
-    Key("seed", int, 0, "seed of the initial weights and the batches", range=Range(0, 2 ** 32 - 1)),
+    Key("seed", int, 0, "seed of the initial weights and the batches", range=SEED),
 ], {}, TrainConfigError)

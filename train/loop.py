@@ -1,8 +1,8 @@
 """`latte train`: the training loop, top to bottom.
 
-    checks (device limits, model keys, the checkpoint to resume and its settings) ─ devices (msrun
-    ranks) ─ loader (cache, or videos + VAE) ─ Latte (+ pretrained, recompute, AMP) ─ TrainStep
-    (train/step.py) ─ resume from OUTPUT/ckpt/ ─ OUTPUT/config.json ─ loop:
+    checks (train/preflight.py: device limits, model keys, the checkpoint to resume and its settings)
+    ─ devices (msrun ranks) ─ loader (cache, or videos + VAE) ─ Latte (+ pretrained, recompute, AMP)
+    ─ TrainStep (train/step.py) ─ resume from OUTPUT/ckpt/ ─ OUTPUT/config.json ─ loop:
         lr(step) ─ accumulation_steps micro-batches, each one call of the step (timesteps, noise, label
         dropout from numpy generators seeded by (seed, epoch, sample); the last call updates) ─ a line
         of OUTPUT/train_log.jsonl ─ a checkpoint every ckpt_save_interval steps (or epochs)
@@ -32,20 +32,28 @@ import math
 import os
 import time
 
+import mindspore as ms
 import numpy as np
+from mindspore import Tensor, nn
+from tqdm.auto import tqdm
 
+from latte_core import LATTE_MODELS, create_diffusion, create_latte
+from latte_core.checkpoint import load_weights
+from latte_core.diffusion import correlate_frames
 from latte_core.errors import UserError
+from latte_core.plot import plot_loss_curve
+from latte_core.runtime import join_msrun, prefer_avx2_onednn
+from latte_core.vae import load_vae
+from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.datasets.loader import CacheLoader, VideoLoader
 
-from .checkpoint import (ResumeError, checkpoint_dirs, load_checkpoint, read_state, remove_staging, save_checkpoint,
-                         select_checkpoint, set_aside)
-from .plot import plot_loss_curve
+from .checkpoint import ResumeError, load_checkpoint, remove_staging, save_checkpoint, set_aside
+from .preflight import (TrainingError, check_cache_fits, check_image_labels, check_model_keys,
+                        check_pretrained_text_width, check_resume_text_encoder, preflight)
+from .step import EMA, ClassDiffusionLoss, DiffusionLoss, MeanOverRanks, TextDiffusionLoss, TrainStep, Updater
 
 logger = logging.getLogger(__name__)
 DIFFUSION_STREAM = 1  # keeps the diffusion draws apart from the loader's posterior draws
-
-
-class TrainingError(UserError):
-    pass
 
 
 # ------------------------------------------------------------------------------------------ pure pieces
@@ -65,7 +73,6 @@ def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, nu
     """Per sample: timestep, noise (its video frames correlated by frame_noise_correlation, the images'
     independent) and label- (or caption-) dropout decision, from a generator seeded by the sample; then
     the dropout decision of each of its num_images image labels (captions), (B, num_images)."""
-    from latte_core.diffusion import correlate_frames
     t = np.empty(len(indices), np.int32)
     noise = np.empty((len(indices),) + tuple(shape), np.float32)
     drop = np.zeros(len(indices), np.int32)
@@ -84,8 +91,6 @@ def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, nu
 # ------------------------------------------------------------------------------------------ set-up
 def setup_devices(config):
     """Device and graph mode; with use_parallel, join the msrun job. Returns (rank, world size)."""
-    import mindspore as ms
-    from latte_core.runtime import join_msrun, prefer_avx2_onednn
     prefer_avx2_onednn()
     try:
         ms.set_device(config["device_target"])
@@ -101,96 +106,9 @@ def setup_devices(config):
     return rank, world
 
 
-def report_device_limits(config):
-    """Keys that cannot act on this device: stop for those that would change the numbers, say so for the rest."""
-    device = config["device_target"]
-    if config["amp_level"] == "O2" and config["dtype"] == "bf16" and device != "Ascend":
-        raise TrainingError(f"dtype bf16 needs Ascend: MindSpore has no bf16 MatMul/LayerNorm on {device}; "
-                            f"use dtype fp16 or fp32")
-    if config["dataset_sink_mode"] and device != "Ascend":
-        logger.warning("dataset_sink_mode: True cannot act on %s (sinking needs Ascend); batches are fed "
-                       "step by step", device)
-    if config["max_rowsize"] is not None:
-        logger.warning("max_rowsize has no effect here: the loader uses threads, not shared-memory processes")
-    if config["enable_flash_attention"] and device != "Ascend":
-        logger.info("enable_flash_attention on %s: block-wise attention (linear memory), not the fused kernel",
-                    device)
-
-
-def check_model_keys(config):
-    """The model keys against each other, before anything is loaded or written: the variant exists, and
-    its block count, width and heads (the variant's unless overridden) can build a Latte."""
-    from latte_core.latte import DEPTH_RULE, LATTE_MODELS
-    name = config["model_name"]
-    if name not in LATTE_MODELS:
-        raise TrainingError(f"unknown model_name {name!r}; choose one of {', '.join(LATTE_MODELS)}")
-
-    def value(key):
-        given = config[key]
-        return (given, key) if given is not None else (LATTE_MODELS[name][key], f"{key} (the {name} default)")
-
-    (depth, depth_key), (width, width_key), (heads, heads_key) = map(value, ("depth", "hidden_size", "num_heads"))
-    if depth % 2:
-        raise TrainingError(f"{depth_key} {depth}: {DEPTH_RULE}")
-    if width % 4:
-        raise TrainingError(f"{width_key} {width} must be a multiple of 4 (the 2-D sin-cos position table)")
-    if width % heads:
-        divisors = ", ".join(str(h) for h in range(1, min(width, 64) + 1) if width % h == 0)
-        raise TrainingError(f"{heads_key} {heads} does not divide the width, {width_key} {width}: choose "
-                            f"num_heads among {divisors}")
-
-
-def check_resume_config(stored, config, folder):
-    """A resumed run must be the run its checkpoint was trained in: every key but the run-control ones
-    (Key.resume_may_change: max_steps, output_path, ckpt_* ...) must be as it was. Keys the checkpoint's
-    config lacks (added to the table since) count as their defaults."""
-    from .config import TRAIN_KEYS
-    changed = [(key.name, stored.get(key.name, key.default), config[key.name]) for key in TRAIN_KEYS.keys
-               if not key.resume_may_change and stored.get(key.name, key.default) != config[key.name]]
-    if changed:
-        raise ResumeError(f"--resume: {folder} was trained with other settings: "
-                          + ", ".join(f"{name} {was!r} (now {now!r})" for name, was, now in changed)
-                          + "; resume with the run's values, or start a new run in another output_path")
-
-
-def load_text_encoder(config):
-    """The TextEncoder of a text run from videos (its text_encoder key), or None; a fault of the folder is a
-    TrainingError naming the key and the file."""
-    if config["condition"] != "text" or config["train_data_type"] != "video_file":
-        return None
-    from latte_core import TextEncoder
-    from latte_core.checkpoint import CheckpointError
-    try:
-        return TextEncoder.from_pretrained(config["text_encoder"])
-    except CheckpointError as err:
-        raise TrainingError(f"text_encoder: {err}") from None
-
-
-def text_encoder_record(loader):
-    """What a text run's state.json records of its encoder: {"path", "sha256"}, or None."""
-    record = loader.text_encoder
-    return None if record is None else {"path": record["path"], "sha256": record["sha256"]}
-
-
-def check_resume_text_encoder(checkpoint, record):
-    """A text run resumes with the encoder its checkpoint recorded, compared by sha256 (the folder may
-    have moved; another encoder's embeddings would mean other things to the trained projection)."""
-    if record is None:
-        return
-    recorded = read_state(checkpoint).get("text_encoder")
-    if not isinstance(recorded, dict) or recorded.get("sha256") != record["sha256"]:
-        was = (f"{recorded.get('path')} (sha256 {recorded.get('sha256')})" if isinstance(recorded, dict)
-               else "no text encoder")
-        raise ResumeError(f"--resume: {checkpoint} was trained with {was}, this run's caption embeddings come from "
-                          f"{record['path']} (sha256 {record['sha256']}); resume with that run's encoder (and its "
-                          f"cache), or start a new run in another output_path")
-
-
 def build_loader(config, rank, world, text_encoder=None):
     """(loader, latent size, latent channels) for the data the config names; `text_encoder` (a text run
     from videos) encodes the manifest's captions."""
-    from latte_toolkit.datasets.cache import open_cache
-    from latte_toolkit.datasets.loader import CacheLoader, VideoLoader
     folder = config["data_folder"]
     common = dict(batch_size=config["train_batch_size"], num_frames=config["num_frames"],
                   sample_stride=config["sample_stride"], clips_per_video=config["clips_per_video"], seed=config["seed"],
@@ -200,7 +118,6 @@ def build_loader(config, rank, world, text_encoder=None):
     if config["train_data_type"] == "video_file":
         if not config["vae_checkpoint"]:
             raise TrainingError("train_data_type video_file needs vae_checkpoint (a diffusers VAE folder or .ckpt)")
-        from latte_core.vae import load_vae
         vae = load_vae(config["vae_checkpoint"])
         if config["sd_scale_factor"] is not None and abs(vae.config["scaling_factor"] - config["sd_scale_factor"]) > 1e-9:
             raise TrainingError(f"sd_scale_factor {config['sd_scale_factor']} differs from the VAE's "
@@ -219,14 +136,7 @@ def build_loader(config, rank, world, text_encoder=None):
     cache = open_cache(folder)
     info = cache.info
     text = config["condition"] == "text"
-    if text and not cache.has_text:
-        raise TrainingError(f"{folder}: condition: text needs caption embeddings, and this cache holds none (made "
-                            f"without --text-encoder); run latte cache --text-encoder DIR into a new folder")
-    if info["format"] != config["train_data_type"]:
-        raise TrainingError(f"{folder} is a {info['format']} cache, but train_data_type is {config['train_data_type']}")
-    for key, mine in (("image_size", config["image_size"]), ("scaling_factor", config["sd_scale_factor"])):
-        if mine is not None and abs(info[key] - mine) > 1e-9:
-            raise TrainingError(f"{folder} was cached with {key} {info[key]}, the config says {mine}")
+    check_cache_fits(config, cache)
     try:
         loader = CacheLoader(folder, shuffle_window=config["shuffle_window"], on_corrupt=config["on_corrupt"],
                              captions=text, **common)
@@ -239,27 +149,10 @@ def build_loader(config, rank, world, text_encoder=None):
     return loader, info["image_size"] // info["downsample_factor"], info["latent_channels"]
 
 
-def check_image_labels(config, loader, folder):
-    """A class-conditional joint run takes images, with their labels, from every video of the data: each
-    needs a class (a video-only run meets an unlabelled clip in its first batch; here that is decided
-    before anything is written)."""
-    if config["condition"] != "class" or not loader.use_image_num:
-        return
-    bad = [e["video_id"] for e in loader.image_entries
-           if e["label"] is None or not 0 <= e["label"] < config["num_classes"]]
-    if bad:
-        raise TrainingError(f"{folder}: condition class with use_image_num {loader.use_image_num} needs a class "
-                            f"label 0..{config['num_classes'] - 1} for every video (images come from any video), "
-                            f"but {len(bad)} of {len(loader.image_entries)} have none or another ({bad[0]!r} ...)")
-
-
 def build_model(config, latent_size, channels, pretrained=True, text_embed_dim=None):
     """The Latte the config names; with `pretrained`, started from pretrained_model_path if one is given
     (a resumed run takes every weight from its checkpoint instead). A text model projects
     `text_embed_dim`-wide caption embeddings (the data's: its encoder's width)."""
-    import mindspore as ms
-    from latte_core import LATTE_MODELS, create_latte
-    from latte_core.checkpoint import load_weights
     check_model_keys(config)
     patch = LATTE_MODELS[config["model_name"]]["patch_size"]
     if latent_size % patch:
@@ -278,7 +171,7 @@ def build_model(config, latent_size, channels, pretrained=True, text_embed_dim=N
         raise TrainingError(f"model_name {config['model_name']}: {err}") from None
     if pretrained and config["pretrained_model_path"]:
         load_weights(model, config["pretrained_model_path"], recompute=("pos_embed", "temp_embed"),
-                     transform=lambda state: _check_pretrained_text_width(state, config, text_embed_dim))
+                     transform=lambda state: check_pretrained_text_width(state, config, text_embed_dim))
         logger.info("started from %s", config["pretrained_model_path"])
     if config["use_recompute"]:
         for block in model.blocks:
@@ -289,22 +182,8 @@ def build_model(config, latent_size, channels, pretrained=True, text_embed_dim=N
     return model
 
 
-def _check_pretrained_text_width(state, config, text_embed_dim):
-    """Pretrained text weights must project embeddings of the data's width (named, before any other misfit)."""
-    from latte_core.latte import TEXT_TOKENS
-    projection = state.get("text_embedding_projection.1.weight")
-    if config["condition"] == "text" and projection is not None and projection.shape[-1] != TEXT_TOKENS * text_embed_dim:
-        raise TrainingError(f"pretrained_model_path {config['pretrained_model_path']}: its text projection takes "
-                            f"{projection.shape[-1] / TEXT_TOKENS:g}-wide caption embeddings, the data's text encoder "
-                            f"makes {text_embed_dim}-wide ones")
-    return state
-
-
 def build_step(config, model, diffusion, world):
     """(TrainStep, its updater, EMA or None) for the config."""
-    import mindspore as ms
-    from mindspore import nn
-    from .step import EMA, ClassDiffusionLoss, DiffusionLoss, TextDiffusionLoss, TrainStep, Updater
     params = model.trainable_params()
     ema = EMA(params, config["ema_decay"], warmup=config["ema_warmup"]) if config["use_ema"] else None
     scaler = None
@@ -383,37 +262,10 @@ class RunLog:
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def preflight(config, resume):
-    """The checks that need no latents: device limits, model keys, the text encoder of a text run from
-    videos (loaded), and the run folder's checkpoints (refused without --resume; with it, the checkpoint
-    to resume, its settings and its encoder against these). Returns (checkpoint to resume or None,
-    damaged checkpoints set aside, the TextEncoder or None). Writes nothing."""
-    report_device_limits(config)
-    check_model_keys(config)
-    text_encoder = load_text_encoder(config)
-    out = os.path.abspath(config["output_path"])
-    existing = checkpoint_dirs(os.path.join(out, "ckpt"))
-    if existing and not resume:
-        raise TrainingError(f"{out} already holds checkpoints ({os.path.basename(existing[-1])}); pass --resume to "
-                            f"continue that run, or choose another output_path")
-    if not (resume and existing):
-        return None, [], text_encoder
-    chosen, damaged = select_checkpoint(existing, config["on_bad_checkpoint"])
-    check_resume_config(read_state(chosen).get("config") or {}, config, chosen)
-    if text_encoder is not None:
-        check_resume_text_encoder(chosen, {"path": text_encoder.folder, "sha256": text_encoder.sha256})
-    return chosen, damaged, text_encoder
-
-
 def train(config, resume=False, progress=True, checked=None):
     """Train (or resume) the run the config describes; returns a summary dict. `checked`: what
     preflight(config, resume) returned, when the caller ran it already (the CLI does, before it ingests
     a folder of videos)."""
-    import mindspore as ms
-    from mindspore import Tensor
-    from tqdm.auto import tqdm
-    from latte_core import create_diffusion
-
     # Every check first (keys, checkpoints, data, model, the checkpoint's fit): a run that is refused
     # leaves its folder as it was.
     chosen, damaged, text_encoder = checked or preflight(config, resume)
@@ -423,11 +275,11 @@ def train(config, resume=False, progress=True, checked=None):
     ckpt_root = os.path.join(out, "ckpt")
 
     loader, latent_size, channels = build_loader(config, rank, world, text_encoder)
-    text_record = text_encoder_record(loader)
+    identity = loader.text_encoder  # the TextEncoderIdentity of the caption embeddings, or None
     if chosen and text_encoder is None:  # a cache's encoder (one from videos was checked in preflight)
-        check_resume_text_encoder(chosen, text_record)
+        check_resume_text_encoder(chosen, identity)
     model = build_model(config, latent_size, channels, pretrained=chosen is None,
-                        text_embed_dim=loader.text_encoder and loader.text_encoder["width"])
+                        text_embed_dim=identity and identity.width)
     diffusion = create_diffusion("", learn_sigma=config["learn_sigma"], snr_gamma=config["snr_gamma"],
                                  predict_v=config["prediction_type"] == "v_prediction")
     step_fn, updater, ema = build_step(config, model, diffusion, world)
@@ -462,9 +314,8 @@ def train(config, resume=False, progress=True, checked=None):
                 params / 1e6, latent_size, latent_size, config["num_frames"], config["use_image_num"] or 0,
                 config["train_batch_size"], accumulation, world, steps_per_epoch,
                 config["amp_level"], config["dtype"], config["data_folder"])
-    if text_record:
-        logger.info("caption embeddings of %s (sha256 %s, width %d)", text_record["path"], text_record["sha256"],
-                    loader.text_encoder["width"])
+    if identity:
+        logger.info("caption embeddings of %s, width %d", identity, identity.width)
 
     log = RunLog(os.path.join(out, "train_log.jsonl"), step, enabled=is_main)
     bar = tqdm(total=max_steps, initial=step, unit="step", disable=not (progress and is_main))
@@ -497,7 +348,7 @@ def train(config, resume=False, progress=True, checked=None):
         if step % config["log_interval"] == 0:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if step % save_every == 0 or step == max_steps:
-            last_checkpoint = _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, text_record)
+            last_checkpoint = _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, identity)
     bar.close()
     curve = None
     if is_main:
@@ -513,7 +364,6 @@ def _rank_mean(world):
     single-process run on the same global batch)."""
     if world == 1:
         return lambda loss: loss
-    from .step import MeanOverRanks
     return MeanOverRanks(world)
 
 
@@ -554,12 +404,12 @@ def captions_with_dropout(batch, drop, drop_image, null):
     return np.concatenate([captions[:, None], images], axis=1)
 
 
-def _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, text_record=None):
+def _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, text_encoder=None):
     folder = os.path.join(ckpt_root, f"step-{step:08d}")
     if is_main:
         state = {"step": step, "loader": loader.state_dict(), "config": config}
-        if text_record:  # what `latte sample` encodes prompts with
-            state["text_encoder"] = text_record
+        if text_encoder:  # what `latte sample` encodes prompts with: {"path", "sha256"}
+            state["text_encoder"] = text_encoder.record()
         save_checkpoint(ckpt_root, step, _state_cells(model, updater), _sampling_weights(model, ema), state,
                         config["ckpt_max_keep"])
     return folder

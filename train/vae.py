@@ -14,11 +14,15 @@ import logging
 import os
 import time
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Tensor, nn, ops
+from tqdm.auto import tqdm
 
-from .plot import plot_loss_curve
+from latte_core import AutoencoderKL
+from latte_core.plot import plot_loss_curve
+from latte_toolkit.datasets.video import center_crop_resize, iter_frames, read_manifest, to_pixels
+
 from .step import TrainStep, Updater
 
 logger = logging.getLogger(__name__)
@@ -26,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 def load_frames(manifest, image_size, max_frames):
     """Every frame of the manifest's videos (crop rule applied), uint8 (N, S, S, 3), up to max_frames."""
-    from latte_toolkit.datasets.video import center_crop_resize, iter_frames, read_manifest
     frames = []
     for row in read_manifest(manifest):
         for frame in iter_frames(row["path"], row["kind"]):
@@ -58,10 +61,6 @@ def train_vae(manifest, out_dir, image_size=64, block_out_channels=(32, 64, 64),
               norm_num_groups=16, latent_channels=4, steps=2000, batch_size=16, learning_rate=1e-3,
               kl_weight=1e-3, seed=0, max_frames=20000, progress=True):
     """Train and write a diffusers VAE folder at out_dir; returns a summary dict."""
-    from tqdm.auto import tqdm
-    from latte_core import AutoencoderKL
-    from latte_toolkit.datasets.video import to_pixels
-
     if os.path.exists(os.path.join(out_dir, "config.json")):
         raise FileExistsError(f"{out_dir} already holds a VAE; choose a new folder")
     ms.set_seed(seed)

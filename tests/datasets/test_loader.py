@@ -8,7 +8,7 @@ from conftest import all_batches, assert_same_batches
 from latte_toolkit.datasets.cache import CorruptCache, open_cache
 from latte_toolkit.datasets.formats import FORMAT_NAMES
 from latte_toolkit.datasets.loader import CacheLoader, ClipPlan, VideoLoader
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.cli import main
 
 CLIP = dict(num_frames=4, sample_stride=2)  # a clip spans 7 frames
 

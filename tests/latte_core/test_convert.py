@@ -13,7 +13,7 @@ from mindspore import Tensor
 
 from latte_core import Latte
 from latte_core.checkpoint import CheckpointError, load_safetensors_file, load_torch_file, read_state_dict
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.cli import main
 
 from conftest import relative_error
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mindspore import Tensor
 
 from latte_core import Latte, TextEncoder
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.cli import main
 
 from conftest import relative_error
 

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 from latte_core import TextEncoder
 from latte_core.checkpoint import CheckpointError
 from latte_core.errors import UserError
-from latte_core.text_encoder import write_random_text_encoder
+from latte_toolkit.tools.demo_text_encoder import write_random_text_encoder
 
 from conftest import relative_error
 

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from latte_core import AutoencoderKL
 from latte_core.checkpoint import CheckpointError, load_weights
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.cli import main
 
 from conftest import relative_error
 

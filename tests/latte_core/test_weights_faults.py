@@ -424,7 +424,7 @@ def test_latte_convert_vae_refuses_a_damaged_folder(fixtures_dir, tmp_path, kind
 @pytest.mark.parametrize("kind", ["no-config", "scaling-factor-null", "weights-header-overwritten"])
 def test_latte_sample_with_a_damaged_vae_is_one_error_and_writes_nothing(latte_fixture, fixtures_dir, tmp_path, kind):
     from click.testing import CliRunner
-    from latte_toolkit.pipelines.cli import main
+    from latte_toolkit.cli import main
     damage, words, file_name = VAE_FOLDER_DAMAGE[kind]
     folder = _vae_copy(fixtures_dir, tmp_path / "vae")
     damage(folder)

@@ -14,7 +14,7 @@ from latte_toolkit.datasets.cache import open_cache
 from latte_toolkit.datasets.formats import FORMAT_NAMES
 from latte_toolkit.datasets.video import center_crop_resize
 from latte_toolkit.pipelines.cache import CacheError, DiskFull, run_cache
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.cli import main
 from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.pipelines.report import cache_report
 

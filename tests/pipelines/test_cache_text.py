@@ -15,13 +15,13 @@ import pytest
 from click.testing import CliRunner
 
 from latte_core import TextEncoder
-from latte_core.text_encoder import write_random_text_encoder
+from latte_toolkit.tools.demo_text_encoder import write_random_text_encoder
 from latte_toolkit.datasets.cache import (CAPTION_EMBEDDING, NULL_TEXT_FILE, CorruptCache, CorruptTextEmbedding,
                                           open_cache, read_ledger)
 from latte_toolkit.datasets.formats import FORMAT_NAMES
 from latte_toolkit.datasets.loader import CacheLoader
 from latte_toolkit.pipelines.cache import CacheError, run_cache
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.cli import main
 from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.pipelines.report import cache_report
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from latte_toolkit.datasets.video import list_frame_files
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.cli import main
 from latte_toolkit.pipelines.ingest import run_ingest
 
 from media import moving_square_frames, truncate, write_frame_folder, write_mp4

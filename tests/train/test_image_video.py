@@ -14,8 +14,8 @@ from conftest import all_batches, assert_same_batches
 from latte_toolkit.datasets.cache import open_cache
 from latte_toolkit.datasets.formats import FORMAT_NAMES
 from latte_toolkit.datasets.loader import IMAGE_STREAM, CacheLoader, VideoLoader
-from latte_toolkit.pipelines.bench import write_synthetic_cache
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.tools.fixtures import write_synthetic_cache
+from latte_toolkit.cli import main
 
 CLIP = dict(num_frames=4, sample_stride=2)  # a clip spans 7 frames; the 5-frame video gives images only
 I = 3

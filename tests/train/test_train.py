@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import mindspore as ms
 
 from conftest import BIN, ROOT, free_port
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.cli import main
 from latte_toolkit.train.config import TrainConfigError, load_train_config
 from latte_toolkit.train.loop import learning_rate
 

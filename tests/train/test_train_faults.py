@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import mindspore as ms
 
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.cli import main
 from latte_toolkit.train.checkpoint import ResumeError, select_checkpoint
 from latte_toolkit.train.config import KEYS, TrainConfigError, load_train_config
 

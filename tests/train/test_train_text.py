@@ -18,7 +18,7 @@ import mindspore as ms
 
 from latte_toolkit.datasets.cache import open_cache
 from latte_toolkit.datasets.loader import CacheLoader
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.cli import main
 from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.train.loop import captions_with_dropout, diffusion_draws
 
@@ -42,7 +42,7 @@ def text_data(tmp_path_factory, fixtures_dir):
     """Six captioned clips (9 to 19 frames), their ingest folder, two 32-wide random encoders (seeds 0 and
     1), and two numpy caches of the clips (`latte cache`): with the first encoder's caption embeddings, and
     without any."""
-    from latte_core.text_encoder import write_random_text_encoder
+    from latte_toolkit.tools.demo_text_encoder import write_random_text_encoder
     root = tmp_path_factory.mktemp("train_text")
     rows = []
     for i, caption in enumerate(CAPTIONS):

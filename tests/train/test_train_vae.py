@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from latte_core import AutoencoderKL
-from latte_toolkit.pipelines.cli import main
+from latte_toolkit.cli import main
 
 
 @pytest.mark.slow

@@ -1,0 +1,86 @@
+"""The key tables of sampling (`latte sample`: SAMPLE_KEYS) and of the quality check (`latte quality`:
+QUALITY_KEYS), apart from the code that runs them so that the `latte` command reads them without
+loading MindSpore.
+"""
+import os
+
+from latte_core.errors import UserError
+from latte_core.keys import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, Key, KeyTable, Range
+from latte_core.samplers import SAMPLERS
+from latte_toolkit.pipelines.config import ConfigError
+from latte_toolkit.pretrained import PRETRAINED
+
+
+class SampleError(UserError):
+    pass
+
+
+def _check_prompts(values):
+    """SAMPLE_KEYS' last check: the table checks that prompts is a list, this that it holds strings."""
+    prompts = values["prompts"]
+    if prompts is not None and not all(isinstance(prompt, str) for prompt in prompts):
+        raise SampleError(f"prompts must be a list of strings, got {prompts!r}")
+
+
+SAMPLE_KEYS = KeyTable([
+    Key("checkpoint", (str,), os.path.join(PRETRAINED, "latte-clouds"),
+        "Latte weights: .pt/.pth (official, read without torch), .ckpt, .safetensors, or a run's ckpt/step-N folder"),
+    Key("vae_checkpoint", (str,), os.path.join(PRETRAINED, "vae-clouds"),
+        "VAE: a diffusers folder, or a .ckpt of sd-vae-ft-mse's architecture"),
+    Key("model_name", (str, type(None)), None, "variant for a plain weights file (read from a run folder)"),
+    Key("depth", (int, type(None)), None, "override the variant's blocks", range=AT_LEAST_1),
+    Key("hidden_size", (int, type(None)), None, "override the variant's width", range=AT_LEAST_1),
+    Key("num_heads", (int, type(None)), None, "override the variant's heads", range=AT_LEAST_1),
+    Key("condition", (str, type(None)), None, "null, class or text (read from a run folder)", (None, "class", "text")),
+    Key("num_classes", (int,), 0, "classes of a class-conditional model", range=NON_NEGATIVE),
+    Key("image_size", (int, type(None)), None, "frame size in pixels (a run folder's by default)",
+        range=AT_LEAST_1),
+    Key("num_frames", (int, type(None)), None, "frames per video (a run folder's by default)", range=AT_LEAST_1),
+    Key("sd_scale_factor", (int, float, type(None)), None, "latent scaling factor (the VAE's by default)",
+        range=POSITIVE),
+    Key("enable_flash_attention", (bool,), False, "flash attention (fused on Ascend, block-wise elsewhere)"),
+    Key("use_fp16", (bool,), False, "run the transformer in float16 (meant for Ascend; slower on CPU)"),
+    Key("sampler", (str, type(None)), None, f"{' | '.join(SAMPLERS)}; null: ddim if ddim_sampling else ddpm. Given "
+        "with ddim_sampling, sampler wins (a warning names the ignored key)", (None,) + tuple(SAMPLERS)),
+    Key("sampling_steps", (int, type(None)), None, "steps of the sampler; null: its default ("
+        + ", ".join(f"{name} {sampler.default_steps}" for name, sampler in SAMPLERS.items()) + ")",
+        range=AT_LEAST_1),
+    Key("ddim_sampling", (bool,), False, "MindONE's switch: DDIM instead of DDPM (see sampler)"),
+    Key("ddim_eta", (int, float), 0.0, "DDIM eta (0: deterministic)", range=NON_NEGATIVE),
+    Key("frame_noise_correlation", (int, float, type(None)), None, "correlation between the frames of the initial "
+        "and per-step noise; null: the value the checkpoint's run trained with (its state.json; 0 for a weights "
+        "file, as the reference)", range=Range(0.0, 1.0, high_open=True)),
+    Key("prediction_type", (str, type(None)), None, "what the model predicts: epsilon or v_prediction; null: the "
+        "checkpoint's run's (its state.json; epsilon for a weights file, as the reference)",
+        (None, "epsilon", "v_prediction")),
+    Key("guidance_scale", (int, float), 1.0, "classifier-free guidance scale for class and text models (1: none; "
+        "above 1 the batch is doubled with the null class or the empty prompt)"),
+    Key("class_labels", (list, type(None)), None, "class of each video (cycled); default 0, 1, 2, ..."),
+    Key("prompts", (list, type(None)), None, "text models: the prompts; video i gets prompt i mod their count "
+        "(a prompts_file's lines follow these)"),
+    Key("prompts_file", (str, type(None)), None, "text models: a UTF-8 text file of prompts, one a line (blank lines "
+        "skipped)"),
+    Key("text_encoder", (str, type(None)), None, "text models: the CLIP text-encoder folder; null: the one the "
+        "checkpoint's run recorded in its state.json"),
+    Key("force_text_encoder", (bool,), False, "sample with a text_encoder whose sha256 differs from the one the run "
+        "recorded (a warning names both)"),
+    Key("num_videos", (int,), 4, "videos to make", range=AT_LEAST_1),
+    Key("batch_size", (int,), 4, "videos sampled together", range=AT_LEAST_1),
+    Key("seed", (int,), 42, "seed of the initial and per-step noise", range=SEED),
+    Key("decode_micro_batch", (int,), 8, "frames per VAE decoder call", range=AT_LEAST_1),
+    Key("fps", (int,), 8, "frame rate of the GIF and MP4 files", range=AT_LEAST_1),
+    Key("output_path", (str,), "samples", "folder for sample_NNN.gif / .mp4 / .npy and summary.json (which holds "
+        "this config)"),
+    Key("device_target", (str,), "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend")),
+    Key("use_parallel", (bool,), False, "split the videos over the processes msrun started (video i on rank "
+        "i mod ranks); each video's noise depends only on (seed, i), so the files are those of one process"),
+], {"guidance": "guidance_scale", "num_samples": "num_videos", "output_dir": "output_path"}, SampleError,
+    _check_prompts)
+TEXT_KEYS = ("prompts", "prompts_file", "text_encoder")  # the keys that only a text model takes
+
+QUALITY_KEYS = KeyTable([
+    Key("samples", str, None, "folder of sample_*.gif (latte sample)"),
+    Key("manifest", str, None, "ingest folder of the training videos"),
+    Key("vae_checkpoint", str, None, "the VAE the model was trained with"),
+    Key("real_clips", int, 64, "real clips to compare with", range=AT_LEAST_1),
+], {"vae": "vae_checkpoint"}, ConfigError)

@@ -1,0 +1,75 @@
+"""`latte bench ingest`: videos/s and frames/s of `ingest --verify` against a plain sequential decode of
+the same files, and the seconds to re-plan a finished run over many inputs."""
+import os
+import tempfile
+import time
+
+import decord
+import pyarrow.parquet  # noqa: F401
+import tqdm.auto  # noqa: F401 (one-time imports, paid once per process, are kept out of the timings)
+from PIL import Image
+
+from latte_toolkit.datasets.video import list_frame_files
+from latte_toolkit.pipelines.ingest import discover, run_ingest
+
+
+def plain_decode(inputs):
+    """Decode every frame of every input sequentially in this process (the baseline)."""
+    videos = frames = 0
+    for item in inputs:
+        try:
+            if item["kind"] == "frames":
+                for path in list_frame_files(item["path"]):
+                    with Image.open(path) as image:
+                        image.load()
+                    frames += 1
+            else:
+                reader = decord.VideoReader(item["path"], num_threads=1)
+                for _ in range(len(reader)):
+                    reader.next()
+                    frames += 1
+            videos += 1
+        except Exception:  # broken inputs are skipped by the baseline; ingest records them
+            continue
+    return videos, frames
+
+
+def _make_frame_folders(root, count):
+    image = Image.new("RGB", (8, 8), (40, 90, 200))
+    for i in range(count):
+        folder = os.path.join(root, f"{i // 1000:03d}", f"v{i:05d}")
+        os.makedirs(folder)
+        image.save(os.path.join(folder, "f_0.png"))
+
+
+def bench_ingest(sources, workers=0, replan_inputs=10000):
+    """Videos/s and frames/s of `ingest --verify` and of a plain decode, plus re-plan seconds."""
+    inputs = [item for item in discover(sources) if not item.get("failure")]
+    start = time.perf_counter()
+    plain_videos, plain_frames = plain_decode(inputs)
+    plain_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as scratch:
+        start = time.perf_counter()
+        summary = run_ingest(sources, os.path.join(scratch, "out"), verify=True, workers=workers, progress=False)
+        ingest_s = time.perf_counter() - start
+        result = {
+            "bench": "ingest", "inputs": len(inputs), "workers": workers,
+            "plain_decode": {"videos": plain_videos, "frames": plain_frames, "seconds": round(plain_s, 3),
+                             "videos_per_s": round(plain_videos / plain_s, 2),
+                             "frames_per_s": round(plain_frames / plain_s, 1)},
+            "ingest_verify": {"videos": summary["ok"], "frames": summary["frames"], "seconds": round(ingest_s, 3),
+                              "videos_per_s": round(summary["ok"] / ingest_s, 2),
+                              "frames_per_s": round(summary["frames"] / ingest_s, 1)},
+        }
+        cores = max(workers, 1)
+        result["ingest_to_plain_frames_per_s_per_core"] = round(
+            result["ingest_verify"]["frames_per_s"] / cores / max(result["plain_decode"]["frames_per_s"], 1e-9), 3)
+        if replan_inputs:
+            many = os.path.join(scratch, "many")
+            _make_frame_folders(many, replan_inputs)
+            run_ingest([many], os.path.join(scratch, "many_out"), workers=0, unit_size=256, progress=False)
+            start = time.perf_counter()
+            again = run_ingest([many], os.path.join(scratch, "many_out"), workers=0, unit_size=256, progress=False)
+            result["replan"] = {"inputs": replan_inputs, "units_run": again["units_run"],
+                                "seconds": round(time.perf_counter() - start, 3)}
+    return result
