@@ -7,7 +7,6 @@ import os
 import re
 
 import av
-import decord
 import imageio_ffmpeg
 import numpy as np
 import pyarrow.parquet as pq
@@ -94,6 +93,10 @@ _ROTATIONS = {(1, 0, 0, 1): 0, (0, -1, 1, 0): 1, (-1, 0, 0, -1): 2, (0, 1, -1, 0
 
 
 def _open_decord(path):
+    # kept here, not at the top: a process that loads decord before MindSpore aborts (std::random_device
+    # could not be read: `python -c 'import decord; import mindspore'`), and this module is imported by
+    # processes that load MindSpore later
+    import decord
     try:
         return decord.VideoReader(path, num_threads=1)
     except Exception as err:  # decord raises its own DECORDError for anything it cannot open

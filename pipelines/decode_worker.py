@@ -71,6 +71,9 @@ class DecodeWorker:
 
 def serve(stdin=sys.stdin, stdout=sys.stdout):
     """Child side: one JSON request per line in, one JSON answer per line out."""
+    # both decoders loaded before the first request arrives; decord here, not at the top: a process that
+    # loads it before MindSpore aborts (std::random_device), and the parent (ingest) may load MindSpore later
+    import decord  # noqa: F401
     for line in stdin:
         request = json.loads(line)
         probe = probe_frame_folder if request["kind"] == "frames" else probe_video

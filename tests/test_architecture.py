@@ -7,6 +7,8 @@ cli (the `latte` command) may import every room and nothing imports it; pretrain
 imports nothing of the project and any room may read its one path constant."""
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -90,3 +92,13 @@ def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
     found = dict((target, line) for line, target in imports_of("latte_toolkit.pipelines.stage", str(path)))
     assert found == {"latte_toolkit.train.loop": 2, "latte_toolkit.inference": 4, "latte_toolkit.pipelines.jobs": 5}
     assert {_room_of(target) for target in found} == {"train", "inference", "pipelines"}
+
+
+def test_modules_without_mindspore_let_a_process_load_it_afterwards():
+    """decord loaded before MindSpore aborts the process (std::random_device), so the modules that decode
+    without MindSpore load decord only when they decode."""
+    code = ("import latte_toolkit.datasets.video, latte_toolkit.pipelines.ingest, "
+            "latte_toolkit.pipelines.decode_worker, latte_toolkit.tools.synthetic, "
+            "latte_toolkit.tools.bench.ingest, sys; assert 'decord' not in sys.modules; import mindspore; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -4,7 +4,6 @@ import os
 import tempfile
 import time
 
-import decord
 import pyarrow.parquet  # noqa: F401
 import tqdm.auto  # noqa: F401 (one-time imports, paid once per process, are kept out of the timings)
 from PIL import Image
@@ -15,6 +14,11 @@ from latte_toolkit.pipelines.ingest import discover, run_ingest
 
 def plain_decode(inputs):
     """Decode every frame of every input sequentially in this process (the baseline)."""
+    # kept here, not at the top: a process that loads decord before MindSpore aborts (std::random_device
+    # could not be read: `python -c 'import decord; import mindspore'`), and the benchmark may load MindSpore
+    # later in this process
+    import decord
+
     videos = frames = 0
     for item in inputs:
         try:
