@@ -175,4 +175,4 @@ def main(ctx, verbose):
 
 
 # the stages register their commands on `main`
-from . import bench, cache, convert, demo, ingest, quality, report, sample, train, train_vae  # noqa: E402,F401
+from . import bench, cache, convert, demo, diagnose, ingest, quality, report, sample, train, train_vae  # noqa: E402,F401

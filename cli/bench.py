@@ -5,7 +5,8 @@ import os
 import click
 
 from latte_toolkit.tools.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_FORWARD_KEYS,
-                                        BENCH_INGEST_KEYS, BENCH_LOADER_KEYS, BENCH_STEP_KEYS, BENCH_VAE_KEYS)
+                                        BENCH_INGEST_KEYS, BENCH_LEARN_KEYS, BENCH_LOADER_KEYS, BENCH_STEP_KEYS,
+                                        BENCH_VAE_KEYS)
 
 from . import BadInput, configured, key_option, main, setup_mindspore
 
@@ -208,3 +209,28 @@ def bench_attention_command(config):
     # kept here: the attention benchmark (MindSpore) adds ~1.8 s to `latte --help`
     from latte_toolkit.tools.bench.attention import bench_attention
     click.echo(json.dumps(bench_attention(config["tokens"], config["head_dim"], config["block_size"])))
+
+
+@bench.command("learn")
+@configured(
+    BENCH_LEARN_KEYS,
+    key_option("rung"), key_option("budget_minutes"), key_option("work"), key_option("steps"),
+)
+def bench_learn_command(config):
+    """The learning ladder: tiny end-to-end jobs a model that learns passes in minutes.
+
+    Each rung writes procedural clips, ingests and caches them, fine-tunes the shipped Latte (v
+    prediction, EMA warm-up) within --budget-minutes, samples 16 videos and measures them: memorise
+    (4 clips, one class each: drift and colours reproduced), shuffled-control (the same clips with
+    frames shuffled: the drift check must fail), class-colour (15 of 16 by real-clip colour
+    centroids), unconditional-motion (15 of 16 drift within the real range), text-colour and
+    text-direction (15 of 16 seen prompts). Prints {"rungs": {NAME: {"passed", figures, "minutes"}}}.
+
+    \b
+    Example:
+      latte bench learn --rung memorise --budget-minutes 10
+    """
+    # kept here: the ladder (MindSpore, every stage) adds ~3.4 s to `latte --help`
+    from latte_toolkit.tools.bench.learn import run_ladder
+    setup_mindspore("CPU")  # run_ladder refuses an unknown rung or a budget too small before any work
+    click.echo(json.dumps(run_ladder(config["rung"], config["work"], config["budget_minutes"], config["steps"])))

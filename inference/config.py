@@ -5,7 +5,7 @@ loading MindSpore.
 import os
 
 from latte_core.errors import UserError
-from latte_core.keys import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SEED, Key, KeyTable, Range
+from latte_core.keys import AT_LEAST_1, NON_NEGATIVE, OPTIONAL_STR, POSITIVE, SEED, Key, KeyTable, Range
 from latte_core.samplers import SAMPLERS
 from latte_toolkit.pipelines.config import ConfigError
 from latte_toolkit.pretrained import PRETRAINED
@@ -83,4 +83,23 @@ QUALITY_KEYS = KeyTable([
     Key("manifest", str, None, "ingest folder of the training videos"),
     Key("vae_checkpoint", str, None, "the VAE the model was trained with"),
     Key("real_clips", int, 64, "real clips to compare with", range=AT_LEAST_1),
+], {"vae": "vae_checkpoint"}, ConfigError)
+
+# `latte diagnose`'s default timesteps: three per band of 250
+DIAGNOSE_TIMESTEPS = (25, 125, 225, 300, 400, 475, 550, 650, 725, 800, 900, 975)
+
+DIAGNOSE_KEYS = KeyTable([
+    Key("checkpoint", str, None, "a `latte train` run folder (its newest checkpoint), a ckpt/step-N folder, or a "
+        "weights file"),
+    Key("cache", str, None, "a latent cache of the data the model learns (`latte cache`): its clips are noised"),
+    Key("vae_checkpoint", str, os.path.join(PRETRAINED, "vae-clouds"), "the cache's VAE, for the decoded x0 "
+        "predictions and their drift"),
+    Key("out", str, "latte-diagnose", "folder for diagnose.json and x0_predictions.png"),
+    Key("timesteps", list, list(DIAGNOSE_TIMESTEPS), "the timesteps probed (0..999), grouped into the bands "
+        "0-249, 250-499, 500-749, 750-999"),
+    Key("clips", int, 16, "real clips noised at each timestep (the cache must hold as many videos)",
+        range=Range(2, 4096)),
+    Key("seed", int, 0, "seed of the clips chosen and of the noise", range=SEED),
+    Key("prediction_type", OPTIONAL_STR, None, "what the model predicts; null: the run's (its state.json), "
+        "epsilon for a weights file", (None, "epsilon", "v_prediction")),
 ], {"vae": "vae_checkpoint"}, ConfigError)

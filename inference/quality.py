@@ -116,6 +116,17 @@ def frechet_distance(a, b):
     return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.sum(np.sqrt(np.clip(cross, 0, None))))
 
 
+def colour_features(videos):
+    """Per video (uint8 (N, F, H, W, 3)): the median colour of its top and of its bottom half over all its
+    frames, in [0, 1], (N, 6): a sky gradient's two ends (the median, not the mean: white clouds covering
+    a third of a clip pulled a green sky's mean nearest to grey). Samples are told apart by the nearest of the real clips'
+    per-class means (colour centroids) of these."""
+    half = videos.shape[2] // 2
+    frames = videos.astype(np.float32) / 255.0
+    return np.concatenate([np.median(frames[:, :, :half], axis=(1, 2, 3)), np.median(frames[:, :, half:], axis=(1, 2, 3))],
+                          axis=1)
+
+
 def motion(videos):
     """Mean absolute change between consecutive frames, per video (pixels scaled to [0, 1])."""
     frames = videos.astype(np.float32) / 255.0

@@ -86,3 +86,20 @@ def phase_figure(shards, title="seconds per phase"):
         axis.legend(loc="lower right")
     figure.tight_layout()
     return figure
+
+
+def save_frame_grid(rows, column_titles, path):
+    """A PNG of labelled rows of frames: rows [(label, uint8 (K, H, W, 3))], K frames each, one column per
+    title (`latte diagnose`'s decoded x0 predictions across timesteps)."""
+    figure = Figure(figsize=(1.6 * len(column_titles) + 1.2, 1.5 * len(rows)), dpi=80)
+    axes = figure.subplots(len(rows), len(column_titles), squeeze=False)
+    for (label, frames), row in zip(rows, axes):
+        for frame, axis in zip(frames, row):
+            axis.imshow(frame)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        row[0].set_ylabel(label, fontsize=7)
+    for title, axis in zip(column_titles, axes[0]):
+        axis.set_title(title, fontsize=7)
+    figure.tight_layout()
+    return _save(figure, path)

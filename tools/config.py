@@ -103,3 +103,13 @@ BENCH_ATTENTION_KEYS = KeyTable([
     Key("head_dim", int, 64, "head size", range=AT_LEAST_1),
     Key("block_size", int, 512, "key block of the block-wise path", range=AT_LEAST_1),
 ], {}, ConfigError)
+
+BENCH_LEARN_KEYS = KeyTable([
+    Key("rung", str, "all", "a rung of the learning ladder (memorise, shuffled-control, class-colour, "
+        "unconditional-motion, text-colour, text-direction) or all"),
+    Key("budget_minutes", NUMBER, 10.0, "wall budget of each rung, its clips and sampling included; training "
+        "takes as many of the rung's steps as fit", range=Range(0.0, 24 * 60.0, low_open=True)),
+    Key("work", str, "latte-ladder", "folder of the rungs' clips, caches, runs and samples (re-running resumes)"),
+    Key("steps", (int, type(None)), None, "at most this many training steps per rung (null: the rung's own, 600)",
+        range=AT_LEAST_1),
+], {}, ConfigError)

@@ -11,7 +11,7 @@ import numpy as np
 
 from latte_toolkit.inference.quality import drift_direction, drift_velocity
 
-from .synthetic import DIRECTIONS
+from .synthetic import DIRECTIONS, SKY_COLOURS
 
 
 # px/frame: a sample drifting slower has no direction (still pictures that flicker read ~0.01; the
@@ -25,6 +25,14 @@ def caption_direction(prompt):
     word among its words; None if it names none or several."""
     words = set(re.findall(r"[a-z]+", prompt.lower()))
     named = [direction for direction in DIRECTIONS if direction in words]
+    return named[0] if len(named) == 1 else None
+
+
+def caption_colour(prompt):
+    """The sky colour (a SKY_COLOURS key) a caption names: the one colour word among its words; None if it
+    names none or several."""
+    words = set(re.findall(r"[a-z]+", prompt.lower()))
+    named = [colour for colour in SKY_COLOURS if colour in words]
     return named[0] if len(named) == 1 else None
 
 

@@ -149,6 +149,24 @@ def build_loader(config, rank, world, text_encoder=None):
     return loader, info["image_size"] // info["downsample_factor"], info["latent_channels"]
 
 
+# The parameters of each condition's path into the model (DiT's conditioning vector c = t + y or + text).
+CONDITION_PREFIXES = {"class": "y_embedder.", "text": "text_embedding_projection."}
+
+
+def with_fresh_condition(state, model, config):
+    """Pretrained weights for a class or text run that have no condition path at all (an unconditional
+    Latte, the usual start of a conditional fine-tune): that path starts at zero, so the run starts as
+    the pretrained model (c is the timestep's embedding alone) and learns to read its labels or captions
+    (their gradient is not zero). Weights with a condition path of their own are used as they are."""
+    prefix = CONDITION_PREFIXES.get(config["condition"])
+    if prefix is None or any(name.startswith(prefix) for name in state):
+        return state
+    fresh = {p.name: np.zeros(p.shape, np.float32) for p in model.get_parameters() if p.name.startswith(prefix)}
+    logger.info("%s has no %s weights: the %s path starts at zero (the run starts as that model)",
+                config["pretrained_model_path"], prefix.rstrip("."), config["condition"])
+    return {**state, **fresh}
+
+
 def build_model(config, latent_size, channels, pretrained=True, text_embed_dim=None):
     """The Latte the config names; with `pretrained`, started from pretrained_model_path if one is given
     (a resumed run takes every weight from its checkpoint instead). A text model projects
@@ -171,7 +189,8 @@ def build_model(config, latent_size, channels, pretrained=True, text_embed_dim=N
         raise TrainingError(f"model_name {config['model_name']}: {err}") from None
     if pretrained and config["pretrained_model_path"]:
         load_weights(model, config["pretrained_model_path"], recompute=("pos_embed", "temp_embed"),
-                     transform=lambda state: check_pretrained_text_width(state, config, text_embed_dim))
+                     transform=lambda state: with_fresh_condition(
+                         check_pretrained_text_width(state, config, text_embed_dim), model, config))
         logger.info("started from %s", config["pretrained_model_path"])
     if config["use_recompute"]:
         for block in model.blocks:

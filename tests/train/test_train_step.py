@@ -133,3 +133,22 @@ def test_ema_warmup_follows_the_weights_with_the_growing_decay():
             np.testing.assert_allclose(shadow.asnumpy(), expected[p.name], atol=1e-6, err_msg=p.name)
         moved = max(np.abs(shadow.asnumpy() - p.asnumpy()).max() for p, shadow in zip(params, ema.shadow))
         assert (moved < 0.02) if warmup else (moved > 0.02), moved  # warmup tracks; 0.999 stays at the start
+
+
+def test_a_conditional_run_from_unconditional_weights_starts_its_condition_path_at_zero():
+    """with_fresh_condition: weights without any y_embedder / text projection get that path at zero (the
+    conditional model then computes what the unconditional one did); weights with one keep theirs."""
+    from latte_toolkit.train.loop import with_fresh_condition
+    unconditional = {p.name: p.asnumpy() for p in _tiny_latte().get_parameters()}
+    for condition, extra in (("class", {"num_classes": 3}), ("text", {"text_embed_dim": 8})):
+        model = _tiny_latte(condition=condition, **extra)
+        config = {"condition": condition, "pretrained_model_path": "unconditional.ckpt"}
+        state = with_fresh_condition(dict(unconditional), model, config)
+        added = sorted(set(state) - set(unconditional))
+        assert added and all(name.startswith({"class": "y_embedder.", "text": "text_embedding_projection."}[condition])
+                             for name in added), added
+        assert all(not state[name].any() for name in added)
+        assert {p.name for p in model.get_parameters()} == set(state)
+        own = dict(state, **{added[0]: np.ones_like(state[added[0]])})
+        assert with_fresh_condition(own, model, config) is own  # a condition path of its own is kept
+    assert with_fresh_condition(unconditional, _tiny_latte(), {"condition": None}) is unconditional

@@ -1,0 +1,225 @@
+"""`latte diagnose`: how well a Latte checkpoint denoises its own cached data, timestep band by band.
+
+    checkpoint (a run folder, a ckpt/step-N folder, or a weights file) + cache ─ one batch of real clips
+    (the posterior mean) ─ noised to each probed timestep t ─ one model call ─ per t and per band:
+      eps_mse    the MSE of the noise the output implies
+      x0_mse     the MSE of the clean latents it implies, against mean_mse: that of the trivial
+                 predictor (each channel's mean latent), which a trained model must beat or match
+      x0_std     the implied clean latents' std per channel, against the data's
+      drift_kept the drift of the decoded x0 predictions projected on the real clips' drift (1: the
+                 prediction moves as the clip does, 0: a still picture): where a model stops seeing
+                 motion through the noise, its samples' motion has to be born
+    ─ OUT/diagnose.json, OUT/x0_predictions.png (the decoded x0 of one clip across t)
+
+Why: an epsilon model's x0 is x_t/√ᾱ minus its noise error times √((1-ᾱ)/ᾱ) (97 at t = 950), so an eps-MSE
+that looks tiny on the loss curve (0.009) can mean an x0 a hundred times worse than predicting the mean,
+at exactly the timesteps where a sample's colours, layout and motion are decided. The loss curve hides
+it; this does not. A band with t ≥ 500 whose x0_mse exceeds the latents' variance is a warning.
+"""
+import json
+import os
+
+import numpy as np
+from mindspore import Tensor
+
+from latte_core.checkpoint import CheckpointError, read_state_dict, set_weights
+from latte_core.diffusion import create_diffusion
+from latte_core.errors import UserError
+from latte_core.latte import Latte, latte_config_from_state_dict
+from latte_core.plot import save_frame_grid
+from latte_core.vae import load_vae
+from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.datasets.loader import CacheLoader
+from latte_toolkit.datasets.video import to_frames
+
+from .config import DIAGNOSE_TIMESTEPS
+from .quality import drift_velocity
+
+BANDS = ((0, 250), (250, 500), (500, 750), (750, 1000))
+WARN_FROM = 500  # bands from here on decide a sample's layout: their x0 must not be worse than the mean's
+
+
+class DiagnoseError(UserError):
+    pass
+
+
+def band_of(t):
+    return next(f"{low}-{high - 1}" for low, high in BANDS if low <= t < high)
+
+
+def implied_predictions(output, x_t, alpha_bar, prediction_type):
+    """(x0, eps) the model output implies at x_t, for an epsilon or v model (numpy, per-sample alpha_bar)."""
+    alpha, sigma = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+    if prediction_type == "v_prediction":
+        x0 = alpha * x_t - sigma * output
+    else:
+        x0 = (x_t - sigma * output) / alpha
+    return x0, (x_t - alpha * x0) / sigma
+
+
+def _finite(value):
+    """A float for the JSON report; an overflowed figure (a model whose outputs blew up) as None, so the
+    report stays strict JSON."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def diagnose_batch(model_call, latents, alpha_bars, timesteps, prediction_type, seed=0):
+    """Figures per timestep for clean `latents` (B, F, C, h, w): model_call(x_t, t) -> the output's first C
+    channels. Returns (rows, the x0 predictions per timestep)."""
+    rng = np.random.default_rng(seed)
+    channel_axes = (0, 1, 3, 4)
+    mean = latents.mean(axis=channel_axes, keepdims=True)
+    mean_mse = float(((latents - mean) ** 2).mean())
+    rows, predictions = [], []
+    for t in timesteps:
+        noise = rng.standard_normal(latents.shape).astype(np.float32)
+        alpha_bar = float(alpha_bars[t])
+        x_t = (np.sqrt(alpha_bar) * latents + np.sqrt(1.0 - alpha_bar) * noise).astype(np.float32)
+        x0, eps = implied_predictions(model_call(x_t, t), x_t, alpha_bar, prediction_type)
+        rows.append({"t": int(t), "band": band_of(t), "eps_mse": _finite(((eps - noise) ** 2).mean()),
+                     "x0_mse": _finite(((x0 - latents) ** 2).mean()), "mean_mse": mean_mse,
+                     "x0_std": [_finite(s) for s in x0.std(axis=channel_axes)]})
+        predictions.append(x0)
+    return rows, predictions
+
+
+def drift_kept(predicted, real):
+    """The predictions' drift velocities (N, 2) projected on the real clips' (N, 2): sum(p·r) / sum(r·r)."""
+    return float((predicted * real).sum() / max((real * real).sum(), 1e-12))
+
+
+def _band_mean(values):
+    return None if any(value is None for value in values) else float(np.mean(values))
+
+
+def summarise(rows, latents):
+    """Per band: the mean of its rows' figures; and the warnings for bands t ≥ WARN_FROM whose x0 is worse
+    than the latents' variance."""
+    variance = float(latents.var())
+    bands = {}
+    for name in dict.fromkeys(row["band"] for row in rows):
+        mine = [row for row in rows if row["band"] == name]
+        bands[name] = {key: _band_mean([row[key] for row in mine])
+                       for key in ("eps_mse", "x0_mse", "mean_mse", "drift_kept") if key in mine[0]}
+        bands[name]["x0_std"] = [_band_mean(channel) for channel in zip(*(row["x0_std"] for row in mine))]
+        bands[name]["timesteps"] = [row["t"] for row in mine]
+    warnings = []
+    for name, figures in bands.items():
+        error = figures["x0_mse"]
+        if int(name.split("-")[0]) >= WARN_FROM and (error is None or error > variance):
+            shown = "overflows" if error is None else f"{error:.3g}"
+            warnings.append(f"t {name}: the x0 prediction's MSE {shown} is worse than the latents' "
+                            f"variance {variance:.3g} (the mean latent scores {figures['mean_mse']:.3g}): samples "
+                            f"will be blotchy and their layout, colours and motion lost. Train with "
+                            f"prediction_type: v_prediction (an epsilon model's x0 error is its noise error times "
+                            f"up to 157 here), or longer; ema_warmup: true for runs under ~10k steps")
+    return {"latent_variance": variance, "latent_std": [float(s) for s in latents.std(axis=(0, 1, 3, 4))],
+            "bands": bands, "warnings": warnings}
+
+
+def _checkpoint_folder(path):
+    """A ckpt/step-N folder from a run folder (its newest), or the folder itself; None for a file."""
+    if not os.path.isdir(path):
+        return None
+    steps = sorted(os.listdir(os.path.join(path, "ckpt"))) if os.path.isdir(os.path.join(path, "ckpt")) else []
+    folder = os.path.join(path, "ckpt", steps[-1]) if steps else path
+    if not all(os.path.isfile(os.path.join(folder, name)) for name in ("ema.ckpt", "state.json")):
+        raise DiagnoseError(f"checkpoint {path}: not a run folder, a ckpt/step-N folder (ema.ckpt and state.json) "
+                            f"or a weights file")
+    return folder
+
+
+def load_model(path, prediction_type=None):
+    """(Latte in inference mode, its settings: condition, num_frames, prediction_type) from a run folder, a
+    checkpoint folder or a weights file (whose prediction type is epsilon unless given)."""
+    folder = _checkpoint_folder(path)
+    weights = os.path.join(folder, "ema.ckpt") if folder else path
+    try:
+        state = read_state_dict(weights)
+        settings = latte_config_from_state_dict(state)
+    except (CheckpointError, ValueError) as err:
+        raise DiagnoseError(f"checkpoint {weights}: {err}") from None
+    trained = {}
+    if folder:
+        with open(os.path.join(folder, "state.json")) as handle:
+            trained = json.load(handle)["config"]
+        settings["num_heads"] = trained["num_heads"]
+    recorded = trained.get("prediction_type", "epsilon")
+    if folder and prediction_type not in (None, recorded):
+        raise DiagnoseError(f"prediction_type {prediction_type!r}: {folder} was trained to predict {recorded}")
+    settings.pop("class_dropout_prob", None)
+    model = Latte(**settings)
+    set_weights(model, state, weights, recompute=("pos_embed", "temp_embed"))
+    model.set_train(False)
+    settings["prediction_type"] = prediction_type or recorded
+    return model, settings
+
+
+def clean_batch(cache, clips, num_frames, condition, seed=0):
+    """One batch of `clips` clean clips (the posterior mean, float32) from the cache and the model keyword
+    arrays of their conditions (class labels, caption embeddings, or none)."""
+    try:
+        videos = len(open_cache(cache).ids)
+        if videos < clips:
+            raise DiagnoseError(f"cache {cache}: holds {videos} videos, fewer than --clips {clips}")
+        loader = CacheLoader(cache, batch_size=clips, num_frames=num_frames, posterior="mean", seed=seed,
+                             shuffle=True, on_corrupt="raise", captions=condition == "text")
+    except (ValueError, OSError) as err:
+        raise DiagnoseError(f"cache {cache}: {err}") from None
+    batch = next(iter(loader))
+    conditions = {}
+    if condition == "class":
+        if (batch["label"] < 0).any():
+            raise DiagnoseError(f"cache {cache}: a class-conditional checkpoint needs a label for every video")
+        conditions["y"] = batch["label"].astype(np.int32)
+    elif condition == "text":
+        conditions["text_embedding"] = batch["caption_embedding"]
+    return batch["latent"].astype(np.float32), conditions
+
+
+def run_diagnose(checkpoint, cache, out, vae_path, timesteps=DIAGNOSE_TIMESTEPS, clips=16, seed=0,
+                 prediction_type=None):
+    """Diagnose `checkpoint` on `cache` (module docstring); writes OUT/diagnose.json and
+    OUT/x0_predictions.png and returns the report."""
+    if not timesteps or any(not 0 <= t < 1000 for t in timesteps):
+        raise DiagnoseError(f"--timesteps must lie in 0..999, got {list(timesteps)}")
+    model, settings = load_model(checkpoint, prediction_type)
+    latents, conditions = clean_batch(cache, clips, settings["num_frames"], settings.get("condition"), seed)
+    expected = (settings["num_frames"], settings["in_channels"], settings["input_size"], settings["input_size"])
+    if latents.shape[1:] != expected:
+        raise DiagnoseError(f"cache {cache}: its clips are {latents.shape[1:]} latents (frames, channels, h, w); "
+                            f"checkpoint {checkpoint} takes {expected}")
+    vae = load_vae(vae_path)
+    try:  # the inputs passed their checks: now the output folder may be made
+        os.makedirs(out, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as err:
+        raise DiagnoseError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+    kwargs = {name: Tensor(value) for name, value in conditions.items()}
+    channels = settings["in_channels"]
+
+    def model_call(x_t, t):
+        return model(Tensor(x_t), Tensor(np.full(len(x_t), t, np.int32)), **kwargs).asnumpy()[:, :, :channels]
+
+    diffusion = create_diffusion("")
+    timesteps = sorted(timesteps)
+    rows, predictions = diagnose_batch(model_call, latents, diffusion.alphas_cumprod, timesteps,
+                                       settings["prediction_type"], seed)
+    decode = lambda z: to_frames(vae.decode_video(z / vae.config["scaling_factor"]))  # noqa: E731
+    real = decode(latents)
+    real_drift = drift_velocity(real)
+    first_clip = []
+    for row, x0 in zip(rows, predictions):
+        decoded = decode(x0)
+        row["drift_kept"] = drift_kept(drift_velocity(decoded), real_drift)
+        first_clip.append(decoded[0])
+    report = {"checkpoint": checkpoint, "cache": cache, "prediction_type": settings["prediction_type"],
+              "clips": clips, **summarise(rows, latents), "timesteps": rows}
+    frames = sorted({0, real.shape[1] // 2, real.shape[1] - 1})  # first, middle and last
+    save_frame_grid([("real clip", real[0][frames])] + [(f"x0 at t={t}", clip[frames]) for t, clip in zip(timesteps, first_clip)],
+                    [f"frame {f}" for f in frames], os.path.join(out, "x0_predictions.png"))
+    with open(os.path.join(out, "diagnose.json"), "w") as handle:
+        json.dump(report, handle, indent=1)
+    return report

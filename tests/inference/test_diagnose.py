@@ -1,0 +1,132 @@
+"""`latte diagnose`: the per-band figures on analytic predictors whose errors are known, the shipped
+epsilon model's high-noise failure found and warned about on real cached clips, and bad input refused."""
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import BIN
+from latte_core.diffusion import create_diffusion
+from latte_toolkit.inference.diagnose import BANDS, diagnose_batch, implied_predictions, summarise
+from latte_toolkit.pipelines.config import CACHE_KEYS, INGEST_KEYS, run_cache_job, run_ingest_job
+from latte_toolkit.pretrained import PRETRAINED
+from latte_toolkit.tools.synthetic import write_cloud_dataset
+
+ALPHA_BARS = create_diffusion("").alphas_cumprod
+TIMESTEPS = (25, 400, 600, 975)
+
+
+def _latents(seed=0):
+    rng = np.random.default_rng(seed)
+    scale, shift = (np.array(v, np.float32)[None, None, :, None, None] for v in ([1.5, 1.0, 0.2, 0.6], [0.3, -0.2, 0.0, 0.1]))
+    return (rng.standard_normal((6, 4, 4, 8, 8)) * scale + shift).astype(np.float32)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_an_oracle_scores_zero_and_the_mean_predictor_scores_the_mean_latent(prediction_type):
+    """An oracle that knows x0 outputs the exact target: x0 and eps errors ~0 at every t. A model whose
+    x0 is each channel's mean latent scores exactly mean_mse. Bounds: float32 (the oracle's x0 at t = 975
+    is rebuilt through a division by sqrt(alpha_bar) = 0.01 for epsilon: 1e-3 relative)."""
+    latents = _latents()
+    mean = latents.mean(axis=(0, 1, 3, 4), keepdims=True)
+
+    def target_for(x0_wanted):
+        def call(x_t, t):
+            a, s = np.sqrt(ALPHA_BARS[t]), np.sqrt(1 - ALPHA_BARS[t])
+            eps = (x_t - a * x0_wanted) / s
+            return a * eps - s * x0_wanted if prediction_type == "v_prediction" else eps
+        return call
+
+    rows, predictions = diagnose_batch(target_for(latents), latents, ALPHA_BARS, TIMESTEPS, prediction_type)
+    assert max(row["x0_mse"] for row in rows) < 1e-6 and max(row["eps_mse"] for row in rows) < 1e-3, rows
+    rows, _ = diagnose_batch(target_for(mean), latents, ALPHA_BARS, TIMESTEPS, prediction_type)
+    for row in rows:
+        np.testing.assert_allclose(row["x0_mse"], row["mean_mse"], rtol=1e-4)
+        np.testing.assert_allclose(row["x0_std"], 0.0, atol=1e-3)
+    report = summarise(rows, latents)
+    assert set(report["bands"]) == {f"{low}-{high - 1}" for low, high in BANDS}
+    assert report["warnings"] == []  # the mean predictor is never worse than the latents' variance
+
+
+def test_an_epsilon_error_is_amplified_at_high_noise_and_warned_about():
+    """The same small noise error (MSE 0.01, as the shipped model's at t = 950) costs nothing at t = 25 and
+    over 100x the latents' variance at t = 975 once turned into x0 (times (1 - alpha_bar) / alpha_bar,
+    ~15,000 there): the warning names that band alone."""
+    latents = _latents(1)
+    rng = np.random.default_rng(2)
+
+    def slightly_wrong(x_t, t):
+        eps = (x_t - np.sqrt(ALPHA_BARS[t]) * latents) / np.sqrt(1 - ALPHA_BARS[t])
+        return eps + 0.1 * rng.standard_normal(eps.shape).astype(np.float32)
+
+    rows, _ = diagnose_batch(slightly_wrong, latents, ALPHA_BARS, TIMESTEPS, "epsilon")
+    by_t = {row["t"]: row for row in rows}
+    assert by_t[25]["x0_mse"] < 1e-4 and by_t[975]["x0_mse"] > 100 * latents.var(), by_t
+    warnings = summarise(rows, latents)["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith("t 750-999") and "v_prediction" in warnings[0]
+    x0, eps = implied_predictions(np.zeros((1,)), np.ones((1,)), 0.25, "v_prediction")
+    assert np.allclose(x0, 0.5) and np.allclose(eps, np.sqrt(0.75))  # v = 0 at x_t = 1: x0 = alpha, eps = sigma
+
+
+@pytest.fixture(scope="module")
+def cloud_cache(tmp_path_factory):
+    """16 cloud clips cached with the shipped VAE: the shipped Latte's own kind of data."""
+    root = tmp_path_factory.mktemp("diagnose")
+    write_cloud_dataset(str(root / "videos"), videos=16, num_frames=8, size=64, seed=3)
+    run_ingest_job(INGEST_KEYS.load(None, {"sources": [str(root / "videos")], "out": str(root / "ingest"),
+                                           "num_frames": 8, "workers": 0}), False)
+    run_cache_job(CACHE_KEYS.load(None, {"manifest": str(root / "ingest"), "vae": os.path.join(PRETRAINED, "vae-clouds"),
+                                         "out": str(root / "cache"), "format": "numpy", "image_size": 64,
+                                         "workers": 0}), False)
+    return root
+
+
+@pytest.mark.slow
+def test_the_shipped_epsilon_model_is_caught_failing_at_high_noise(cloud_cache, tmp_path):
+    out = tmp_path / "diagnosis"
+    run = subprocess.run([os.path.join(BIN, "latte"), "diagnose", "--checkpoint", os.path.join(PRETRAINED, "latte-clouds"),
+                          "--cache", str(cloud_cache / "cache"), "--out", str(out), "--timesteps", "50,300,900,975"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((out / "diagnose.json").read_text())
+    bands = report["bands"]
+    # measured: x0 MSE 0.006 at t = 50 and 50-80 at t = 900-975 (the latents' variance ~1)
+    assert bands["0-249"]["x0_mse"] < 0.1 * report["latent_variance"]
+    assert bands["750-999"]["x0_mse"] > 5 * report["latent_variance"] > bands["750-999"]["mean_mse"]
+    assert run.stderr.count("Warning: t 750-999") == 1 and "Error" not in run.stderr
+    assert (out / "x0_predictions.png").stat().st_size > 1000
+    assert report["prediction_type"] == "epsilon" and len(report["timesteps"]) == 4
+
+
+def _fails(args, tmp_path, needle):
+    out = tmp_path / "never"
+    run = subprocess.run([os.path.join(BIN, "latte"), "diagnose", *args, "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("Error:") == 1 and needle in run.stderr, run.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_bad_diagnose_requests_are_one_error_and_write_nothing(cloud_cache, tmp_path):
+    shipped = os.path.join(PRETRAINED, "latte-clouds")
+    cache = str(cloud_cache / "cache")
+    _fails(["--checkpoint", shipped, "--cache", cache, "--clips", "32"], tmp_path, "fewer than --clips 32")
+    _fails(["--checkpoint", shipped, "--cache", cache, "--timesteps", "10,1000"], tmp_path, "0..999")
+    _fails(["--checkpoint", shipped, "--cache", str(cloud_cache / "ingest")], tmp_path, "cache")
+    v_run = tmp_path / "v-run"
+    shutil.copytree(shipped, v_run)
+    state = json.loads((v_run / "state.json").read_text())
+    state["config"]["prediction_type"] = "v_prediction"
+    (v_run / "state.json").write_text(json.dumps(state))
+    _fails(["--checkpoint", str(v_run), "--cache", cache, "--prediction-type", "epsilon"], tmp_path, "v_prediction")
+    small = tmp_path / "small"
+    run_cache_job(CACHE_KEYS.load(None, {"manifest": str(cloud_cache / "ingest"), "vae": os.path.join(PRETRAINED, "vae-clouds"),
+                                         "out": str(small), "format": "numpy", "image_size": 32, "workers": 0}), False)
+    _fails(["--checkpoint", shipped, "--cache", str(small)], tmp_path, "takes (8, 4, 16, 16)")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = subprocess.run([os.path.join(BIN, "latte"), "diagnose", "--checkpoint", shipped, "--cache", cache, "--out", str(blocker / "out")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("Error:") == 1 and "cannot write there" in run.stderr, run.stderr
