@@ -14,9 +14,9 @@ def running_mean(values, window):
     return out
 
 
-def plot_loss_curve(steps, losses, path, title="training loss", learning_rates=None):
+def plot_loss_curve(steps, losses, path, title="training loss", learning_rates=None, quartile_losses=None):
     """Write loss_figure(...) to the PNG `path`; returns the path."""
-    return _save(loss_figure(steps, losses, title, learning_rates), path)
+    return _save(loss_figure(steps, losses, title, learning_rates, quartile_losses), path)
 
 
 def plot_phase_seconds(shards, path, title="seconds per phase"):
@@ -29,10 +29,15 @@ def _save(figure, path):
     return path
 
 
-def loss_figure(steps, losses, title="training loss", learning_rates=None):
+QUARTILE_COLOURS = ("#2a9d8f", "#8ab17d", "#e9c46a", "#e76f51")
+
+
+def loss_figure(steps, losses, title="training loss", learning_rates=None, quartile_losses=None):
     """Loss against step on a log-scaled axis (each step faint, a running mean over 2 % of the run on top);
-    with `learning_rates` (one per step), the learning rate on a second axis. Non-finite and
-    non-positive losses cannot be drawn on a log axis and are left out."""
+    with `quartile_losses` (per step 4 values or None: the loss of the samples whose timestep fell in each
+    quarter of the schedule), a running mean per quarter; with `learning_rates` (one per step), the
+    learning rate on a second axis. Non-finite and non-positive losses cannot be drawn on a log axis and
+    are left out."""
     points = [(s, v) for s, v in zip(steps, losses) if v is not None and v > 0 and math.isfinite(v)]
     figure = Figure(figsize=(8, 4.5), dpi=100)
     axis = figure.subplots()
@@ -42,6 +47,13 @@ def loss_figure(steps, losses, title="training loss", learning_rates=None):
         axis.plot(xs, running_mean(ys, max(1, len(ys) // 50)), color="#173c9e", linewidth=1.8,
                   label="running mean")
         axis.set_yscale("log")
+    for quarter, colour in enumerate(QUARTILE_COLOURS if quartile_losses else ()):
+        quarter_points = [(s, q[quarter]) for s, q in zip(steps, quartile_losses)
+                          if q and q[quarter] is not None and q[quarter] > 0 and math.isfinite(q[quarter])]
+        if quarter_points:
+            xs, ys = zip(*quarter_points)
+            axis.plot(xs, running_mean(ys, max(1, len(ys) // 50)), color=colour, linewidth=1.2,
+                      label=f"t in quarter {quarter + 1} of 4 (running mean)")
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("loss (log scale)")
     axis.set_title(title)

@@ -110,6 +110,9 @@ KEYS = [
     Key("scale_window", int, 1000, "good steps before the loss scale grows", range=AT_LEAST_1),
     Key("epochs", int, 3000, "epochs to train (max_steps stops earlier)", range=AT_LEAST_1, resume_may_change=True),
     Key("max_steps", (int, type(None)), None, "optimizer steps to train", range=AT_LEAST_1, resume_may_change=True),
+    Key("max_minutes", (int, float, type(None)), None, "stop with a checkpoint once this process has trained "
+        "this many minutes (a cluster job's time limit, the learning ladder's budget; --resume continues); "
+        "null: no limit", range=POSITIVE, resume_may_change=True),
     Key("seed", int, 42, "seed of the initial weights, the loader and the diffusion noise",
         range=SEED),
     # run

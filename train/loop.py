@@ -277,7 +277,27 @@ class RunLog:
     def curve(self):
         with open(self.path) as handle:
             records = [json.loads(line) for line in handle if line.strip()]
-        return [r["step"] for r in records], [r["loss"] for r in records], [r["lr"] for r in records]
+        return ([r["step"] for r in records], [r["loss"] for r in records], [r["lr"] for r in records],
+                [r.get("loss_by_t_quartile") for r in records])  # runs before the split have none
+
+
+class QuartileLosses:
+    """An optimizer step's per-sample losses grouped by their timestep's quartile (t < T/4, ...): the loss
+    curve's split, because the mean loss is dominated by the low-noise steps and hides the high-noise ones,
+    where a sample's layout is decided. With msrun, rank 0's samples."""
+
+    def __init__(self, num_timesteps):
+        self.num_timesteps = num_timesteps
+        self.sums, self.counts = np.zeros(4), np.zeros(4, np.int64)
+
+    def add(self, timesteps, sample_losses):
+        quartile = np.minimum(np.asarray(timesteps) * 4 // self.num_timesteps, 3)
+        np.add.at(self.sums, quartile, sample_losses)
+        np.add.at(self.counts, quartile, 1)
+
+    def means(self):
+        """Per quartile the mean loss, or None where no sample fell (strict JSON for the run log)."""
+        return [float(total / count) if count else None for total, count in zip(self.sums, self.counts)]
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -341,16 +361,18 @@ def train(config, resume=False, progress=True, checked=None):
     stream = _endless(loader)
     last_checkpoint = chosen
     frames_per_sample = config["num_frames"] + (config["use_image_num"] or 0)  # images count as frames
+    deadline = time.perf_counter() + 60 * config["max_minutes"] if config["max_minutes"] else None
     while step < max_steps:
         started = time.perf_counter()
         lr = learning_rate(config, step, max_steps)
         updater.set_learning_rate(lr)
-        losses = []
+        losses, by_quartile = [], QuartileLosses(diffusion.num_timesteps)
         for _ in range(accumulation):  # the last micro-batch's call updates and returns norm and finite
             batch = next(stream)
             inputs = _step_inputs(batch, loader, config, diffusion.num_timesteps, Tensor)
             loss, norm, finite = step_fn(*inputs)
             losses.append(float(loss_of_all_ranks(loss).asnumpy()))
+            by_quartile.add(inputs[1].asnumpy(), step_fn.sample_losses.asnumpy())
         finite, loss = bool(finite.asnumpy()), float(np.mean(losses))
         step += 1
         if not finite and updater.loss_scaler is None:
@@ -361,19 +383,27 @@ def train(config, resume=False, progress=True, checked=None):
         record = {"step": step, "epoch": loader.epoch, "loss": loss, "lr": lr, "grad_norm": float(norm.asnumpy()),
                   "loss_scale": float(updater.loss_scaler.scale_value.asnumpy()) if updater.loss_scaler else 1.0,
                   "skipped": not finite, "seconds": round(seconds, 4), "samples_per_s": round(samples / seconds, 3),
-                  "frames_per_s": round(samples * frames_per_sample / seconds, 2)}
+                  "frames_per_s": round(samples * frames_per_sample / seconds, 2),
+                  "loss_by_t_quartile": by_quartile.means()}
         log.write(record)
         bar.update(1)
         if step % config["log_interval"] == 0:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        if step % save_every == 0 or step == max_steps:
+        # every rank stops at the same step: the ranks' mean of "past the time limit"
+        out_of_time = deadline is not None and float(
+            loss_of_all_ranks(Tensor(float(time.perf_counter() > deadline), ms.float32)).asnumpy()) > 0
+        if step % save_every == 0 or step == max_steps or out_of_time:
             last_checkpoint = _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, identity)
+        if out_of_time:
+            logger.info("max_minutes %s reached at step %d: stopped with a checkpoint (--resume continues)",
+                        config["max_minutes"], step)
+            break
     bar.close()
     curve = None
     if is_main:
-        steps, losses, rates = log.curve()
+        steps, losses, rates, quartiles = log.curve()
         curve = plot_loss_curve(steps, losses, os.path.join(out, "loss_curve.png"), f"{config['model_name']} loss",
-                                learning_rates=rates)
+                                learning_rates=rates, quartile_losses=quartiles)
     return {"output_path": out, "steps": step, "last_checkpoint": last_checkpoint, "loss_curve": curve,
             "rank": rank, "world_size": world}
 

@@ -24,7 +24,9 @@ from latte_core import kernels
 
 
 class DiffusionLoss(nn.Cell):
-    """Mean diffusion loss of `network` on a batch (B, F, C, H, W) at timesteps t with given noise.
+    """Mean diffusion loss of `network` on a batch (B, F, C, H, W) at timesteps t with given noise;
+    sample_losses(...) is each sample's (B,), which the training step also returns (the loss curve's
+    split by timestep quartile).
 
     With use_image_num = I > 0 the batch is (B, F + I, C, H, W), its last I frames images (image-video
     joint training): the loss is the mean over all F + I frames, as the reference's train_with_img.py
@@ -36,9 +38,12 @@ class DiffusionLoss(nn.Cell):
         self.diffusion = diffusion
         self.use_image_num = use_image_num
 
-    def construct(self, x_start, t, noise):
+    def construct(self, *inputs):
+        return self.sample_losses(*inputs).mean()
+
+    def sample_losses(self, x_start, t, noise):
         kwargs = {"use_image_num": self.use_image_num} if self.use_image_num else None
-        return self.diffusion.training_losses(self.network, x_start, t, kwargs, noise)["loss"].mean()
+        return self.diffusion.training_losses(self.network, x_start, t, kwargs, noise)["loss"]
 
 
 class ClassDiffusionLoss(DiffusionLoss):
@@ -46,13 +51,13 @@ class ClassDiffusionLoss(DiffusionLoss):
     (force_drop_ids = 1 replaces a label by the null class), so that they are reproducible; with
     images, their labels y_image (B, I) and dropout decisions force_drop_ids_image (B, I) too."""
 
-    def construct(self, x_start, t, noise, y, force_drop_ids, y_image=None, force_drop_ids_image=None):
+    def sample_losses(self, x_start, t, noise, y, force_drop_ids, y_image=None, force_drop_ids_image=None):
         if self.use_image_num:
             kwargs = {"y": y, "force_drop_ids": force_drop_ids, "use_image_num": self.use_image_num,
                       "y_image": y_image, "force_drop_ids_image": force_drop_ids_image}
         else:
             kwargs = {"y": y, "force_drop_ids": force_drop_ids}
-        return self.diffusion.training_losses(self.network, x_start, t, kwargs, noise)["loss"].mean()
+        return self.diffusion.training_losses(self.network, x_start, t, kwargs, noise)["loss"]
 
 
 class TextDiffusionLoss(DiffusionLoss):
@@ -60,11 +65,11 @@ class TextDiffusionLoss(DiffusionLoss):
     the clip's caption, then each image's. Caption dropout is the caller's (it passes the empty prompt's
     embedding in a dropped caption's place), so that it is reproducible."""
 
-    def construct(self, x_start, t, noise, text_embedding):
+    def sample_losses(self, x_start, t, noise, text_embedding):
         kwargs = {"text_embedding": text_embedding}
         if self.use_image_num:
             kwargs["use_image_num"] = self.use_image_num
-        return self.diffusion.training_losses(self.network, x_start, t, kwargs, noise)["loss"].mean()
+        return self.diffusion.training_losses(self.network, x_start, t, kwargs, noise)["loss"]
 
 
 class EMA(nn.Cell):
@@ -151,21 +156,46 @@ class _ScaledLoss(nn.Cell):
         return self.loss_net(*inputs) * self.loss_scaler.scale_value
 
 
+class _MeanAndSampleLosses(nn.Cell):
+    """(the batch's mean loss, scaled as the gradients need it; each sample's loss, no gradient)."""
+
+    def __init__(self, loss_net, loss_scaler):
+        super().__init__(auto_prefix=False)
+        self.loss_net = loss_net
+        self.loss_scaler = loss_scaler
+
+    def construct(self, *inputs):
+        losses = self.loss_net.sample_losses(*inputs)
+        mean = losses.mean()
+        if self.loss_scaler is not None:
+            mean = mean * self.loss_scaler.scale_value
+        return mean, ops.stop_gradient(losses)
+
+
 class _Gradients(nn.Cell):
-    """(loss, gradients) on a batch. With a loss scaler the gradients are those of the scaled loss (the
-    updater unscales them) and the loss is divided back before any update can change the scale."""
+    """(loss, each sample's loss or None, gradients) on a batch. With a loss scaler the gradients are those
+    of the scaled loss (the updater unscales them) and the loss is divided back before any update can
+    change the scale. A loss net without sample_losses (train-vae's) gives None for the samples."""
 
     def __init__(self, loss_net, updater):
         super().__init__(auto_prefix=False)
         self.loss_scaler = updater.loss_scaler
-        scaled = loss_net if self.loss_scaler is None else _ScaledLoss(loss_net, self.loss_scaler)
-        self.grad_fn = ms.value_and_grad(scaled, None, updater.params)
+        self.per_sample = hasattr(loss_net, "sample_losses")
+        if self.per_sample:
+            self.grad_fn = ms.value_and_grad(_MeanAndSampleLosses(loss_net, self.loss_scaler), None, updater.params,
+                                             has_aux=True)
+        else:
+            scaled = loss_net if self.loss_scaler is None else _ScaledLoss(loss_net, self.loss_scaler)
+            self.grad_fn = ms.value_and_grad(scaled, None, updater.params)
 
     def construct(self, *inputs):
-        loss, grads = self.grad_fn(*inputs)
+        if self.per_sample:
+            (loss, losses), grads = self.grad_fn(*inputs)
+        else:
+            (loss, grads), losses = self.grad_fn(*inputs), None
         if self.loss_scaler is not None:
             loss = loss / self.loss_scaler.scale_value
-        return loss, grads
+        return loss, losses, grads
 
 
 class _GradientsAndUpdate(nn.Cell):
@@ -175,9 +205,9 @@ class _GradientsAndUpdate(nn.Cell):
         self.updater = updater
 
     def construct(self, *inputs):
-        loss, grads = self.gradients(*inputs)
+        loss, losses, grads = self.gradients(*inputs)
         norm, finite = self.updater(grads)
-        return loss, norm, finite
+        return loss, losses, norm, finite
 
 
 class _AddToSums(nn.Cell):
@@ -187,10 +217,10 @@ class _AddToSums(nn.Cell):
         self.sums = sums
 
     def construct(self, *inputs):
-        loss, grads = self.gradients(*inputs)
+        loss, losses, grads = self.gradients(*inputs)
         for total, grad in zip(self.sums, grads):
             ops.assign_add(total, grad)
-        return loss
+        return loss, losses
 
 
 class _UpdateOnMean(nn.Cell):
@@ -209,7 +239,8 @@ class _UpdateOnMean(nn.Cell):
 
 class TrainStep:
     """One optimizer update per `accumulation_steps` micro-batches, called once per micro-batch:
-    `step(*micro_batch) -> (loss, grad_norm, finite)`.
+    `step(*micro_batch) -> (loss, grad_norm, finite)`; `step.sample_losses` is then the micro-batch's
+    per-sample losses (a diffusion loss net's), for the loss curve's split by timestep.
 
     The call that completes an optimizer step (every accumulation_steps-th) updates the weights and
     returns the update's gradient norm and finite flag; the calls before it add their gradients to
@@ -224,6 +255,7 @@ class TrainStep:
         self.updater = updater
         self.accumulation_steps = accumulation_steps
         self.micro_batches_summed = 0
+        self.sample_losses = None  # each sample's loss of the last micro-batch (B,), or None (train-vae)
         gradients = _Gradients(loss_net, updater)
         if accumulation_steps == 1:
             self.gradients_and_update = _GradientsAndUpdate(gradients, updater)
@@ -237,8 +269,9 @@ class TrainStep:
 
     def __call__(self, *micro_batch):
         if self.accumulation_steps == 1:
-            return self.gradients_and_update(*micro_batch)
-        loss = self.add_to_sums(*micro_batch)
+            loss, self.sample_losses, norm, finite = self.gradients_and_update(*micro_batch)
+            return loss, norm, finite
+        loss, self.sample_losses = self.add_to_sums(*micro_batch)
         self.micro_batches_summed += 1
         if self.micro_batches_summed < self.accumulation_steps:
             return loss, None, None

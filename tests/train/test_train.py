@@ -98,6 +98,16 @@ def test_a_tiny_latte_overfits_a_tiny_cache(caches, tmp_path):
     assert result.exit_code == 0, result.output
     losses = [r["loss"] for r in _log(run)]
     assert np.mean(losses[:5]) > 0.8 and np.mean(losses[-20:]) < 0.25, (losses[:5], losses[-20:])
+    # the split by timestep quartile: each step's mean lies between its quartiles' means (1e-5: float32
+    # mean in the step against a float64 mean of the same per-sample losses here), and epsilon
+    # prediction's loss is larger at low noise than at high noise (the curve's point: the mean hides the
+    # high-noise steps)
+    quartiles = [r["loss_by_t_quartile"] for r in _log(run)]
+    for loss, by_quartile in zip(losses, quartiles):
+        present = [value for value in by_quartile if value is not None]
+        assert len(by_quartile) == 4 and min(present) - 1e-5 <= loss <= max(present) + 1e-5, (loss, by_quartile)
+    first, last = (np.mean([q[i] for q in quartiles if q[i] is not None]) for i in (0, 3))
+    assert first > 3 * last, (first, last)
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(caches, tmp_path):
@@ -207,3 +217,19 @@ def test_every_key_is_documented_in_the_readme():
     from latte_toolkit.train.config import KEYS
     readme = (ROOT / "README.md").read_text()
     assert [key.name for key in KEYS if f"| `{key.name}` |" not in readme] == []
+
+
+def test_max_minutes_stops_with_a_checkpoint_that_resume_continues(caches, tmp_path):
+    """A time limit shorter than one step: the run stops after its first step with a checkpoint (not at
+    max_steps), and --resume without the limit continues to max_steps."""
+    run = tmp_path / "run"
+    config = _config(tmp_path, ckpt_save_interval=100, max_minutes=0.0001)
+    result = _train(config, "--cache", str(caches["numpy"]), "--output-dir", str(run), "--max-steps", "4")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in sorted((run / "ckpt").iterdir())] == ["step-00000001"]
+    resumed = _config(tmp_path, "resume.yaml", ckpt_save_interval=100)
+    result = _train(resumed, "--cache", str(caches["numpy"]), "--output-dir", str(run), "--max-steps", "4", "--resume")
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in _log(run)] == [1, 2, 3, 4]
+    with pytest.raises(TrainConfigError, match="max_minutes"):
+        load_train_config(_config(tmp_path, "bad.yaml", max_minutes=0, data_folder="x"))

@@ -12,9 +12,9 @@ what its data shows passes in minutes on a CPU, and a model which does not, fail
     text-direction        the same run: ≥ 15 of 16 drift in the caption's direction
 
 Every rung fine-tunes the shipped Latte (the realistic use: a user starts from weights), with v
-prediction and the EMA warm-up, within a wall budget: after a first short chunk of training the step
-rate is measured and the run resumed (exactly: the loader and optimizer state are checkpointed) to as
-many steps as fit the rest of the budget, up to the rung's own count. A rung that fails within its budget
+prediction and the EMA warm-up, within a wall budget: training stops at the rung's own step count or
+when the budget less SAMPLE_RESERVE_MINUTES runs out (the train key max_minutes), whichever comes
+first; re-running a rung resumes its run exactly. A rung that fails within its budget
 is diagnosed (`latte diagnose`), not run longer. JSON: {"rungs": {NAME: {"passed", figures, "minutes"}}}.
 """
 import csv
@@ -40,7 +40,6 @@ from ..prompt_check import caption_colour, check_prompts
 from ..synthetic import (CLOUD_SPEED, SKY_COLOURS, captioned_cloud_frames, trained_pairings, write_captioned_cloud_dataset,
                          write_cloud_dataset)
 
-PROBE_STEPS = 20  # the first chunk of training, whose rate sizes the rest
 SAMPLES = 16
 ACCURACY = 15 / 16
 SPEED_TOLERANCE = 0.25
@@ -232,13 +231,13 @@ RUNGS = {
 }
 
 
-MIN_BUDGET_MINUTES = 3.0  # clips, ingest, cache, a first chunk of training and the sampling of one rung
+MIN_BUDGET_MINUTES = 3.0  # clips, ingest, cache, compiling the training step and sampling one rung
 
 
 def check_budget(budget_minutes):
     if not budget_minutes >= MIN_BUDGET_MINUTES:  # also refuses NaN
         raise LadderError(f"--budget-minutes {budget_minutes}: a rung needs at least {MIN_BUDGET_MINUTES:g} minutes "
-                          f"(its clips, cache, {PROBE_STEPS} training steps and the sampling of {SAMPLES} videos)")
+                          f"(its clips, cache, compiling the training step and the sampling of {SAMPLES} videos)")
 
 
 def rung_names(choice):
@@ -257,7 +256,7 @@ def _listing(videos):
     return videos
 
 
-def _train_config(rung, data, steps):
+def _train_config(rung, data, steps, minutes):
     shipped = shipped_latte_config(LATTE)
     return load_train_config(None, {
         **{key: shipped[key] for key in ARCHITECTURE_KEYS}, "condition": rung.condition,
@@ -265,7 +264,7 @@ def _train_config(rung, data, steps):
         "data_folder": os.path.join(data, "cache"), "train_data_type": "numpy",
         "pretrained_model_path": os.path.join(LATTE, "ema.ckpt"), "prediction_type": "v_prediction",
         "dtype": "fp32", "amp_level": "O0", "start_learning_rate": 5e-4, "warmup_steps": 20, "train_batch_size": 8,
-        "max_steps": steps, "clips_per_video": 2, "use_ema": True, "ema_decay": 0.999, "ema_warmup": True, "ckpt_save_interval": 100000,
+        "max_steps": steps, "max_minutes": minutes, "clips_per_video": 2, "use_ema": True, "ema_decay": 0.999, "ema_warmup": True, "ckpt_save_interval": 100000,
         "step_mode": True, "ckpt_max_keep": 1, "output_path": os.path.join(data, "train"), "seed": 0})
 
 
@@ -293,14 +292,8 @@ def run_rung(name, work, budget_minutes=10.0, max_steps=None, progress=False):
                   progress)
     stage("clips_and_cache")
     target = min(rung.steps, max_steps or rung.steps)
-    first = min(PROBE_STEPS, target)
-    chunk_started = time.perf_counter()
-    trained = train(_train_config(rung, data, first), resume=True, progress=progress)
-    if target > first:
-        per_step = (time.perf_counter() - chunk_started) / max(first, 1)  # compile included: errs on the safe side
-        left = deadline - time.perf_counter() - 60 * SAMPLE_RESERVE_MINUTES
-        target = max(first, min(target, first + int(left / per_step)))
-        trained = train(_train_config(rung, data, target), resume=True, progress=progress)
+    minutes_left = (deadline - time.perf_counter()) / 60 - SAMPLE_RESERVE_MINUTES
+    trained = train(_train_config(rung, data, target, max(minutes_left, 0.1)), resume=True, progress=progress)
     stage("train")
     conditional = rung.condition is not None
     sampling = {"checkpoint": trained["last_checkpoint"], "vae_checkpoint": os.path.join(PRETRAINED, "vae-clouds"),
