@@ -146,53 +146,40 @@ class Updater(nn.Cell):
         return sum(ops.square(g.astype(ms.float32)).sum() for g in grads)
 
 
-class _ScaledLoss(nn.Cell):
-    def __init__(self, loss_net, loss_scaler):
-        super().__init__(auto_prefix=False)
-        self.loss_net = loss_net
-        self.loss_scaler = loss_scaler
-
-    def construct(self, *inputs):
-        return self.loss_net(*inputs) * self.loss_scaler.scale_value
-
-
-class _MeanAndSampleLosses(nn.Cell):
-    """(the batch's mean loss, scaled as the gradients need it; each sample's loss, no gradient)."""
+class _ScaledObjective(nn.Cell):
+    """(the batch's mean loss, scaled as the gradients need it; each sample's loss, without gradient: a
+    diffusion loss net's sample_losses, or the mean itself for another loss net, train-vae's)."""
 
     def __init__(self, loss_net, loss_scaler):
         super().__init__(auto_prefix=False)
         self.loss_net = loss_net
         self.loss_scaler = loss_scaler
+        self.per_sample = hasattr(loss_net, "sample_losses")
 
     def construct(self, *inputs):
-        losses = self.loss_net.sample_losses(*inputs)
-        mean = losses.mean()
-        if self.loss_scaler is not None:
-            mean = mean * self.loss_scaler.scale_value
-        return mean, ops.stop_gradient(losses)
+        if self.per_sample:
+            losses = self.loss_net.sample_losses(*inputs)
+            mean = losses.mean()
+        else:
+            mean = self.loss_net(*inputs)
+            losses = mean
+        scaled = mean if self.loss_scaler is None else mean * self.loss_scaler.scale_value
+        return scaled, ops.stop_gradient(losses)
 
 
 class _Gradients(nn.Cell):
-    """(loss, each sample's loss or None, gradients) on a batch. With a loss scaler the gradients are those
-    of the scaled loss (the updater unscales them) and the loss is divided back before any update can
-    change the scale. A loss net without sample_losses (train-vae's) gives None for the samples."""
+    """(loss, each sample's loss, gradients) on a batch. With a loss scaler the gradients are those of the
+    scaled loss (the updater unscales them) and the loss is divided back before any update can change the
+    scale."""
 
     def __init__(self, loss_net, updater):
         super().__init__(auto_prefix=False)
         self.loss_scaler = updater.loss_scaler
-        self.per_sample = hasattr(loss_net, "sample_losses")
-        if self.per_sample:
-            self.grad_fn = ms.value_and_grad(_MeanAndSampleLosses(loss_net, self.loss_scaler), None, updater.params,
-                                             has_aux=True)
-        else:
-            scaled = loss_net if self.loss_scaler is None else _ScaledLoss(loss_net, self.loss_scaler)
-            self.grad_fn = ms.value_and_grad(scaled, None, updater.params)
+        self.grad_fn = ms.value_and_grad(_ScaledObjective(loss_net, self.loss_scaler), None, updater.params,
+                                         has_aux=True)
 
     def construct(self, *inputs):
-        if self.per_sample:
-            (loss, losses), grads = self.grad_fn(*inputs)
-        else:
-            (loss, grads), losses = self.grad_fn(*inputs), None
+        (loss, losses), grads = self.grad_fn(*inputs)
         if self.loss_scaler is not None:
             loss = loss / self.loss_scaler.scale_value
         return loss, losses, grads
@@ -255,7 +242,7 @@ class TrainStep:
         self.updater = updater
         self.accumulation_steps = accumulation_steps
         self.micro_batches_summed = 0
-        self.sample_losses = None  # each sample's loss of the last micro-batch (B,), or None (train-vae)
+        self.sample_losses = None  # each sample's loss of the last micro-batch (B,) (train-vae's: its mean)
         gradients = _Gradients(loss_net, updater)
         if accumulation_steps == 1:
             self.gradients_and_update = _GradientsAndUpdate(gradients, updater)
