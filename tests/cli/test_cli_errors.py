@@ -181,3 +181,32 @@ def test_the_error_rule_by_kind_and_the_traceback_only_with_verbose(raised, code
         assert verbose.exception is raised
     else:  # an error of the user's or of the machine: the same one line with -v
         assert verbose.exit_code == code and verbose.stderr.splitlines() == [text]
+
+
+# (command id, argv with the output folder `out`): every command that creates an output folder
+OUTPUT_FOLDERS = [
+    ("ingest", lambda w, out: ["ingest", "--source", str(w["src"]), "--out", out]),
+    ("cache", lambda w, out: ["cache", "--manifest", str(w["ingest"]), "--vae", str(w["vae"]), "--out", out]),
+    ("train-vae", lambda w, out: ["train-vae", "--manifest", str(w["ingest"]), "--out", out, "--steps", "2"]),
+    ("sample", lambda w, out: ["sample", "--output-dir", out, "--steps", "2", "--num-videos", "1"]),
+    ("demo", lambda w, out: ["demo", "--out", out, "--videos", "2"]),
+    ("bench-learn", lambda w, out: ["bench", "learn", "--work", out, "--rung", "all"]),
+]
+
+
+@pytest.mark.parametrize("case", OUTPUT_FOLDERS, ids=[case[0] for case in OUTPUT_FOLDERS])
+def test_an_output_folder_below_a_regular_file_is_one_error_naming_it(workspace, tmp_path, case):
+    """The folder cannot be made (a file is in the way): one Error line naming the path, exit 2, before
+    any work, and the file in the way unchanged."""
+    _, argv = case
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    stat = blocker.stat()
+    out = blocker / "out"
+    result = CliRunner().invoke(main, argv(workspace, str(out)))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert len(errors) == 1 and str(blocker) in errors[0], result.stderr
+    assert "Traceback" not in result.output and "unexpected" not in errors[0]
+    assert blocker.read_text() == "not a folder" and blocker.stat().st_mtime_ns == stat.st_mtime_ns
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
