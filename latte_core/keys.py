@@ -25,7 +25,10 @@ class Range:
     high_open: bool = False
 
     def __contains__(self, value):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int past float's range (a YAML integer of 400 digits)
+            return False
         if not math.isfinite(value):
             return False
         above = value > self.low if self.low_open else value >= self.low

@@ -222,7 +222,7 @@ def test_a_non_finite_or_out_of_range_float_option_is_one_error_and_writes_nothi
 
 
 @pytest.mark.parametrize("key,value", [("guidance_scale", float("nan")), ("guidance_scale", float("inf")),
-                                       ("guidance", 1e308), ("ddim_eta", float("-inf")),
+                                       ("guidance", 1e308), ("guidance_scale", 10 ** 400), ("ddim_eta", float("-inf")),
                                        ("frame_noise_correlation", float("nan")), ("sd_scale_factor", float("inf"))])
 def test_a_non_finite_or_huge_float_key_is_one_error_naming_it_and_writes_nothing(latte_fixture, fixtures_dir,
                                                                                  tmp_path, key, value):
