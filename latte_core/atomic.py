@@ -13,6 +13,7 @@ kill, sees the old content or the new one, never a part. A staging name starts w
 
 On any exception inside the block the staging path is removed and nothing becomes visible.
 """
+import errno
 import hashlib
 import json
 import math
@@ -133,10 +134,10 @@ def strict_json_line(data):
     return json.dumps(finite_or_none(data), allow_nan=False)
 
 
-def make_output_dir(path, what="output folder", create=True):
+def make_output_dir(path, what="output folder", create=True, error=UserError):
     """Create the folder `path` (and its parents; an existing folder is fine) before a command's work
     starts; any OSError (a file in the way, a read-only mount, no permission) is one UserError naming the
-    path and the reason. create=False only checks that it could be (its nearest existing ancestor a
+    path and the reason (`error`, a UserError by default). create=False only checks that it could be (its nearest existing ancestor a
     writable folder), writing nothing, for commands that refuse later inputs with nothing written.
     Returns the absolute path."""
     path = os.path.abspath(path)
@@ -150,12 +151,14 @@ def make_output_dir(path, what="output folder", create=True):
                 existing = os.path.dirname(existing)
         if not os.path.isdir(existing):
             raise NotADirectoryError(20, "Not a directory", existing)
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:  # root's os.access says yes on a read-only mount
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), existing)
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied", existing)
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), existing)
     except OSError as err:
         reason = err.strerror or str(err)
         where = f" ({err.filename} is not a writable folder)" if err.filename and err.filename != path else ""
-        raise UserError(f"{what} {path}: cannot write there ({reason}){where}") from None
+        raise error(f"{what} {path}: cannot write there ({reason}){where}") from None
     return path
 
 
