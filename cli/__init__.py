@@ -68,6 +68,19 @@ class IntList(click.ParamType):
             self.fail(f"must be integers separated by commas, got {value!r}", param, ctx)
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option in a range that refuses nan and infinities (click.FLOAT and FloatRange take them)."""
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+    def _describe_range(self):
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
+
 def _click_type(key):
     """The click type that checks a key's choices, or its type and range, as the option is parsed (so a
     bad value is click's one error line naming the flag)."""
@@ -79,11 +92,12 @@ def _click_type(key):
     if numeric is None:
         return click.STRING
     if key.range is None:
-        return click.FLOAT if numeric is float else click.INT
+        return FiniteFloat() if numeric is float else click.INT
     low = None if key.range.low == -math.inf else numeric(key.range.low)
     high = None if key.range.high == math.inf else numeric(key.range.high)
-    bounded = click.FloatRange if numeric is float else click.IntRange
-    return bounded(low, high, min_open=key.range.low_open, max_open=key.range.high_open)
+    if numeric is float:
+        return FiniteFloat(low, high, min_open=key.range.low_open, max_open=key.range.high_open)
+    return click.IntRange(low, high, min_open=key.range.low_open, max_open=key.range.high_open)
 
 
 def _default_text(key):

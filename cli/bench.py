@@ -1,9 +1,9 @@
 """`latte bench ...`: speed and memory benchmarks, each printing one JSON line."""
-import json
 import os
 
 import click
 
+from latte_core.atomic import strict_json_line
 from latte_toolkit.tools.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_FORWARD_KEYS,
                                         BENCH_INGEST_KEYS, BENCH_LEARN_KEYS, BENCH_LOADER_KEYS, BENCH_STEP_KEYS,
                                         BENCH_VAE_KEYS)
@@ -53,10 +53,10 @@ def bench_step_command(config):
     _check_variant(config["model_name"])
     if config["depth"] is not None and config["depth"] % 2:
         raise BadInput(f"--depth {config['depth']}: {DEPTH_RULE}")
-    click.echo(json.dumps(bench_step(config["model_name"], config["frames"], config["latent"], config["batch"],
-                                     config["steps"], config["flash_attention"], device=config["device"],
-                                     kernels=_kernel_paths(config["kernels"]), images=config["images"],
-                                     depth=config["depth"])))
+    click.echo(strict_json_line(bench_step(config["model_name"], config["frames"], config["latent"], config["batch"],
+                                           config["steps"], config["flash_attention"], device=config["device"],
+                                           kernels=_kernel_paths(config["kernels"]), images=config["images"],
+                                           depth=config["depth"])))
 
 
 @bench.command("forward")
@@ -85,9 +85,9 @@ def bench_forward_command(config):
     patch = LATTE_MODELS[config["model_name"]]["patch_size"]
     if config["latent"] % patch:
         raise BadInput(f"--latent {config['latent']} is not a multiple of {config['model_name']}'s patch size {patch}")
-    click.echo(json.dumps(bench_forward(config["model_name"], config["frames"], config["latent"], config["batch"],
-                                        config["repeats"], device=config["device"],
-                                        kernels=_kernel_paths(config["kernels"]))))
+    click.echo(strict_json_line(bench_forward(config["model_name"], config["frames"], config["latent"], config["batch"],
+                                              config["repeats"], device=config["device"],
+                                              kernels=_kernel_paths(config["kernels"]))))
 
 
 @bench.command("vae")
@@ -109,8 +109,8 @@ def bench_vae_command(config):
     from latte_toolkit.tools.bench.vae import bench_vae
     if config["size"] % 8:
         raise BadInput(f"--size must be a positive multiple of 8, got {config['size']}")
-    click.echo(json.dumps(bench_vae(config["size"], config["batch"], config["repeats"], config["dtype"],
-                                    device=config["device"], kernels=_kernel_paths(config["kernels"]))))
+    click.echo(strict_json_line(bench_vae(config["size"], config["batch"], config["repeats"], config["dtype"],
+                                          device=config["device"], kernels=_kernel_paths(config["kernels"]))))
 
 
 @bench.command("ingest")
@@ -129,7 +129,7 @@ def bench_ingest_command(config):
     """
     # kept here: the ingest benchmark (dask, decord, PyAV) adds ~1.8 s to `latte --help`
     from latte_toolkit.tools.bench.ingest import bench_ingest
-    click.echo(json.dumps(bench_ingest(config["sources"], config["workers"], config["replan_inputs"])))
+    click.echo(strict_json_line(bench_ingest(config["sources"], config["workers"], config["replan_inputs"])))
 
 
 @bench.command("cache")
@@ -160,8 +160,8 @@ def bench_cache_command(config):
         raise BadInput(f"--text-encoder {text_encoder!r} is neither {' nor '.join(BENCH_TEXT_ENCODERS)} nor a "
                        f"text-encoder folder")
     setup_mindspore("CPU")
-    click.echo(json.dumps(bench_cache(config["format"], config["vae"], config["videos"], config["frames"],
-                                      config["size"], config["micro_batch"], text_encoder, config["repeats"])))
+    click.echo(strict_json_line(bench_cache(config["format"], config["vae"], config["videos"], config["frames"],
+                                            config["size"], config["micro_batch"], text_encoder, config["repeats"])))
 
 
 @bench.command("loader")
@@ -190,9 +190,9 @@ def bench_loader_command(config):
     """
     # kept here: the loader benchmark (MindSpore's dataset engine) adds ~2.3 s to `latte --help`
     from latte_toolkit.tools.bench.loader import bench_loader
-    click.echo(json.dumps(bench_loader(config["cache"], config["synthetic_gb"], config["format"], config["batch"],
-                                       config["num_frames"], config["sample_stride"], None, config["workers"],
-                                       config["max_batches"], config["check"], config["posterior"], config["images"])))
+    click.echo(strict_json_line(bench_loader(config["cache"], config["synthetic_gb"], config["format"], config["batch"],
+                                             config["num_frames"], config["sample_stride"], None, config["workers"],
+                                             config["max_batches"], config["check"], config["posterior"], config["images"])))
 
 
 @bench.command("attention")
@@ -208,7 +208,7 @@ def bench_attention_command(config):
     """
     # kept here: the attention benchmark (MindSpore) adds ~1.8 s to `latte --help`
     from latte_toolkit.tools.bench.attention import bench_attention
-    click.echo(json.dumps(bench_attention(config["tokens"], config["head_dim"], config["block_size"])))
+    click.echo(strict_json_line(bench_attention(config["tokens"], config["head_dim"], config["block_size"])))
 
 
 @bench.command("learn")
@@ -233,4 +233,4 @@ def bench_learn_command(config):
     # kept here: the ladder (MindSpore, every stage) adds ~3.4 s to `latte --help`
     from latte_toolkit.tools.bench.learn import run_ladder
     setup_mindspore("CPU")  # run_ladder refuses an unknown rung or a budget too small before any work
-    click.echo(json.dumps(run_ladder(config["rung"], config["work"], config["budget_minutes"], config["steps"])))
+    click.echo(strict_json_line(run_ladder(config["rung"], config["work"], config["budget_minutes"], config["steps"])))

@@ -3,6 +3,7 @@ import json
 
 import click
 
+from latte_core.atomic import strict_json_line
 from latte_core.keys import OPTIONAL_STR, Key, KeyTable
 from latte_toolkit.pipelines.config import ConfigError
 
@@ -49,7 +50,7 @@ def convert_latte_command(config):
     # kept here: latte_core.convert (MindSpore) adds ~1.6 s to `latte --help`
     from latte_core.convert import convert_latte
     architecture = convert_latte(config["source"], config["target"], config["model_name"])
-    click.echo(json.dumps({"target": config["target"], "architecture": architecture}))
+    click.echo(strict_json_line({"target": config["target"], "architecture": architecture}))
 
 
 # no -c here: --config is this command's diffusers config.json
@@ -78,4 +79,4 @@ def convert_vae_command(config):
         except (OSError, ValueError) as err:
             raise BadInput(f"{config['vae_config']}: unreadable config ({err})") from None
     result = convert_vae(config["source"], config["target"], vae_config)
-    click.echo(json.dumps({"target": config["target"], "config": result}))
+    click.echo(strict_json_line({"target": config["target"], "config": result}))

@@ -1,8 +1,8 @@
 """`latte diagnose`: how well a checkpoint denoises its own data, timestep band by band."""
-import json
 
 import click
 
+from latte_core.atomic import strict_json_line
 from latte_toolkit.inference.config import DIAGNOSE_KEYS
 
 from . import IntList, configured, key_option, main, setup_mindspore
@@ -47,4 +47,4 @@ def diagnose(config):
         click.echo(f"{name:>9} {' '.join(cells)} {band['drift_kept']:10.2f}  {std}")
     for warning in report["warnings"]:
         click.echo(f"Warning: {warning}", err=True)
-    click.echo(json.dumps({"out": config["out"], "warnings": len(report["warnings"])}))
+    click.echo(strict_json_line({"out": config["out"], "warnings": len(report["warnings"])}))

@@ -1,8 +1,8 @@
 """`latte quality`: sampled videos against the training videos, two baselines and their drift."""
-import json
 
 import click
 
+from latte_core.atomic import strict_json_line
 from latte_toolkit.inference.config import QUALITY_KEYS
 
 from . import BadInput, configured, key_option, main, setup_mindspore
@@ -41,6 +41,6 @@ def quality(config):
                              prompt_check=check_prompts)
     except (FileNotFoundError, ValueError) as err:
         raise BadInput(str(err)) from None
-    click.echo(json.dumps(result))
+    click.echo(strict_json_line(result))
     if not result["passed"]:
         raise SystemExit(1)

@@ -1,8 +1,8 @@
 """`latte report`: summarise a cache folder."""
-import json
 
 import click
 
+from latte_core.atomic import strict_json_line
 from latte_toolkit.pipelines.config import REPORT_KEYS
 
 from . import BadInput, configured, key_option, main
@@ -32,7 +32,7 @@ def report(config, as_json):
     if config["plot"]:
         result["plot"] = plot_cache_phases(config["cache"], config["plot"])
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(strict_json_line(result))
     else:
         click.echo(f"{result['cache']} ({result['format']}, {result['store']}, {result['dtype']}, "
                    f"{result['image_size']}px){'' if result['finished'] else ' — not finished'}")

@@ -1,8 +1,8 @@
 """`latte train-vae`: train a small AutoencoderKL on a manifest's frames."""
-import json
 
 import click
 
+from latte_core.atomic import strict_json_line
 from latte_toolkit.pipelines.config import save_resolved_config
 from latte_toolkit.train.config import TRAIN_VAE_KEYS
 
@@ -51,4 +51,4 @@ def train_vae_command(config):
     except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as err:
         raise BadInput(str(err)) from None
     save_resolved_config(config["out"], config, RESOLVED_CONFIG)
-    click.echo(json.dumps(summary))
+    click.echo(strict_json_line(summary))

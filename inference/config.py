@@ -11,6 +11,9 @@ from latte_toolkit.pipelines.config import ConfigError
 from latte_toolkit.pretrained import PRETRAINED
 
 
+GUIDANCE = Range(0, 100)  # finite: 1e308 overflows the guided epsilon to inf and the videos to NaN
+
+
 class SampleError(UserError):
     pass
 
@@ -54,7 +57,8 @@ SAMPLE_KEYS = KeyTable([
         "checkpoint's run's (its state.json; epsilon for a weights file, as the reference)",
         (None, "epsilon", "v_prediction")),
     Key("guidance_scale", (int, float), 1.0, "classifier-free guidance scale for class and text models (1: none; "
-        "above 1 the batch is doubled with the null class or the empty prompt)"),
+        "above 1 the batch is doubled with the null class or the empty prompt; other than 1 is refused for an "
+        "unconditional model)", range=GUIDANCE),
     Key("class_labels", (list, type(None)), None, "class of each video (cycled); default 0, 1, 2, ..."),
     Key("prompts", (list, type(None)), None, "text models: the prompts; video i gets prompt i mod their count "
         "(a prompts_file's lines follow these)"),

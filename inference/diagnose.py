@@ -22,6 +22,7 @@ import os
 import numpy as np
 from mindspore import Tensor
 
+from latte_core.atomic import finite_or_none, make_output_dir
 from latte_core.checkpoint import CheckpointError, read_state_dict, set_weights
 from latte_core.diffusion import create_diffusion
 from latte_core.errors import UserError
@@ -184,6 +185,7 @@ def run_diagnose(checkpoint, cache, out, vae_path, timesteps=DIAGNOSE_TIMESTEPS,
     OUT/x0_predictions.png and returns the report."""
     if not timesteps or any(not 0 <= t < 1000 for t in timesteps):
         raise DiagnoseError(f"--timesteps must lie in 0..999, got {list(timesteps)}")
+    make_output_dir(out, "--out", create=False)  # before any work; writes nothing
     model, settings = load_model(checkpoint, prediction_type)
     latents, conditions = clean_batch(cache, clips, settings["num_frames"], settings.get("condition"), seed)
     expected = (settings["num_frames"], settings["in_channels"], settings["input_size"], settings["input_size"])
@@ -191,12 +193,7 @@ def run_diagnose(checkpoint, cache, out, vae_path, timesteps=DIAGNOSE_TIMESTEPS,
         raise DiagnoseError(f"cache {cache}: its clips are {latents.shape[1:]} latents (frames, channels, h, w); "
                             f"checkpoint {checkpoint} takes {expected}")
     vae = load_vae(vae_path)
-    try:  # the inputs passed their checks: now the output folder may be made
-        os.makedirs(out, exist_ok=True)
-        if not os.access(out, os.W_OK):
-            raise PermissionError(13, "not writable")
-    except OSError as err:
-        raise DiagnoseError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+    make_output_dir(out, "--out")  # the inputs passed their checks: now the output folder may be made
     kwargs = {name: Tensor(value) for name, value in conditions.items()}
     channels = settings["in_channels"]
 
@@ -221,5 +218,5 @@ def run_diagnose(checkpoint, cache, out, vae_path, timesteps=DIAGNOSE_TIMESTEPS,
     save_frame_grid([("real clip", real[0][frames])] + [(f"x0 at t={t}", clip[frames]) for t, clip in zip(timesteps, first_clip)],
                     [f"frame {f}" for f in frames], os.path.join(out, "x0_predictions.png"))
     with open(os.path.join(out, "diagnose.json"), "w") as handle:
-        json.dump(report, handle, indent=1)
+        json.dump(finite_or_none(report), handle, indent=1, allow_nan=False)
     return report

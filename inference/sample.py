@@ -25,7 +25,7 @@ from mindspore import Tensor, nn
 from mindspore.mint.distributed import all_gather_object, get_world_size
 
 from latte_core import create_latte
-from latte_core.atomic import write_json_atomically
+from latte_core.atomic import make_output_dir, write_json_atomically
 from latte_core.checkpoint import CheckpointError, read_state_dict, set_weights
 from latte_core.diffusion import noise_source
 from latte_core.latte import LATTE_MODELS, TEXT_TOKENS
@@ -183,6 +183,7 @@ def run_sample(config, progress=True, rank=0, world=1):
     started = time.perf_counter()
     weights, settings, recorded_encoder = _model_settings(config)
     prompts = _prompts_of(config, settings.get("condition"))
+    make_output_dir(config["output_path"], "output_path", create=False)  # refused before any work
     vae, model, encoder = _load_model(config, weights, settings, recorded_encoder, log=rank == 0)
     load_s = time.perf_counter() - started
 
@@ -199,8 +200,7 @@ def run_sample(config, progress=True, rank=0, world=1):
     compile_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    out = os.path.abspath(config["output_path"])
-    os.makedirs(out, exist_ok=True)
+    out = make_output_dir(config["output_path"], "output_path")
     written = []
     mine = list(range(rank, config["num_videos"], world))  # this rank's videos
     for first in range(0, len(mine), config["batch_size"]):
@@ -240,6 +240,9 @@ def _prompts_of(config, condition):
             raise SampleError(f"{config['checkpoint']} is a text model: give its prompts (--prompt TEXT, repeatable, "
                               f"or --prompts-file FILE)")
         return prompts
+    if condition not in ("class", "text") and config["guidance_scale"] != 1:
+        raise SampleError(f"guidance_scale {config['guidance_scale']} is for class and text models; "
+                          f"{config['checkpoint']} is unconditional (condition: null): give 1 or none")
     given = [key for key in TEXT_KEYS if config[key] is not None]
     if given:
         kind = "class-conditional" if condition == "class" else "unconditional"

@@ -13,11 +13,15 @@ kill, sees the old content or the new one, never a part. A staging name starts w
 
 On any exception inside the block the staging path is removed and nothing becomes visible.
 """
+import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
+
+from .errors import UserError
 
 STAGING_PREFIX = ".staging-"
 
@@ -106,10 +110,56 @@ def write_atomically(path, write):
 
 
 def write_json_atomically(path, data):
+    """Publish `data` as strict JSON: a NaN or infinity in it is a bug (ValueError), never written."""
     def write(tmp):
         with open(tmp, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
+            json.dump(data, handle, indent=1, sort_keys=True, allow_nan=False)
     write_atomically(path, write)
+
+
+def finite_or_none(data):
+    """`data` with every non-finite float (a measure that overflowed, a diverged loss) replaced by None, so
+    that it dumps as strict JSON (null): for figures that may legitimately be non-finite."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_or_none(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_or_none(value) for value in data]
+    return data
+
+
+def strict_json_line(data):
+    """`data` as one line of strict JSON, non-finite floats as null (see finite_or_none)."""
+    return json.dumps(finite_or_none(data), allow_nan=False)
+
+
+def make_output_dir(path, what="output folder", create=True, error=UserError):
+    """Create the folder `path` (and its parents; an existing folder is fine) before a command's work
+    starts; any OSError (a file in the way, a read-only mount, no permission) is one UserError naming the
+    path and the reason (`error`, a UserError by default). create=False only checks that it could be (its nearest existing ancestor a
+    writable folder), writing nothing, for commands that refuse later inputs with nothing written.
+    Returns the absolute path."""
+    path = os.path.abspath(path)
+    try:
+        if create:
+            os.makedirs(path, exist_ok=True)
+            existing = path
+        else:
+            existing = path
+            while not os.path.lexists(existing):
+                existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(20, "Not a directory", existing)
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:  # root's os.access says yes on a read-only mount
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), existing)
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), existing)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        where = f" ({err.filename} is not a writable folder)" if err.filename and err.filename != path else ""
+        raise error(f"{what} {path}: cannot write there ({reason}){where}") from None
+    return path
 
 
 def remove_staging(folder):

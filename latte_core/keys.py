@@ -25,7 +25,10 @@ class Range:
     high_open: bool = False
 
     def __contains__(self, value):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int past float's range (a YAML integer of 400 digits)
+            return False
         if not math.isfinite(value):
             return False
         above = value > self.low if self.low_open else value >= self.low
@@ -100,6 +103,8 @@ class KeyTable:
             raise self.error(f"{source}: {name} must be {'/'.join(t.__name__ for t in key.types)}, got {value!r}")
         if key.choices and value not in key.choices:
             raise self.error(f"{source}: {name} must be one of {', '.join(map(str, key.choices))}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # every float key, with a range or without
+            raise self.error(f"{source}: {name} must be a finite number, got {value!r}")
         if key.range is not None and value is not None and value not in key.range:
             raise self.error(f"{source}: {name} must be {key.range}, got {value!r}")
         return float(value) if float in key.types and type(value) is int else value

@@ -407,7 +407,7 @@ class AutoencoderKL(nn.Cell):
         """Write a diffusers-format folder (config.json + diffusion_pytorch_model.safetensors)."""
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "config.json"), "w") as handle:
-            json.dump({"_class_name": "AutoencoderKL", **self.config}, handle, indent=1)
+            json.dump({"_class_name": "AutoencoderKL", **self.config}, handle, indent=1, allow_nan=False)
         save_file({p.name: p.asnumpy() for p in self.get_parameters()},
                   os.path.join(folder, "diffusion_pytorch_model.safetensors"))
         return folder

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 
-from latte_core.atomic import remove_staging, write_json_atomically
+from latte_core.atomic import make_output_dir, remove_staging, write_json_atomically
 from latte_core.errors import DiskFull
 
 from .ledger import JobLock, Ledger, write_error
@@ -64,6 +64,7 @@ def open_job_folder(out_dir, settings_name, settings, subfolder, error=ValueErro
         raise error(f"{out_dir} is not empty and holds no {settings_name}; choose an empty or new folder")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise error(f"{out_dir} is a file, not a folder; choose an empty or new folder")
+    make_output_dir(out_dir, "--out", create=False, error=error)  # a file in the way, a read-only parent: named
     try:
         os.makedirs(os.path.join(out_dir, subfolder), exist_ok=True)
         write_json_atomically(settings_path, settings)

@@ -61,7 +61,7 @@ class Ledger:
     def append(self, record):
         """Append one line in one write on an O_APPEND descriptor; on any failure (a full disk: DiskFull)
         the file is cut back to its previous size, so no partial line is ever left."""
-        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        line = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode()
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as err:

@@ -22,6 +22,7 @@ import logging
 import os
 import time
 
+from latte_core.atomic import finite_or_none, make_output_dir
 from latte_core.vae import load_vae
 from latte_toolkit.inference.quality import check_samples, read_sample_gifs, sample_prompts, write_report
 from latte_toolkit.inference.config import SAMPLE_KEYS
@@ -68,7 +69,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     """Run (or resume) the demo into `out` (the keys of DEMO_KEYS); returns {stage: figures} and writes
     OUT/demo_summary.json and OUT/config.resolved.json. text: the text-to-video demo (one video per prompt
     of text_demo_prompts(), the first num_videos of them if given; DPM-Solver++ sampling, guidance 4)."""
-    out = os.path.abspath(out)
+    out = make_output_dir(out, "out")  # before any work: a folder that cannot be made is one error
     timings, started = {}, time.perf_counter()
     latte_dir = TEXT_LATTE if text else LATTE
     shipped = shipped_latte_config(latte_dir)
@@ -98,7 +99,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
                                          "workers": 0, "text_encoder": TEXT_ENCODER if text else None}), progress)
     report = cache_report(os.path.join(out, "cache"), verify=True)
     with open(os.path.join(out, "cache_report.json"), "w") as handle:
-        json.dump(report, handle, indent=1)
+        json.dump(finite_or_none(report), handle, indent=1, allow_nan=False)
     stage("cache")
     architecture = {k: shipped[k] for k in ARCHITECTURE_KEYS}
     # the noise the shipped model learned to remove (a run before the key: independent noise, the default)
@@ -136,7 +137,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     if text:
         summary["prompts"] = {group: quality["prompts"][group] for group in ("seen", "unseen")}
     with open(os.path.join(out, "demo_summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=1)
+        json.dump(finite_or_none(summary), handle, indent=1, allow_nan=False)
     save_resolved_config(out, {"out": out, "videos": videos, "train_steps": train_steps, "sample_steps": sample_steps,
                                "num_videos": num_videos, "seed": seed, "quality_clips": quality_clips, "text": text})
     return summary

@@ -127,16 +127,16 @@ def write_random_text_encoder(folder, vocab, merges, *, hidden_size=768, num_hid
         for sub in ("tokenizer", "text_encoder"):
             os.makedirs(os.path.join(tmp, sub))
         with open(os.path.join(tmp, "tokenizer", "vocab.json"), "w", encoding="utf-8") as handle:
-            json.dump(vocab, handle, ensure_ascii=False)
+            json.dump(vocab, handle, ensure_ascii=False, allow_nan=False)
         with open(os.path.join(tmp, "tokenizer", "merges.txt"), "w", encoding="utf-8") as handle:
             handle.write("#version: 0.2\n" + "".join(f"{line}\n" for line in merges))
         with open(os.path.join(tmp, "tokenizer", "tokenizer_config.json"), "w") as handle:
-            json.dump(tokenizer_config, handle, indent=1)
+            json.dump(tokenizer_config, handle, indent=1, allow_nan=False)
         # the folder must load: its tokenizer files are checked before they are published
         build_clip_tokenizer({"tokenizer_config": os.path.join(tmp, "tokenizer", "tokenizer_config.json"),
                               **{name.split(".")[0]: os.path.join(tmp, "tokenizer", name) for name in TOKENIZER_FILES}})
         with open(os.path.join(tmp, "text_encoder", "config.json"), "w") as handle:
-            json.dump(config, handle, indent=1)
+            json.dump(config, handle, indent=1, allow_nan=False)
         save_file(weights, os.path.join(tmp, "text_encoder", "model.safetensors"), metadata={"weights": "random"})
         for sub in ("tokenizer", "text_encoder"):  # the commit flushes the folder's own files only
             fsync_tree(os.path.join(tmp, sub))

@@ -66,7 +66,7 @@ def save_checkpoint(ckpt_root, step, cells, sampling_weights, state, keep):
         ms.save_checkpoint([{"name": name, "data": value} for name, value in sampling_weights.items()],
                            os.path.join(staging, "ema.ckpt"))
         with open(os.path.join(staging, "state.json"), "w") as handle:
-            json.dump(state, handle, indent=1, sort_keys=True)
+            json.dump(state, handle, indent=1, sort_keys=True, allow_nan=False)
         _write_checksums(staging)
     for old in checkpoint_dirs(ckpt_root)[:-keep]:
         shutil.rmtree(old)

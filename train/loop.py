@@ -38,6 +38,7 @@ from mindspore import Tensor, nn
 from tqdm.auto import tqdm
 
 from latte_core import LATTE_MODELS, create_diffusion, create_latte
+from latte_core.atomic import finite_or_none, make_output_dir
 from latte_core.checkpoint import load_weights
 from latte_core.diffusion import correlate_frames
 from latte_core.errors import UserError
@@ -272,12 +273,13 @@ class RunLog:
     def write(self, record):
         if self.enabled:
             with open(self.path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")  # a diverged loss: null
 
     def curve(self):
         with open(self.path) as handle:
             records = [json.loads(line) for line in handle if line.strip()]
-        return ([r["step"] for r in records], [r["loss"] for r in records], [r["lr"] for r in records],
+        return ([r["step"] for r in records], [math.nan if r["loss"] is None else r["loss"] for r in records],
+                [r["lr"] for r in records],
                 [r.get("loss_by_t_quartile") for r in records])  # runs before the split have none
 
 
@@ -341,12 +343,12 @@ def train(config, resume=False, progress=True, checked=None):
         logger.info("--resume: no checkpoint in %s yet, starting at step 0", ckpt_root)
 
     if is_main:  # the checks passed: now the run folder may change
-        os.makedirs(out, exist_ok=True)
+        make_output_dir(out, "output_path")
         for folder, problem in damaged:
             logger.warning("%s set aside as %s", folder, set_aside(folder))
         remove_staging(ckpt_root)
         with open(os.path.join(out, "config.json"), "w") as handle:
-            json.dump(config, handle, indent=1, sort_keys=True)
+            json.dump(config, handle, indent=1, sort_keys=True, allow_nan=False)
     params = sum(int(np.prod(p.shape)) for p in model.trainable_params())
     logger.info("rank %d/%d: %s (%.1fM parameters), latents %dx%d, %d frames + %d images, batch %d x %d "
                 "accumulation x %d ranks, %d steps/epoch, amp %s %s, %s", rank, world, config["model_name"],

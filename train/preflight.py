@@ -7,6 +7,7 @@ the images' labels and the pretrained text projection's width. A refused run lea
 import logging
 import os
 
+from latte_core.atomic import make_output_dir
 from latte_core.errors import UserError
 from latte_core.latte import DEPTH_RULE, LATTE_MODELS, TEXT_TOKENS
 from latte_core.text_encoder import load_text_encoder
@@ -139,8 +140,8 @@ def preflight(config, resume):
     damaged checkpoints set aside, the TextEncoder or None). Writes nothing."""
     report_device_limits(config)
     check_model_keys(config)
+    out = make_output_dir(config["output_path"], "output_path", create=False)  # before any work; writes nothing
     text_encoder = run_text_encoder(config)
-    out = os.path.abspath(config["output_path"])
     existing = checkpoint_dirs(os.path.join(out, "ckpt"))
     if existing and not resume:
         raise TrainingError(f"{out} already holds checkpoints ({os.path.basename(existing[-1])}); pass --resume to "

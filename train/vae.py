@@ -20,6 +20,7 @@ from mindspore import Tensor, nn, ops
 from tqdm.auto import tqdm
 
 from latte_core import AutoencoderKL
+from latte_core.atomic import finite_or_none, make_output_dir
 from latte_core.plot import plot_loss_curve
 from latte_toolkit.datasets.video import center_crop_resize, iter_frames, read_manifest, to_pixels
 
@@ -63,6 +64,7 @@ def train_vae(manifest, out_dir, image_size=64, block_out_channels=(32, 64, 64),
     """Train and write a diffusers VAE folder at out_dir; returns a summary dict."""
     if os.path.exists(os.path.join(out_dir, "config.json")):
         raise FileExistsError(f"{out_dir} already holds a VAE; choose a new folder")
+    make_output_dir(out_dir, "out", create=False)  # before any work; writes nothing
     ms.set_seed(seed)
     frames = load_frames(manifest, image_size, max_frames)
     pixels = to_pixels(frames)  # (N, 3, S, S)
@@ -71,7 +73,7 @@ def train_vae(manifest, out_dir, image_size=64, block_out_channels=(32, 64, 64),
     latent = image_size // vae.downsample_factor
     updater = Updater(vae.trainable_params(), learning_rate=learning_rate)
     step_fn = TrainStep(VAELoss(vae, kl_weight), updater)
-    os.makedirs(out_dir, exist_ok=True)
+    make_output_dir(out_dir, "out")
     log_path = os.path.join(out_dir, "train_vae_log.jsonl")
     started = time.perf_counter()
     losses = []
@@ -86,7 +88,8 @@ def train_vae(manifest, out_dir, image_size=64, block_out_channels=(32, 64, 64),
             if not bool(finite.asnumpy()):
                 raise FloatingPointError(f"train-vae step {step + 1}: non-finite gradients (loss {loss})")
             losses.append(loss)
-            log.write(json.dumps({"step": step + 1, "loss": loss, "grad_norm": float(norm.asnumpy())}) + "\n")
+            log.write(json.dumps(finite_or_none({"step": step + 1, "loss": loss, "grad_norm": float(norm.asnumpy())}),
+                                 allow_nan=False) + "\n")
     means = np.concatenate([vae.encode(Tensor(pixels[i:i + 64])).mean.asnumpy() for i in range(0, len(pixels), 64)])
     scaling_factor = float(1.0 / means.std())
     vae.scaling_factor = scaling_factor
@@ -99,5 +102,5 @@ def train_vae(manifest, out_dir, image_size=64, block_out_channels=(32, 64, 64),
                "reconstruction_l1": round(error, 4), "scaling_factor": round(scaling_factor, 5),
                "seconds": round(time.perf_counter() - started, 1), "out_dir": out_dir}
     with open(os.path.join(out_dir, "train_vae_summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=1)
+        json.dump(finite_or_none(summary), handle, indent=1, allow_nan=False)
     return summary

@@ -3,7 +3,9 @@ input or key, exit code 2, no traceback, and nothing written where the command w
 (Bad inputs inside a job are failure rows, tested with each stage; these are the errors of what the user
 typed or pointed at.)"""
 import json
+import os
 import shutil
+import subprocess
 
 import click
 import pytest
@@ -181,3 +183,60 @@ def test_the_error_rule_by_kind_and_the_traceback_only_with_verbose(raised, code
         assert verbose.exception is raised
     else:  # an error of the user's or of the machine: the same one line with -v
         assert verbose.exit_code == code and verbose.stderr.splitlines() == [text]
+
+
+# (command id, argv with the output folder `out`): every command that creates an output folder
+OUTPUT_FOLDERS = [
+    ("ingest", lambda w, out: ["ingest", "--source", str(w["src"]), "--out", out]),
+    ("cache", lambda w, out: ["cache", "--manifest", str(w["ingest"]), "--vae", str(w["vae"]), "--out", out]),
+    ("train-vae", lambda w, out: ["train-vae", "--manifest", str(w["ingest"]), "--out", out, "--steps", "2"]),
+    ("sample", lambda w, out: ["sample", "--output-dir", out, "--steps", "2", "--num-videos", "1"]),
+    ("demo", lambda w, out: ["demo", "--out", out, "--videos", "2"]),
+    ("bench-learn", lambda w, out: ["bench", "learn", "--work", out, "--rung", "all"]),
+]
+
+
+@pytest.mark.parametrize("case", OUTPUT_FOLDERS, ids=[case[0] for case in OUTPUT_FOLDERS])
+def test_an_output_folder_below_a_regular_file_is_one_error_naming_it(workspace, tmp_path, case):
+    """The folder cannot be made (a file is in the way): one Error line naming the path, exit 2, before
+    any work, and the file in the way unchanged."""
+    _, argv = case
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    stat = blocker.stat()
+    out = blocker / "out"
+    result = CliRunner().invoke(main, argv(workspace, str(out)))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert len(errors) == 1 and str(blocker) in errors[0], result.stderr
+    assert "Traceback" not in result.output and "unexpected" not in errors[0]
+    assert blocker.read_text() == "not a folder" and blocker.stat().st_mtime_ns == stat.st_mtime_ns
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_an_output_folder_on_a_read_only_mount_is_one_error_naming_it(workspace, tmp_path):
+    """A read-only mount (root ignores a 0o500 folder's mode, not a read-only mount): every command that
+    makes an output folder, train included, is one Error line naming the path and the reason, exit 2,
+    and the file already on the mount is unchanged."""
+    from latte_toolkit.tools.fixtures import write_synthetic_cache
+    cache = write_synthetic_cache(tmp_path / "cache", videos=2, frames=8, latent=4, shard_videos=2, chunk_frames=4)
+    disk = tmp_path / "mount"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "kept.txt").write_text("kept")
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        stat = (disk / "kept.txt").stat()
+        cases = OUTPUT_FOLDERS + [("train", lambda w, out: ["train", "-c", _train_yaml(w, "ro.yaml"), "--cache",
+                                                             str(cache), "--output-dir", out])]
+        for name, argv in cases:
+            out = disk / name
+            result = CliRunner().invoke(main, argv(workspace, str(out)))
+            errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+            assert result.exit_code == 2, (name, result.exit_code, result.output)
+            assert len(errors) == 1 and str(out) in errors[0] and "Read-only file system" in errors[0], result.stderr
+        assert sorted(p.name for p in disk.iterdir()) == ["kept.txt"]
+        assert (disk / "kept.txt").read_text() == "kept" and (disk / "kept.txt").stat().st_mtime_ns == stat.st_mtime_ns
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -1,5 +1,6 @@
 import json
 import os
+import pathlib
 import subprocess
 
 import numpy as np
@@ -180,3 +181,100 @@ def test_use_parallel_without_msrun_is_one_error_and_writes_nothing(latte_fixtur
                                        "--output-dir", str(out), "--use_parallel", "True"])
     assert result.exit_code == 2 and "Error: use_parallel" in result.output and "msrun" in result.output
     assert not out.exists()
+
+
+def _strict_json(path):
+    """Parse `path` as strict JSON: NaN, Infinity and -Infinity (Python's json extensions) are errors."""
+    def refuse(constant):
+        raise ValueError(f"{path}: {constant} is not JSON")
+    return json.loads(pathlib.Path(path).read_text(), parse_constant=refuse)
+
+
+def test_summary_json_is_strict_json(latte_fixture, fixtures_dir, tmp_path):
+    out = tmp_path / "strict"
+    result = CliRunner().invoke(main, ["sample", "-c", _class_config(tmp_path, latte_fixture, fixtures_dir),
+                                       "--steps", "2", "--num-videos", "1", "--batch-size", "1", "--cfg-scale", "4",
+                                       "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = _strict_json(out / "summary.json")
+    assert summary["guidance_scale"] == 4.0 and summary["config"]["guidance_scale"] == 4.0
+    assert np.isfinite(np.load(out / "sample_000.npy")).all()
+
+
+def _one_error_line(result):
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("option,value,named", [
+    ("--cfg-scale", "inf", "--cfg-scale"), ("--cfg-scale", "-inf", "--cfg-scale"), ("--cfg-scale", "nan", "--cfg-scale"),
+    ("--cfg-scale", "1e308", "--cfg-scale"), ("--cfg-scale", "-1", "--cfg-scale"), ("--cfg-scale", "101", "--cfg-scale"),
+    ("--eta", "nan", "--eta"), ("--eta", "inf", "--eta"),
+])
+def test_a_non_finite_or_out_of_range_float_option_is_one_error_and_writes_nothing(latte_fixture, fixtures_dir,
+                                                                                   tmp_path, option, value, named):
+    out = tmp_path / "never"
+    result = CliRunner().invoke(main, ["sample", "-c", _class_config(tmp_path, latte_fixture, fixtures_dir),
+                                       option, value, "--output-dir", str(out)])
+    assert named in _one_error_line(result)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key,value", [("guidance_scale", float("nan")), ("guidance_scale", float("inf")),
+                                       ("guidance", 1e308), ("guidance_scale", 10 ** 400), ("ddim_eta", float("-inf")),
+                                       ("frame_noise_correlation", float("nan")), ("sd_scale_factor", float("inf"))])
+def test_a_non_finite_or_huge_float_key_is_one_error_naming_it_and_writes_nothing(latte_fixture, fixtures_dir,
+                                                                                 tmp_path, key, value):
+    out = tmp_path / "never"
+    result = CliRunner().invoke(main, ["sample", "-c", _class_config(tmp_path, latte_fixture, fixtures_dir,
+                                                                      output_path=str(out), **{key: value})])
+    line = _one_error_line(result)
+    assert {"guidance": "guidance_scale"}.get(key, key) in line
+    assert not out.exists()
+
+
+def test_guidance_on_an_unconditional_model_is_one_error_as_a_prompt_is(tmp_path):
+    """The shipped cloud model is unconditional: a guidance scale other than 1 cannot act on it."""
+    out = tmp_path / "never"
+    for scale in ("4", "0.5", "0"):
+        line = _one_error_line(CliRunner().invoke(main, ["sample", "--cfg-scale", scale, "--output-dir", str(out)]))
+        assert "guidance_scale" in line and "unconditional" in line and "latte-clouds" in line
+        assert not out.exists()
+
+
+def _snapshot(folder):
+    return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_error_naming_it(latte_fixture, fixtures_dir, tmp_path):
+    """output_path below a regular file: one Error line naming the path and the reason, exit 2, before the
+    model loads; the file in the way is untouched."""
+    place = tmp_path / "place"
+    place.mkdir()
+    (place / "file").write_text("not a folder")
+    before = _snapshot(place)
+    out = place / "file" / "samples"
+    result = CliRunner().invoke(main, ["sample", "-c", _class_config(tmp_path, latte_fixture, fixtures_dir),
+                                       "--output-dir", str(out)])
+    line = _one_error_line(result)
+    assert str(out) in line and "Not a directory" in line
+    assert _snapshot(place) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0o500 folder: only permissions could show it")
+def test_an_output_folder_in_a_read_only_folder_is_one_error_naming_it(latte_fixture, fixtures_dir, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "kept.txt").write_text("kept")
+    before = _snapshot(locked)
+    locked.chmod(0o500)
+    try:
+        out = locked / "samples"
+        result = CliRunner().invoke(main, ["sample", "-c", _class_config(tmp_path, latte_fixture, fixtures_dir),
+                                           "--output-dir", str(out)])
+        line = _one_error_line(result)
+        assert str(out) in line and "Permission denied" in line
+    finally:
+        locked.chmod(0o700)
+    assert _snapshot(locked) == before

@@ -132,6 +132,20 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cach
     saved = sorted(p.name for p in (run / "ckpt").iterdir())
     assert saved[-1] == f"step-{bad_step - 1:08d}"
     assert all(np.isfinite(v).all() for v in _state(run / "ckpt" / saved[-1]).values())
+    _assert_strict_json(run)  # the non-finite loss never reaches a JSON file as NaN
+
+
+def _assert_strict_json(folder):
+    """Every .json and .jsonl line under `folder` parses as strict JSON (no NaN / Infinity)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    found = 0
+    for path in sorted(folder.rglob("*.json*")):
+        lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+        for line in lines:
+            json.loads(line, parse_constant=refuse)
+            found += 1
+    assert found >= 3, found  # config.json, train_log.jsonl, a checkpoint's state.json
 
 
 @pytest.mark.slow

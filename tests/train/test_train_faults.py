@@ -278,3 +278,20 @@ def test_every_numeric_key_has_a_range_and_the_key_list_shows_the_new_key():
     assert load_train_config(None, {"data_folder": "x"})["on_bad_checkpoint"] == "previous"
     with pytest.raises(TrainConfigError, match="on_bad_checkpoint must be one of previous, stop"):
         load_train_config(None, {"data_folder": "x", "on_bad_checkpoint": "ignore"})
+
+
+def test_an_output_dir_below_a_regular_file_is_one_error_naming_it_and_changes_nothing(tmp_path):
+    """`latte train --output-dir` below a file: one Error line naming the path and the reason, exit 2,
+    before any work; the file in the way and the cache stay as they were."""
+    from latte_toolkit.tools.fixtures import write_synthetic_cache
+    cache = write_synthetic_cache(tmp_path / "cache", videos=2, frames=8, latent=4, shard_videos=2, chunk_frames=4)
+    blocker = tmp_path / "place" / "file"
+    blocker.parent.mkdir()
+    blocker.write_text("not a folder")
+    before = {folder: _snapshot(folder) for folder in (blocker.parent, tmp_path / "cache")}
+    run = blocker / "run"
+    done = subprocess.run([LATTE, "train", "-c", _config(tmp_path, image_size=32), "--cache", str(cache),
+                           "--output-dir", str(run), "--max-steps", "1"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "GLOG_v": "3"}, timeout=300)
+    _assert_one_error_line(done, str(run), "Not a directory")
+    assert {folder: _snapshot(folder) for folder in before} == before

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from latte_core.atomic import make_output_dir
 from latte_core.errors import UserError
 from latte_core.vae import load_vae
 from latte_toolkit.datasets.video import center_crop_resize, read_frames_at, read_manifest, write_mp4
@@ -312,4 +313,5 @@ def run_ladder(choice, work, budget_minutes=10.0, max_steps=None, progress=False
     """`latte bench learn`: {"rungs": {name: figures}} for the rungs `choice` names."""
     names = rung_names(choice)
     check_budget(budget_minutes)
+    make_output_dir(work, "work")  # before any work: a folder that cannot be made is one error
     return {"rungs": {name: run_rung(name, work, budget_minutes, max_steps, progress) for name in names}}
