@@ -42,8 +42,8 @@ def diagnose(config):
     click.echo(f"{'band':>9} {'eps_mse':>9} {'x0_mse':>9} {'mean_mse':>9} {'drift_kept':>10}  x0_std per channel "
                f"(data {', '.join(f'{s:.2f}' for s in report['latent_std'])})")
     for name, band in report["bands"].items():
-        cells = [f"{band[key]:9.4g}" if band[key] is not None else f"{'inf':>9}" for key in ("eps_mse", "x0_mse", "mean_mse")]
-        std = ", ".join("inf" if s is None else f"{s:.2f}" for s in band["x0_std"])
+        cells = [f"{band[key]:9.4g}" for key in ("eps_mse", "x0_mse", "mean_mse")]
+        std = ", ".join(f"{s:.2f}" for s in band["x0_std"])
         click.echo(f"{name:>9} {' '.join(cells)} {band['drift_kept']:10.2f}  {std}")
     for warning in report["warnings"]:
         click.echo(f"Warning: {warning}", err=True)

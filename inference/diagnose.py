@@ -16,13 +16,12 @@ that looks tiny on the loss curve (0.009) can mean an x0 a hundred times worse t
 at exactly the timesteps where a sample's colours, layout and motion are decided. The loss curve hides
 it; this does not. A band with t ≥ 500 whose x0_mse exceeds the latents' variance is a warning.
 """
-import json
 import os
 
 import numpy as np
 from mindspore import Tensor
 
-from latte_core.atomic import finite_or_none, make_output_dir
+from latte_core.atomic import make_output_dir, write_figures_json
 from latte_core.checkpoint import CheckpointError, read_state_dict, set_weights
 from latte_core.diffusion import create_diffusion
 from latte_core.errors import UserError
@@ -32,6 +31,7 @@ from latte_core.vae import load_vae
 from latte_toolkit.datasets.cache import open_cache
 from latte_toolkit.datasets.loader import CacheLoader
 from latte_toolkit.datasets.video import to_frames
+from latte_toolkit.train.checkpoint import checkpoint_dirs, read_state
 
 from .config import DIAGNOSE_TIMESTEPS
 from .quality import drift_velocity
@@ -58,13 +58,6 @@ def implied_predictions(output, x_t, alpha_bar, prediction_type):
     return x0, (x_t - alpha * x0) / sigma
 
 
-def _finite(value):
-    """A float for the JSON report; an overflowed figure (a model whose outputs blew up) as None, so the
-    report stays strict JSON."""
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
 def diagnose_batch(model_call, latents, alpha_bars, timesteps, prediction_type, seed=0):
     """Figures per timestep for clean `latents` (B, F, C, h, w): model_call(x_t, t) -> the output's first C
     channels. Returns (rows, the x0 predictions per timestep)."""
@@ -78,9 +71,9 @@ def diagnose_batch(model_call, latents, alpha_bars, timesteps, prediction_type, 
         alpha_bar = float(alpha_bars[t])
         x_t = (np.sqrt(alpha_bar) * latents + np.sqrt(1.0 - alpha_bar) * noise).astype(np.float32)
         x0, eps = implied_predictions(model_call(x_t, t), x_t, alpha_bar, prediction_type)
-        rows.append({"t": int(t), "band": band_of(t), "eps_mse": _finite(((eps - noise) ** 2).mean()),
-                     "x0_mse": _finite(((x0 - latents) ** 2).mean()), "mean_mse": mean_mse,
-                     "x0_std": [_finite(s) for s in x0.std(axis=channel_axes)]})
+        rows.append({"t": int(t), "band": band_of(t), "eps_mse": float(((eps - noise) ** 2).mean()),
+                     "x0_mse": float(((x0 - latents) ** 2).mean()), "mean_mse": mean_mse,
+                     "x0_std": [float(s) for s in x0.std(axis=channel_axes)]})
         predictions.append(x0)
     return rows, predictions
 
@@ -90,10 +83,6 @@ def drift_kept(predicted, real):
     return float((predicted * real).sum() / max((real * real).sum(), 1e-12))
 
 
-def _band_mean(values):
-    return None if any(value is None for value in values) else float(np.mean(values))
-
-
 def summarise(rows, latents):
     """Per band: the mean of its rows' figures; and the warnings for bands t ≥ WARN_FROM whose x0 is worse
     than the latents' variance."""
@@ -101,16 +90,15 @@ def summarise(rows, latents):
     bands = {}
     for name in dict.fromkeys(row["band"] for row in rows):
         mine = [row for row in rows if row["band"] == name]
-        bands[name] = {key: _band_mean([row[key] for row in mine])
+        bands[name] = {key: float(np.mean([row[key] for row in mine]))
                        for key in ("eps_mse", "x0_mse", "mean_mse", "drift_kept") if key in mine[0]}
-        bands[name]["x0_std"] = [_band_mean(channel) for channel in zip(*(row["x0_std"] for row in mine))]
+        bands[name]["x0_std"] = np.mean([row["x0_std"] for row in mine], axis=0).tolist()
         bands[name]["timesteps"] = [row["t"] for row in mine]
     warnings = []
     for name, figures in bands.items():
         error = figures["x0_mse"]
-        if int(name.split("-")[0]) >= WARN_FROM and (error is None or error > variance):
-            shown = "overflows" if error is None else f"{error:.3g}"
-            warnings.append(f"t {name}: the x0 prediction's MSE {shown} is worse than the latents' "
+        if int(name.split("-")[0]) >= WARN_FROM and not error <= variance:  # an overflow (inf, nan) too
+            warnings.append(f"t {name}: the x0 prediction's MSE {error:.3g} is worse than the latents' "
                             f"variance {variance:.3g} (the mean latent scores {figures['mean_mse']:.3g}): samples "
                             f"will be blotchy and their layout, colours and motion lost. Train with "
                             f"prediction_type: v_prediction (an epsilon model's x0 error is its noise error times "
@@ -120,11 +108,12 @@ def summarise(rows, latents):
 
 
 def _checkpoint_folder(path):
-    """A ckpt/step-N folder from a run folder (its newest), or the folder itself; None for a file."""
+    """A ckpt/step-N folder from a run folder (its newest committed one: never a staging or set-aside
+    folder), or the folder itself; None for a file."""
     if not os.path.isdir(path):
         return None
-    steps = sorted(os.listdir(os.path.join(path, "ckpt"))) if os.path.isdir(os.path.join(path, "ckpt")) else []
-    folder = os.path.join(path, "ckpt", steps[-1]) if steps else path
+    committed = checkpoint_dirs(os.path.join(path, "ckpt"))
+    folder = committed[-1] if committed else path
     if not all(os.path.isfile(os.path.join(folder, name)) for name in ("ema.ckpt", "state.json")):
         raise DiagnoseError(f"checkpoint {path}: not a run folder, a ckpt/step-N folder (ema.ckpt and state.json) "
                             f"or a weights file")
@@ -143,8 +132,7 @@ def load_model(path, prediction_type=None):
         raise DiagnoseError(f"checkpoint {weights}: {err}") from None
     trained = {}
     if folder:
-        with open(os.path.join(folder, "state.json")) as handle:
-            trained = json.load(handle)["config"]
+        trained = read_state(folder)["config"]
         settings["num_heads"] = trained["num_heads"]
     recorded = trained.get("prediction_type", "epsilon")
     if folder and prediction_type not in (None, recorded):
@@ -217,6 +205,5 @@ def run_diagnose(checkpoint, cache, out, vae_path, timesteps=DIAGNOSE_TIMESTEPS,
     frames = sorted({0, real.shape[1] // 2, real.shape[1] - 1})  # first, middle and last
     save_frame_grid([("real clip", real[0][frames])] + [(f"x0 at t={t}", clip[frames]) for t, clip in zip(timesteps, first_clip)],
                     [f"frame {f}" for f in frames], os.path.join(out, "x0_predictions.png"))
-    with open(os.path.join(out, "diagnose.json"), "w") as handle:
-        json.dump(finite_or_none(report), handle, indent=1, allow_nan=False)
+    write_figures_json(report, os.path.join(out, "diagnose.json"))
     return report

@@ -30,7 +30,6 @@ import os
 import numpy as np
 from PIL import Image, ImageSequence
 
-from latte_core.atomic import finite_or_none
 from latte_core.vae import load_vae
 from latte_toolkit.datasets.video import center_crop_resize, read_frames_at, read_manifest, to_frames, to_pixels
 
@@ -230,12 +229,6 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, p
         result["prompts"] = prompt_check(samples, prompts, captions)
         result["passed"] = result["passed"] and result["prompts"]["passed"]
     return result
-
-
-def write_report(result, path):
-    with open(path, "w") as handle:
-        json.dump(finite_or_none(result), handle, indent=1, allow_nan=False)
-    return path
 
 
 def run_quality(samples_dir, manifest, vae_checkpoint, real_clips=64, prompt_check=None):

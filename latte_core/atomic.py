@@ -134,19 +134,27 @@ def strict_json_line(data):
     return json.dumps(finite_or_none(data), allow_nan=False)
 
 
+def write_figures_json(data, path):
+    """Write a report of figures to `path` as indented strict JSON, non-finite floats as null (see
+    finite_or_none); returns the path."""
+    with open(path, "w") as handle:
+        json.dump(finite_or_none(data), handle, indent=1, allow_nan=False)
+    return path
+
+
 def make_output_dir(path, what="output folder", create=True, error=UserError):
     """Create the folder `path` (and its parents; an existing folder is fine) before a command's work
     starts; any OSError (a file in the way, a read-only mount, no permission) is one UserError naming the
-    path and the reason (`error`, a UserError by default). create=False only checks that it could be (its nearest existing ancestor a
-    writable folder), writing nothing, for commands that refuse later inputs with nothing written.
+    path and the reason (`error`, a UserError by default). create=False only checks that it could be (its
+    nearest existing ancestor a writable folder), writing nothing, for commands that refuse later inputs
+    with nothing written.
     Returns the absolute path."""
     path = os.path.abspath(path)
+    existing = path
     try:
         if create:
             os.makedirs(path, exist_ok=True)
-            existing = path
         else:
-            existing = path
             while not os.path.lexists(existing):
                 existing = os.path.dirname(existing)
         if not os.path.isdir(existing):

@@ -22,9 +22,9 @@ import logging
 import os
 import time
 
-from latte_core.atomic import finite_or_none, make_output_dir
+from latte_core.atomic import make_output_dir, write_figures_json
 from latte_core.vae import load_vae
-from latte_toolkit.inference.quality import check_samples, read_sample_gifs, sample_prompts, write_report
+from latte_toolkit.inference.quality import check_samples, read_sample_gifs, sample_prompts
 from latte_toolkit.inference.config import SAMPLE_KEYS
 from latte_toolkit.inference.sample import run_sample
 from latte_toolkit.pipelines.config import CACHE_KEYS, INGEST_KEYS, run_cache_job, run_ingest_job, save_resolved_config
@@ -98,8 +98,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
                                          "out": os.path.join(out, "cache"), "format": "numpy", "image_size": size,
                                          "workers": 0, "text_encoder": TEXT_ENCODER if text else None}), progress)
     report = cache_report(os.path.join(out, "cache"), verify=True)
-    with open(os.path.join(out, "cache_report.json"), "w") as handle:
-        json.dump(finite_or_none(report), handle, indent=1, allow_nan=False)
+    write_figures_json(report, os.path.join(out, "cache_report.json"))
     stage("cache")
     architecture = {k: shipped[k] for k in ARCHITECTURE_KEYS}
     # the noise the shipped model learned to remove (a run before the key: independent noise, the default)
@@ -129,15 +128,14 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     samples_dir = os.path.join(out, "samples")
     quality = check_samples(read_sample_gifs(samples_dir), os.path.join(out, "ingest"), load_vae(vae_dir),
                             real_count=quality_clips, prompts=sample_prompts(samples_dir), prompt_check=check_prompts)
-    write_report(quality, os.path.join(out, "quality.json"))
+    write_figures_json(quality, os.path.join(out, "quality.json"))
     stage("quality")
     summary = {"out": out, "videos": ingest["ok"], "cached_frames": report["frames"], "train_steps": trained["steps"],
                "loss_curve": trained["loss_curve"], "samples": sampled["files"], "quality_passed": quality["passed"],
                "seconds": timings, "total_seconds": round(time.perf_counter() - started, 1)}
     if text:
         summary["prompts"] = {group: quality["prompts"][group] for group in ("seen", "unseen")}
-    with open(os.path.join(out, "demo_summary.json"), "w") as handle:
-        json.dump(finite_or_none(summary), handle, indent=1, allow_nan=False)
+    write_figures_json(summary, os.path.join(out, "demo_summary.json"))
     save_resolved_config(out, {"out": out, "videos": videos, "train_steps": train_steps, "sample_steps": sample_steps,
                                "num_videos": num_videos, "seed": seed, "quality_clips": quality_clips, "text": text})
     return summary

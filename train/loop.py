@@ -38,7 +38,7 @@ from mindspore import Tensor, nn
 from tqdm.auto import tqdm
 
 from latte_core import LATTE_MODELS, create_diffusion, create_latte
-from latte_core.atomic import finite_or_none, make_output_dir
+from latte_core.atomic import make_output_dir, strict_json_line
 from latte_core.checkpoint import load_weights
 from latte_core.diffusion import correlate_frames
 from latte_core.errors import UserError
@@ -273,7 +273,7 @@ class RunLog:
     def write(self, record):
         if self.enabled:
             with open(self.path, "a") as handle:
-                handle.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")  # a diverged loss: null
+                handle.write(strict_json_line(record) + "\n")  # a diverged loss: null
 
     def curve(self):
         with open(self.path) as handle:

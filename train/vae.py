@@ -9,7 +9,6 @@
 
 No perceptual or adversarial loss: enough for smooth procedural footage, not for photographs.
 """
-import json
 import logging
 import os
 import time
@@ -20,7 +19,7 @@ from mindspore import Tensor, nn, ops
 from tqdm.auto import tqdm
 
 from latte_core import AutoencoderKL
-from latte_core.atomic import finite_or_none, make_output_dir
+from latte_core.atomic import make_output_dir, strict_json_line, write_figures_json
 from latte_core.plot import plot_loss_curve
 from latte_toolkit.datasets.video import center_crop_resize, iter_frames, read_manifest, to_pixels
 
@@ -88,8 +87,7 @@ def train_vae(manifest, out_dir, image_size=64, block_out_channels=(32, 64, 64),
             if not bool(finite.asnumpy()):
                 raise FloatingPointError(f"train-vae step {step + 1}: non-finite gradients (loss {loss})")
             losses.append(loss)
-            log.write(json.dumps(finite_or_none({"step": step + 1, "loss": loss, "grad_norm": float(norm.asnumpy())}),
-                                 allow_nan=False) + "\n")
+            log.write(strict_json_line({"step": step + 1, "loss": loss, "grad_norm": float(norm.asnumpy())}) + "\n")
     means = np.concatenate([vae.encode(Tensor(pixels[i:i + 64])).mean.asnumpy() for i in range(0, len(pixels), 64)])
     scaling_factor = float(1.0 / means.std())
     vae.scaling_factor = scaling_factor
@@ -101,6 +99,5 @@ def train_vae(manifest, out_dir, image_size=64, block_out_channels=(32, 64, 64),
     summary = {"frames": len(pixels), "steps": steps, "final_loss": float(np.mean(losses[-50:])),
                "reconstruction_l1": round(error, 4), "scaling_factor": round(scaling_factor, 5),
                "seconds": round(time.perf_counter() - started, 1), "out_dir": out_dir}
-    with open(os.path.join(out_dir, "train_vae_summary.json"), "w") as handle:
-        json.dump(finite_or_none(summary), handle, indent=1, allow_nan=False)
+    write_figures_json(summary, os.path.join(out_dir, "train_vae_summary.json"))
     return summary

@@ -216,7 +216,7 @@ def check_text_direction(samples, work):
 
 
 RUNGS = {
-    "memorise": Rung("does it reproduce 4 moving clips, each its own class?", lambda f: memorise_clips(f),
+    "memorise": Rung("does it reproduce 4 moving clips, each its own class?", memorise_clips,
                      "memorise", "class", 600, check_memorise),
     "shuffled-control": Rung("trained on the same clips with frames shuffled in time, do its samples fail the "
                              "drift check?", lambda f: memorise_clips(f, shuffled=True), "shuffled", "class", 600,
@@ -265,8 +265,8 @@ def _train_config(rung, data, steps, minutes):
         "data_folder": os.path.join(data, "cache"), "train_data_type": "numpy",
         "pretrained_model_path": os.path.join(LATTE, "ema.ckpt"), "prediction_type": "v_prediction",
         "dtype": "fp32", "amp_level": "O0", "start_learning_rate": 5e-4, "warmup_steps": 20, "train_batch_size": 8,
-        "max_steps": steps, "max_minutes": minutes, "clips_per_video": 2, "use_ema": True, "ema_decay": 0.999, "ema_warmup": True, "ckpt_save_interval": 100000,
-        "step_mode": True, "ckpt_max_keep": 1, "output_path": os.path.join(data, "train"), "seed": 0})
+        "max_steps": steps, "max_minutes": minutes, "clips_per_video": 2, "use_ema": True, "ema_decay": 0.999,
+        "ema_warmup": True, "ckpt_save_interval": 100000, "step_mode": True, "ckpt_max_keep": 1, "output_path": os.path.join(data, "train"), "seed": 0})
 
 
 def run_rung(name, work, budget_minutes=10.0, max_steps=None, progress=False):
@@ -305,8 +305,7 @@ def run_rung(name, work, budget_minutes=10.0, max_steps=None, progress=False):
     run_sample(SAMPLE_KEYS.load(None, sampling), progress=progress)
     figures = rung.check(read_sample_gifs(sampling["output_path"]), data)
     stage("sample_and_check")
-    return {"question": rung.question, **figures, "steps": trained["steps"], "steps_planned": min(rung.steps, max_steps or rung.steps),
-            "seconds": seconds, "minutes": round((time.perf_counter() - started) / 60, 2), "budget_minutes": budget_minutes}
+    return {"question": rung.question, **figures, "steps": trained["steps"], "steps_planned": target, "seconds": seconds, "minutes": round((time.perf_counter() - started) / 60, 2), "budget_minutes": budget_minutes}
 
 
 def run_ladder(choice, work, budget_minutes=10.0, max_steps=None, progress=False):
