@@ -16,7 +16,10 @@ Three measures, the first two compared with baselines that a broken model would 
 The check passes when the samples' distance is below the noise baseline's, their motion lies within
 the real clips' CHANGE_PERCENTILES range while the shuffled clips' does not, and at least
 DRIFT_ACCURACY of the samples drift at a speed within the real clips' drift range (JSON:
-drift.real_min..real_max, drift.in_range; drift_in_real_range).
+drift.real_min..real_max, drift.in_range; drift_in_real_range), and, where `latte sample` left the
+sampled latents beside the GIFs (sample_NNN.npy), each sample's per-channel latent std is at most
+LATENT_STD_RATIO times that channel's std over the real clips' latents (a sampler that amplifies a model's
+high-noise errors leaves latents several times the data's scale, which the decoder clips into blotches).
 
 Prompts (a text model's samples, whose summary.json names each one's prompt): check_samples takes the
 prompt check as a function (`prompt_check(samples, prompts, seen_captions)` -> a result with "passed");
@@ -47,6 +50,10 @@ CHANGE_PERCENTILES = (5, 95)
 # the real clips' own distribution falls outside the extremes of 2 x 64 real clips with odds 2/129, so all
 # 16 of 16 would fail a perfect model one time in five (0.78 pass), at most one outside 3 in 100 (0.97).
 DRIFT_ACCURACY = 15 / 16
+# A sample's latent std per channel (over its frames and pixels) against the same channel's std over all
+# real clips: one clip's std is below the population's (it lacks the spread between clips), so 1.5x is
+# loose for samples of the data's distribution and catches the 4-7x blow-up of epsilon models at high noise.
+LATENT_STD_RATIO = 1.5
 
 
 def _peak_offset(left, centre, right):
@@ -173,6 +180,15 @@ def sample_prompts(folder):
     return [by_name[name] for name in names]
 
 
+def read_sample_latents(folder):
+    """The sampled latents (N, F, C, h, w, scaled by the VAE's scaling factor) `latte sample` saved beside
+    the GIFs as sample_NNN.npy, in read_sample_gifs' order; None unless every GIF has its .npy."""
+    paths = [path[: -len(".gif")] + ".npy" for path in _sample_gif_paths(folder)]
+    if not paths or not all(os.path.exists(path) for path in paths):
+        return None
+    return np.stack([np.load(path, allow_pickle=False) for path in paths])
+
+
 def read_sample_gifs(folder):
     """The sample_*.gif files `latte sample` wrote, as uint8 (N, F, H, W, 3)."""
     paths = _sample_gif_paths(folder)
@@ -185,9 +201,10 @@ def read_sample_gifs(folder):
     return np.stack(videos)
 
 
-def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, prompt_check=None):
-    """The measures for `samples` (uint8 (N, F, H, W, 3)) against real clips and the baselines, and with
-    `prompts` (one per sample) and a `prompt_check` the prompt check against the manifest's captions."""
+def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, prompt_check=None, latents=None):
+    """The measures for `samples` (uint8 (N, F, H, W, 3)) against real clips and the baselines, with
+    `latents` (their sampled latents, read_sample_latents) the latent-scale check, and with `prompts` (one
+    per sample) and a `prompt_check` the prompt check against the manifest's captions."""
     _, num_frames, height = samples.shape[:3]
     real = real_clips(manifest, num_frames, height, real_count, seed)
     rng = np.random.default_rng(seed)
@@ -224,6 +241,9 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, p
     result["drift_in_real_range"] = bool(in_range >= DRIFT_ACCURACY * len(speed))
     result["passed"] = (result["closer_than_noise"] and result["motion_in_real_range"] and result["shuffled_outside_range"]
                         and result["drift_in_real_range"])
+    if latents is not None:
+        result["latent_std"] = latent_scale(latents / vae.scaling_factor, real_latents)
+        result["passed"] = result["passed"] and result["latent_std"]["within"]
     if prompts is not None and prompt_check is not None:
         captions = {row["caption"] for row in read_manifest(manifest) if row.get("caption")}
         result["prompts"] = prompt_check(samples, prompts, captions)
@@ -231,8 +251,23 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, p
     return result
 
 
+def latent_scale(sampled, real_latents):
+    """Each sample's per-channel std (sampled: unscaled latents (N, F, C, h, w)) against the channel's std
+    over the real clips' latents (N·F, C, h, w), and whether every one is within LATENT_STD_RATIO of it."""
+    if sampled.ndim != 5 or sampled.shape[2] != real_latents.shape[1]:
+        raise ValueError(f"sampled latents of shape {sampled.shape}: expected (videos, frames, "
+                         f"{real_latents.shape[1]} channels, h, w)")
+    real = real_latents.std(axis=(0, 2, 3))
+    per_sample = sampled.std(axis=(1, 3, 4))
+    ratio = per_sample / real
+    return {"real": np.round(real, 4).tolist(), "samples": np.round(per_sample, 4).tolist(),
+            "max_ratio": round(float(ratio.max()), 4), "bound": LATENT_STD_RATIO,
+            "within": bool(np.all(ratio <= LATENT_STD_RATIO))}
+
+
 def run_quality(samples_dir, manifest, vae_checkpoint, real_clips=64, prompt_check=None):
     """`latte quality`: the check of SAMPLES_DIR's sample_*.gif against the manifest's videos (and, for a
     text model's samples, `prompt_check`'s of their prompts)."""
     return check_samples(read_sample_gifs(samples_dir), manifest, load_vae(vae_checkpoint), real_clips,
-                         prompts=sample_prompts(samples_dir), prompt_check=prompt_check)
+                         prompts=sample_prompts(samples_dir), prompt_check=prompt_check,
+                         latents=read_sample_latents(samples_dir))

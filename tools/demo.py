@@ -24,7 +24,7 @@ import time
 
 from latte_core.atomic import make_output_dir, write_figures_json
 from latte_core.vae import load_vae
-from latte_toolkit.inference.quality import check_samples, read_sample_gifs, sample_prompts
+from latte_toolkit.inference.quality import check_samples, read_sample_gifs, read_sample_latents, sample_prompts
 from latte_toolkit.inference.config import SAMPLE_KEYS
 from latte_toolkit.inference.sample import run_sample
 from latte_toolkit.pipelines.config import CACHE_KEYS, INGEST_KEYS, run_cache_job, run_ingest_job, save_resolved_config
@@ -127,7 +127,8 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     stage("sample")
     samples_dir = os.path.join(out, "samples")
     quality = check_samples(read_sample_gifs(samples_dir), os.path.join(out, "ingest"), load_vae(vae_dir),
-                            real_count=quality_clips, prompts=sample_prompts(samples_dir), prompt_check=check_prompts)
+                            real_count=quality_clips, prompts=sample_prompts(samples_dir), prompt_check=check_prompts,
+                            latents=read_sample_latents(samples_dir))
     write_figures_json(quality, os.path.join(out, "quality.json"))
     stage("quality")
     summary = {"out": out, "videos": ingest["ok"], "cached_frames": report["frames"], "train_steps": trained["steps"],

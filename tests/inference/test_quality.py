@@ -12,7 +12,9 @@ from conftest import BIN
 from latte_toolkit.datasets.video import read_frames_at, read_manifest, write_gif
 from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.pretrained import PRETRAINED
-from latte_toolkit.inference.quality import drift_direction, drift_velocity, frame_shifts
+from latte_core.vae import load_vae
+from latte_toolkit.inference.quality import (LATENT_STD_RATIO, drift_direction, drift_velocity, encode_frames,
+                                               frame_shifts)
 from latte_toolkit.tools.synthetic import (
     CAPTION_DIRECTIONS, CLOUD_SPEED, DIRECTIONS, SKY_COLOURS, captioned_cloud_frames, cloud_frames, write_captioned_cloud_dataset,
     write_cloud_dataset)
@@ -89,11 +91,11 @@ def test_captions_say_the_direction_and_colour_and_reach_the_manifest(tmp_path):
         assert drift_direction(drift_velocity(frames[None])[0]) == CAPTION_DIRECTIONS[row["caption"]], row
 
 
-@pytest.mark.slow  # one `latte quality` run: the shipped VAE encodes and decodes the real clips
 def _refuse(constant):
     raise ValueError(f"{constant} is not JSON")
 
 
+@pytest.mark.slow  # one `latte quality` run: the shipped VAE encodes and decodes the real clips
 def test_quality_fails_still_flickering_samples_and_keeps_real_ones_in_range(tmp_path):
     """`latte quality` on four GIFs: two are real clips (the first frames of two training videos), two are
     a still frame with flicker. The real ones drift within the real range, the still ones do not, so the
@@ -120,3 +122,31 @@ def test_quality_fails_still_flickering_samples_and_keeps_real_ones_in_range(tmp
     assert moves["real_min"] <= moves["real_p5"] < moves["real_p95"] <= moves["real_max"], moves
     assert max(drift["samples"][2:]) < 0.1 < drift["real_min"], drift
     assert drift["real_min"] == min(drift["clips"][0], drift["round_trip"][0]) and len(drift["velocity"]) == 4
+
+
+@pytest.mark.slow  # two `latte quality` runs: the shipped VAE encodes and decodes the real clips
+def test_quality_checks_each_samples_latent_scale_against_the_real_clips(tmp_path):
+    """With the sampled latents beside the GIFs (sample_NNN.npy, scaled as `latte sample` saves them), each
+    sample's per-channel std must stay within LATENT_STD_RATIO of the real clips' channel std: real clips'
+    own latents pass, the same latents scaled 2x (an amplifying sampler) fail, naming the ratio."""
+    write_cloud_dataset(tmp_path / "videos", videos=6, num_frames=8, size=64, seed=5)
+    run_ingest([tmp_path / "videos"], tmp_path / "ingest", num_frames=8, workers=0, progress=False)
+    vae_dir = os.path.join(PRETRAINED, "vae-clouds")
+    vae = load_vae(vae_dir)
+    clips = np.stack([cloud_frames(8, seed=5 * 100003 + i) for i in range(4)])  # write_cloud_dataset's seeds
+    latents = encode_frames(vae, clips).reshape((4, 8) + encode_frames(vae, clips[:1]).shape[1:]) * vae.scaling_factor
+    results = {}
+    for name, gain in (("real", 1.0), ("amplified", 2.0)):
+        samples = tmp_path / name
+        samples.mkdir()
+        for i, clip in enumerate(clips):
+            write_gif(str(samples / f"sample_{i:03d}.gif"), clip, 8)
+            np.save(samples / f"sample_{i:03d}.npy", (latents[i] * gain).astype(np.float32))
+        run = subprocess.run([os.path.join(BIN, "latte"), "quality", str(samples), "--manifest", str(tmp_path / "ingest"),
+                              "--vae", vae_dir, "--real-clips", "6"], capture_output=True, text=True, timeout=600)
+        results[name] = json.loads(run.stdout.strip().splitlines()[-1], parse_constant=_refuse)["latent_std"]
+    real, amplified = results["real"], results["amplified"]
+    assert real["within"] and real["max_ratio"] <= LATENT_STD_RATIO, real
+    # the ratio is linear in the gain: 2x the real clips' own ratio (float32 rounding only, 1e-3 relative)
+    assert not amplified["within"] and abs(amplified["max_ratio"] - 2 * real["max_ratio"]) < 1e-3 * amplified["max_ratio"]
+    assert len(amplified["samples"]) == 4 and len(amplified["real"]) == vae.latent_channels
