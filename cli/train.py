@@ -48,8 +48,9 @@ def train(config, resume):
     """Train Latte from a latent cache (or from videos with a VAE), resumably.
 
     Writes OUTPUT/config.json (the resolved config), OUTPUT/train_log.jsonl (a line per step),
-    checkpoints in OUTPUT/ckpt/step-N/ (training state, EMA weights for sampling, loader state) and
-    OUTPUT/loss_curve.png at the end.
+    checkpoints in OUTPUT/ckpt/step-N/ (training state, EMA weights for sampling, loader state),
+    OUTPUT/loss_curve.png at the end, and with sample_interval OUTPUT/samples/step-N/ (videos of the run
+    so far).
 
     \b
     Example:
@@ -58,7 +59,8 @@ def train(config, resume):
       latte train -c configs/training/tiny_cpu_image_video.yaml --cache work/cache   # 8 frames + 4 images
       latte train -c configs/training/tiny_cpu_text.yaml --cache work/text-cache   # captions (latte cache --text-encoder)
     """
-    # kept here: the training loop and its preflight (MindSpore) add ~2.7 s to `latte --help`
+    # kept here: the training loop, its preflight and the sampler (MindSpore) add ~2.7 s to `latte --help`
+    from latte_toolkit.inference.sample import sampler_for_training
     from latte_toolkit.train.loop import train as run_training
     from latte_toolkit.train.preflight import preflight
     try:
@@ -66,7 +68,7 @@ def train(config, resume):
         if config["train_data_type"] == "video_file":
             checked = preflight(config, resume)  # before the raw videos are ingested into the run folder
             config["data_folder"] = _ingested(config)
-        summary = run_training(config, resume=resume, checked=checked)
+        summary = run_training(config, resume=resume, checked=checked, sample=sampler_for_training(config))
     except FileNotFoundError as err:
         raise BadInput(str(err)) from None
     if summary["rank"] == 0:

@@ -34,9 +34,11 @@ from latte_core.samplers import create_sampler, sample as sample_latents
 from latte_core.text_encoder import load_text_encoder
 from latte_core.text_identity import TextEncoderIdentity
 from latte_core.vae import load_vae
-from latte_toolkit.datasets.video import to_frames, write_gif, write_mp4
+from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.datasets.video import read_manifest, to_frames, write_gif, write_mp4
+from latte_toolkit.pipelines.cache import vae_fingerprint
 
-from .config import TEXT_KEYS, SampleError
+from .config import SAMPLE_KEYS, TEXT_KEYS, SampleError
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +231,36 @@ def run_sample(config, progress=True, rank=0, world=1):
     if rank == 0:
         write_json_atomically(os.path.join(out, "summary.json"), summary)
     return summary
+
+
+def sampler_for_training(train_config):
+    """The `sample(checkpoint_folder, step)` that `latte train` runs every sample_interval steps (None when
+    it is 0): DPM-Solver++ with 20 steps, sample_num_videos videos decoded by sample_vae into
+    OUTPUT/samples/step-N. Checked before training starts, so a run is not refused at its first samples: the
+    VAE against the sha256 a cache recorded, and a text run's prompts (the data's first distinct captions)."""
+    if not train_config["sample_interval"]:
+        return None
+    vae, data = train_config["sample_vae"], train_config["data_folder"]
+    if train_config["train_data_type"] == "video_file":
+        rows = read_manifest(data)
+    else:
+        cache = open_cache(data)
+        if vae_fingerprint(vae) != cache.info["vae_sha256"]:
+            raise SampleError(f"sample_vae {vae}: not the VAE the cache {data} was made with (sha256 differs)")
+        rows = [cache.entries[video] for video in cache.ids]
+    count = train_config["sample_num_videos"]
+    keys = {"vae_checkpoint": vae, "sampler": "dpm-solver++", "sampling_steps": 20, "num_videos": count,
+            "batch_size": count, "seed": train_config["seed"]}
+    if train_config["condition"] == "text":
+        keys["prompts"] = list(dict.fromkeys(row["caption"] for row in rows if row.get("caption")))[:count]
+        if not keys["prompts"]:
+            raise SampleError(f"sample_interval: the text run's data {data} holds no caption to sample")
+
+    def sample(checkpoint, step):
+        output = os.path.join(train_config["output_path"], "samples", f"step-{step:08d}")
+        return run_sample(SAMPLE_KEYS.load(None, {**keys, "checkpoint": checkpoint, "output_path": output}),
+                          progress=False)
+    return sample
 
 
 def _prompts_of(config, condition):

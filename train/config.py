@@ -2,7 +2,7 @@
 train-vae`'s. Both are KeyTables (latte_core/keys.py).
 """
 from latte_core.errors import UserError
-from latte_core.keys import AT_LEAST_1, NON_NEGATIVE, NUMBER, POSITIVE, SEED, UNIT, Key, KeyTable, Range
+from latte_core.keys import AT_LEAST_1, NON_NEGATIVE, NUMBER, OPTIONAL_STR, POSITIVE, SEED, UNIT, Key, KeyTable, Range
 from latte_toolkit.datasets.formats import FORMAT_NAMES
 
 
@@ -126,6 +126,14 @@ KEYS = [
         resume_may_change=True),
     Key("ckpt_max_keep", int, 3, "checkpoints kept (the oldest are deleted)", range=AT_LEAST_1,
         resume_may_change=True),
+    Key("sample_interval", int, 0, "optimizer steps between sets of samples of the run so far (`latte train` "
+        "only): a checkpoint at that step, then sample_num_videos videos from its EMA weights (DPM-Solver++, 20 "
+        "steps; a text model samples the data's first distinct captions, a class model its classes in turn) "
+        "decoded by sample_vae into OUTPUT/samples/step-N; 0: off", range=NON_NEGATIVE, resume_may_change=True),
+    Key("sample_num_videos", int, 4, "videos in each set of samples of sample_interval", range=AT_LEAST_1,
+        resume_may_change=True),
+    Key("sample_vae", OPTIONAL_STR, None, "the VAE folder (diffusers) that decodes the samples of "
+        "sample_interval: the data's VAE (a cache's must match its recorded sha256)", resume_may_change=True),
     Key("on_bad_checkpoint", str, "previous", "--resume with a newest checkpoint whose files fail their sha256 "
                                               "check: warn and resume from the newest good one, or stop",
         ("previous", "stop"), resume_may_change=True),
@@ -162,6 +170,9 @@ def validate(values):
         raise TrainConfigError(f"image_video_joint {values['image_video_joint']} with use_image_num "
                                f"{values['use_image_num']}: joint training needs both image_video_joint: true and "
                                f"use_image_num >= 1 (video only: false and null or 0)")
+    if values["sample_interval"] and not values["sample_vae"]:
+        raise TrainConfigError(f"sample_interval {values['sample_interval']} needs sample_vae: the VAE folder that "
+                               f"decodes the samples (the one the data was cached with)")
     if not values["data_folder"]:
         raise TrainConfigError("data_folder is empty: give a cache folder (or --cache)")
 

@@ -303,10 +303,14 @@ class QuartileLosses:
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def train(config, resume=False, progress=True, checked=None):
+def train(config, resume=False, progress=True, checked=None, sample=None):
     """Train (or resume) the run the config describes; returns a summary dict. `checked`: what
     preflight(config, resume) returned, when the caller ran it already (the CLI does, before it ingests
-    a folder of videos)."""
+    a folder of videos). `sample(checkpoint_folder, step)`: what sample_interval runs on rank 0 (the CLI
+    passes inference.sample.sampler_for_training's: sampling lives in a room this one does not import)."""
+    if config["sample_interval"] and sample is None:
+        raise TrainingError(f"sample_interval {config['sample_interval']}: no sampler was given to train(); "
+                            f"`latte train` gives one (or set sample_interval: 0)")
     # Every check first (keys, checkpoints, data, model, the checkpoint's fit): a run that is refused
     # leaves its folder as it was.
     chosen, damaged, text_encoder = checked or preflight(config, resume)
@@ -394,8 +398,11 @@ def train(config, resume=False, progress=True, checked=None):
         # every rank stops at the same step: the ranks' mean of "past the time limit"
         out_of_time = deadline is not None and float(
             loss_of_all_ranks(Tensor(float(time.perf_counter() > deadline), ms.float32)).asnumpy()) > 0
-        if step % save_every == 0 or step == max_steps or out_of_time:
+        sample_due = config["sample_interval"] and step % config["sample_interval"] == 0
+        if step % save_every == 0 or step == max_steps or out_of_time or sample_due:
             last_checkpoint = _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, identity)
+        if sample_due and is_main:  # the other ranks wait at the next step's all-reduce
+            logger.info("step %d: samples in %s", step, sample(last_checkpoint, step)["output_path"])
         if out_of_time:
             logger.info("max_minutes %s reached at step %d: stopped with a checkpoint (--resume continues)",
                         config["max_minutes"], step)

@@ -12,6 +12,7 @@ import mindspore as ms
 
 from conftest import BIN, ROOT, free_port
 from latte_toolkit.cli import main
+from latte_toolkit.pretrained import PRETRAINED
 from latte_toolkit.train.config import TrainConfigError, load_train_config
 from latte_toolkit.train.loop import learning_rate
 
@@ -247,3 +248,27 @@ def test_max_minutes_stops_with_a_checkpoint_that_resume_continues(caches, tmp_p
     assert [r["step"] for r in _log(run)] == [1, 2, 3, 4]
     with pytest.raises(TrainConfigError, match="max_minutes"):
         load_train_config(_config(tmp_path, "bad.yaml", max_minutes=0, data_folder="x"))
+
+
+def test_sample_interval_writes_videos_of_the_run_so_far(caches, tmp_path):
+    """sample_interval 2 in a 3-step run: a checkpoint at step 2 (ckpt_save_interval is 3) and two videos
+    sampled from it in OUTPUT/samples/step-00000002; a VAE other than the cache's, or none, is refused
+    before the run folder exists."""
+    run = tmp_path / "run"
+    config = _config(tmp_path, sample_interval=2, sample_num_videos=2, sample_vae=str(caches["vae"]))
+    result = _train(config, "--cache", str(caches["numpy"]), "--output-dir", str(run), "--max-steps", "3")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in sorted((run / "ckpt").iterdir())] == ["step-00000002", "step-00000003"]
+    samples = run / "samples" / "step-00000002"
+    summary = json.loads((samples / "summary.json").read_text())
+    assert summary["checkpoint"] == str(run / "ckpt" / "step-00000002") and summary["videos"] == 2
+    assert summary["method"] == "dpm-solver++" and summary["steps"] == 20
+    assert sorted(p.name for p in samples.glob("sample_*.gif")) == ["sample_000.gif", "sample_001.gif"]
+    other_vae = os.path.join(PRETRAINED, "vae-clouds")  # a working VAE, not the cache's
+    for overrides, message in (({"sample_vae": str(other_vae)}, "not the VAE the cache"),
+                               ({"sample_vae": None}, "sample_interval 2 needs sample_vae")):
+        bad = _config(tmp_path, "bad.yaml", sample_interval=2, **overrides)
+        refused = tmp_path / "refused"
+        result = _train(bad, "--cache", str(caches["numpy"]), "--output-dir", str(refused), "--max-steps", "3")
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not refused.exists()
