@@ -7,13 +7,13 @@ set -euo pipefail
 export GLOG_v=3
 PRETRAINED="$(python -c 'from latte_toolkit.pretrained import PRETRAINED; print(PRETRAINED)')"
 
-# 1. the start: an unconditional Latte of latte-clouds.yaml's architecture, 2000 steps from scratch on 192
-#    clips drifting left or right at 1-3 px/frame (faster than latte-clouds' 0.4-1.2), its raw weights
+# 1. the start: an unconditional Latte of latte-clouds-base.yaml's architecture, 2000 steps from scratch on 192
+#    clips drifting left or right at 1-3 px/frame (faster than latte-clouds-base's 0.4-1.2), its raw weights
 #    (its EMA at step 2000 still holds 0.999^2000 = 13 % of the random start)
 python -c "from latte_toolkit.tools.synthetic import write_cloud_dataset; write_cloud_dataset('base-videos', videos=192, num_frames=32, size=64, seed=7, speed=(1.0, 3.0))"
 latte ingest --source base-videos --out base-ingest --num-frames 8 --workers 0
 latte cache --manifest base-ingest --vae "$PRETRAINED/vae-clouds" --out base-cache --format numpy --image-size 64 --workers 0
-latte train -c "$PRETRAINED/latte-clouds.yaml" --cache base-cache --output-dir base-run --max-steps 2000
+latte train -c "$PRETRAINED/latte-clouds-base.yaml" --cache base-cache --output-dir base-run --max-steps 2000
 
 # 2. the text encoder: a tokenizer learned from every caption the generator writes (each caption word is
 #    one token) and a CLIP text tower of RANDOM weights (32 wide, 4 layers, 4 heads; seed 0: the text

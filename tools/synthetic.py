@@ -77,7 +77,10 @@ def _sky(top, horizon, size):
 
 # Drift speeds (px/frame, drawn uniformly per clip): of the cloud clips, the data of the shipped Latte and
 # of `latte demo`; of the captioned clips, the data of the shipped text Latte and of `latte demo --text`.
-CLOUD_SPEED = (0.4, 1.2)
+# The cloud clips drift 1-1.5 latent pixels per frame (the shipped VAE downsamples 4x): at the 0.1-0.3
+# latent px of the first clips (0.4-1.2 px/frame) no fine-tune of up to 1000 steps made samples move,
+# at 1-1.5 the first ones did after ~600 steps (pretrained/EXPERIMENTS.md #3, #6, #9).
+CLOUD_SPEED = (4.0, 6.0)
 CAPTIONED_CLOUD_SPEED = (1.0, 3.0)
 
 
