@@ -29,7 +29,7 @@ def demo(config):
     \b
     Examples:
       latte demo --out latte-demo
-      latte demo --text --out latte-demo-text --sample-steps 20
+      latte demo --text --out latte-demo-text --num-videos 8
     """
     # kept here: the demo (every stage, MindSpore) adds ~2.5 s to `latte --help`
     from latte_toolkit.tools.demo import run_demo
@@ -40,7 +40,7 @@ def demo(config):
     click.echo(f"  {summary['videos']} videos: {out}/videos, manifest {out}/ingest/manifest.parquet")
     click.echo(f"  cache: {out}/cache ({summary['cached_frames']} frames), report {out}/cache_report.json")
     click.echo(f"  training: {summary['train_steps']} steps, loss curve {summary['loss_curve']}")
-    click.echo(f"  samples: {', '.join(summary['samples'])}")
+    click.echo(f"  samples: {len(summary['samples'])} in {out}/samples (sample_NNN.gif / .mp4 / .npy)")
     click.echo(f"  quality check {'passed' if summary['quality_passed'] else 'FAILED'}: {out}/quality.json")
     for group, figures in summary.get("prompts", {}).items():
         click.echo(f"  prompts, {group} pairings: {figures['matched']} of {figures['scored']} drift the way they say")

@@ -11,15 +11,14 @@ DEMO_KEYS = KeyTable([
     Key("out", str, "latte-demo", "folder for everything the demo makes (re-running resumes)"),
     Key("videos", int, 48, "procedural cloud clips to generate", range=AT_LEAST_1),
     Key("train_steps", int, 200, "training steps from the shipped Latte", range=NON_NEGATIVE),
-    Key("sample_steps", (int, type(None)), None, "sampler steps; null: 250 (DDPM), or 20 (DPM-Solver++) with text",
-        range=AT_LEAST_1),
-    Key("num_videos", (int, type(None)), None, "videos to sample; null: 4, or with text one per prompt of the "
+    Key("sample_steps", (int, type(None)), None, "DPM-Solver++ steps of the samples; null: 20", range=AT_LEAST_1),
+    Key("num_videos", (int, type(None)), None, "videos to sample; null: 16, or with text one per prompt of the "
                                                "demo's 20 (fewer: its first ones)", range=AT_LEAST_1),
     Key("seed", int, 0, "seed of the clips, the training run and the samples", range=SEED),
     Key("quality_clips", int, 64, "real clips the quality check compares the samples with (latte quality's "
                                   "--real-clips)", range=AT_LEAST_1),
     Key("text", bool, False, "the text-to-video demo: captioned clips, the shipped text encoder and text Latte, "
-                             "one video per prompt (sample_steps are DPM-Solver++'s) and the prompt check"),
+                             "one video per prompt and the prompt check"),
 ], {}, ConfigError)
 
 KERNELS = Key("kernels", str, "both", "the CPU kernels of latte_core (on), MindSpore's own ops (off), or both "
