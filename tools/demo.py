@@ -102,19 +102,22 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     report = cache_report(os.path.join(out, "cache"), verify=True)
     write_figures_json(report, os.path.join(out, "cache_report.json"))
     stage("cache")
-    architecture = {k: shipped[k] for k in ARCHITECTURE_KEYS}
-    # the noise the shipped model learned to remove (a run before the key: independent noise, the default)
-    architecture["frame_noise_correlation"] = shipped.get("frame_noise_correlation", 0.0)
-    architecture["prediction_type"] = shipped.get("prediction_type", "epsilon")
-    if text:
-        architecture.update(condition="text", class_dropout_prob=shipped["class_dropout_prob"])
-    config = load_train_config(None, {
-        **architecture, "data_folder": os.path.join(out, "cache"), "train_data_type": "numpy",
-        "pretrained_model_path": os.path.join(latte_dir, "ema.ckpt"), "dtype": "fp32",
-        "amp_level": "O0", "start_learning_rate": 5e-5, "train_batch_size": 4, "max_steps": train_steps,
-        "ema_decay": 0.99, "ckpt_save_interval": train_steps, "step_mode": True, "ckpt_max_keep": 1,
-        "output_path": os.path.join(out, "train"), "seed": seed})
-    trained = train(config, resume=True, progress=progress)
+    if train_steps:
+        architecture = {k: shipped[k] for k in ARCHITECTURE_KEYS}
+        # the noise the shipped model learned to remove (a run before the key: independent noise, the default)
+        architecture["frame_noise_correlation"] = shipped.get("frame_noise_correlation", 0.0)
+        architecture["prediction_type"] = shipped.get("prediction_type", "epsilon")
+        if text:
+            architecture.update(condition="text", class_dropout_prob=shipped["class_dropout_prob"])
+        config = load_train_config(None, {
+            **architecture, "data_folder": os.path.join(out, "cache"), "train_data_type": "numpy",
+            "pretrained_model_path": os.path.join(latte_dir, "ema.ckpt"), "dtype": "fp32",
+            "amp_level": "O0", "start_learning_rate": 5e-5, "train_batch_size": 4, "max_steps": train_steps,
+            "ema_decay": 0.99, "ckpt_save_interval": train_steps, "step_mode": True, "ckpt_max_keep": 1,
+            "output_path": os.path.join(out, "train"), "seed": seed})
+        trained = train(config, resume=True, progress=progress)
+    else:  # --train-steps 0: the shipped weights as they are (their checkpoint folder: ema.ckpt + state.json)
+        trained = {"last_checkpoint": latte_dir, "steps": 0, "loss_curve": None}
     stage("train")
     sample_steps = sample_steps or SAMPLE_STEPS
     num_videos = num_videos or (None if text else SAMPLES)

@@ -14,7 +14,7 @@ from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.pretrained import PRETRAINED
 from latte_core.vae import load_vae
 from latte_toolkit.inference.quality import (LATENT_STD_RATIO, drift_direction, drift_velocity, encode_frames,
-                                               frame_shifts)
+                                               frame_shifts, velocity_matches)
 from latte_toolkit.tools.synthetic import (
     CAPTION_DIRECTIONS, CLOUD_SPEED, DIRECTIONS, SKY_COLOURS, captioned_cloud_frames, cloud_frames, write_captioned_cloud_dataset,
     write_cloud_dataset)
@@ -118,6 +118,7 @@ def test_quality_fails_still_flickering_samples_and_keeps_real_ones_in_range(tmp
     assert run.returncode == 1 and not figures["passed"] and not figures["drift_in_real_range"], drift
     assert all(drift["real_min"] <= speed <= drift["real_max"] for speed in drift["samples"][:2]), drift
     assert drift["in_range"] == 2  # of 4: below DRIFT_ACCURACY (15 of 16)
+    assert drift["velocity_matched"] == 2  # the real clips drift like themselves; the still ones like none
     moves = figures["motion"]  # the change range is the real clips' 5th-95th percentile
     assert moves["real_min"] <= moves["real_p5"] < moves["real_p95"] <= moves["real_max"], moves
     assert max(drift["samples"][2:]) < 0.1 < drift["real_min"], drift
@@ -150,3 +151,12 @@ def test_quality_checks_each_samples_latent_scale_against_the_real_clips(tmp_pat
     # the ratio is linear in the gain: 2x the real clips' own ratio (float32 rounding only, 1e-3 relative)
     assert not amplified["within"] and abs(amplified["max_ratio"] - 2 * real["max_ratio"]) < 1e-3 * amplified["max_ratio"]
     assert len(amplified["samples"]) == 4 and len(amplified["real"]) == vae.latent_channels
+
+
+def test_velocity_matches_counts_direction_as_well_as_speed():
+    """Real clips drifting sideways at 4-6 px/frame: a sample drifting up at 5 px/frame has their speed
+    but no real clip's velocity; one at 25 % off a clip's velocity still matches, at 30 % it does not."""
+    real = np.array([[4.0, 0.0], [-5.0, 0.0], [6.0, 0.0]])
+    assert velocity_matches(np.array([[0.0, 5.0]]), real) == 0
+    assert velocity_matches(np.array([[-5.0, 0.0], [4.0, 1.0], [5.0, 0.0]]), real) == 3  # gaps 0, 1 (24 %), 1
+    assert velocity_matches(np.array([[4.0, 1.25]]), real) == 0  # gap 1.25, 30 % of its speed 4.19
