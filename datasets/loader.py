@@ -197,8 +197,9 @@ class _ClipLoader:
         else:  # in place, no temporaries: (mean + std·ε)·scaling_factor
             rng = np.random.default_rng([self.plan.seed, self.epoch, int(position), *stream])
             rng.standard_normal(out=out, dtype=np.float32)
-            out *= arrays["std"]
-            out += arrays["mean"]
+            with np.errstate(invalid="ignore"):  # inf - inf of an older cache: the training loop names its video
+                out *= arrays["std"]
+                out += arrays["mean"]
             out *= scale
         return out
 
@@ -211,6 +212,15 @@ class _ClipLoader:
         others = rng.integers(0, len(self.image_entries) - 1, self.use_image_num)
         others += others >= own  # skip the clip's own video
         return others, rng.integers(0, self.image_frames[others])
+
+    def sample_videos(self, position):
+        """The video ids of the sample at plan position `position` of the current epoch: its clip's,
+        then its images' (for messages naming a batch's videos)."""
+        video = self.plan.epoch(self.epoch)[0][position]
+        ids = [self.video_ids[video]]
+        if self.use_image_num:
+            ids += [self.image_entries[i]["video_id"] for i in self.images_of(position, video)[0]]
+        return ids
 
     def sample_latent(self, clip_arrays, position, image_arrays=None):
         """The latent (F [+ I], C, h, w) float32 of plan position `position`: its clip's, then its images'

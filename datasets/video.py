@@ -19,9 +19,10 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # "unsupported": the file decodes, but not into frames the toolkit can show as a player would (a flip or a
 # rotation by other than a multiple of 90 degrees in its display matrix, non-square pixels, a size that
-# changes mid-stream, a pixel format without an RGB conversion)
+# changes mid-stream, a pixel format without an RGB conversion); "non-finite": the cache job's verdict on
+# a video whose latents (or caption embedding) hold inf or NaN in the cache dtype
 FAILURE_CATEGORIES = ("unreadable", "empty", "truncated", "corrupt frame", "too short", "timeout", "duplicate",
-                      "missing", "unsupported", "bad name")
+                      "missing", "unsupported", "bad name", "non-finite")
 _NUMBER = re.compile(r"(\d+)")
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: (Error: )?")
 

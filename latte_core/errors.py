@@ -26,6 +26,14 @@ def is_integer(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def shorten(text, limit=80):
+    """`text` for a one-line message: its repr, cut to the first `limit` characters and then saying
+    how long it is, so a 10,000-character caption or value never floods the line."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
 def describe_value(value):
     """A config value as it reads in JSON, with its type, for messages: "64" (str), 3.5 (float), null."""
     try:

@@ -61,7 +61,8 @@ CACHE_KEYS = KeyTable([
 
 REPORT_KEYS = KeyTable([
     Key("cache", str, None, "cache folder (latte cache)"),
-    Key("verify", bool, False, "re-hash every shard and compare with the ledger (exit 1 on a mismatch)"),
+    Key("verify", bool, False, "re-hash every shard against the ledger and check every stored value is finite "
+                               "(exit 1 on a mismatch or a non-finite value)"),
     Key("plot", OPTIONAL_STR, None, "also draw each shard's seconds per phase (decode, encode, write) into this PNG"),
 ], {}, ConfigError)
 

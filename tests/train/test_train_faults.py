@@ -1,7 +1,6 @@
 """`latte train` under faults: a kill -9, a resume from any checkpoint, a damaged checkpoint, a resume
 with another model, and keys or data that cannot train — each either goes on bit-identically or stops
 with one `Error:` line (exit 2) before anything in the run folder changes."""
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,8 @@ import mindspore as ms
 from latte_toolkit.cli import main
 from latte_toolkit.train.checkpoint import ResumeError, select_checkpoint
 from latte_toolkit.train.config import KEYS, TrainConfigError, load_train_config
+
+from media import snapshot
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 # On the test cache (8 videos hold a 4-frame clip) batch 2 gives 4 steps per epoch, so checkpoints every
@@ -62,18 +63,6 @@ def _damage(path, at=0.5):
     offset = int(len(data) * at)
     data[offset:offset + 64] = bytes(255 - b for b in data[offset:offset + 64])
     path.write_bytes(bytes(data))
-
-
-def _snapshot(folder):
-    """Every file under `folder`: bytes and modification time."""
-    found = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                found[os.path.relpath(path, folder)] = (hashlib.sha256(handle.read()).hexdigest(),
-                                                       os.stat(path).st_mtime_ns)
-    return found
 
 
 def _assert_one_error_line(done, *names):
@@ -214,7 +203,7 @@ def test_refusals_through_the_cli_are_one_error_line_and_leave_the_run_folder_as
 
     def case(name, config, names, run=None, args=()):
         run = run or tmp_path / f"run_{name}"
-        before = _snapshot(run) if run.exists() else None
+        before = snapshot(run) if run.exists() else None
         command = [LATTE, "train", "-c", config, "--output-dir", str(run), *args]
         if "--cache" not in args:
             command += ["--cache", cache]
@@ -246,7 +235,7 @@ def test_refusals_through_the_cli_are_one_error_line_and_leave_the_run_folder_as
         if before is None:
             assert not run.exists(), name
         else:
-            assert _snapshot(run) == before, name
+            assert snapshot(run) == before, name
 
 
 @pytest.mark.parametrize("key,value", [
@@ -288,10 +277,10 @@ def test_an_output_dir_below_a_regular_file_is_one_error_naming_it_and_changes_n
     blocker = tmp_path / "place" / "file"
     blocker.parent.mkdir()
     blocker.write_text("not a folder")
-    before = {folder: _snapshot(folder) for folder in (blocker.parent, tmp_path / "cache")}
+    before = {folder: snapshot(folder) for folder in (blocker.parent, tmp_path / "cache")}
     run = blocker / "run"
     done = subprocess.run([LATTE, "train", "-c", _config(tmp_path, image_size=32), "--cache", str(cache),
                            "--output-dir", str(run), "--max-steps", "1"], cwd=tmp_path, capture_output=True,
                           text=True, env={**os.environ, "GLOG_v": "3"}, timeout=300)
     _assert_one_error_line(done, str(run), "Not a directory")
-    assert {folder: _snapshot(folder) for folder in before} == before
+    assert {folder: snapshot(folder) for folder in before} == before
