@@ -247,7 +247,13 @@ def _frame_batches(item, image_size, micro_batch, out, stop):
 
     try:
         batch = []
-        for frame in iter_frames(item["path"], item["kind"]):
+        shape = (item["height"], item["width"], 3)
+        for index, frame in enumerate(iter_frames(item["path"], item["kind"])):
+            if frame.shape != shape:  # never cropped and resized to fit: the cache would hold other pictures
+                raise UnusableInput("unsupported", f"{item['path']}: frame {index} decodes to {frame.shape[1]}x"
+                                                   f"{frame.shape[0]}, the manifest records {shape[1]}x{shape[0]} "
+                                                   f"(a size that changes mid-stream, or a file changed since "
+                                                   f"ingest: re-run latte ingest)")
             batch.append(center_crop_resize(frame, image_size))
             if len(batch) == micro_batch:
                 if not put(to_pixels(batch)):
