@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from latte_core.atomic import sha256_of, write_atomically, write_json_atomically
 from latte_core.checkpoint import CheckpointError
-from latte_core.errors import DiskFull, UserError, shorten
+from latte_core.errors import DiskFull, UserError, bounded
 from latte_core.kernels import blas_threads
 from latte_core.text_encoder import TextEncoder, load_text_encoder
 from latte_core.vae import load_vae
@@ -365,7 +365,7 @@ def write_shard(spec, videos, timings, text=None):
                     problem = non_finite_problem(video_arrays, spec["dtype"], "text encoder")
                     if problem:  # the empty prompt's was checked when the job started: a caption's
                         failures.append({"video_id": item["video_id"], "path": item["path"], "category": "non-finite",
-                                         "message": f"{item['path']}: its caption {shorten(item['caption'], 40)}'s "
+                                         "message": f"{item['path']}: its caption {bounded(item['caption'], 40)}'s "
                                                     f"embedding: {problem}"})
                         continue
                     without_caption += not captioned
