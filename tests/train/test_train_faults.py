@@ -19,6 +19,7 @@ from click.testing import CliRunner
 import mindspore as ms
 
 from latte_toolkit.cli import main
+from latte_toolkit.datasets.formats import FORMAT_NAMES
 from latte_toolkit.train.checkpoint import ResumeError, select_checkpoint
 from latte_toolkit.train.config import KEYS, TrainConfigError, load_train_config
 
@@ -284,3 +285,30 @@ def test_an_output_dir_below_a_regular_file_is_one_error_naming_it_and_changes_n
                           text=True, env={**os.environ, "GLOG_v": "3"}, timeout=300)
     _assert_one_error_line(done, str(run), "Not a directory")
     assert {folder: snapshot(folder) for folder in before} == before
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_a_shard_truncated_while_training_runs_is_one_error_naming_it(caches, tmp_path, fmt):
+    """The loader reads in threads MindSpore runs; the reader's own error reaches the user (one Error
+    line naming the shard, exit 2), not MindSpore's RuntimeError with its traceback inside, and the
+    checkpoints written before stay as they were."""
+    cache = tmp_path / "cache"
+    shutil.copytree(caches[fmt], cache)
+    run = tmp_path / "run"
+    process = subprocess.Popen([LATTE, "train", "-c", _config(tmp_path, train_data_type=fmt), "--cache", str(cache),
+                                "--output-dir", str(run), "--max-steps", "400"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "GLOG_v": "3"})
+    first, deadline = run / "ckpt" / "step-00000002" / "checksums.json", time.monotonic() + 300  # written last
+    while not first.exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    for shard in (cache / "shards").iterdir():  # the loader checked them when it started: now half of each
+        for path in shard.iterdir():
+            os.truncate(path, path.stat().st_size // 2)
+    written = {path: value for path, value in snapshot(run / "ckpt").items() if path.startswith("step-")}
+    stdout, stderr = process.communicate(timeout=300)
+    done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    line = _assert_one_error_line(done, str(cache / "shards"), "cannot be read", "latte cache")
+    assert "RuntimeError" not in stderr and "Traceback" not in stderr and len(line) < 1000
+    after = snapshot(run / "ckpt")
+    assert written and {path: after.get(path) for path in written} == written
