@@ -20,10 +20,11 @@ import mindspore as ms
 
 from latte_toolkit.cli import main
 from latte_toolkit.datasets.formats import FORMAT_NAMES
+from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.train.checkpoint import ResumeError, select_checkpoint
 from latte_toolkit.train.config import KEYS, TrainConfigError, load_train_config
 
-from media import snapshot
+from media import snapshot, truncate
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 # On the test cache (8 videos hold a 4-frame clip) batch 2 gives 4 steps per epoch, so checkpoints every
@@ -312,3 +313,22 @@ def test_a_shard_truncated_while_training_runs_is_one_error_naming_it(caches, tm
     assert "RuntimeError" not in stderr and "Traceback" not in stderr and len(line) < 1000
     after = snapshot(run / "ckpt")
     assert written and {path: after.get(path) for path in written} == written
+
+
+def test_a_video_that_no_longer_decodes_while_training_from_videos_is_one_error_naming_it(caches, tmp_path):
+    """The uncached path decodes in MindSpore's GeneratorDataset threads: a video cut after ingest is
+    one Error line naming the file (exit 2), not MindSpore's RuntimeError."""
+    source = tmp_path / "videos"
+    shutil.copytree(caches["root"] / "src", source, ignore=shutil.ignore_patterns("sky"))
+    run_ingest([source], tmp_path / "ingest", workers=0, progress=False)
+    for path in source.iterdir():  # every clip: the first batch reads one
+        truncate(path, 0.4)
+    before = snapshot(tmp_path / "ingest")
+    config = _config(tmp_path, train_data_type="video_file", data_folder=str(tmp_path / "ingest"),
+                     vae_checkpoint=str(caches["vae"]))
+    done = subprocess.run([LATTE, "train", "-c", config, "--output-dir", str(tmp_path / "run"), "--max-steps", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "GLOG_v": "3"},
+                          timeout=600)
+    line = _assert_one_error_line(done, str(source), "the file changed since latte ingest checked it")
+    assert "RuntimeError" not in done.stderr and len(line) < 1000
+    assert snapshot(tmp_path / "ingest") == before and not (tmp_path / "run" / "ckpt").exists()
