@@ -58,10 +58,11 @@ def list_frame_files(folder):
     return [os.path.join(folder, name) for name in sorted(names, key=natural_key)]
 
 
-def probe_video(path, verify=False):
+def probe_video(path, verify=False, check_keyframes=True):
     """Container metadata of a video file, at the size a player shows (rotation applied), its
-    keyframes' sizes and pixel formats checked against frame 0's; with verify, decode every frame,
-    check it and count what decodes."""
+    keyframes' sizes and pixel formats checked against frame 0's (check_keyframes=False: not; for
+    `latte bench ingest`, which times the check); with verify, decode every frame, check it and count
+    what decodes."""
     if not os.path.isfile(path):
         raise UnusableInput("missing", f"{path}: no such file")
     if os.path.getsize(path) == 0:
@@ -70,7 +71,7 @@ def probe_video(path, verify=False):
         return _probe_gif(path, verify)
     video = _Video(path)
     info = {"num_frames": video.claimed, "fps": video.fps, "height": video.height, "width": video.width}
-    if not verify:  # --verify decodes, and so checks, every frame
+    if check_keyframes and not verify:  # --verify decodes, and so checks, every frame
         video.check_keyframes()
     if verify:
         decoded = video.count_decodable()
