@@ -97,14 +97,15 @@ class _ConfigLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: explicit keys override merged ones
                 continue
-            key = self.construct_object(key_node, deep=deep)
+            key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
             try:
-                first = lines.setdefault(key, key_node.start_mark.line + 1)
+                first = lines.get(key)
             except TypeError:  # an unhashable key: SafeLoader's own error names it
                 continue
-            if first != key_node.start_mark.line + 1:
-                raise _Refused(f"key {bounded(key)} appears twice, on lines {first} and {key_node.start_mark.line + 1} "
-                               f"(the last would silently win): keep one")
+            if first is not None:
+                raise _Refused(f"key {bounded(key)} appears twice, on lines {first} and {line} (the last would "
+                               f"silently win): keep one")
+            lines[key] = line
         return super().construct_mapping(node, deep)
 
 

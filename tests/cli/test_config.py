@@ -12,6 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from latte_core.errors import UserError
+from latte_core.keys import read_yaml_mapping
 from latte_toolkit.cli import main
 from latte_toolkit.cli.convert import CONVERT_LATTE_KEYS, CONVERT_VAE_KEYS
 from latte_toolkit.inference.config import QUALITY_KEYS, SAMPLE_KEYS
@@ -153,6 +154,16 @@ def test_documents_that_would_flood_memory_or_the_error_line_are_one_bounded_err
         if case == "long value":
             assert size in errors[0], errors[0]
         assert snapshot(tmp_path) == before, case
+
+
+def test_duplicate_keys_are_found_in_nested_and_flow_mappings_and_merge_keys_stay_allowed(tmp_path):
+    path = tmp_path / "stage.yaml"
+    path.write_text("out: work/ingest\ndata_config: {sample_n_frames: 4, sample_n_frames: 5}\n")
+    with pytest.raises(UserError, match=r"stage.yaml: key 'sample_n_frames' appears twice, on lines 2 and 2 "):
+        stages.INGEST_KEYS.load(str(path))
+    # `<<` merges a mapping whose keys the explicit ones override: YAML's rule, not a duplicate
+    path.write_text("base: &d {num_frames: 4, sample_stride: 2}\nstage:\n  <<: *d\n  num_frames: 8\n")
+    assert read_yaml_mapping(str(path))["stage"] == {"num_frames": 8, "sample_stride": 2}
 
 
 def test_an_alias_bomb_and_a_50_mb_config_are_refused_at_once_by_the_commands(tmp_path):
