@@ -74,13 +74,13 @@ def check_null_text_embedding(folder):
 
 
 def non_finite_values(arrays):
-    """{name: how many of its values are inf or NaN} of the arrays that hold any."""
-    counts = {}
+    """"N of M <name> values, ..." of the arrays {name: array} that hold inf or NaN, or None."""
+    found = []
     for name, array in arrays.items():
         bad = np.asarray(array).size - np.count_nonzero(np.isfinite(array))
         if bad:
-            counts[name] = int(bad)
-    return counts
+            found.append(f"{bad} of {np.asarray(array).size} {name} values")
+    return ", ".join(found) or None
 
 
 def shard_reader(folder, info, entries, cache_bytes=256 << 20):
@@ -99,10 +99,9 @@ def check_finite(folder, info, records, skip=()):
     problems = {}
     for entry in entries:
         arrays = reader.read(entry)
-        counts = non_finite_values({name: arrays[name] for name in reader.frame_fields + video_fields_for(info)})
-        if counts:
-            problems[entry["video_id"]] = ", ".join(f"{count} of {arrays[name].size} {name} values"
-                                                    for name, count in counts.items()) + " are not finite"
+        found = non_finite_values({name: arrays[name] for name in reader.frame_fields + video_fields_for(info)})
+        if found:
+            problems[entry["video_id"]] = f"{found} are not finite"
     return problems
 
 

@@ -115,10 +115,9 @@ def non_finite_problem(arrays, dtype, encoder):
     """None when every array is finite, else why not: `arrays` are `encoder`'s outputs ("VAE", "text
     encoder") after the cast to the cache `dtype`; float16 stores inf past +-65504, which training
     would turn into a NaN loss at its first step."""
-    counts = non_finite_values(arrays)
-    if not counts:
+    found = non_finite_values(arrays)
+    if not found:
         return None
-    found = ", ".join(f"{count} of {arrays[name].size} {name} values" for name, count in counts.items())
     hint = (f"float16 holds up to ±65504: cache with --dtype float32, or use a {encoder} whose outputs stay "
             f"in that range" if dtype == "float16" else f"the {encoder}'s own outputs are not finite")
     return f"{found} are not finite in {dtype} ({hint})"

@@ -60,10 +60,9 @@ def cache_report(folder, verify=False):
         report["non_finite"] = [f"{video_id}: {problem}" for video_id, problem in
                                 sorted(check_finite(folder, info, records, skip=problems).items())]
         if "text_encoder_sha256" in info and not null_problem:
-            null = np.load(os.path.join(folder, NULL_TEXT_FILE))
-            count = non_finite_values({NULL_TEXT_FILE: null}).get(NULL_TEXT_FILE)
-            if count:
-                report["non_finite"].append(f"{NULL_TEXT_FILE}: {count} of {null.size} values are not finite")
+            found = non_finite_values({"embedding": np.load(os.path.join(folder, NULL_TEXT_FILE))})
+            if found:
+                report["non_finite"].append(f"{NULL_TEXT_FILE}: {found} are not finite")
     return report
 
 
