@@ -15,6 +15,8 @@ import yaml
 from safetensors.numpy import load_file, save_file
 
 from latte_core import TextEncoder
+from latte_core.atomic import sha256_of
+from latte_toolkit.datasets.cache import NULL_TEXT_FILE, TEXT_ENCODER_FILE
 from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.tools.fixtures import write_synthetic_cache
 
@@ -159,3 +161,22 @@ def test_training_on_an_older_cache_stops_naming_the_first_non_finite_batchs_vid
     assert snapshot(older_cache) == before
     assert not (run / "ckpt").exists() or not os.listdir(run / "ckpt")  # no step was taken, nothing saved
     assert not (run / "train_log.jsonl").exists() or (run / "train_log.jsonl").read_text() == ""
+
+
+def test_report_verify_names_a_non_finite_empty_prompt_embedding_of_an_older_cache(sources, fixtures_dir, tmp_path):
+    """An older text cache whose empty prompt's embedding holds inf (its sha256 recorded as it is)."""
+    out = tmp_path / "cache"
+    done = _cache(sources, out, sources["vae"], "--text-encoder", str(fixtures_dir / "text" / "clip_text_small"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    null = np.load(out / NULL_TEXT_FILE)
+    null[0, :3] = np.inf
+    np.save(out / NULL_TEXT_FILE, null)
+    record = json.loads((out / TEXT_ENCODER_FILE).read_text())
+    (out / TEXT_ENCODER_FILE).write_text(json.dumps({**record, "empty_prompt_sha256": sha256_of(out / NULL_TEXT_FILE)}))
+    before = snapshot(out)
+    report = subprocess.run([LATTE, "report", str(out), "--verify"], capture_output=True, text=True, env=ENV,
+                            timeout=300)
+    assert report.returncode == 1, report.stdout + report.stderr
+    assert [line.strip() for line in report.stdout.splitlines() if "NON-FINITE" in line] == [
+        f"NON-FINITE {NULL_TEXT_FILE}: 3 of {null.size} embedding values are not finite"]
+    assert snapshot(out) == before
