@@ -80,6 +80,10 @@ YAML_MAX_BYTES = 1 << 20
 YAML_MAX_VALUES = 100_000
 
 
+_TOO_MANY = (f"its aliases expand to more than {YAML_MAX_VALUES:,} values (the limit of a config: an alias "
+             f"repeats a value, and a few repeated in turn stand for billions)")
+
+
 class _Refused(yaml.YAMLError):
     """A document the config reader will not parse (its message says why)."""
 
@@ -89,7 +93,16 @@ class _ConfigLoader(yaml.SafeLoader):
 
     def compose_document(self):
         node = super().compose_document()
-        _count_values(node, {}, set())
+        counted, total = {}, 0  # one count over the document: a value aliased under two keys counts twice
+        for key_node, value_node in node.value if isinstance(node, yaml.MappingNode) else [(None, node)]:
+            where = f"key {bounded(key_node.value)} (line {key_node.start_mark.line + 1}): " if isinstance(
+                key_node, yaml.ScalarNode) else ""
+            try:
+                total += _count_values(value_node, counted, set())
+                if total > YAML_MAX_VALUES:
+                    raise _Refused(_TOO_MANY)
+            except _Refused as err:
+                raise _Refused(f"{where}{err}") from None
         return node
 
     def construct_mapping(self, node, deep=False):
@@ -123,8 +136,7 @@ def _count_values(node, counted, open_nodes):
     for child in children:
         total += _count_values(child, counted, open_nodes)
         if total > YAML_MAX_VALUES:
-            raise _Refused(f"its aliases expand to more than {YAML_MAX_VALUES:,} values (the limit of a config: an "
-                           f"alias repeats a value, and a few repeated in turn stand for billions)")
+            raise _Refused(_TOO_MANY)
     open_nodes.discard(id(node))
     counted[id(node)] = total
     return total

@@ -119,11 +119,13 @@ def _bomb(levels=8):
 def _bad_documents(key, required):
     """{case: (YAML text, words its Error line holds)} for a command whose table has `key`."""
     lines = "".join(f"{name}: {json.dumps(value)}\n" for name, value in required.items())
+    at = f"key '{key.name}' (line {len(required) + 1}): "  # where a refused value stands
     wrong = list(range(50_000)) if str in key.types else "x" * 10_000  # of another type than the key's
     size = "(a list of 50,000 items, " if str in key.types else "(a str of 10,000 characters)"
     return {
-        "alias bomb": (f"{lines}{key.name}: {_bomb()}\n", "aliases expand to more than 100,000 values"),
-        "alias into itself": (f"{lines}{key.name}: &loop [1, *loop]\n", "refers to a value that contains it"),
+        "alias bomb": (f"{lines}{key.name}: {_bomb()}\n", f"{at}its aliases expand to more than 100,000 values"),
+        "alias into itself": (f"{lines}{key.name}: &loop [1, *loop]\n",
+                              f"{at}an alias refers to a value that contains it"),
         "duplicate key": (f"{key.name}: 1\n{lines}{key.name}: 2\n",
                           f"key '{key.name}' appears twice, on lines 1 and {len(required) + 2}"),
         "over 1 MiB": (f"{lines}# {'x' * (1 << 20)}\n", "more than a config may hold (1,048,576): it is not parsed"),
