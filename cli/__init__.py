@@ -11,7 +11,7 @@ import os
 
 import click
 
-from latte_core.errors import JobAborted, UserError
+from latte_core.errors import JobAborted, UserError, bounded
 
 
 class BadInput(click.ClickException):
@@ -65,7 +65,7 @@ class IntList(click.ParamType):
         try:
             return [int(item) for item in value.split(",")]
         except ValueError:
-            self.fail(f"must be integers separated by commas, got {value!r}", param, ctx)
+            self.fail(f"must be integers separated by commas, got {bounded(value)}", param, ctx)
 
 
 class FiniteFloat(click.FloatRange):
@@ -74,7 +74,7 @@ class FiniteFloat(click.FloatRange):
     def convert(self, value, param, ctx):
         number = click.FLOAT.convert(value, param, ctx)
         if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
+            self.fail(f"{bounded(value)} is not a finite number.", param, ctx)
         return super().convert(number, param, ctx)
 
     def _describe_range(self):

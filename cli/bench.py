@@ -118,18 +118,27 @@ def bench_vae_command(config):
     BENCH_INGEST_KEYS,
     key_option("sources", "--source", multiple=True, type=click.Path(exists=True),
                help="Inputs to ingest (as for `latte ingest`). Repeatable."),
-    key_option("workers"), key_option("replan_inputs"),
+    key_option("workers"), key_option("replan_inputs"), key_option("keyframe_frames"), key_option("keyframe_size"),
+    key_option("repeats"),
 )
 def bench_ingest_command(config):
     """`ingest --verify` against a plain sequential decord/PIL decode of the same files, in one run.
 
+    With --keyframe-frames N, `keyframe_check` holds the probe of a synthetic N-frame H.264 (PyAV) with
+    and without ingest's keyframe check, alternated: medians of --repeats, their ratio, and the
+    --verify probe of the same file.
+
     \b
     Example:
       latte bench ingest --source sky_train/
+      latte bench ingest --source sky_train/ --replan-inputs 0 --keyframe-frames 20000
     """
     # kept here: the ingest benchmark (dask, decord, PyAV) adds ~1.8 s to `latte --help`
     from latte_toolkit.tools.bench.ingest import bench_ingest
-    click.echo(strict_json_line(bench_ingest(config["sources"], config["workers"], config["replan_inputs"])))
+    if config["keyframe_size"] % 2:
+        raise BadInput(f"--keyframe-size must be even (H.264 in yuv420p), got {config['keyframe_size']}")
+    click.echo(strict_json_line(bench_ingest(config["sources"], config["workers"], config["replan_inputs"],
+                                             config["keyframe_frames"], config["keyframe_size"], config["repeats"])))
 
 
 @bench.command("cache")

@@ -17,7 +17,8 @@ from . import configured, key_option, main
     key_option("out", "--out", type=click.Path(file_okay=False), help="Output folder (resumable)."),
     key_option("num_frames", "--num-frames", "--num_frames"),
     key_option("sample_stride", "--sample-stride", "--sample_stride"),
-    key_option("verify", "--verify/--no-verify", help="Decode every frame (default: container metadata only)."),
+    key_option("verify", "--verify/--no-verify", help="Decode every frame (default: container metadata and the "
+                                                       "keyframes' sizes and pixel formats)."),
     key_option("workers"),
     key_option("scheduler"),
     key_option("retry_failed", "--retry-failed", is_flag=True, help="Also re-try the inputs that failed before."),

@@ -19,6 +19,9 @@ from . import BadInput, configured, key_option, main
 def report(config, as_json):
     """Summarise a cache: videos, frames, bytes, size ratio to the sources, failures, time per phase.
 
+    --verify re-hashes every shard against the ledger and checks that every stored value is finite;
+    it exits 1 on a mismatch or a non-finite value.
+
     \b
     Example:
       latte report work/cache --verify --plot work/cache_phases.png
@@ -48,7 +51,9 @@ def report(config, as_json):
             click.echo(f"  verified shards: {result['verified_shards']}")
             for line in result["corrupt_shards"]:
                 click.echo(f"  CORRUPT {line}")
+            for line in result["non_finite"]:
+                click.echo(f"  NON-FINITE {line}")
         if config["plot"]:
             click.echo(f"  plot: {config['plot']}")
-    if config["verify"] and result["corrupt_shards"]:
+    if config["verify"] and (result["corrupt_shards"] or result["non_finite"]):
         raise SystemExit(1)

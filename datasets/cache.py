@@ -73,6 +73,38 @@ def check_null_text_embedding(folder):
     return None
 
 
+def non_finite_values(arrays):
+    """"N of M <name> values, ..." of the arrays {name: array} that hold inf or NaN, or None."""
+    found = []
+    for name, array in arrays.items():
+        bad = np.asarray(array).size - np.count_nonzero(np.isfinite(array))
+        if bad:
+            found.append(f"{bad} of {np.asarray(array).size} {name} values")
+    return ", ".join(found) or None
+
+
+def shard_reader(folder, info, entries, cache_bytes=256 << 20):
+    """The format's Reader over the shards of the cache in `folder` (`info`: its cache.json)."""
+    return get_format(info["format"]).Reader(
+        os.path.join(folder, "shards"), entries, frame_fields=fields_for(info["store"]), dtype=np.dtype(info["dtype"]),
+        chunk_frames=info["chunk_frames"], cache_bytes=cache_bytes)
+
+
+def check_finite(folder, info, records, skip=()):
+    """{video_id: problem} for the committed videos (the ledger's index rows, those of the shards in
+    `skip` left out) whose stored latents or caption embedding hold inf or NaN: a cache written before
+    `latte cache` refused them (outputs past float16's range store inf)."""
+    entries = [row for record in records if record["unit_id"] not in skip for row in record.get("index", ())]
+    reader = shard_reader(folder, info, entries)
+    problems = {}
+    for entry in entries:
+        arrays = reader.read(entry)
+        found = non_finite_values({name: arrays[name] for name in reader.frame_fields + video_fields_for(info)})
+        if found:
+            problems[entry["video_id"]] = f"{found} are not finite"
+    return problems
+
+
 class CacheReader:
     """`ids` (video ids, sorted) and `read(video_id)` -> {"mean", "std"} or {"sample"} arrays of shape
     (frames, C, h, w), plus "label" and "caption" (and the video's arrays when the cache has them).
@@ -96,9 +128,7 @@ class CacheReader:
         self.dtype = np.dtype(self.info["dtype"])
         self.entries = {row["video_id"]: row for row in pq.read_table(index_path).to_pylist()}
         self.ids = sorted(self.entries)
-        self.reader = get_format(self.info["format"]).Reader(
-            os.path.join(self.folder, "shards"), self.entries.values(), frame_fields=self.fields, dtype=self.dtype,
-            chunk_frames=self.info["chunk_frames"], cache_bytes=cache_bytes)
+        self.reader = shard_reader(self.folder, self.info, self.entries.values(), cache_bytes)
 
         self.has_text = bool(video_fields_for(self.info))
         self._null_text_embedding = None

@@ -38,10 +38,10 @@ from concurrent.futures import ThreadPoolExecutor
 import mindspore.dataset as ds
 import numpy as np
 
-from latte_core.errors import is_integer
+from latte_core.errors import UserError, is_integer
 
 from .cache import CorruptCache, check_cache, open_cache, read_ledger, unindexed_videos
-from .video import center_crop_resize, read_frames_at, read_manifest, to_pixels
+from .video import UnusableInput, center_crop_resize, read_frames_at, read_manifest, to_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +197,9 @@ class _ClipLoader:
         else:  # in place, no temporaries: (mean + std·ε)·scaling_factor
             rng = np.random.default_rng([self.plan.seed, self.epoch, int(position), *stream])
             rng.standard_normal(out=out, dtype=np.float32)
-            out *= arrays["std"]
-            out += arrays["mean"]
+            with np.errstate(invalid="ignore"):  # inf - inf of an older cache: the training loop names its video
+                out *= arrays["std"]
+                out += arrays["mean"]
             out *= scale
         return out
 
@@ -211,6 +212,15 @@ class _ClipLoader:
         others = rng.integers(0, len(self.image_entries) - 1, self.use_image_num)
         others += others >= own  # skip the clip's own video
         return others, rng.integers(0, self.image_frames[others])
+
+    def sample_videos(self, position):
+        """The video ids of the sample at plan position `position` of the current epoch: its clip's,
+        then its images' (for messages naming a batch's videos)."""
+        video = self.plan.epoch(self.epoch)[0][position]
+        ids = [self.video_ids[video]]
+        if self.use_image_num:
+            ids += [self.image_entries[i]["video_id"] for i in self.images_of(position, video)[0]]
+        return ids
 
     def sample_latent(self, clip_arrays, position, image_arrays=None):
         """The latent (F [+ I], C, h, w) float32 of plan position `position`: its clip's, then its images'
@@ -247,9 +257,33 @@ class _ClipLoader:
         raise NotImplementedError
 
 
-def _dataset_batches(dataset, columns, batch_size):
+def _dataset_rows(dataset, failures):
+    """The rows of a GeneratorDataset (numpy). Its source runs in MindSpore's threads, and MindSpore
+    re-raises a source's error as a RuntimeError whose one message embeds its Python traceback and C++
+    stack: a source records its error in `failures` instead, and it is raised here as it was, after
+    the rows before it."""
+    try:
+        yield from dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
+    except RuntimeError:
+        if not failures:
+            raise
+    if failures:
+        raise failures[0] from None
+
+
+def _recording(source, failures):
+    """A generator function running `source()`, whose first error ends it and is kept in `failures`."""
+    def run():
+        try:
+            yield from source()
+        except Exception as err:
+            failures.append(err)
+    return run
+
+
+def _dataset_batches(dataset, columns, batch_size, failures):
     """The batches of a dataset whose rows each hold one or more whole batches (views, no copy)."""
-    for row in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+    for row in _dataset_rows(dataset, failures):
         for first in range(0, len(row[columns[0]]), batch_size):
             yield {column: row[column][first:first + batch_size] for column in columns}
 
@@ -363,12 +397,25 @@ class CacheLoader(_ClipLoader):
                          np.array([pool[e["video_id"]] for e in self.entries], np.int64), text_encoder)
 
     def caption_embedding(self, entry):
-        return self.cache.caption_embedding(entry).astype(np.float32)
+        return self._read([entry["shard"]], self.cache.caption_embedding, entry).astype(np.float32)
+
+    def _read(self, shards, read, *args):
+        """read(*args) from the cache's shards; any error is a CorruptCache naming them: their files
+        changed after the loader checked them against the ledger (e.g. truncated while a run reads)."""
+        try:
+            return read(*args)
+        except Exception as err:
+            folders = ", ".join(self.cache.reader.shard_folder(shard) for shard in sorted(set(shards)))
+            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise CorruptCache(f"{folders}: cannot be read ({reason}); the shard changed after the loader checked it "
+                               f"against the ledger: restore it (latte report --verify names what differs) or re-run "
+                               f"latte cache, then resume") from None
 
     def _batches(self, video, start, positions):
-        dataset = ds.GeneratorDataset(lambda: self._read_batches(video, start, positions), column_names=self.columns,
-                                      shuffle=False)
-        return _dataset_batches(dataset, self.columns, self.batch_size)
+        failures = []
+        source = _recording(lambda: self._read_batches(video, start, positions), failures)
+        dataset = ds.GeneratorDataset(source, column_names=self.columns, shuffle=False)
+        return _dataset_batches(dataset, self.columns, self.batch_size, failures)
 
     def _read_batches(self, video, start, positions):
         """Batches of samples each read (read_frames) and sampled on one of the workers' threads, in plan
@@ -386,25 +433,32 @@ class CacheLoader(_ClipLoader):
         images = None
         if self.use_image_num:
             others, indices = self.images_of(position, video)
-            images = others, self.cache.reader.read_single_frames(
-                [(self.image_entries[i], k) for i, k in zip(others, indices)], self.fields)
-        return self._finished_sample(self.read_clip(entry, self.plan.frame_indices(start)), entry, position, images)
+            frames = [(self.image_entries[i], k) for i, k in zip(others, indices)]
+            images = others, self._read([e["shard"] for e, _ in frames], self.cache.reader.read_single_frames,
+                                        frames, self.fields)
+        clip = self._read([entry["shard"]], self.read_clip, entry, self.plan.frame_indices(start))
+        return self._finished_sample(clip, entry, position, images)
 
 
 class _PlanSource:
     """GeneratorDataset source: item k is the rank's k-th batch, make_sample(video, first frame, plan
-    position) for each of its positions, stacked."""
+    position) for each of its positions, stacked. An error is kept in `failures` (see _dataset_rows)."""
 
     def __init__(self, make_sample, video, start, positions, batch_size):
         self.make_sample, self.video, self.start = make_sample, video, start
         self.positions, self.batch_size = positions, batch_size
+        self.failures = []
 
     def __len__(self):
         return len(self.positions) // self.batch_size
 
     def __getitem__(self, k):
         batch = self.positions[k * self.batch_size:(k + 1) * self.batch_size]
-        return _stack([self.make_sample(self.video[p], self.start[p], p) for p in batch])
+        try:
+            return _stack([self.make_sample(self.video[p], self.start[p], p) for p in batch])
+        except Exception as err:  # random access: MindSpore must hear of it too, or it would wait for item k
+            self.failures.append(err)
+            raise
 
 
 class VideoLoader(_ClipLoader):
@@ -457,7 +511,7 @@ class VideoLoader(_ClipLoader):
         dataset = ds.GeneratorDataset(source, column_names=columns, shuffle=False,
                                       num_parallel_workers=self.num_parallel_workers, python_multiprocessing=False)
         frames = self.plan.num_frames
-        for row in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+        for row in _dataset_rows(dataset, source.failures):
             mean, std = self.vae.encode_video(row["pixels"], micro_batch=self.micro_batch)  # clip and images
             samples = []
             for k, position in enumerate(row["index"]):
@@ -470,13 +524,22 @@ class VideoLoader(_ClipLoader):
     def _pixel_sample(self, video, start, position):
         """The clip's frames (and its images', last) as VAE input, its position (and image places)."""
         entry = self.entries[video]
-        frames = list(read_frames_at(entry["path"], entry["kind"], self.plan.frame_indices(start)))
+        frames = _decoded(entry, self.plan.frame_indices(start))
         places = ()
         if self.use_image_num:
             places, indices = self.images_of(position, video)
             for place, index in zip(places, indices):
-                image = self.image_entries[place]
-                frames += list(read_frames_at(image["path"], image["kind"], [index]))
+                frames += _decoded(self.image_entries[place], [index])
         pixels = to_pixels([center_crop_resize(frame, self.image_size) for frame in frames])
         sample = (pixels, np.int64(position))
         return sample + ((np.asarray(places, np.int64),) if self.use_image_num else ())
+
+
+def _decoded(entry, indices):
+    """The frames at `indices` of a manifest row's video, as a list; a file that no longer decodes as
+    ingest found it is a UserError naming it."""
+    try:
+        return list(read_frames_at(entry["path"], entry["kind"], indices))
+    except UnusableInput as err:
+        raise UserError(f"{err.message} (the file changed since latte ingest checked it: restore it, or ingest "
+                        f"again)") from None

@@ -19,9 +19,10 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # "unsupported": the file decodes, but not into frames the toolkit can show as a player would (a flip or a
 # rotation by other than a multiple of 90 degrees in its display matrix, non-square pixels, a size that
-# changes mid-stream, a pixel format without an RGB conversion)
+# changes mid-stream, a pixel format without an RGB conversion); "non-finite": the cache job's verdict on
+# a video whose latents (or caption embedding) hold inf or NaN in the cache dtype
 FAILURE_CATEGORIES = ("unreadable", "empty", "truncated", "corrupt frame", "too short", "timeout", "duplicate",
-                      "missing", "unsupported", "bad name")
+                      "missing", "unsupported", "bad name", "non-finite")
 _NUMBER = re.compile(r"(\d+)")
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: (Error: )?")
 
@@ -57,9 +58,11 @@ def list_frame_files(folder):
     return [os.path.join(folder, name) for name in sorted(names, key=natural_key)]
 
 
-def probe_video(path, verify=False):
-    """Container metadata of a video file, at the size a player shows (rotation applied); with
-    verify, decode every frame, check it and count what decodes."""
+def probe_video(path, verify=False, check_keyframes=True):
+    """Container metadata of a video file, at the size a player shows (rotation applied), its
+    keyframes' sizes and pixel formats checked against frame 0's (check_keyframes=False: not; for
+    `latte bench ingest`, which times the check); with verify, decode every frame, check it and count
+    what decodes."""
     if not os.path.isfile(path):
         raise UnusableInput("missing", f"{path}: no such file")
     if os.path.getsize(path) == 0:
@@ -68,6 +71,8 @@ def probe_video(path, verify=False):
         return _probe_gif(path, verify)
     video = _Video(path)
     info = {"num_frames": video.claimed, "fps": video.fps, "height": video.height, "width": video.width}
+    if check_keyframes and not verify:  # --verify decodes, and so checks, every frame
+        video.check_keyframes()
     if verify:
         decoded = video.count_decodable()
         if decoded < video.claimed:
@@ -202,14 +207,39 @@ class _Video:
         return frame
 
     def _same_as_first(self, frame, index):
+        """`index`: the frame's number, or a str naming it (a keyframe by its time)."""
+        where = index if isinstance(index, str) else f"frame {index}"
         if (frame.height, frame.width) != self.coded:
-            raise UnusableInput("unsupported", f"{self.path}: frame {index} is {frame.width}x{frame.height}, the "
+            raise UnusableInput("unsupported", f"{self.path}: {where} is {frame.width}x{frame.height}, the "
                                                f"video starts at {self.coded[1]}x{self.coded[0]}: a size that "
                                                f"changes mid-stream is not supported")
         if frame.format.name != self.format:
-            raise UnusableInput("unsupported", f"{self.path}: frame {index} is in pixel format {frame.format.name}, "
+            raise UnusableInput("unsupported", f"{self.path}: {where} is in pixel format {frame.format.name}, "
                                                f"the video starts in {self.format}: a pixel format that changes "
                                                f"mid-stream is not supported")
+
+    def check_keyframes(self):
+        """The coded size and pixel format of every keyframe against frame 0's, decoding the keyframes
+        alone: the packets are read (demuxed, not decoded) and only those flagged as keyframes go to the
+        decoder. A codec changes picture size or pixel format at a keyframe (H.264/HEVC: a new sequence
+        parameter set takes effect at an IDR picture), so this finds such a change, which decord hides
+        by rescaling the later frames to the first size, without decoding the other frames. (VP9 and
+        AV1 may also rescale on inter frames; those are caught by --verify.) A keyframe that does not
+        decode is left to --verify and to the decode that uses the file."""
+        container, stream = _open_pyav(self.path)
+        codec = stream.codec_context
+        try:
+            for packet in container.demux(stream):
+                if packet.size and not packet.is_keyframe:  # the last, empty packet flushes the decoder
+                    continue
+                try:
+                    frames = codec.decode(packet)
+                except av.FFmpegError:
+                    continue
+                for frame in frames:
+                    self._same_as_first(frame, f"the keyframe at {float(frame.time or 0):.3f} s")
+        finally:
+            container.close()
 
     def _pyav_rgb(self, frame, index, reformatter):
         self._same_as_first(frame, index)
@@ -384,7 +414,9 @@ def iter_frames(path, kind):
     elif path.lower().endswith(".gif"):
         yield from _gif_frames(path, None)
     else:
-        for _, frame in _video(path).frames():
+        video = _video(path)
+        video.check_keyframes()  # a manifest older than ingest's check: decord would rescale a size change
+        for _, frame in video.frames():
             yield frame
 
 

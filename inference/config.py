@@ -4,7 +4,7 @@ loading MindSpore.
 """
 import os
 
-from latte_core.errors import UserError
+from latte_core.errors import UserError, bounded
 from latte_core.keys import AT_LEAST_1, NON_NEGATIVE, OPTIONAL_STR, POSITIVE, SEED, Key, KeyTable, Range
 from latte_core.samplers import SAMPLERS
 from latte_toolkit.pipelines.config import ConfigError
@@ -22,7 +22,7 @@ def _check_prompts(values):
     """SAMPLE_KEYS' last check: the table checks that prompts is a list, this that it holds strings."""
     prompts = values["prompts"]
     if prompts is not None and not all(isinstance(prompt, str) for prompt in prompts):
-        raise SampleError(f"prompts must be a list of strings, got {prompts!r}")
+        raise SampleError(f"prompts must be a list of strings, got {bounded(prompts)}")
 
 
 SAMPLE_KEYS = KeyTable([

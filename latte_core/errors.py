@@ -26,10 +26,35 @@ def is_integer(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def describe_value(value):
-    """A config value as it reads in JSON, with its type, for messages: "64" (str), 3.5 (float), null."""
+def _cut(text, value, limit):
+    """`text`, the rendering of `value`, or its first `limit` characters then the value's type and size."""
+    if len(text) <= limit:
+        return text
+    if isinstance(value, str):
+        size = f"{len(value):,} characters"
+    else:
+        items = f"{len(value):,} items, " if isinstance(value, (list, tuple, dict, set)) else ""
+        size = f"{items}{len(text):,} characters as text"
+    return f"{text[:limit]}… (a {type(value).__name__} of {size})"
+
+
+def bounded(value, limit=80):
+    """repr(value) for a one-line message, cut to its first `limit` characters and then naming its type
+    and size: a 10,000-character caption or a 1,000,000-item list never floods the line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4,300-digit limit for str()
+        return f"an int of {value.bit_length():,} bits"
+    return _cut(text, value, limit)
+
+
+def describe_value(value, limit=80):
+    """A config value as it reads in JSON, with its type, for messages: "64" (str), 3.5 (float), null;
+    a longer one cut as `bounded` cuts it."""
+    if value is None:
+        return "null"
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
-        text = repr(value)
-    return "null" if value is None else f"{text} ({type(value).__name__})"
+        return bounded(value, limit)
+    return f"{text} ({type(value).__name__})" if len(text) <= limit else _cut(text, value, limit)

@@ -13,7 +13,7 @@ import os
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, bounded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,15 +73,93 @@ SEED = Range(0, 2 ** 32 - 1)
 OPTIONAL_STR = (str, type(None))
 
 
+# A config is keys, not data: these bound what one may hold. A YAML alias repeats a value without
+# copying it, so a few hundred bytes of aliases stand for billions of values, which anything that walks
+# the value (a message, a check, json.dumps) expands; the values are counted with aliases expanded.
+YAML_MAX_BYTES = 1 << 20
+YAML_MAX_VALUES = 100_000
+
+
+_TOO_MANY = (f"its aliases expand to more than {YAML_MAX_VALUES:,} values (the limit of a config: an alias "
+             f"repeats a value, and a few repeated in turn stand for billions)")
+
+
+class _Refused(yaml.YAMLError):
+    """A document the config reader will not parse (its message says why)."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys and documents whose aliases expand past YAML_MAX_VALUES."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        counted, total = {}, 0  # one count over the document: a value aliased under two keys counts twice
+        for key_node, value_node in node.value if isinstance(node, yaml.MappingNode) else [(None, node)]:
+            where = f"key {bounded(key_node.value)} (line {key_node.start_mark.line + 1}): " if isinstance(
+                key_node, yaml.ScalarNode) else ""
+            try:
+                total += _count_values(value_node, counted, set())
+                if total > YAML_MAX_VALUES:
+                    raise _Refused(_TOO_MANY)
+            except _Refused as err:
+                raise _Refused(f"{where}{err}") from None
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: explicit keys override merged ones
+                continue
+            key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+            try:
+                first = lines.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                continue
+            if first is not None:
+                raise _Refused(f"key {bounded(key)} appears twice, on lines {first} and {line} (the last would "
+                               f"silently win): keep one")
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _count_values(node, counted, open_nodes):
+    """The values under `node` with every alias expanded (each node counted once per reference);
+    _Refused past YAML_MAX_VALUES or for a value that contains itself."""
+    if id(node) in counted:
+        return counted[id(node)]
+    if id(node) in open_nodes:
+        raise _Refused("an alias refers to a value that contains it (a value without end)")
+    open_nodes.add(id(node))
+    children = node.value if isinstance(node, yaml.SequenceNode) else (
+        [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else [])
+    total = 1
+    for child in children:
+        total += _count_values(child, counted, open_nodes)
+        if total > YAML_MAX_VALUES:
+            raise _Refused(_TOO_MANY)
+    open_nodes.discard(id(node))
+    counted[id(node)] = total
+    return total
+
+
 def read_yaml_mapping(path, error=UserError):
-    """The top-level mapping of a YAML file; `error` names the file when it is unreadable or not one."""
+    """The top-level mapping of a YAML file; `error` names the file when it is unreadable or not one,
+    larger than YAML_MAX_BYTES, holds a key twice, or expands past YAML_MAX_VALUES values."""
     try:
-        with open(path) as handle:
-            raw = yaml.safe_load(handle) or {}
+        with open(path, "rb") as handle:
+            data = handle.read(YAML_MAX_BYTES + 1)
+        if len(data) > YAML_MAX_BYTES:
+            raise error(f"{path}: {os.path.getsize(path):,} bytes, more than a config may hold "
+                        f"({YAML_MAX_BYTES:,}): it is not parsed")
+        raw = yaml.load(data.decode("utf-8"), Loader=_ConfigLoader) or {}
     except UnicodeDecodeError:
         raise error(f"{path}: unreadable config (not UTF-8 text)") from None
+    except _Refused as err:
+        raise error(f"{path}: {err}") from None
     except (OSError, yaml.YAMLError) as err:
         raise error(f"{path}: unreadable config ({err})") from None
+    except RecursionError:
+        raise error(f"{path}: values nested too deeply to read") from None
     if not isinstance(raw, dict):
         raise error(f"{path}: expected a mapping of keys to values")
     return raw
@@ -100,13 +178,15 @@ class KeyTable:
     def check(self, name, value, source):
         key = self.by_name[name]
         if not isinstance(value, key.types) or (isinstance(value, bool) and bool not in key.types):
-            raise self.error(f"{source}: {name} must be {'/'.join(t.__name__ for t in key.types)}, got {value!r}")
+            raise self.error(f"{source}: {name} must be {'/'.join(t.__name__ for t in key.types)}, "
+                             f"got {bounded(value)}")
         if key.choices and value not in key.choices:
-            raise self.error(f"{source}: {name} must be one of {', '.join(map(str, key.choices))}, got {value!r}")
+            raise self.error(f"{source}: {name} must be one of {', '.join(map(str, key.choices))}, "
+                             f"got {bounded(value)}")
         if isinstance(value, float) and not math.isfinite(value):  # every float key, with a range or without
-            raise self.error(f"{source}: {name} must be a finite number, got {value!r}")
+            raise self.error(f"{source}: {name} must be a finite number, got {bounded(value)}")
         if key.range is not None and value is not None and value not in key.range:
-            raise self.error(f"{source}: {name} must be {key.range}, got {value!r}")
+            raise self.error(f"{source}: {name} must be {key.range}, got {bounded(value)}")
         return float(value) if float in key.types and type(value) is int else value
 
     def _merge(self, values, raw, source):
@@ -116,7 +196,7 @@ class KeyTable:
         for key, value in {**raw, **nested}.items():
             name = self.aliases.get(key, key)
             if name not in self.by_name:
-                raise self.error(f"{source}: unknown key {key!r}; known keys: "
+                raise self.error(f"{source}: unknown key {bounded(key)}; known keys: "
                                  f"{', '.join(sorted(set(self.by_name) | set(self.aliases)))}")
             values[name] = self.check(name, value, source)
 
@@ -130,7 +210,7 @@ class KeyTable:
                 candidates = [data_file, os.path.join(os.path.dirname(os.path.abspath(path)), data_file)]
                 found = next((c for c in candidates if os.path.isfile(c)), None)
                 if found is None:
-                    raise self.error(f"{path}: data_config_file {data_file!r} not found")
+                    raise self.error(f"{path}: data_config_file {bounded(data_file)} not found")
                 self._merge(values, read_yaml_mapping(found, self.error), found)
                 values["data_config_file"] = data_file  # the data file's own keys may not re-point it
         for name, value in (overrides or {}).items():

@@ -35,7 +35,7 @@ from tokenizers.models import BPE
 
 from .atomic import sha256_of
 from .checkpoint import CheckpointError, load_weights
-from .errors import UserError, describe_value, is_integer
+from .errors import UserError, bounded, describe_value, is_integer
 from .layers import Dense, EmbeddingTable
 from .runtime import prefer_avx2_onednn
 from .text_identity import TextEncoderError, TextEncoderIdentity
@@ -346,6 +346,7 @@ def build_clip_tokenizer(files):
         _, merges = BPE.read_file(files["vocab"], files["merges"])
     except Exception as err:  # the Rust library raises its own exception type for a malformed file
         raise CheckpointError(f"{files['merges']}: not a BPE merges file ({err})") from None
+    _check_merges(files, vocab, merges)
     special, named = _special_tokens(files)
     for source, key, token, index in special:
         if token.content not in vocab:
@@ -363,6 +364,18 @@ def build_clip_tokenizer(files):
     tokenizer.enable_truncation(MAX_LENGTH)
     tokenizer.enable_padding(length=MAX_LENGTH, pad_id=vocab[pad], pad_token=pad)
     return tokenizer, max(vocab.values()) + 1
+
+
+def _check_merges(files, vocab, merges):
+    """Every merge's two parts and its result must be tokens of vocab.json: the Rust BPE refuses one that
+    is not with an error naming neither file (`Token ... out of vocabulary`)."""
+    with open(files["merges"], encoding="utf-8") as handle:
+        header = int(handle.readline().startswith("#version"))  # the one line read_file skips
+    for number, (left, right) in enumerate(merges, start=1 + header):
+        for token, what in ((left, "its first part"), (right, "its second part"), (left + right, "its result")):
+            if token not in vocab:
+                raise CheckpointError(f"{files['merges']}: line {number}, the merge {bounded(left)} "
+                                      f"{bounded(right)}: {what} {bounded(token)} is not in {files['vocab']}")
 
 
 def text_encoder_sha256(files):
@@ -439,8 +452,10 @@ class TextEncoder:
         settings = text_settings_from_config(_read_json(files["config"]), files["config"])
         tokenizer, vocab_size = build_clip_tokenizer(files)
         if vocab_size != settings["vocab_size"]:
+            past = (f" (token {bounded(tokenizer.id_to_token(vocab_size - 1))} has id {vocab_size - 1}, past the "
+                    f"encoder's embeddings)" if vocab_size > settings["vocab_size"] else "")
             raise CheckpointError(f"{files['vocab']}: the tokenizer's vocabulary has {vocab_size} tokens, the "
-                                  f"encoder ({files['config']}) has vocab_size {settings['vocab_size']}")
+                                  f"encoder ({files['config']}) has vocab_size {settings['vocab_size']}{past}")
         model = CLIPTextModel(**settings, random_init=False)  # every parameter is set from the file
         load_weights(model, files["weights"], transform=clip_text_state)
         return cls(model, tokenizer, micro_batch=micro_batch, folder=folder, sha256=text_encoder_sha256(files))

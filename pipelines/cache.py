@@ -32,12 +32,12 @@ import pyarrow.parquet as pq
 
 from latte_core.atomic import sha256_of, write_atomically, write_json_atomically
 from latte_core.checkpoint import CheckpointError
-from latte_core.errors import DiskFull, UserError
+from latte_core.errors import DiskFull, UserError, bounded
 from latte_core.kernels import blas_threads
 from latte_core.text_encoder import TextEncoder, load_text_encoder
 from latte_core.vae import load_vae
 from latte_toolkit.datasets.cache import (CAPTION_EMBEDDING, NULL_TEXT_FILE, TEXT_ENCODER_FILE,
-                                          check_null_text_embedding, fields_for, shard_digest)
+                                          check_null_text_embedding, fields_for, non_finite_values, shard_digest)
 from latte_toolkit.datasets.formats import FORMAT_NAMES, get_format
 from latte_toolkit.datasets.video import UnusableInput, center_crop_resize, iter_frames, read_manifest, to_pixels
 
@@ -111,6 +111,18 @@ def load_vae_checked(vae_dir):
         raise CacheError(f"unusable VAE: {err}") from None
 
 
+def non_finite_problem(arrays, dtype, encoder):
+    """None when every array is finite, else why not: `arrays` are `encoder`'s outputs ("VAE", "text
+    encoder") after the cast to the cache `dtype`; float16 stores inf past +-65504, which training
+    would turn into a NaN loss at its first step."""
+    found = non_finite_values(arrays)
+    if not found:
+        return None
+    hint = (f"float16 holds up to ±65504: cache with --dtype float32, or use a {encoder} whose outputs stay "
+            f"in that range" if dtype == "float16" else f"the {encoder}'s own outputs are not finite")
+    return f"{found} are not finite in {dtype} ({hint})"
+
+
 # ------------------------------------------------------------------------------------------ captions
 _TEXT_ENCODERS = {}
 
@@ -164,15 +176,20 @@ def shard_caption_embeddings(spec):
 def _publish_null_text_embedding(out_dir, encoder, rows, dtype):
     """The empty prompt's embedding of the cache: the stored one when it checks (the committed shards'
     uncaptioned videos hold its bytes), else encoded now and written; then text_encoder.json records
-    the encoder's folder and the file's sha256. Returns the array."""
+    the encoder's folder and the file's sha256. Returns the array. A non-finite one is a CacheError
+    before anything is written: uncaptioned videos store it, and caption dropout puts it in batches."""
     path = os.path.join(out_dir, NULL_TEXT_FILE)
-    if os.path.isfile(os.path.join(out_dir, TEXT_ENCODER_FILE)) and check_null_text_embedding(out_dir) is None:
+    stored = os.path.isfile(os.path.join(out_dir, TEXT_ENCODER_FILE)) and check_null_text_embedding(out_dir) is None
+    if stored:
         null = np.load(path)
     else:
         if os.path.exists(path):
             logger.warning("%s: %s; encoding the empty prompt again", out_dir, check_null_text_embedding(out_dir))
         null = encode_prompts(encoder, [""], rows, dtype)[0]
-
+    problem = non_finite_problem({"empty prompt embedding": null}, dtype, "text encoder")
+    if problem:
+        raise CacheError(f"{path if stored else encoder.folder}: {problem}")
+    if not stored:
         def save(tmp):
             with open(tmp, "wb") as handle:  # np.save would add .npy to the staging name
                 np.save(handle, null)
@@ -229,7 +246,13 @@ def _frame_batches(item, image_size, micro_batch, out, stop):
 
     try:
         batch = []
-        for frame in iter_frames(item["path"], item["kind"]):
+        shape = (item["height"], item["width"], 3)
+        for index, frame in enumerate(iter_frames(item["path"], item["kind"])):
+            if frame.shape != shape:  # never cropped and resized to fit: the cache would hold other pictures
+                raise UnusableInput("unsupported", f"{item['path']}: frame {index} decodes to {frame.shape[1]}x"
+                                                   f"{frame.shape[0]}, the manifest records {shape[1]}x{shape[0]} "
+                                                   f"(a size that changes mid-stream, or a file changed since "
+                                                   f"ingest: re-run latte ingest)")
             batch.append(center_crop_resize(frame, image_size))
             if len(batch) == micro_batch:
                 if not put(to_pixels(batch)):
@@ -273,12 +296,19 @@ def _encode_batches(vae, item, spec, timings, batches):
         with blas_threads(1):  # OpenBLAS rounds by its thread count: the same bytes from every runner
             posterior = vae.encode(ms.Tensor(batch))
         if spec["store"] == "posterior":
-            outputs["mean"].append(posterior.mean.asnumpy()[:count].astype(spec["dtype"]))
-            outputs["std"].append(posterior.std.asnumpy()[:count].astype(spec["dtype"]))
+            stored = {"mean": posterior.mean.asnumpy()[:count].astype(spec["dtype"]),
+                      "std": posterior.std.asnumpy()[:count].astype(spec["dtype"])}
         else:  # one fixed draw, as MindONE's cache stores; seeded per video for reproducibility
             noise = rng.standard_normal((count,) + tuple(posterior.mean.shape[1:])).astype(np.float32)
             sample = posterior.mean.asnumpy()[:count] + posterior.std.asnumpy()[:count] * noise
-            outputs["sample"].append(sample.astype(spec["dtype"]))
+            stored = {"sample": sample.astype(spec["dtype"])}
+        problem = non_finite_problem(stored, spec["dtype"], "VAE")
+        if problem:  # the first such batch fails the video: the rest is not encoded
+            first = sum(len(part) for part in outputs[next(iter(outputs))])
+            raise UnusableInput("non-finite", f"{item['path']}: its latents of frames {first}-{first + count - 1}: "
+                                              f"{problem}")
+        for field, array in stored.items():
+            outputs[field].append(array)
         timings["encode"] += time.perf_counter() - started
     if not outputs[next(iter(outputs))]:
         raise ValueError(f"{item['path']}: no frames decoded")
@@ -330,8 +360,14 @@ def write_shard(spec, videos, timings, text=None):
                 video_arrays = None
                 if text:
                     captioned = has_caption(item.get("caption"))
-                    without_caption += not captioned
                     video_arrays = {CAPTION_EMBEDDING: text[0][item["caption"]] if captioned else spec["text"]["null"]}
+                    problem = non_finite_problem(video_arrays, spec["dtype"], "text encoder")
+                    if problem:  # the empty prompt's was checked when the job started: a caption's
+                        failures.append({"video_id": item["video_id"], "path": item["path"], "category": "non-finite",
+                                         "message": f"{item['path']}: its caption {bounded(item['caption'], 40)}'s "
+                                                    f"embedding: {problem}"})
+                        continue
+                    without_caption += not captioned
                 writer.add(arrays, label=item.get("label"), caption=item.get("caption"), arrays=video_arrays)
                 timings["write"] += time.perf_counter() - started
                 items.append(item)

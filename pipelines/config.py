@@ -26,7 +26,8 @@ INGEST_KEYS = KeyTable([
     Key("out", str, None, "output folder (resumable)"),
     Key("num_frames", (int, type(None)), None, "clip length; shorter inputs fail as too short", range=AT_LEAST_1),
     Key("sample_stride", int, 1, "frame stride of a clip", range=AT_LEAST_1),
-    Key("verify", bool, False, "decode every frame (false: container metadata only)"),
+    Key("verify", bool, False, "decode every frame (false: container metadata, and the keyframes' sizes and "
+                               "pixel formats)"),
     Key("workers", int, 1, "local dask worker processes; 0 runs in this process", range=NON_NEGATIVE),
     Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786"),
     Key("retry_failed", bool, False, "also re-try the inputs that failed before"),
@@ -61,7 +62,8 @@ CACHE_KEYS = KeyTable([
 
 REPORT_KEYS = KeyTable([
     Key("cache", str, None, "cache folder (latte cache)"),
-    Key("verify", bool, False, "re-hash every shard and compare with the ledger (exit 1 on a mismatch)"),
+    Key("verify", bool, False, "re-hash every shard against the ledger and check every stored value is finite "
+                               "(exit 1 on a mismatch or a non-finite value)"),
     Key("plot", OPTIONAL_STR, None, "also draw each shard's seconds per phase (decode, encode, write) into this PNG"),
 ], {}, ConfigError)
 

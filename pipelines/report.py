@@ -5,7 +5,10 @@ import os
 import pyarrow.parquet as pq
 
 from latte_core.plot import plot_phase_seconds
-from latte_toolkit.datasets.cache import TEXT_ENCODER_FILE, check_cache, check_null_text_embedding, read_ledger
+import numpy as np
+
+from latte_toolkit.datasets.cache import (NULL_TEXT_FILE, TEXT_ENCODER_FILE, check_cache, check_finite,
+                                          check_null_text_embedding, non_finite_values, read_ledger)
 
 
 def plot_cache_phases(folder, path):
@@ -52,6 +55,14 @@ def cache_report(folder, verify=False):
         null_problem = "text_encoder_sha256" in info and check_null_text_embedding(folder)
         if null_problem:  # the shards' check covers the caption embeddings; this is the cache's one file
             report["corrupt_shards"].append(f"the empty prompt's embedding: {null_problem}")
+        # values the dtype could not hold (a cache written before `latte cache` refused them): the shards
+        # match their checksums, and training would stop at its first such batch
+        report["non_finite"] = [f"{video_id}: {problem}" for video_id, problem in
+                                sorted(check_finite(folder, info, records, skip=problems).items())]
+        if "text_encoder_sha256" in info and not null_problem:
+            found = non_finite_values({"embedding": np.load(os.path.join(folder, NULL_TEXT_FILE))})
+            if found:
+                report["non_finite"].append(f"{NULL_TEXT_FILE}: {found} are not finite")
     return report
 
 

@@ -1,9 +1,26 @@
 """Media for tests: the package's procedural clips and frame folders, plus broken inputs and a small
-random-weight VAE folder."""
+random-weight VAE folder; and the checks bad-input tests share (one Error line, nothing changed)."""
+import csv
+import hashlib
 import os
 
 from latte_toolkit.datasets.video import write_frame_folder, write_mp4  # noqa: F401
 from latte_toolkit.tools.synthetic import moving_square_frames  # noqa: F401
+
+
+def write_captioned_clips(folder, captions, lengths, height=40, width=56):
+    """clip_<i>.mp4 (lengths[i] frames) for each caption (None: no caption) and captions.csv listing them
+    (the toy CSV format ingest reads); returns the list's path."""
+    os.makedirs(folder, exist_ok=True)
+    rows = []
+    for i, (caption, length) in enumerate(zip(captions, lengths)):
+        write_mp4(folder / f"clip_{i}.mp4", moving_square_frames(length, height=height, width=width, seed=i))
+        rows.append({"video": f"clip_{i}.mp4", "caption": caption or ""})
+    with open(folder / "captions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["video", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder / "captions.csv"
 
 
 def truncate(path, keep_fraction=0.5):
@@ -23,3 +40,26 @@ def write_vae_folder(folder, block_out_channels=(8, 8, 8, 8), groups=4, layers_p
     config = {"block_out_channels": list(block_out_channels), "layers_per_block": layers_per_block,
               "norm_num_groups": groups, "latent_channels": 4}
     return AutoencoderKL.from_config(config).save_pretrained(folder)
+
+
+def snapshot(folder):
+    """{relative path: (sha256, mtime_ns)} of every file below `folder`: what "nothing changed" compares."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, folder)] = (hashlib.sha256(handle.read()).hexdigest(),
+                                                       os.stat(path).st_mtime_ns)
+    return found
+
+
+def one_error_line(proc, code, *names):
+    """The command exited with `code`, printed no traceback, and one `Error:` line naming `names`."""
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    for name in names:
+        assert os.fspath(name) in errors[0], errors[0]
+    return errors[0]

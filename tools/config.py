@@ -63,6 +63,12 @@ BENCH_INGEST_KEYS = KeyTable([
         range=NON_NEGATIVE),
     Key("replan_inputs", int, 10000, "also time re-planning a finished run over this many synthetic inputs "
                                      "(0: skip)", range=NON_NEGATIVE),
+    Key("keyframe_frames", int, 0, "also time ingest's keyframe check (frame size and pixel format across the "
+                                   "stream) on a synthetic H.264 of this many frames, made with PyAV (0: skip)",
+        range=NON_NEGATIVE),
+    Key("keyframe_size", int, 64, "that video's frame size (even)", range=Range(16)),
+    Key("repeats", int, 3, "probes of that video with and without the check, alternated (medians)",
+        range=AT_LEAST_1),
 ], {}, ConfigError)
 
 BENCH_CACHE_KEYS = KeyTable([

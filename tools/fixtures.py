@@ -13,9 +13,11 @@ from latte_toolkit.pipelines.ledger import Ledger
 
 
 def write_synthetic_cache(out_dir, fmt="numpy", videos=64, frames=128, latent=32, store="posterior",
-                          dtype="float16", shard_videos=16, chunk_frames=16, seed=0):
+                          dtype="float16", shard_videos=16, chunk_frames=16, seed=0, non_finite=()):
     """A cache folder of random latents, written by the cache stage's own shard writer and ledger (no
-    VAE, no videos), for loader benchmarks at sizes real encoding would take days to produce, and for tests."""
+    VAE, no videos), for loader benchmarks at sizes real encoding would take days to produce, and for tests.
+    `non_finite`: video ids (v0000000, ...) whose first frame holds inf, as a cache written before
+    `latte cache` refused such videos may (the shard writer stores what it is given)."""
     fields = fields_for(store)
     # sd-vae-ft-mse's latent settings: four stages (8x downsampling), four channels
     vae_config = {"scaling_factor": 0.18215, "latent_channels": 4, "block_out_channels": [128, 256, 512, 512]}
@@ -38,6 +40,9 @@ def write_synthetic_cache(out_dir, fmt="numpy", videos=64, frames=128, latent=32
                 shift = int(rng.integers(0, 64 * frame_values))  # not frame-aligned: no two chunks alike
                 video = {field: pool[shift:shift + frames * frame_values].reshape(frames, 4, latent, latent)
                          for field in fields}
+                if item["video_id"] in non_finite:
+                    video = {field: np.concatenate([np.full_like(array[:1], np.inf), array[1:]])
+                             for field, array in video.items()}
                 yield item, video, 0
 
         spec = {**spec_common, "unit_id": f"s-synthetic{first:09d}"}

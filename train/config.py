@@ -1,7 +1,7 @@
 """The training keys: `TRAIN_KEYS` uses MindONE's Latte key names; `TRAIN_VAE_KEYS` are `latte
 train-vae`'s. Both are KeyTables (latte_core/keys.py).
 """
-from latte_core.errors import UserError
+from latte_core.errors import UserError, bounded
 from latte_core.keys import AT_LEAST_1, NON_NEGATIVE, NUMBER, OPTIONAL_STR, POSITIVE, SEED, UNIT, Key, KeyTable, Range
 from latte_toolkit.datasets.formats import FORMAT_NAMES
 
@@ -149,11 +149,11 @@ def validate(values):
     betas = values["betas"]
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
                                   for b in betas):
-        raise TrainConfigError(f"betas must be two numbers in [0, 1), got {values['betas']}")
+        raise TrainConfigError(f"betas must be two numbers in [0, 1), got {bounded(values['betas'])}")
     if values["condition"] == "class" and values["num_classes"] < 1:
         raise TrainConfigError("condition: class needs num_classes >= 1")
     if values["text_encoder"] and values["condition"] != "text":
-        raise TrainConfigError(f"text_encoder {values['text_encoder']!r} is for condition: text (condition is "
+        raise TrainConfigError(f"text_encoder {bounded(values['text_encoder'])} is for condition: text (condition is "
                                f"{values['condition']}); remove it")
     if values["condition"] == "text":
         from_videos = values["train_data_type"] == "video_file"
@@ -161,7 +161,7 @@ def validate(values):
             raise TrainConfigError("condition: text with train_data_type video_file needs text_encoder: the CLIP "
                                    "text-encoder folder that encodes the videos' captions")
         if values["text_encoder"] and not from_videos:
-            raise TrainConfigError(f"text_encoder {values['text_encoder']!r} is for training from videos; a "
+            raise TrainConfigError(f"text_encoder {bounded(values['text_encoder'])} is for training from videos; a "
                                    f"{values['train_data_type']} cache holds the caption embeddings of the encoder "
                                    f"it was made with: remove text_encoder")
     if values["use_safer_augment"]:

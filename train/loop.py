@@ -368,46 +368,49 @@ def train(config, resume=False, progress=True, checked=None, sample=None):
     last_checkpoint = chosen
     frames_per_sample = config["num_frames"] + (config["use_image_num"] or 0)  # images count as frames
     deadline = time.perf_counter() + 60 * config["max_minutes"] if config["max_minutes"] else None
-    while step < max_steps:
-        started = time.perf_counter()
-        lr = learning_rate(config, step, max_steps)
-        updater.set_learning_rate(lr)
-        losses, by_quartile = [], QuartileLosses(diffusion.num_timesteps)
-        for _ in range(accumulation):  # the last micro-batch's call updates and returns norm and finite
-            batch = next(stream)
-            inputs = _step_inputs(batch, loader, config, diffusion.num_timesteps, Tensor)
-            loss, norm, finite = step_fn(*inputs)
-            losses.append(float(loss_of_all_ranks(loss).asnumpy()))
-            by_quartile.add(inputs[1].asnumpy(), step_fn.sample_losses.asnumpy())
-        finite, loss = bool(finite.asnumpy()), float(np.mean(losses))
-        step += 1
-        if not finite and updater.loss_scaler is None:
-            raise TrainingError(f"step {step}: the loss or gradients are not finite (loss {loss}); the update was "
-                                f"not applied and nothing was saved; last good checkpoint: {last_checkpoint}")
-        seconds = time.perf_counter() - started
-        samples = config["train_batch_size"] * accumulation * world
-        record = {"step": step, "epoch": loader.epoch, "loss": loss, "lr": lr, "grad_norm": float(norm.asnumpy()),
-                  "loss_scale": float(updater.loss_scaler.scale_value.asnumpy()) if updater.loss_scaler else 1.0,
-                  "skipped": not finite, "seconds": round(seconds, 4), "samples_per_s": round(samples / seconds, 3),
-                  "frames_per_s": round(samples * frames_per_sample / seconds, 2),
-                  "loss_by_t_quartile": by_quartile.means()}
-        log.write(record)
-        bar.update(1)
-        if step % config["log_interval"] == 0:
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        # every rank stops at the same step: the ranks' mean of "past the time limit"
-        out_of_time = deadline is not None and float(
-            loss_of_all_ranks(Tensor(float(time.perf_counter() > deadline), ms.float32)).asnumpy()) > 0
-        sample_due = config["sample_interval"] and step % config["sample_interval"] == 0
-        if step % save_every == 0 or step == max_steps or out_of_time or sample_due:
-            last_checkpoint = _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, identity)
-        if sample_due and is_main:  # the other ranks wait at the next step's all-reduce
-            logger.info("step %d: samples in %s", step, sample(last_checkpoint, step)["output_path"])
-        if out_of_time:
-            logger.info("max_minutes %s reached at step %d: stopped with a checkpoint (--resume continues)",
-                        config["max_minutes"], step)
-            break
-    bar.close()
+    try:  # the bar ends its line first, so an error stops the run on a line of its own
+        while step < max_steps:
+            started = time.perf_counter()
+            lr = learning_rate(config, step, max_steps)
+            updater.set_learning_rate(lr)
+            losses, by_quartile = [], QuartileLosses(diffusion.num_timesteps)
+            for _ in range(accumulation):  # the last micro-batch's call updates and returns norm and finite
+                batch = next(stream)
+                refuse_non_finite(batch, loader, step + 1, last_checkpoint)
+                inputs = _step_inputs(batch, loader, config, diffusion.num_timesteps, Tensor)
+                loss, norm, finite = step_fn(*inputs)
+                losses.append(float(loss_of_all_ranks(loss).asnumpy()))
+                by_quartile.add(inputs[1].asnumpy(), step_fn.sample_losses.asnumpy())
+            finite, loss = bool(finite.asnumpy()), float(np.mean(losses))
+            step += 1
+            if not finite and updater.loss_scaler is None:
+                raise TrainingError(f"step {step}: the loss or gradients are not finite (loss {loss}); the update was "
+                                    f"not applied and nothing was saved; last good checkpoint: {last_checkpoint}")
+            seconds = time.perf_counter() - started
+            samples = config["train_batch_size"] * accumulation * world
+            record = {"step": step, "epoch": loader.epoch, "loss": loss, "lr": lr, "grad_norm": float(norm.asnumpy()),
+                      "loss_scale": float(updater.loss_scaler.scale_value.asnumpy()) if updater.loss_scaler else 1.0,
+                      "skipped": not finite, "seconds": round(seconds, 4), "samples_per_s": round(samples / seconds, 3),
+                      "frames_per_s": round(samples * frames_per_sample / seconds, 2),
+                      "loss_by_t_quartile": by_quartile.means()}
+            log.write(record)
+            bar.update(1)
+            if step % config["log_interval"] == 0:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            # every rank stops at the same step: the ranks' mean of "past the time limit"
+            out_of_time = deadline is not None and float(
+                loss_of_all_ranks(Tensor(float(time.perf_counter() > deadline), ms.float32)).asnumpy()) > 0
+            sample_due = config["sample_interval"] and step % config["sample_interval"] == 0
+            if step % save_every == 0 or step == max_steps or out_of_time or sample_due:
+                last_checkpoint = _checkpoint(ckpt_root, step, model, updater, ema, loader, config, is_main, identity)
+            if sample_due and is_main:  # the other ranks wait at the next step's all-reduce
+                logger.info("step %d: samples in %s", step, sample(last_checkpoint, step)["output_path"])
+            if out_of_time:
+                logger.info("max_minutes %s reached at step %d: stopped with a checkpoint (--resume continues)",
+                            config["max_minutes"], step)
+                break
+    finally:
+        bar.close()
     curve = None
     if is_main:
         steps, losses, rates, quartiles = log.curve()
@@ -428,6 +431,31 @@ def _rank_mean(world):
 def _endless(loader):
     while True:
         yield from loader
+
+
+def refuse_non_finite(batch, loader, step, last_checkpoint):
+    """A TrainingError naming the videos whose latents or caption embeddings in `batch` are not finite:
+    a cache written before `latte cache` refused them (float16 stores inf past its range) would
+    otherwise end the run at "loss nan" without saying where. A sample's frames are its clip's (the
+    first num_frames), then one per image, as sample_videos names them."""
+    columns = [name for name in ("latent", "caption_embedding", "caption_embedding_image") if name in batch]
+    if all(np.isfinite(batch[name]).all() for name in columns):
+        return
+    bad, frames = [], loader.plan.num_frames
+    for k, position in enumerate(batch["index"]):
+        finite = np.isfinite(batch["latent"][k]).reshape(len(batch["latent"][k]), -1).all(axis=1)
+        parts = np.concatenate([[finite[:frames].all()], finite[frames:]])  # the clip, then each image
+        if "caption_embedding" in batch:
+            parts[0] &= np.isfinite(batch["caption_embedding"][k]).all()
+        if "caption_embedding_image" in batch:
+            parts[1:] &= np.isfinite(batch["caption_embedding_image"][k]).reshape(len(parts) - 1, -1).all(axis=1)
+        bad += [video for video, ok in zip(loader.sample_videos(position), parts) if not ok and video not in bad]
+    folder = getattr(loader, "folder", None)  # a CacheLoader's; the uncached path encodes in float32
+    where = (f"the cache {os.path.abspath(folder)} (written before latte cache refused such videos: re-run it into "
+             f"a new folder, with --dtype float32 if its VAE passes float16's range)" if folder else "the VAE")
+    raise TrainingError(f"step {step}: the batch holds non-finite latents or caption embeddings of video(s) "
+                        f"{', '.join(bad)} from {where}; this step was not taken; last good checkpoint: "
+                        f"{last_checkpoint or 'none yet'}")
 
 
 def _step_inputs(batch, loader, config, num_timesteps, tensor):

@@ -3,12 +3,16 @@ keys, wrong types and ranges refused by name, the data_config merge; `--keys` fo
 the resolved config saved with each job."""
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from latte_core.errors import UserError
+from latte_core.keys import read_yaml_mapping
 from latte_toolkit.cli import main
 from latte_toolkit.cli.convert import CONVERT_LATTE_KEYS, CONVERT_VAE_KEYS
 from latte_toolkit.inference.config import QUALITY_KEYS, SAMPLE_KEYS
@@ -17,7 +21,9 @@ from latte_toolkit.tools.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, 
                                         BENCH_STEP_KEYS, BENCH_VAE_KEYS, DEMO_KEYS)
 from latte_toolkit.train.config import TRAIN_KEYS, TRAIN_VAE_KEYS
 
-from media import moving_square_frames, write_mp4
+from media import moving_square_frames, one_error_line, snapshot, write_mp4
+
+LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 
 # (command, its table, values for its required keys)
 STAGES = [
@@ -100,6 +106,82 @@ def test_unknown_keys_wrong_types_and_values_out_of_range_are_refused_by_name(tm
     for chosen in [k for k in table.keys if k.choices]:
         with pytest.raises(UserError, match=rf"{chosen.name} must be one of "):
             table.load(None, {**required, chosen.name: "no-such-choice"})
+
+
+def _bomb(levels=8):
+    """A value (its anchors inside it) of ten 1s, then `levels` lists each of ten aliases of the last:
+    about 500 bytes that stand for 10 ** (levels + 1) values."""
+    lists = ["&a0 [" + ", ".join(["1"] * 10) + "]"]
+    lists += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels + 1)]
+    return "[" + ", ".join(lists) + "]"
+
+
+def _bad_documents(key, required):
+    """{case: (YAML text, words its Error line holds)} for a command whose table has `key`."""
+    lines = "".join(f"{name}: {json.dumps(value)}\n" for name, value in required.items())
+    at = f"key '{key.name}' (line {len(required) + 1}): "  # where a refused value stands
+    wrong = list(range(50_000)) if str in key.types else "x" * 10_000  # of another type than the key's
+    size = "(a list of 50,000 items, " if str in key.types else "(a str of 10,000 characters)"
+    return {
+        "alias bomb": (f"{lines}{key.name}: {_bomb()}\n", f"{at}its aliases expand to more than 100,000 values"),
+        "alias into itself": (f"{lines}{key.name}: &loop [1, *loop]\n",
+                              f"{at}an alias refers to a value that contains it"),
+        "duplicate key": (f"{key.name}: 1\n{lines}{key.name}: 2\n",
+                          f"key '{key.name}' appears twice, on lines 1 and {len(required) + 2}"),
+        "over 1 MiB": (f"{lines}# {'x' * (1 << 20)}\n", "more than a config may hold (1,048,576): it is not parsed"),
+        "long value": (f"{lines}{key.name}: {json.dumps(wrong)}\n", f"{key.name} must be"),
+        "long unknown key": (f"{lines}? {'k' * 10_000}\n: 1\n", "unknown key 'kkkk"),  # `?`: a key past 1024 chars
+    }, size
+
+
+@pytest.mark.parametrize("command, table, required", [s for s in STAGES if s[0] != ["convert", "vae"]],
+                         ids=[i for i in IDS if i != "convert vae"])  # its --config is a diffusers config.json
+def test_documents_that_would_flood_memory_or_the_error_line_are_one_bounded_error(tmp_path, command, table,
+                                                                                  required):
+    """Through the command: each case is one Error line naming the file and the key (a value shown as
+    its first 80 characters, its type and size), exit 2, nothing written."""
+    key, _, _ = _first_settable(table, required)
+    documents, size = _bad_documents(key, required)
+    for case, (text, words) in documents.items():
+        path = tmp_path / "stage.yaml"
+        path.write_text(text)
+        before = snapshot(tmp_path)
+        result = CliRunner().invoke(main, command + ["-c", str(path)])
+        assert result.exit_code == 2, (case, result.output[:500])
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and errors[0].startswith(f"Error: {path}: "), (case, result.output[:500])
+        # the input adds at most its first 80 characters and its size; an unknown key's line lists the known ones
+        known = len(", ".join(set(table.by_name) | set(table.aliases))) if case == "long unknown key" else 0
+        assert words in errors[0] and len(errors[0]) < 300 + len(str(path)) + known, (case, errors[0][:500])
+        if case == "long value":
+            assert size in errors[0], errors[0]
+        assert snapshot(tmp_path) == before, case
+
+
+def test_duplicate_keys_are_found_in_nested_and_flow_mappings_and_merge_keys_stay_allowed(tmp_path):
+    path = tmp_path / "stage.yaml"
+    path.write_text("out: work/ingest\ndata_config: {sample_n_frames: 4, sample_n_frames: 5}\n")
+    with pytest.raises(UserError, match=r"stage.yaml: key 'sample_n_frames' appears twice, on lines 2 and 2 "):
+        stages.INGEST_KEYS.load(str(path))
+    # `<<` merges a mapping whose keys the explicit ones override: YAML's rule, not a duplicate
+    path.write_text("base: &d {num_frames: 4, sample_stride: 2}\nstage:\n  <<: *d\n  num_frames: 8\n")
+    assert read_yaml_mapping(str(path))["stage"] == {"num_frames": 8, "sample_stride": 2}
+
+
+def test_an_alias_bomb_and_a_50_mb_config_are_refused_at_once_by_the_commands(tmp_path):
+    """The issue's cases as processes: `betas` (train) and `prompts` (sample) holding an alias bomb of
+    10 ** 9 values, and a 50 MB config, each one Error line within the timeout (before: 22 GB and a kill)."""
+    cases = {"train": f"betas: {_bomb()}\n", "sample": f"prompts: {_bomb()}\n",
+             "ingest": "sources:\n" + "  - a-video-path-of-some-length.mp4\n" * 1_500_000}
+    for command, text in cases.items():
+        path = tmp_path / f"{command}.yaml"
+        path.write_text(text)
+        before = snapshot(tmp_path)
+        done = subprocess.run([LATTE, command, "-c", str(path)], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)
+        line = one_error_line(done, 2, path)
+        assert ("more than 100,000 values" if command != "ingest" else "more than a config may hold") in line
+        assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("command, table, required", [s for s in STAGES if s[1].aliases],

@@ -7,6 +7,7 @@ library here; measured, decord 0.6.0, PyAV 18.1 and that ffmpeg agree to 0 grey 
 The tests allow datasets.video.DECODERS_AGREE (2) levels, for the rounding of another swscale build.
 """
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ import pytest
 from latte_toolkit.datasets.video import DECODERS_AGREE, UnusableInput, iter_frames, probe_video, read_frames_at
 from latte_toolkit.pipelines.ingest import run_ingest
 
-from media import moving_square_frames, truncate, write_mp4
+from media import moving_square_frames, snapshot, truncate, write_mp4
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
@@ -66,6 +67,10 @@ def media(tmp_path_factory):
     ffmpeg("-i", root / "small.mp4", "-c", "copy", "-bsf:v", "h264_mp4toannexb", root / "b.h264")
     (root / "ab.h264").write_bytes((root / "a.h264").read_bytes() + (root / "b.h264").read_bytes())
     ffmpeg("-r", 8, "-f", "h264", "-i", root / "ab.h264", "-c", "copy", odd / "resized.mp4")
+    # the pixel format changes after 8 frames: the same picture size, then a yuv444p stream
+    ffmpeg("-i", base, "-c:v", "libx264", "-pix_fmt", "yuv444p", "-bsf:v", "h264_mp4toannexb", root / "c.h264")
+    (root / "ac.h264").write_bytes((root / "a.h264").read_bytes() + (root / "c.h264").read_bytes())
+    ffmpeg("-r", 8, "-f", "h264", "-i", root / "ac.h264", "-c", "copy", odd / "reformatted.mp4")
     return {"root": root, "good": good, "odd": odd}
 
 
@@ -105,6 +110,9 @@ def test_rotated_videos_decode_as_a_player_shows_them(media, base, degrees):
     ("hflip.mp4", False, "mirrors the picture"),
     ("sar.mp4", False, "non-square pixels"),
     ("resized.mp4", True, "changes mid-stream"),
+    ("resized.mp4", False, "a size that changes mid-stream"),  # the keyframes' sizes, without decoding the rest
+    ("reformatted.mp4", True, "pixel format that changes mid-stream"),
+    ("reformatted.mp4", False, "is in pixel format yuv444p"),
 ])
 def test_display_transforms_that_cannot_be_honoured_fail_at_probe(media, name, verify, words):
     path = str(media["odd"] / name)
@@ -161,8 +169,60 @@ def test_ingest_verify_and_cache_commands_take_them(media, tmp_path, fixtures_di
     np.testing.assert_allclose(cached, mean[0], rtol=2e-3, atol=2e-3)
 
 
-def test_ingest_records_what_cannot_be_honoured_as_failures(media, tmp_path):
-    summary = run_ingest([media["odd"]], tmp_path / "out", verify=True, workers=0, progress=False)
-    assert summary["failed_by_category"] == {"unsupported": 4}
+@pytest.mark.parametrize("verify", [True, False])
+def test_ingest_records_what_cannot_be_honoured_as_failures(media, tmp_path, verify):
+    summary = run_ingest([media["odd"]], tmp_path / "out", verify=verify, workers=0, progress=False)
+    assert summary["failed_by_category"] == {"unsupported": 5}
     failures = pq.read_table(tmp_path / "out" / "failures.parquet").to_pylist()
     assert all(row["message"].startswith(row["path"]) for row in failures)
+
+
+def test_a_size_change_mid_stream_is_unsupported_at_ingest_without_verify(media, tmp_path):
+    """`latte ingest` (no --verify) reads the keyframes' sizes: the file is one failure row, the good
+    file beside it is in the manifest, and the sources are untouched."""
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(media["odd"] / "resized.mp4", source)
+    shutil.copy(media["good"] / "square48.mp4", source)
+    before = snapshot(source)
+    done = subprocess.run([LATTE, "ingest", "--source", str(source), "--out", str(tmp_path / "ingest"), "--workers",
+                           "0"], capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout + done.stderr  # finished, one input failed
+    assert "Traceback" not in done.stderr and "Error:" not in done.stderr
+    failures = pq.read_table(tmp_path / "ingest" / "failures.parquet").to_pylist()
+    assert [(row["video_id"], row["category"]) for row in failures] == [("resized.mp4", "unsupported")]
+    assert failures[0]["message"] == (f"{source / 'resized.mp4'}: the keyframe at 0.750 s is 32x32, the video "
+                                      f"starts at 64x48: a size that changes mid-stream is not supported")
+    manifest = pq.read_table(tmp_path / "ingest" / "manifest.parquet").to_pylist()
+    assert [row["video_id"] for row in manifest] == ["square48.mp4"]
+    assert snapshot(source) == before
+
+
+def test_the_cache_refuses_frames_of_another_size_than_the_manifest_never_resizing_them(media, tmp_path,
+                                                                                        fixtures_dir):
+    """A manifest older than its files: one replaced by a video of another size, one by a video whose
+    size changes mid-stream (decord would rescale those frames to the first size). Each is a failure row
+    of the cache naming the file; the third video is cached; the manifest is untouched."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        shutil.copy(media["root"] / "w64h48.mp4", source / name)
+    ingest = tmp_path / "ingest"
+    run_ingest([source], ingest, workers=0, progress=False)
+    shutil.copy(media["root"] / "w56h40.mp4", source / "a.mp4")
+    shutil.copy(media["odd"] / "resized.mp4", source / "b.mp4")
+    before = snapshot(ingest)
+    cache = tmp_path / "cache"
+    done = subprocess.run([LATTE, "cache", "--manifest", str(ingest), "--vae", str(fixtures_dir / "vae" /
+                           "vae_small_diffusers"), "--out", str(cache), "--image-size", "32", "--workers", "0"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Error:" not in done.stderr
+    failures = {row["video_id"]: row for row in pq.read_table(cache / "failures.parquet").to_pylist()}
+    assert sorted(failures) == ["a.mp4", "b.mp4"]
+    assert all(row["category"] == "unsupported" for row in failures.values())
+    assert failures["a.mp4"]["message"].startswith(f"{source / 'a.mp4'}: frame 0 decodes to 56x40, the manifest "
+                                                   f"records 64x48")
+    assert failures["b.mp4"]["message"].startswith(f"{source / 'b.mp4'}: the keyframe at 0.750 s is 32x32")
+    assert [row["video_id"] for row in pq.read_table(cache / "index.parquet").to_pylist()] == ["c.mp4"]
+    assert snapshot(ingest) == before

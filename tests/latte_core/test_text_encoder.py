@@ -3,8 +3,11 @@ both folder layouts, pad-token variants, random-weight folders, and every bad fo
 import collections
 import io
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 import unicodedata
 import warnings
 import zipfile
@@ -16,9 +19,13 @@ from safetensors.numpy import load_file, save_file
 from latte_core import TextEncoder
 from latte_core.checkpoint import CheckpointError
 from latte_core.errors import UserError
+from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.tools.demo_text_encoder import write_random_text_encoder
 
 from conftest import relative_error
+from media import moving_square_frames, one_error_line, snapshot, write_mp4
+
+LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 
 # float32 parity with transformers' float32 CPU forward: the fixture README's bound for every reference
 PARITY = 1e-4
@@ -275,8 +282,51 @@ def test_a_vocabulary_that_does_not_fit_the_weights_is_refused(text_fixture, tmp
     vocab["an extra token"] = len(vocab)
     vocab_path.write_text(json.dumps(vocab))
     with pytest.raises(CheckpointError, match=r"vocab\.json: the tokenizer's vocabulary has 49409 tokens, the encoder "
-                                              r".* has vocab_size 49408"):
+                                              r".* has vocab_size 49408 \(token 'an extra token' has id 49408, past "
+                                              r"the encoder's embeddings\)"):
         TextEncoder.from_pretrained(folder)
+
+
+def _unmade_pair(vocab):
+    """Two tokens of the vocabulary whose concatenation is not one."""
+    return next((a, b) for a in ("q", "x", "z") for b in ("zx</w>", "qq</w>", "xz</w>") if a in vocab and b in vocab
+                and a + b not in vocab)
+
+
+def _cache_with(folder, fixtures_dir, tmp_path):
+    """`latte cache --text-encoder folder` on a one-clip manifest (the encoder is loaded before --out is made)."""
+    write_mp4(tmp_path / "src" / "clip.mp4", moving_square_frames(4))
+    run_ingest([tmp_path / "src"], tmp_path / "ingest", workers=0, progress=False)
+    return subprocess.run([LATTE, "cache", "--manifest", str(tmp_path / "ingest"), "--vae",
+                           str(fixtures_dir / "vae" / "vae_small_diffusers"), "--out", str(tmp_path / "cache"),
+                           "--text-encoder", str(folder)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["result", "first part", "second part", "id past vocab_size"])
+def test_tokenizer_files_that_disagree_are_one_error_naming_the_file(text_fixture, fixtures_dir, tmp_path, case):
+    """Through `latte cache --text-encoder`: a merge of merges.txt that vocab.json cannot make, or a token
+    of vocab.json past the encoder's vocab_size, is one Error line naming the file, the line or token,
+    exit 2, before --out is made (the Rust BPE's own words, `Token ... out of vocabulary`, name no file)."""
+    folder = _copy(text_fixture, tmp_path)
+    vocab_path, merges = folder / "tokenizer" / "vocab.json", folder / "tokenizer" / "merges.txt"
+    vocab = json.loads(vocab_path.read_text())
+    if case == "id past vocab_size":
+        vocab["an extra token"] = len(vocab)
+        vocab_path.write_text(json.dumps(vocab))
+        names = [vocab_path, "'an extra token' has id 49408, past the encoder's embeddings"]
+    else:
+        left, right = _unmade_pair(vocab)
+        merge, missing = {"result": ((left, right), left + right), "first part": (("qzqz", right), "qzqz"),
+                          "second part": ((left, "zqzq</w>"), "zqzq</w>")}[case]
+        lines = merges.read_text().splitlines()
+        number = len(lines) // 2
+        lines.insert(number - 1, " ".join(merge))  # the merge's own line: `number`
+        merges.write_text("\n".join(lines) + "\n")
+        names = [merges, f"line {number}, the merge {merge[0]!r} {merge[1]!r}: its {case} {missing!r} is not in "
+                         f"{vocab_path}"]
+    before = snapshot(folder)
+    line = one_error_line(_cache_with(folder, fixtures_dir, tmp_path), 2, *names)
+    assert "out of vocabulary" not in line and not (tmp_path / "cache").exists() and snapshot(folder) == before
 
 
 def test_a_pad_token_outside_the_vocabulary_is_refused(text_fixture, tmp_path):

@@ -1,7 +1,6 @@
 """Caption embeddings in the latent cache (`latte cache --text-encoder DIR`): every format round-trips
 them, a shard encodes each distinct caption once, a video without a caption gets the empty prompt's,
 resume, the fingerprint, `latte report --verify` and the loader's checks cover them."""
-import csv
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from latte_toolkit.cli import main
 from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.pipelines.report import cache_report
 
-from media import moving_square_frames, write_mp4
+from media import write_captioned_clips
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 LONG_CAPTION = " ".join(["clouds drifting slowly over a grey sky"] * 14)  # over 77 tokens: truncated
@@ -61,15 +60,8 @@ class CountingTextEncoder(TextEncoder):
 @pytest.fixture(scope="module")
 def captioned(tmp_path_factory, fixtures_dir):
     root = tmp_path_factory.mktemp("cache_text")
-    rows = []
-    for i, caption in enumerate(CAPTIONS):
-        write_mp4(root / "src" / f"clip_{i}.mp4", moving_square_frames(9 + 2 * i, height=40, width=56, seed=i))
-        rows.append({"video": f"clip_{i}.mp4", "caption": caption or ""})
-    with open(root / "src" / "captions.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["video", "caption"])
-        writer.writeheader()
-        writer.writerows(rows)
-    run_ingest([root / "src" / "captions.csv"], root / "ingest", workers=0, progress=False)
+    captions = write_captioned_clips(root / "src", CAPTIONS, [9 + 2 * i for i in range(len(CAPTIONS))])
+    run_ingest([captions], root / "ingest", workers=0, progress=False)
     encoder_dir = fixtures_dir / "text" / "clip_text_small"
     counting = CountingTextEncoder.from_pretrained(encoder_dir)
     out = {"root": root, "manifest": root / "ingest", "vae": fixtures_dir / "vae" / "vae_small_diffusers",

@@ -17,7 +17,7 @@ from latte_toolkit.pipelines.ingest import IngestError, latest_rows, run_ingest
 from latte_toolkit.pipelines.ledger import Ledger
 from latte_toolkit.pipelines.runners import run_units
 
-from media import moving_square_frames, write_frame_folder, write_mp4
+from media import moving_square_frames, one_error_line, write_frame_folder, write_mp4
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
@@ -53,17 +53,6 @@ def _ingest(out, *sources, extra=(), timeout=120):
     for source in sources:
         args += ["--source", os.fspath(source)]
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-
-
-def _one_error_line(proc, code, *names):
-    """The command exited with `code`, printed no traceback, and one `Error:` line naming `names`."""
-    assert proc.returncode == code, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, proc.stderr
-    for name in names:
-        assert os.fspath(name) in errors[0], errors[0]
-    return errors[0]
 
 
 def _no_error(proc, code):
@@ -193,7 +182,7 @@ def test_negative_workers_is_an_error_before_anything_is_written(tmp_path, clips
         extra = ["-c", str(tmp_path / "ingest.yaml")]
     proc = subprocess.run([LATTE, "ingest", "--out", str(tmp_path / "out"), "--source", str(tmp_path / "src"),
                            *extra], capture_output=True, text=True, timeout=60)  # it hung forever
-    _one_error_line(proc, 2, "--workers" if how == "option" else "ingest.yaml: workers", "-1")
+    one_error_line(proc, 2, "--workers" if how == "option" else "ingest.yaml: workers", "-1")
     assert not (tmp_path / "out").exists()
     with pytest.raises(IngestError, match="--workers"):
         run_ingest([tmp_path / "src"], tmp_path / "out", workers=-2, progress=False)
@@ -247,7 +236,7 @@ def test_a_source_that_yields_no_input_is_an_error(tmp_path, clips, make):
     assert not (tmp_path / "out").exists()
     if make is _folder_named_like_a_video:
         proc = _ingest(tmp_path / "out", empty)
-        _one_error_line(proc, 2, empty)
+        one_error_line(proc, 2, empty)
         assert not (tmp_path / "out").exists()
 
 
@@ -304,7 +293,7 @@ def mounted(tmp_path):
 
 @needs_root
 @pytest.mark.parametrize("where", ["the empty read-only folder", "a new folder in it", "a finished job on it"])
-def test_a_read_only_output_folder_is_one_error_line(tmp_path, clips, mounted, where):
+def test_a_read_only_output_folder_isone_error_line(tmp_path, clips, mounted, where):
     _copy(clips[0], tmp_path / "src" / "a.mp4")
     disk = mounted("size=1m")
     out = disk if where != "a new folder in it" else disk / "out"
@@ -312,7 +301,7 @@ def test_a_read_only_output_folder_is_one_error_line(tmp_path, clips, mounted, w
         assert run_ingest([tmp_path / "src"], out, workers=0, progress=False)["ok"] == 1
     subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
     proc = _ingest(out, tmp_path / "src")
-    line = _one_error_line(proc, 2, out)
+    line = one_error_line(proc, 2, out)
     assert "Read-only file system" in line
 
 
@@ -368,7 +357,7 @@ def test_a_full_disk_stops_ingest_and_a_rerun_completes_it(tmp_path, clips, moun
     disk = mounted(f"size={size_kb}k")
     out = disk / "out"
     proc = _ingest(out, src, extra=["--unit-size", "1"])
-    _one_error_line(proc, 1, "no space left", disk)
+    one_error_line(proc, 1, "no space left", disk)
     ledger = out / "ledger.jsonl"
     assert not ledger.exists() or ledger.read_bytes()[-1:] in (b"", b"\n")  # no torn line
     committed = read_ledger(out)
@@ -410,7 +399,7 @@ def test_a_damaged_ledger_line_is_one_error_naming_the_file_and_line(tmp_path, c
         read_ledger(out)
     if damage is _garbage_line:
         proc = _ingest(out, tmp_path / "src", extra=["--unit-size", "1"])
-        _one_error_line(proc, 2, ledger, "line 2")
+        one_error_line(proc, 2, ledger, "line 2")
         assert ledger.read_bytes() == b"".join(lines)  # left as it was for the user to repair
 
 

@@ -111,11 +111,11 @@ def test_a_tiny_latte_overfits_a_tiny_cache(caches, tmp_path):
     assert first > 3 * last, (first, last)
 
 
-def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(caches, tmp_path):
+def test_a_non_finite_batch_stops_the_run_naming_its_video_and_keeps_the_last_good_checkpoint(caches, tmp_path):
     from latte_toolkit.datasets.cache import open_cache, read_ledger, shard_digest
     cache = tmp_path / "cache"
     shutil.copytree(caches["float32"], cache)
-    entry = open_cache(cache).entries["clip_5.mp4"]  # the data itself holds a NaN (checksums agree)
+    entry = open_cache(cache).entries["clip_5.mp4"]  # an older cache: the data holds a NaN (checksums agree)
     shard = cache / "shards" / entry["shard"]
     mean = np.load(shard / f"{entry['offset']}.mean.npy")
     mean[:] = np.nan
@@ -128,12 +128,13 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cach
     run = tmp_path / "run"
     result = _train(_config(tmp_path, ckpt_save_interval=1, train_batch_size=1, shuffle=False), "--cache", str(cache),
                     "--output-dir", str(run), "--max-steps", "20")
-    assert result.exit_code == 2 and "not finite" in result.output
-    bad_step = int(result.output.split("step ")[1].split(":")[0])
+    assert result.exit_code == 2
+    assert "non-finite latents or caption embeddings of video(s) clip_5.mp4 " in result.output
+    bad_step = int(result.output.split("Error: step ")[1].split(":")[0])
     saved = sorted(p.name for p in (run / "ckpt").iterdir())
     assert saved[-1] == f"step-{bad_step - 1:08d}"
     assert all(np.isfinite(v).all() for v in _state(run / "ckpt" / saved[-1]).values())
-    _assert_strict_json(run)  # the non-finite loss never reaches a JSON file as NaN
+    _assert_strict_json(run)  # the non-finite batch never reaches a JSON file as NaN
 
 
 def _assert_strict_json(folder):

@@ -1,7 +1,6 @@
 """`latte train` under faults: a kill -9, a resume from any checkpoint, a damaged checkpoint, a resume
 with another model, and keys or data that cannot train — each either goes on bit-identically or stops
 with one `Error:` line (exit 2) before anything in the run folder changes."""
-import hashlib
 import json
 import logging
 import os
@@ -20,8 +19,12 @@ from click.testing import CliRunner
 import mindspore as ms
 
 from latte_toolkit.cli import main
+from latte_toolkit.datasets.formats import FORMAT_NAMES
+from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.train.checkpoint import ResumeError, select_checkpoint
 from latte_toolkit.train.config import KEYS, TrainConfigError, load_train_config
+
+from media import snapshot, truncate
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 # On the test cache (8 videos hold a 4-frame clip) batch 2 gives 4 steps per epoch, so checkpoints every
@@ -62,18 +65,6 @@ def _damage(path, at=0.5):
     offset = int(len(data) * at)
     data[offset:offset + 64] = bytes(255 - b for b in data[offset:offset + 64])
     path.write_bytes(bytes(data))
-
-
-def _snapshot(folder):
-    """Every file under `folder`: bytes and modification time."""
-    found = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                found[os.path.relpath(path, folder)] = (hashlib.sha256(handle.read()).hexdigest(),
-                                                       os.stat(path).st_mtime_ns)
-    return found
 
 
 def _assert_one_error_line(done, *names):
@@ -214,7 +205,7 @@ def test_refusals_through_the_cli_are_one_error_line_and_leave_the_run_folder_as
 
     def case(name, config, names, run=None, args=()):
         run = run or tmp_path / f"run_{name}"
-        before = _snapshot(run) if run.exists() else None
+        before = snapshot(run) if run.exists() else None
         command = [LATTE, "train", "-c", config, "--output-dir", str(run), *args]
         if "--cache" not in args:
             command += ["--cache", cache]
@@ -246,7 +237,7 @@ def test_refusals_through_the_cli_are_one_error_line_and_leave_the_run_folder_as
         if before is None:
             assert not run.exists(), name
         else:
-            assert _snapshot(run) == before, name
+            assert snapshot(run) == before, name
 
 
 @pytest.mark.parametrize("key,value", [
@@ -288,10 +279,56 @@ def test_an_output_dir_below_a_regular_file_is_one_error_naming_it_and_changes_n
     blocker = tmp_path / "place" / "file"
     blocker.parent.mkdir()
     blocker.write_text("not a folder")
-    before = {folder: _snapshot(folder) for folder in (blocker.parent, tmp_path / "cache")}
+    before = {folder: snapshot(folder) for folder in (blocker.parent, tmp_path / "cache")}
     run = blocker / "run"
     done = subprocess.run([LATTE, "train", "-c", _config(tmp_path, image_size=32), "--cache", str(cache),
                            "--output-dir", str(run), "--max-steps", "1"], cwd=tmp_path, capture_output=True,
                           text=True, env={**os.environ, "GLOG_v": "3"}, timeout=300)
     _assert_one_error_line(done, str(run), "Not a directory")
-    assert {folder: _snapshot(folder) for folder in before} == before
+    assert {folder: snapshot(folder) for folder in before} == before
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_a_shard_truncated_while_training_runs_is_one_error_naming_it(caches, tmp_path, fmt):
+    """The loader reads in threads MindSpore runs; the reader's own error reaches the user (one Error
+    line naming the shard, exit 2), not MindSpore's RuntimeError with its traceback inside, and the
+    checkpoints written before stay as they were."""
+    cache = tmp_path / "cache"
+    shutil.copytree(caches[fmt], cache)
+    run = tmp_path / "run"
+    process = subprocess.Popen([LATTE, "train", "-c", _config(tmp_path, train_data_type=fmt), "--cache", str(cache),
+                                "--output-dir", str(run), "--max-steps", "400"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "GLOG_v": "3"})
+    first, deadline = run / "ckpt" / "step-00000002" / "checksums.json", time.monotonic() + 300  # written last
+    while not first.exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    for shard in (cache / "shards").iterdir():  # the loader checked them when it started: now half of each
+        for path in shard.iterdir():
+            os.truncate(path, path.stat().st_size // 2)
+    written = {path: value for path, value in snapshot(run / "ckpt").items() if path.startswith("step-")}
+    stdout, stderr = process.communicate(timeout=300)
+    done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    line = _assert_one_error_line(done, str(cache / "shards"), "cannot be read", "latte cache")
+    assert "RuntimeError" not in stderr and "Traceback" not in stderr and len(line) < 1000
+    after = snapshot(run / "ckpt")
+    assert written and {path: after.get(path) for path in written} == written
+
+
+def test_a_video_that_no_longer_decodes_while_training_from_videos_is_one_error_naming_it(caches, tmp_path):
+    """The uncached path decodes in MindSpore's GeneratorDataset threads: a video cut after ingest is
+    one Error line naming the file (exit 2), not MindSpore's RuntimeError."""
+    source = tmp_path / "videos"
+    shutil.copytree(caches["root"] / "src", source, ignore=shutil.ignore_patterns("sky"))
+    run_ingest([source], tmp_path / "ingest", workers=0, progress=False)
+    for path in source.iterdir():  # every clip: the first batch reads one
+        truncate(path, 0.4)
+    before = snapshot(tmp_path / "ingest")
+    config = _config(tmp_path, train_data_type="video_file", data_folder=str(tmp_path / "ingest"),
+                     vae_checkpoint=str(caches["vae"]))
+    done = subprocess.run([LATTE, "train", "-c", config, "--output-dir", str(tmp_path / "run"), "--max-steps", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "GLOG_v": "3"},
+                          timeout=600)
+    line = _assert_one_error_line(done, str(source), "the file changed since latte ingest checked it")
+    assert "RuntimeError" not in done.stderr and len(line) < 1000
+    assert snapshot(tmp_path / "ingest") == before and not (tmp_path / "run" / "ckpt").exists()

@@ -1,14 +1,18 @@
 """`latte bench ingest`: videos/s and frames/s of `ingest --verify` against a plain sequential decode of
-the same files, and the seconds to re-plan a finished run over many inputs."""
+the same files, the seconds to re-plan a finished run over many inputs, and the cost of ingest's
+keyframe check on a long synthetic video."""
 import os
+import statistics
 import tempfile
 import time
 
+import av
+import numpy as np
 import pyarrow.parquet  # noqa: F401
 import tqdm.auto  # noqa: F401 (one-time imports, paid once per process, are kept out of the timings)
 from PIL import Image
 
-from latte_toolkit.datasets.video import list_frame_files
+from latte_toolkit.datasets.video import list_frame_files, probe_video
 from latte_toolkit.pipelines.ingest import discover, run_ingest
 
 
@@ -46,8 +50,54 @@ def _make_frame_folders(root, count):
         image.save(os.path.join(folder, "f_0.png"))
 
 
-def bench_ingest(sources, workers=0, replan_inputs=10000):
-    """Videos/s and frames/s of `ingest --verify` and of a plain decode, plus re-plan seconds."""
+def write_long_h264(path, frames, size):
+    """An H.264 (yuv420p, 25 fps, x264's keyframe placement) of `frames` size x size frames written with
+    PyAV one frame at a time: a gradient that scrolls and a square that moves."""
+    container = av.open(path, "w")
+    stream = container.add_stream("libx264", rate=25)
+    stream.width = stream.height = size
+    stream.pix_fmt = "yuv420p"
+    ramp = np.arange(size) * (256 // size or 1)
+    for i in range(frames):
+        image = np.empty((size, size, 3), np.uint8)
+        image[..., 0] = (ramp[None, :] + i) % 256
+        image[..., 1] = ramp[:, None] % 256
+        image[..., 2] = 40
+        corner = (2 * i) % (size - size // 8)
+        image[corner:corner + size // 8, corner:corner + size // 8] = 255
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    with av.open(path) as written:
+        return sum(packet.is_keyframe for packet in written.demux(written.streams.video[0]) if packet.size)
+
+
+def bench_keyframe_check(scratch, frames, size, repeats):
+    """Seconds of ingest's probe (no --verify) of a `frames`-frame video with and without its keyframe
+    check, alternated, medians of `repeats`, their ratio; and the --verify probe's seconds once."""
+    path = os.path.join(scratch, "long.mp4")
+    keyframes = write_long_h264(path, frames, size)
+    probe_video(path)  # untimed: the page cache and the decoders' first use
+    timings = {False: [], True: []}
+    for _ in range(repeats):
+        for check in (False, True):
+            start = time.perf_counter()
+            probe_video(path, check_keyframes=check)
+            timings[check].append(time.perf_counter() - start)
+    start = time.perf_counter()
+    probe_video(path, verify=True)
+    verify_s = time.perf_counter() - start
+    without, with_check = statistics.median(timings[False]), statistics.median(timings[True])
+    return {"frames": frames, "size": size, "keyframes": keyframes, "bytes": os.path.getsize(path),
+            "repeats": repeats, "without_check_s": round(without, 4), "with_check_s": round(with_check, 4),
+            "ratio": round(with_check / without, 3), "verify_s": round(verify_s, 4)}
+
+
+def bench_ingest(sources, workers=0, replan_inputs=10000, keyframe_frames=0, keyframe_size=64, repeats=3):
+    """Videos/s and frames/s of `ingest --verify` and of a plain decode, plus re-plan seconds, and with
+    keyframe_frames the keyframe check's cost (bench_keyframe_check)."""
     inputs = [item for item in discover(sources) if not item.get("failure")]
     start = time.perf_counter()
     plain_videos, plain_frames = plain_decode(inputs)
@@ -76,4 +126,6 @@ def bench_ingest(sources, workers=0, replan_inputs=10000):
             again = run_ingest([many], os.path.join(scratch, "many_out"), workers=0, unit_size=256, progress=False)
             result["replan"] = {"inputs": replan_inputs, "units_run": again["units_run"],
                                 "seconds": round(time.perf_counter() - start, 3)}
+        if keyframe_frames:
+            result["keyframe_check"] = bench_keyframe_check(scratch, keyframe_frames, keyframe_size, repeats)
     return result
