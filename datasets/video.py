@@ -5,6 +5,7 @@ from FAILURE_CATEGORIES, so callers can record why an input cannot be used.
 """
 import os
 import re
+from fractions import Fraction
 
 import av
 import imageio_ffmpeg
@@ -18,8 +19,8 @@ from latte_core.errors import UserError
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # "unsupported": the file decodes, but not into frames the toolkit can show as a player would (a flip or a
-# rotation by other than a multiple of 90 degrees in its display matrix, non-square pixels, a size that
-# changes mid-stream, a pixel format without an RGB conversion)
+# rotation by other than a multiple of 90 degrees in its display matrix, a sample aspect ratio, size or
+# pixel format that changes mid-stream, a pixel format without an RGB conversion)
 FAILURE_CATEGORIES = ("unreadable", "empty", "truncated", "corrupt frame", "too short", "timeout", "duplicate",
                       "missing", "unsupported", "bad name")
 _NUMBER = re.compile(r"(\d+)")
@@ -58,7 +59,7 @@ def list_frame_files(folder):
 
 
 def probe_video(path, verify=False):
-    """Container metadata of a video file, at the size a player shows (rotation applied); with
+    """Container metadata of a video file, at the size a player shows (square pixels, rotation applied); with
     verify, decode every frame, check it and count what decodes."""
     if not os.path.isfile(path):
         raise UnusableInput("missing", f"{path}: no such file")
@@ -85,7 +86,8 @@ def probe_video(path, verify=False):
 # first frame has the displayed shape and agrees with PyAV's to within DECODERS_AGREE grey levels
 # (measured: 0 on 8-bit H.264/MPEG-4/VP9 in yuv420p/yuvj420p/yuv444p, rotated or not; 10-bit 4:2:0,
 # whose chroma the libraries' scalers interpolate differently, differs by up to 131 at sharp colour
-# edges and is decoded with PyAV); every later
+# edges and is decoded with PyAV; so is a file of non-square pixels, whose frames decord leaves at the
+# coded width, while a player shows them resampled to square pixels: see square_pixels); every later
 # frame is checked again (shape, dtype), and a frame decord gets wrong or fails on hands the rest of
 # the file to PyAV. A frame neither decoder gets right fails the file with UnusableInput naming it.
 DECODERS_AGREE = 2
@@ -167,14 +169,10 @@ class _Video:
         self.fast = self._first is not None
 
     def _read_head(self):
-        """Frame 0 through PyAV: the coded size, pixel format, display matrix and the displayed frame."""
+        """Frame 0 through PyAV: the coded size, pixel format, sample aspect ratio, display matrix and the
+        displayed frame."""
         container, stream = _open_pyav(self.path)
         try:
-            ratio = stream.codec_context.sample_aspect_ratio or stream.sample_aspect_ratio
-            if ratio and ratio != 1:
-                raise UnusableInput("unsupported", f"{self.path}: non-square pixels (sample aspect ratio "
-                                                   f"{ratio.numerator}:{ratio.denominator}); re-encode it with "
-                                                   f"ffmpeg -vf scale=iw*sar:ih,setsar=1")
             frames = container.decode(stream)
             try:
                 frame = next(frames)
@@ -186,8 +184,13 @@ class _Video:
             self.coded = (frame.height, frame.width)
             self.format = frame.format.name
             self.turns = quarter_turns(self.path, frame)
-            self.height, self.width = self.coded[::-1] if self.turns % 2 else self.coded
-            self.head = self._pyav_rgb(frame, 0, _reformatter())
+            # the codec's ratio (from the stream's parameter sets), else the container's (an mp4 pasp box)
+            self.codec_ratio = stream.codec_context.sample_aspect_ratio
+            ratio = self.codec_ratio or stream.sample_aspect_ratio
+            self.ratio = Fraction(ratio) if ratio else Fraction(1)
+            self.stretched = (frame.height, display_width(frame.width, self.ratio))  # before the turn
+            self.height, self.width = self.stretched[::-1] if self.turns % 2 else self.stretched
+            self.head = self._pyav_rgb(frame, 0, _reformatter(), stream)
         finally:
             container.close()
 
@@ -201,7 +204,14 @@ class _Video:
                                                  f" 3) uint8 the video shows")
         return frame
 
-    def _same_as_first(self, frame, index):
+    def _same_as_first(self, frame, index, stream):
+        if stream.codec_context.sample_aspect_ratio != self.codec_ratio:  # the decoder reads a new one
+            # ahead of the frames it reorders, so `index` may be a frame or two before the change
+            raise UnusableInput("unsupported", f"{self.path}: the sample aspect ratio changes mid-stream (from "
+                                               f"{_ratio_text(self.ratio)} to "
+                                               f"{_ratio_text(stream.codec_context.sample_aspect_ratio)} "
+                                               f"about frame {index}): not supported, re-encode it with ffmpeg "
+                                               f"-vf scale=iw*sar:ih,setsar=1")
         if (frame.height, frame.width) != self.coded:
             raise UnusableInput("unsupported", f"{self.path}: frame {index} is {frame.width}x{frame.height}, the "
                                                f"video starts at {self.coded[1]}x{self.coded[0]}: a size that "
@@ -211,13 +221,15 @@ class _Video:
                                                f"the video starts in {self.format}: a pixel format that changes "
                                                f"mid-stream is not supported")
 
-    def _pyav_rgb(self, frame, index, reformatter):
-        self._same_as_first(frame, index)
+    def _pyav_rgb(self, frame, index, reformatter, stream):
+        self._same_as_first(frame, index, stream)
         try:
             rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
         except Exception as err:
             raise UnusableInput("unsupported", f"{self.path}: frame {index}: pixel format {frame.format.name} "
                                                f"cannot be converted to RGB ({_first_line(err)})") from None
+        if self.stretched != self.coded:
+            rgb = square_pixels(rgb, self.stretched[1])
         if self.turns:
             rgb = np.ascontiguousarray(np.rot90(rgb, self.turns))
         return self.check(rgb, index)
@@ -294,9 +306,9 @@ class _Video:
                                         f"({_first_line(err)})") from None
                 if index >= start and (wanted is None or index in wanted):
                     if convert:
-                        yield index, self._pyav_rgb(frame, index, reformatter)
+                        yield index, self._pyav_rgb(frame, index, reformatter, stream)
                     else:
-                        self._same_as_first(frame, index)
+                        self._same_as_first(frame, index, stream)
                         yield index, None
                 index += 1
         finally:
@@ -305,6 +317,23 @@ class _Video:
             asked = "" if wanted is None else f" (frame {last} asked for)"
             raise UnusableInput("truncated", f"{self.path}: only {index} of the {self.claimed} frames the "
                                              f"container declares decode{asked}")
+
+
+def display_width(coded_width, ratio):
+    """The width a player shows for pixels of sample aspect ratio `ratio` (ffmpeg's scale=iw*sar:ih),
+    rounded to the nearest even number (yuv420p encoders need even sizes): 176 at 128:117 -> 192."""
+    return coded_width if ratio == 1 else max(2, 2 * round(coded_width * ratio / 2))
+
+
+def square_pixels(rgb, width):
+    """A uint8 (H, W, 3) frame of non-square pixels resampled to (H, width, 3), square pixels, with Pillow's
+    bicubic filter (ffmpeg's default scaler is bicubic too)."""
+    return np.asarray(Image.fromarray(rgb).resize((width, rgb.shape[0]), Image.BICUBIC))
+
+
+def _ratio_text(ratio):
+    ratio = Fraction(ratio) if ratio else Fraction(1)
+    return f"{ratio.numerator}:{ratio.denominator}"
 
 
 def _reformatter():

@@ -2,8 +2,26 @@
 random-weight VAE folder."""
 import os
 
+import av
+
 from latte_toolkit.datasets.video import write_frame_folder, write_mp4  # noqa: F401
 from latte_toolkit.tools.synthetic import moving_square_frames  # noqa: F401
+
+
+def write_mp4_pyav(path, frames, sample_aspect_ratio, fps=8, container_format=None):
+    """H.264 (yuv420p) of uint8 (F, H, W, 3) frames through PyAV, its stream's pixels of the given sample
+    aspect ratio (a Fraction) as broadcast and DV footage has them; container_format="h264" writes a raw
+    Annex B stream, which can be concatenated with another."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.sample_aspect_ratio = sample_aspect_ratio
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
 
 
 def truncate(path, keep_fraction=0.5):
