@@ -1,4 +1,4 @@
-"""The key tables of the batch jobs (ingest, cache, report), and the ingest and cache jobs run from a
+"""The key tables of the batch jobs (ingest, curate, cache, report), and those jobs run from a
 resolved config, which is saved in the job folder when the job finishes.
 
 Tables are KeyTables (latte_core/keys.py): `latte <stage> -c stage.yaml` reads the keys (flat
@@ -34,6 +34,26 @@ INGEST_KEYS = KeyTable([
     Key("unit_size", int, 32, "inputs per unit of work", range=AT_LEAST_1),
 ], {"data_folder": "sources", "csv_path": "sources", "data_path": "sources", "sample_n_frames": "num_frames"},
     ConfigError)
+
+def _check_curate(values):
+    """Keys that conflict: refused before the job starts (the clip lengths, as run_curate checks them)."""
+    maximum = values["max_clip_frames"]
+    if maximum is not None and values["min_clip_frames"] > maximum:
+        raise ConfigError(f"min_clip_frames ({values['min_clip_frames']}) is larger than max_clip_frames "
+                          f"({maximum}): no clip could be kept")
+
+
+CURATE_KEYS = KeyTable([
+    Key("manifest", str, None, "ingest output folder (or its manifest.parquet)"),
+    Key("out", str, None, "curate folder (resumable): clips.parquet, filtered.parquet, failures.parquet"),
+    Key("min_clip_frames", int, 16, "clips shorter than this are dropped (filtered.parquet: too short)",
+        range=AT_LEAST_1),
+    Key("max_clip_frames", (int, type(None)), 256, "longer scenes are split into clips of this many frames from "
+                                                   "their start (null: never split)", range=AT_LEAST_1),
+    Key("workers", int, 1, "local dask worker processes; 0 runs in this process", range=NON_NEGATIVE),
+    Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786"),
+    Key("unit_size", int, 8, "videos per unit of work (each video is decoded once, in one unit)", range=AT_LEAST_1),
+], {}, ConfigError, validate=_check_curate)
 
 CACHE_KEYS = KeyTable([
     Key("manifest", str, None, "ingest output folder (or its manifest.parquet)"),
@@ -81,6 +101,17 @@ def run_ingest_job(config, progress=True):
                          sample_stride=config["sample_stride"], verify=config["verify"], workers=config["workers"],
                          scheduler=config["scheduler"], retry_failed=config["retry_failed"],
                          timeout=config["decode_timeout"], unit_size=config["unit_size"], progress=progress)
+    save_resolved_config(summary["out_dir"], config)
+    return summary
+
+
+def run_curate_job(config, progress=True):
+    """`latte curate` from a resolved CURATE_KEYS config; returns run_curate's summary."""
+    # kept here: the curate job (dask, decord, PyAV) would load with `latte --help`, which reads this table
+    from .curate import run_curate
+    summary = run_curate(config["manifest"], config["out"], min_clip_frames=config["min_clip_frames"],
+                         max_clip_frames=config["max_clip_frames"], workers=config["workers"],
+                         scheduler=config["scheduler"], unit_size=config["unit_size"], progress=progress)
     save_resolved_config(summary["out_dir"], config)
     return summary
 

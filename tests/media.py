@@ -1,6 +1,8 @@
 """Media for tests: the package's procedural clips and frame folders, plus broken inputs and a small
 random-weight VAE folder."""
 import os
+import signal
+import time
 
 import av
 
@@ -22,6 +24,18 @@ def write_mp4_pyav(path, frames, sample_aspect_ratio, fps=8, container_format=No
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+def kill_after_ledger_lines(proc, ledger, lines, timeout=120):
+    """SIGKILL the job `proc` once its ledger holds `lines` lines; returns whether it was still running
+    then (a job that finished first cannot test a resume)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (ledger.exists() and len(ledger.read_text().splitlines()) >= lines):
+        time.sleep(0.005)
+    still_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return still_running
 
 
 def truncate(path, keep_fraction=0.5):

@@ -22,6 +22,7 @@ from media import moving_square_frames, write_mp4
 # (command, its table, values for its required keys)
 STAGES = [
     (["ingest"], stages.INGEST_KEYS, {"sources": ["videos"], "out": "work/ingest"}),
+    (["curate"], stages.CURATE_KEYS, {"manifest": "work/ingest", "out": "work/curate"}),
     (["cache"], stages.CACHE_KEYS, {"manifest": "work/ingest", "vae": "vae", "out": "work/cache"}),
     (["report"], stages.REPORT_KEYS, {"cache": "work/cache"}),
     (["train"], TRAIN_KEYS, {"data_folder": "work/cache"}),

@@ -1,0 +1,207 @@
+"""Stage 1b, curate: turn each ingested video into clips, frame ranges of its file (nothing re-encoded).
+
+    INGEST_DIR/manifest.parquet ─ plan ─▶ units of `unit_size` videos (sorted by video_id; id = hash of members)
+      └ each unit (any runner): decode every frame of each video once, in order ─▶ the video's clips
+        (split at `max_clip_frames`, shorter than `min_clip_frames` dropped) ─▶ units/<unit_id>.parquet
+        (every clip, kept or dropped with its reason; atomic rename) ─▶ one ledger line (failures inside)
+      └ at the end: clips.parquet (kept), filtered.parquet (dropped: reason, score) and failures.parquet
+
+A clip's id is its video's id and frame range (`VIDEO_ID@START-END`, END exclusive), so it names the
+same frames whatever the runner or the order of units. A video that fails to decode part-way keeps the
+clips that end before the damage and is also a failure row; one that fails at once is only that row.
+"""
+import json
+import logging
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from latte_core.atomic import sha256_of, write_atomically
+from latte_core.errors import UserError
+from latte_toolkit.datasets.video import UnusableInput, iter_frames, read_manifest
+
+from .ingest import FAILURE_SCHEMA, INGEST_VERSION, MANIFEST_SCHEMA
+from .jobs import Job, read_unit_table, write_unit_table
+from .runners import check_workers
+
+logger = logging.getLogger(__name__)
+
+CURATE_VERSION = 1
+CLIP_SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("video_id", pa.string()), ("path", pa.string()), ("kind", pa.string()),
+    ("start_frame", pa.int64()), ("end_frame", pa.int64()), ("num_frames", pa.int64()), ("fps", pa.float64()),
+    ("height", pa.int64()), ("width", pa.int64()), ("label", pa.int64()), ("caption", pa.string()),
+])
+# filtered.parquet: the clip, why it was dropped, and the score that dropped it (its length for "too short")
+FILTERED_SCHEMA = pa.schema(list(CLIP_SCHEMA) + [("reason", pa.string()), ("score", pa.float64())])
+TOO_SHORT = "too short"
+
+
+class CurateError(UserError):
+    """Bad usage of the curate stage: a missing or foreign manifest, conflicting keys, a folder of another job."""
+
+
+# ------------------------------------------------------------------------------------------ clips
+def clip_id(video_id, start, end):
+    return f"{video_id}@{start:06d}-{end:06d}"
+
+
+def split_segment(start, end, min_frames, max_frames):
+    """[(start, end, reason)] of one scene's frames [start, end): pieces of `max_frames` (None: one piece)
+    from its start, the rest its own piece; a piece shorter than `min_frames` has reason TOO_SHORT."""
+    step = max_frames or max(end - start, 1)
+    pieces = [(first, min(first + step, end)) for first in range(start, end, step)]
+    return [(first, last, TOO_SHORT if last - first < min_frames else None) for first, last in pieces]
+
+
+def video_clips(item, frames, spec):
+    """The clip rows (kept and dropped, with reason and score) of a video whose first `frames` frames
+    decoded."""
+    rows = []
+    for start, end, reason in split_segment(0, frames, spec["min_clip_frames"], spec["max_clip_frames"]):
+        row = {"clip_id": clip_id(item["video_id"], start, end), "video_id": item["video_id"], "path": item["path"],
+               "kind": item["kind"], "start_frame": start, "end_frame": end, "num_frames": end - start,
+               "fps": item["fps"], "height": item["height"], "width": item["width"], "label": item["label"],
+               "caption": item["caption"], "reason": reason,
+               "score": float(end - start) if reason == TOO_SHORT else None}
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ the unit
+def scan_video(item, timings):
+    """Decode every frame of one video once, in order: (frames decoded, the UnusableInput that stopped
+    the decode early or None)."""
+    frames, count = iter_frames(item["path"], item["kind"]), 0
+    while True:
+        started = time.perf_counter()
+        try:
+            next(frames)
+        except StopIteration:
+            return count, None
+        except UnusableInput as err:
+            return count, err
+        except Exception as err:  # a decoder's own error fails this video, not the unit
+            return count, UnusableInput("unreadable", f"{item['path']}: frame {count}: {_first_line(err)}")
+        finally:
+            timings["decode"] += time.perf_counter() - started
+        count += 1
+
+
+def curate_unit(spec):
+    """Scan every video of one unit, commit units/<unit_id>.parquet, return the ledger record."""
+    timings = {"decode": 0.0, "write": 0.0}
+    rows, failures, frames = [], [], 0
+    for item in spec["videos"]:
+        count, error = scan_video(item, timings)
+        frames += count
+        if error is not None:
+            where = f" (its clips before frame {count} are kept)" if count else ""
+            failures.append({"video_id": item["video_id"], "path": item["path"], "kind": item["kind"],
+                             "category": error.category, "message": error.message[:300] + where})
+        rows.extend(video_clips(item, count, spec))
+    started = time.perf_counter()
+    part = write_unit_table(spec["out_dir"], spec["unit_id"], pa.Table.from_pylist(rows, schema=FILTERED_SCHEMA))
+    timings["write"] += time.perf_counter() - started
+    kept = sum(row["reason"] is None for row in rows)
+    return {"unit_id": spec["unit_id"], "videos": len(spec["videos"]), "failed": len(failures), "frames": frames,
+            "clips": kept, "filtered": len(rows) - kept, "bytes": os.path.getsize(part), "sha256": sha256_of(part),
+            "seconds": {phase: round(value, 4) for phase, value in timings.items()}, "failures": failures}
+
+
+def _first_line(err):
+    return str(err).splitlines()[0][:200] if str(err) else repr(err)
+
+
+# ------------------------------------------------------------------------------------------ the job
+def read_ingest_manifest(manifest):
+    """The rows of an ingest manifest this version of curate understands: a folder whose ingest.json
+    is of another version, or a manifest without the columns, is a CurateError naming it."""
+    manifest = os.path.abspath(manifest)
+    path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
+    settings = os.path.join(os.path.dirname(path), "ingest.json")
+    if os.path.isfile(settings):
+        with open(settings) as handle:
+            version = json.load(handle).get("version")
+        if version != INGEST_VERSION:
+            raise CurateError(f"{settings}: an ingest folder of version {version!r}; this curate reads version "
+                              f"{INGEST_VERSION}: re-run `latte ingest` into a new folder")
+    if os.path.isfile(path):
+        missing = sorted(set(MANIFEST_SCHEMA.names) - set(pq.read_schema(path).names))
+        if missing:
+            raise CurateError(f"{path}: not an ingest manifest of this version (no column {', '.join(missing)})")
+    try:
+        return path, read_manifest(path)
+    except UserError as err:
+        raise CurateError(str(err)) from None
+
+
+def check_clip_lengths(min_clip_frames, max_clip_frames, error=CurateError):
+    if min_clip_frames < 1:
+        raise error(f"min_clip_frames must be at least 1, got {min_clip_frames}")
+    if max_clip_frames is not None and max_clip_frames < min_clip_frames:
+        raise error(f"min_clip_frames ({min_clip_frames}) is larger than max_clip_frames ({max_clip_frames}): "
+                    f"no clip could be kept")
+
+
+def _member_key(video):
+    """What names a video in its unit's id."""
+    return [video["video_id"], video["path"], video["num_frames"]]
+
+
+def publish_clips(out_dir, records):
+    """clips.parquet (kept), filtered.parquet (dropped) and failures.parquet from the committed units,
+    each sorted by clip id (video id, then first frame); returns (kept, dropped, failures)."""
+    rows = sorted((row for record in records for row in read_unit_table(out_dir, record)),
+                  key=lambda row: (row["video_id"], row["start_frame"]))
+    kept = [{name: row[name] for name in CLIP_SCHEMA.names} for row in rows if row["reason"] is None]
+    dropped = [row for row in rows if row["reason"] is not None]
+    failures = sorted((row for record in records for row in record["failures"]), key=lambda row: row["video_id"])
+    for name, table, schema in (("clips.parquet", kept, CLIP_SCHEMA), ("filtered.parquet", dropped, FILTERED_SCHEMA),
+                                ("failures.parquet", failures, FAILURE_SCHEMA)):
+        data = pa.Table.from_pylist(table, schema=schema)
+        write_atomically(os.path.join(out_dir, name), lambda tmp: pq.write_table(data, tmp))
+    return kept, dropped, failures
+
+
+def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, workers=1, scheduler=None,
+               unit_size=8, progress=True):
+    """Run (or resume) the curate job; returns the summary dict. Bad usage (a missing or foreign
+    manifest, conflicting keys, a folder of another job) is a CurateError before anything is written."""
+    check_clip_lengths(min_clip_frames, max_clip_frames)
+    if unit_size < 1:
+        raise CurateError(f"unit_size must be at least 1, got {unit_size}")
+    check_workers(workers, CurateError)
+    started = time.perf_counter()
+    out_dir = os.path.abspath(out_dir)
+    manifest_path, videos = read_ingest_manifest(manifest)
+    settings = {"version": CURATE_VERSION, "manifest": manifest_path, "manifest_sha256": sha256_of(manifest_path),
+                "min_clip_frames": min_clip_frames, "max_clip_frames": max_clip_frames, "unit_size": unit_size}
+    with Job(out_dir, "curate.json", settings, "units", CurateError) as job:
+        pending, skipped = job.plan(videos, unit_size, _member_key, "c", "videos")
+        logger.info("%d videos in %d units: %d already curated", len(videos), skipped + len(pending), skipped)
+        common = {"out_dir": out_dir, "min_clip_frames": min_clip_frames, "max_clip_frames": max_clip_frames}
+        specs = [{**unit, **common} for unit in pending]
+        errors = job.run(curate_unit, specs, lambda spec: sum(v["num_frames"] or 0 for v in spec["videos"]),
+                         "curate", "frame", workers, scheduler, progress)
+        records = job.records()
+        kept, dropped, failures = job.publish(lambda: publish_clips(out_dir, records),
+                                              "writing clips.parquet, filtered.parquet and failures.parquet")
+    seconds = time.perf_counter() - started
+    raised = [spec for spec in specs if spec["unit_id"] in set(errors)]
+    if raised:
+        logger.error("%d unit(s) raised, their videos are not curated (re-run to retry): %s", len(raised),
+                     ", ".join(spec["unit_id"] for spec in raised))
+    run_frames = sum(r["frames"] for r in records if r["unit_id"] in {s["unit_id"] for s in specs})
+    by_reason = {}
+    for row in dropped:
+        reason = "duplicate" if row["reason"].startswith("duplicate of ") else row["reason"]
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    return {"out_dir": out_dir, "videos": sum(r["videos"] for r in records), "failed": len(failures),
+            "frames": sum(r["frames"] for r in records), "clips": len(kept), "filtered": len(dropped),
+            "filtered_by_reason": by_reason, "clip_frames": sum(row["num_frames"] for row in kept),
+            "units_run": len(specs), "units_skipped": skipped, "unit_errors": errors,
+            "unit_error_videos": sum(len(spec["videos"]) for spec in raised), "seconds": round(seconds, 2),
+            "frames_per_s": round(run_frames / seconds, 2) if specs else 0.0}
