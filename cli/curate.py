@@ -13,6 +13,10 @@ from . import configured, finish_job, key_option, main
     key_option("out", "--out", type=click.Path(file_okay=False), help="Curate folder (resumable)."),
     key_option("min_clip_frames"),
     key_option("max_clip_frames"),
+    key_option("trim_frames"),
+    key_option("cut_threshold"),
+    key_option("dissolve_threshold"),
+    key_option("flash_frames"),
     key_option("workers"),
     key_option("scheduler"),
     key_option("unit_size"),
@@ -31,7 +35,8 @@ def curate(config):
       latte curate --manifest work/ingest --out work/curate --min-clip-frames 16 --max-clip-frames 256
     """
     summary = run_curate_job(config)
-    click.echo(f"curate: {summary['videos']} videos, {summary['frames']} frames -> {summary['clips']} clips kept "
+    click.echo(f"curate: {summary['videos']} videos, {summary['frames']} frames, {summary['cuts']} cuts -> "
+               f"{summary['clips']} clips kept "
                f"({summary['clip_frames']} frames), {summary['filtered']} dropped, {summary['failed']} videos "
                f"failed; {summary['units_run']} units run, {summary['units_skipped']} already done; "
                f"{summary['seconds']} s ({summary['frames_per_s']} frames/s)")

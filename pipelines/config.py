@@ -50,6 +50,14 @@ CURATE_KEYS = KeyTable([
         range=AT_LEAST_1),
     Key("max_clip_frames", (int, type(None)), 256, "longer scenes are split into clips of this many frames from "
                                                    "their start (null: never split)", range=AT_LEAST_1),
+    Key("trim_frames", int, 1, "frames dropped on each side of a scene cut or dissolve", range=NON_NEGATIVE),
+    Key("cut_threshold", NUMBER, 27.0, "hard cut: PySceneDetect ContentDetector's score (mean HSV change between "
+                                       "consecutive frames, 0-255) at or above this", range=POSITIVE),
+    Key("dissolve_threshold", NUMBER, 0.05, "dissolve: change over 8 frames (mean absolute difference of frames "
+                                            "divided by their mean brightness) at or above this, the frames "
+                                            "between a linear blend", range=POSITIVE),
+    Key("flash_frames", int, 4, "a cut whose frame before returns within this many frames is a flash, not a cut",
+        range=NON_NEGATIVE),
     Key("workers", int, 1, "local dask worker processes; 0 runs in this process", range=NON_NEGATIVE),
     Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786"),
     Key("unit_size", int, 8, "videos per unit of work (each video is decoded once, in one unit)", range=AT_LEAST_1),
@@ -110,7 +118,9 @@ def run_curate_job(config, progress=True):
     # kept here: the curate job (dask, decord, PyAV) would load with `latte --help`, which reads this table
     from .curate import run_curate
     summary = run_curate(config["manifest"], config["out"], min_clip_frames=config["min_clip_frames"],
-                         max_clip_frames=config["max_clip_frames"], workers=config["workers"],
+                         max_clip_frames=config["max_clip_frames"], trim_frames=config["trim_frames"],
+                         cut_threshold=config["cut_threshold"], dissolve_threshold=config["dissolve_threshold"],
+                         flash_frames=config["flash_frames"], workers=config["workers"],
                          scheduler=config["scheduler"], unit_size=config["unit_size"], progress=progress)
     save_resolved_config(summary["out_dir"], config)
     return summary

@@ -1,8 +1,10 @@
 """Stage 1b, curate: turn each ingested video into clips, frame ranges of its file (nothing re-encoded).
 
     INGEST_DIR/manifest.parquet ─ plan ─▶ units of `unit_size` videos (sorted by video_id; id = hash of members)
-      └ each unit (any runner): decode every frame of each video once, in order ─▶ the video's clips
-        (split at `max_clip_frames`, shorter than `min_clip_frames` dropped) ─▶ units/<unit_id>.parquet
+      └ each unit (any runner): decode every frame of each video once, in order, each scaled to the
+        analysis size (scenes.ANALYSIS_SIZE) ─▶ scene cuts and dissolves (scenes.py) ─▶ scenes less
+        `trim_frames` each side of a cut ─▶ the video's clips (scenes split at `max_clip_frames`,
+        shorter than `min_clip_frames` dropped) ─▶ units/<unit_id>.parquet
         (every clip, kept or dropped with its reason; atomic rename) ─▶ one ledger line (failures inside)
       └ at the end: clips.parquet (kept), filtered.parquet (dropped: reason, score) and failures.parquet
 
@@ -25,6 +27,7 @@ from latte_toolkit.datasets.video import UnusableInput, iter_frames, read_manife
 from .ingest import FAILURE_SCHEMA, INGEST_VERSION, MANIFEST_SCHEMA
 from .jobs import Job, read_unit_table, write_unit_table
 from .runners import check_workers
+from .scenes import SceneCuts, analysis_frame, scenes
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +59,13 @@ def split_segment(start, end, min_frames, max_frames):
     return [(first, last, TOO_SHORT if last - first < min_frames else None) for first, last in pieces]
 
 
-def video_clips(item, frames, spec):
+def video_clips(item, frames, boundaries, spec):
     """The clip rows (kept and dropped, with reason and score) of a video whose first `frames` frames
-    decoded."""
+    decoded, with these scene boundaries."""
     rows = []
-    for start, end, reason in split_segment(0, frames, spec["min_clip_frames"], spec["max_clip_frames"]):
+    pieces = [piece for start, end in scenes(frames, boundaries, spec["trim_frames"])
+              for piece in split_segment(start, end, spec["min_clip_frames"], spec["max_clip_frames"])]
+    for start, end, reason in pieces:
         row = {"clip_id": clip_id(item["video_id"], start, end), "video_id": item["video_id"], "path": item["path"],
                "kind": item["kind"], "start_frame": start, "end_frame": end, "num_frames": end - start,
                "fps": item["fps"], "height": item["height"], "width": item["width"], "label": item["label"],
@@ -71,43 +76,51 @@ def video_clips(item, frames, spec):
 
 
 # ------------------------------------------------------------------------------------------ the unit
-def scan_video(item, timings):
-    """Decode every frame of one video once, in order: (frames decoded, the UnusableInput that stopped
-    the decode early or None)."""
-    frames, count = iter_frames(item["path"], item["kind"]), 0
+def scan_video(item, spec, timings):
+    """Decode every frame of one video once, in order, and measure it: (frames decoded, scene
+    boundaries, the UnusableInput that stopped the decode early or None)."""
+    frames, count, error = iter_frames(item["path"], item["kind"]), 0, None
+    cuts = SceneCuts(item["fps"], spec["cut_threshold"], spec["dissolve_threshold"], spec["flash_frames"])
     while True:
         started = time.perf_counter()
         try:
-            next(frames)
+            frame = next(frames)
         except StopIteration:
-            return count, None
+            break
         except UnusableInput as err:
-            return count, err
+            error = err
+            break
         except Exception as err:  # a decoder's own error fails this video, not the unit
-            return count, UnusableInput("unreadable", f"{item['path']}: frame {count}: {_first_line(err)}")
+            error = UnusableInput("unreadable", f"{item['path']}: frame {count}: {_first_line(err)}")
+            break
         finally:
             timings["decode"] += time.perf_counter() - started
+        started = time.perf_counter()
+        cuts.add(analysis_frame(frame))
+        timings["analyse"] += time.perf_counter() - started
         count += 1
+    return count, cuts.finish(), error
 
 
 def curate_unit(spec):
     """Scan every video of one unit, commit units/<unit_id>.parquet, return the ledger record."""
-    timings = {"decode": 0.0, "write": 0.0}
-    rows, failures, frames = [], [], 0
+    timings = {"decode": 0.0, "analyse": 0.0, "write": 0.0}
+    rows, failures, frames, cuts = [], [], 0, 0
     for item in spec["videos"]:
-        count, error = scan_video(item, timings)
+        count, boundaries, error = scan_video(item, spec, timings)
+        cuts += len(boundaries)
         frames += count
         if error is not None:
             where = f" (its clips before frame {count} are kept)" if count else ""
             failures.append({"video_id": item["video_id"], "path": item["path"], "kind": item["kind"],
                              "category": error.category, "message": error.message[:300] + where})
-        rows.extend(video_clips(item, count, spec))
+        rows.extend(video_clips(item, count, boundaries, spec))
     started = time.perf_counter()
     part = write_unit_table(spec["out_dir"], spec["unit_id"], pa.Table.from_pylist(rows, schema=FILTERED_SCHEMA))
     timings["write"] += time.perf_counter() - started
     kept = sum(row["reason"] is None for row in rows)
     return {"unit_id": spec["unit_id"], "videos": len(spec["videos"]), "failed": len(failures), "frames": frames,
-            "clips": kept, "filtered": len(rows) - kept, "bytes": os.path.getsize(part), "sha256": sha256_of(part),
+            "cuts": cuts, "clips": kept, "filtered": len(rows) - kept, "bytes": os.path.getsize(part), "sha256": sha256_of(part),
             "seconds": {phase: round(value, 4) for phase, value in timings.items()}, "failures": failures}
 
 
@@ -166,23 +179,28 @@ def publish_clips(out_dir, records):
     return kept, dropped, failures
 
 
-def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, workers=1, scheduler=None,
-               unit_size=8, progress=True):
+def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, trim_frames=1, cut_threshold=27.0,
+               dissolve_threshold=0.05, flash_frames=4, workers=1, scheduler=None, unit_size=8, progress=True):
     """Run (or resume) the curate job; returns the summary dict. Bad usage (a missing or foreign
     manifest, conflicting keys, a folder of another job) is a CurateError before anything is written."""
     check_clip_lengths(min_clip_frames, max_clip_frames)
     if unit_size < 1:
         raise CurateError(f"unit_size must be at least 1, got {unit_size}")
+    if min(trim_frames, flash_frames) < 0 or min(cut_threshold, dissolve_threshold) <= 0:
+        raise CurateError("trim_frames and flash_frames must be at least 0, cut_threshold and dissolve_threshold "
+                          "positive")
     check_workers(workers, CurateError)
     started = time.perf_counter()
     out_dir = os.path.abspath(out_dir)
     manifest_path, videos = read_ingest_manifest(manifest)
+    keys = {"min_clip_frames": min_clip_frames, "max_clip_frames": max_clip_frames, "trim_frames": trim_frames,
+            "cut_threshold": cut_threshold, "dissolve_threshold": dissolve_threshold, "flash_frames": flash_frames}
     settings = {"version": CURATE_VERSION, "manifest": manifest_path, "manifest_sha256": sha256_of(manifest_path),
-                "min_clip_frames": min_clip_frames, "max_clip_frames": max_clip_frames, "unit_size": unit_size}
+                "unit_size": unit_size, **keys}
     with Job(out_dir, "curate.json", settings, "units", CurateError) as job:
         pending, skipped = job.plan(videos, unit_size, _member_key, "c", "videos")
         logger.info("%d videos in %d units: %d already curated", len(videos), skipped + len(pending), skipped)
-        common = {"out_dir": out_dir, "min_clip_frames": min_clip_frames, "max_clip_frames": max_clip_frames}
+        common = {"out_dir": out_dir, **keys}
         specs = [{**unit, **common} for unit in pending]
         errors = job.run(curate_unit, specs, lambda spec: sum(v["num_frames"] or 0 for v in spec["videos"]),
                          "curate", "frame", workers, scheduler, progress)
@@ -200,7 +218,7 @@ def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, worke
         reason = "duplicate" if row["reason"].startswith("duplicate of ") else row["reason"]
         by_reason[reason] = by_reason.get(reason, 0) + 1
     return {"out_dir": out_dir, "videos": sum(r["videos"] for r in records), "failed": len(failures),
-            "frames": sum(r["frames"] for r in records), "clips": len(kept), "filtered": len(dropped),
+            "frames": sum(r["frames"] for r in records), "cuts": sum(r["cuts"] for r in records), "clips": len(kept), "filtered": len(dropped),
             "filtered_by_reason": by_reason, "clip_frames": sum(row["num_frames"] for row in kept),
             "units_run": len(specs), "units_skipped": skipped, "unit_errors": errors,
             "unit_error_videos": sum(len(spec["videos"]) for spec in raised), "seconds": round(seconds, 2),
