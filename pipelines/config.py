@@ -36,11 +36,10 @@ INGEST_KEYS = KeyTable([
     ConfigError)
 
 def _check_curate(values):
-    """Keys that conflict: refused before the job starts (the clip lengths, as run_curate checks them)."""
-    maximum = values["max_clip_frames"]
-    if maximum is not None and values["min_clip_frames"] > maximum:
-        raise ConfigError(f"min_clip_frames ({values['min_clip_frames']}) is larger than max_clip_frames "
-                          f"({maximum}): no clip could be kept")
+    """Keys that conflict: refused before the job starts (as run_curate checks them)."""
+    for low, high in (("min_clip_frames", "max_clip_frames"), ("min_motion", "max_motion")):
+        if values[high] is not None and values[low] > values[high]:
+            raise ConfigError(f"{low} ({values[low]}) is larger than {high} ({values[high]}): no clip could be kept")
 
 
 CURATE_KEYS = KeyTable([
@@ -58,6 +57,14 @@ CURATE_KEYS = KeyTable([
                                             "between a linear blend", range=POSITIVE),
     Key("flash_frames", int, 4, "a cut whose frame before returns within this many frames is a flash, not a cut",
         range=NON_NEGATIVE),
+    Key("min_motion", NUMBER, 0.1, "clips whose motion (mean optical-flow magnitude, px/frame at a 128-px short "
+                                   "side) is below this are dropped as static", range=NON_NEGATIVE),
+    Key("max_motion", (int, float, type(None)), None, "clips whose motion is above this are dropped (too much "
+                                                      "motion; null: no limit)", range=NON_NEGATIVE),
+    Key("min_size", int, 0, "clips whose short side (px, as displayed, after a letterbox crop) is below this are "
+                            "dropped (too small)", range=NON_NEGATIVE),
+    Key("letterbox", str, "drop", "clips with black bars: drop them, crop the bars (clips.parquet's crop_top, "
+                                  "crop_left, height, width), or keep them whole", ("crop", "drop", "keep")),
     Key("workers", int, 1, "local dask worker processes; 0 runs in this process", range=NON_NEGATIVE),
     Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786"),
     Key("unit_size", int, 8, "videos per unit of work (each video is decoded once, in one unit)", range=AT_LEAST_1),
@@ -120,7 +127,9 @@ def run_curate_job(config, progress=True):
     summary = run_curate(config["manifest"], config["out"], min_clip_frames=config["min_clip_frames"],
                          max_clip_frames=config["max_clip_frames"], trim_frames=config["trim_frames"],
                          cut_threshold=config["cut_threshold"], dissolve_threshold=config["dissolve_threshold"],
-                         flash_frames=config["flash_frames"], workers=config["workers"],
+                         flash_frames=config["flash_frames"], min_motion=config["min_motion"],
+                         max_motion=config["max_motion"], min_size=config["min_size"], letterbox=config["letterbox"],
+                         workers=config["workers"],
                          scheduler=config["scheduler"], unit_size=config["unit_size"], progress=progress)
     save_resolved_config(summary["out_dir"], config)
     return summary

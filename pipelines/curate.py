@@ -3,8 +3,9 @@
     INGEST_DIR/manifest.parquet ─ plan ─▶ units of `unit_size` videos (sorted by video_id; id = hash of members)
       └ each unit (any runner): decode every frame of each video once, in order, each scaled to the
         analysis size (scenes.ANALYSIS_SIZE) ─▶ scene cuts and dissolves (scenes.py) ─▶ scenes less
-        `trim_frames` each side of a cut ─▶ the video's clips (scenes split at `max_clip_frames`,
-        shorter than `min_clip_frames` dropped) ─▶ units/<unit_id>.parquet
+        `trim_frames` each side of a cut ─▶ the video's clips (scenes split at `max_clip_frames`), each
+        with its motion and black bars (measures.py), dropped by the first filter that applies (_filtered)
+        ─▶ units/<unit_id>.parquet
         (every clip, kept or dropped with its reason; atomic rename) ─▶ one ledger line (failures inside)
       └ at the end: clips.parquet (kept), filtered.parquet (dropped: reason, score) and failures.parquet
 
@@ -27,6 +28,7 @@ from latte_toolkit.datasets.video import UnusableInput, iter_frames, read_manife
 from .ingest import FAILURE_SCHEMA, INGEST_VERSION, MANIFEST_SCHEMA
 from .jobs import Job, read_unit_table, write_unit_table
 from .runners import check_workers
+from .measures import FrameMeasures
 from .scenes import SceneCuts, analysis_frame, scenes
 
 logger = logging.getLogger(__name__)
@@ -36,10 +38,12 @@ CLIP_SCHEMA = pa.schema([
     ("clip_id", pa.string()), ("video_id", pa.string()), ("path", pa.string()), ("kind", pa.string()),
     ("start_frame", pa.int64()), ("end_frame", pa.int64()), ("num_frames", pa.int64()), ("fps", pa.float64()),
     ("height", pa.int64()), ("width", pa.int64()), ("label", pa.int64()), ("caption", pa.string()),
+    ("motion", pa.float64()), ("crop_top", pa.int64()), ("crop_left", pa.int64()),
 ])
-# filtered.parquet: the clip, why it was dropped, and the score that dropped it (its length for "too short")
+# filtered.parquet: the clip, why it was dropped, and the score that dropped it
 FILTERED_SCHEMA = pa.schema(list(CLIP_SCHEMA) + [("reason", pa.string()), ("score", pa.float64())])
 TOO_SHORT = "too short"
+LETTERBOX_MODES = ("crop", "drop", "keep")
 
 
 class CurateError(UserError):
@@ -59,28 +63,51 @@ def split_segment(start, end, min_frames, max_frames):
     return [(first, last, TOO_SHORT if last - first < min_frames else None) for first, last in pieces]
 
 
-def video_clips(item, frames, boundaries, spec):
+def video_clips(item, frames, boundaries, measures, spec):
     """The clip rows (kept and dropped, with reason and score) of a video whose first `frames` frames
-    decoded, with these scene boundaries."""
+    decoded, with these scene boundaries and FrameMeasures."""
     rows = []
     pieces = [piece for start, end in scenes(frames, boundaries, spec["trim_frames"])
               for piece in split_segment(start, end, spec["min_clip_frames"], spec["max_clip_frames"])]
     for start, end, reason in pieces:
+        height, width, top, left = item["height"], item["width"], 0, 0
+        bars = measures.bars(start, end, height, width)
+        if spec["letterbox"] == "crop" and any(bars):
+            top, left = bars[0], bars[2]
+            height, width = height - bars[0] - bars[1], width - bars[2] - bars[3]
+        motion = round(measures.motion(start, end), 4)  # as stored: the score that drops a clip is its motion
         row = {"clip_id": clip_id(item["video_id"], start, end), "video_id": item["video_id"], "path": item["path"],
                "kind": item["kind"], "start_frame": start, "end_frame": end, "num_frames": end - start,
-               "fps": item["fps"], "height": item["height"], "width": item["width"], "label": item["label"],
-               "caption": item["caption"], "reason": reason,
-               "score": float(end - start) if reason == TOO_SHORT else None}
+               "fps": item["fps"], "height": height, "width": width, "label": item["label"],
+               "caption": item["caption"], "motion": motion, "crop_top": top, "crop_left": left,
+               "reason": reason, "score": float(end - start) if reason == TOO_SHORT else None}
+        if reason is None:
+            row["reason"], row["score"] = _filtered(min(height, width), max(bars), motion, spec)
         rows.append(row)
     return rows
+
+
+def _filtered(short_side, widest_bar, motion, spec):
+    """(reason, score) of the first filter that drops a clip, in this order: too small (score: the short
+    side), letterbox (the widest bar, px), static and too much motion (the motion), or (None, None)."""
+    if short_side < spec["min_size"]:
+        return "too small", float(short_side)
+    if spec["letterbox"] == "drop" and widest_bar:
+        return "letterbox", float(widest_bar)
+    if motion < spec["min_motion"]:
+        return "static", motion
+    if spec["max_motion"] is not None and motion > spec["max_motion"]:
+        return "too much motion", motion
+    return None, None
 
 
 # ------------------------------------------------------------------------------------------ the unit
 def scan_video(item, spec, timings):
     """Decode every frame of one video once, in order, and measure it: (frames decoded, scene
-    boundaries, the UnusableInput that stopped the decode early or None)."""
+    boundaries, FrameMeasures, the UnusableInput that stopped the decode early or None)."""
     frames, count, error = iter_frames(item["path"], item["kind"]), 0, None
     cuts = SceneCuts(item["fps"], spec["cut_threshold"], spec["dissolve_threshold"], spec["flash_frames"])
+    measures = FrameMeasures()
     while True:
         started = time.perf_counter()
         try:
@@ -96,10 +123,12 @@ def scan_video(item, spec, timings):
         finally:
             timings["decode"] += time.perf_counter() - started
         started = time.perf_counter()
-        cuts.add(analysis_frame(frame))
+        small = analysis_frame(frame)
+        cuts.add(small)
+        measures.add(small)
         timings["analyse"] += time.perf_counter() - started
         count += 1
-    return count, cuts.finish(), error
+    return count, cuts.finish(), measures, error
 
 
 def curate_unit(spec):
@@ -107,20 +136,21 @@ def curate_unit(spec):
     timings = {"decode": 0.0, "analyse": 0.0, "write": 0.0}
     rows, failures, frames, cuts = [], [], 0, 0
     for item in spec["videos"]:
-        count, boundaries, error = scan_video(item, spec, timings)
+        count, boundaries, measures, error = scan_video(item, spec, timings)
         cuts += len(boundaries)
         frames += count
         if error is not None:
             where = f" (its clips before frame {count} are kept)" if count else ""
             failures.append({"video_id": item["video_id"], "path": item["path"], "kind": item["kind"],
                              "category": error.category, "message": error.message[:300] + where})
-        rows.extend(video_clips(item, count, boundaries, spec))
+        rows.extend(video_clips(item, count, boundaries, measures, spec))
     started = time.perf_counter()
     part = write_unit_table(spec["out_dir"], spec["unit_id"], pa.Table.from_pylist(rows, schema=FILTERED_SCHEMA))
     timings["write"] += time.perf_counter() - started
     kept = sum(row["reason"] is None for row in rows)
     return {"unit_id": spec["unit_id"], "videos": len(spec["videos"]), "failed": len(failures), "frames": frames,
-            "cuts": cuts, "clips": kept, "filtered": len(rows) - kept, "bytes": os.path.getsize(part), "sha256": sha256_of(part),
+            "cuts": cuts, "clips": kept, "filtered": len(rows) - kept, "bytes": os.path.getsize(part),
+            "sha256": sha256_of(part),
             "seconds": {phase: round(value, 4) for phase, value in timings.items()}, "failures": failures}
 
 
@@ -180,21 +210,27 @@ def publish_clips(out_dir, records):
 
 
 def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, trim_frames=1, cut_threshold=27.0,
-               dissolve_threshold=0.05, flash_frames=4, workers=1, scheduler=None, unit_size=8, progress=True):
+               dissolve_threshold=0.05, flash_frames=4, min_motion=0.1, max_motion=None, min_size=0,
+               letterbox="drop", workers=1, scheduler=None, unit_size=8, progress=True):
     """Run (or resume) the curate job; returns the summary dict. Bad usage (a missing or foreign
     manifest, conflicting keys, a folder of another job) is a CurateError before anything is written."""
     check_clip_lengths(min_clip_frames, max_clip_frames)
     if unit_size < 1:
         raise CurateError(f"unit_size must be at least 1, got {unit_size}")
-    if min(trim_frames, flash_frames) < 0 or min(cut_threshold, dissolve_threshold) <= 0:
-        raise CurateError("trim_frames and flash_frames must be at least 0, cut_threshold and dissolve_threshold "
-                          "positive")
+    if min(trim_frames, flash_frames, min_motion, min_size) < 0 or min(cut_threshold, dissolve_threshold) <= 0:
+        raise CurateError("trim_frames, flash_frames, min_motion and min_size must be at least 0, cut_threshold "
+                          "and dissolve_threshold positive")
+    if max_motion is not None and max_motion < min_motion:
+        raise CurateError(f"min_motion ({min_motion}) is larger than max_motion ({max_motion}): no clip could be kept")
+    if letterbox not in LETTERBOX_MODES:
+        raise CurateError(f"letterbox must be one of {', '.join(LETTERBOX_MODES)}, got {letterbox!r}")
     check_workers(workers, CurateError)
     started = time.perf_counter()
     out_dir = os.path.abspath(out_dir)
     manifest_path, videos = read_ingest_manifest(manifest)
     keys = {"min_clip_frames": min_clip_frames, "max_clip_frames": max_clip_frames, "trim_frames": trim_frames,
-            "cut_threshold": cut_threshold, "dissolve_threshold": dissolve_threshold, "flash_frames": flash_frames}
+            "cut_threshold": cut_threshold, "dissolve_threshold": dissolve_threshold, "flash_frames": flash_frames,
+            "min_motion": min_motion, "max_motion": max_motion, "min_size": min_size, "letterbox": letterbox}
     settings = {"version": CURATE_VERSION, "manifest": manifest_path, "manifest_sha256": sha256_of(manifest_path),
                 "unit_size": unit_size, **keys}
     with Job(out_dir, "curate.json", settings, "units", CurateError) as job:
@@ -218,7 +254,8 @@ def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, trim_
         reason = "duplicate" if row["reason"].startswith("duplicate of ") else row["reason"]
         by_reason[reason] = by_reason.get(reason, 0) + 1
     return {"out_dir": out_dir, "videos": sum(r["videos"] for r in records), "failed": len(failures),
-            "frames": sum(r["frames"] for r in records), "cuts": sum(r["cuts"] for r in records), "clips": len(kept), "filtered": len(dropped),
+            "frames": sum(r["frames"] for r in records), "cuts": sum(r["cuts"] for r in records),
+            "clips": len(kept), "filtered": len(dropped),
             "filtered_by_reason": by_reason, "clip_frames": sum(row["num_frames"] for row in kept),
             "units_run": len(specs), "units_skipped": skipped, "unit_errors": errors,
             "unit_error_videos": sum(len(spec["videos"]) for spec in raised), "seconds": round(seconds, 2),

@@ -145,7 +145,12 @@ def _negative_threshold(tmp_path, ingested):
     return ["--manifest", str(ingested), "--cut-threshold", "-5"], "--cut-threshold"
 
 
-@pytest.mark.parametrize("case", [_other_version, _min_above_max, _no_manifest, _negative_min, _negative_threshold])
+def _min_motion_above_max(tmp_path, ingested):
+    return ["--manifest", str(ingested), "--min-motion", "2", "--max-motion", "1"], "max_motion"
+
+
+@pytest.mark.parametrize("case", [_other_version, _min_above_max, _no_manifest, _negative_min, _negative_threshold,
+                                  _min_motion_above_max])
 def test_bad_input_is_one_error_line_and_nothing_is_written(ingested, tmp_path, case):
     argv, named = case(tmp_path, ingested)
     out = tmp_path / "out"

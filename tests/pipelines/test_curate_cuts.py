@@ -7,7 +7,7 @@ import pytest
 
 from latte_toolkit.pipelines.curate import run_curate
 from latte_toolkit.pipelines.ingest import run_ingest
-from latte_toolkit.tools.synthetic import captioned_cloud_frames
+from latte_toolkit.tools.synthetic import captioned_cloud_frames, texture_drift_frames
 
 from media import write_mp4
 
@@ -50,6 +50,10 @@ VIDEOS = {
                                 [(0, 40), (56, 96)]),
     "pan4.mp4": (lambda: _shot("left", "blue", 96, 3, speed=4.0), [(0, 96)]),
     "pan8.mp4": (lambda: _shot("up", "grey", 96, 4, speed=8.0), [(0, 96)]),
+    # every pixel textured: a slow drift looks like a blend of its neighbours (the flow tells it apart), a
+    # fast one scores above cut_threshold between frames (the flow explains it)
+    "texture_pan_0.5.mp4": (lambda: texture_drift_frames(64, 0.5, SIZE, SIZE, seed=8), [(0, 64)]),
+    "texture_pan_8.mp4": (lambda: texture_drift_frames(64, 8.0, SIZE, SIZE, seed=9), [(0, 64)]),
     "slow_fade.mp4": (lambda: _fade(_shot("right", "orange", 80, 6), 0.35), [(0, 80)]),
     "flash.mp4": (lambda: _flash(_shot("left", "green", 60, 6), 30, 2), [(0, 60)]),
 }
@@ -90,6 +94,7 @@ def test_no_clip_spans_both_sides_of_a_dissolve(curated, name):
     assert found[0][1] >= a_end - 4 and found[1][0] <= b_start + 4, found  # little of either scene lost
 
 
-@pytest.mark.parametrize("name", ["pan4.mp4", "pan8.mp4", "slow_fade.mp4", "flash.mp4"])
+@pytest.mark.parametrize("name", ["pan4.mp4", "pan8.mp4", "texture_pan_0.5.mp4", "texture_pan_8.mp4",
+                                  "slow_fade.mp4", "flash.mp4"])
 def test_no_cut_inside_a_continuous_pan_a_slow_fade_or_a_brief_flash(curated, name):
     assert curated[name] == VIDEOS[name][1]
