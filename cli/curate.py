@@ -21,6 +21,7 @@ from . import configured, finish_job, key_option, main
     key_option("max_motion"),
     key_option("min_size"),
     key_option("letterbox"),
+    key_option("dedup_distance"),
     key_option("workers"),
     key_option("scheduler"),
     key_option("unit_size"),

@@ -65,6 +65,10 @@ CURATE_KEYS = KeyTable([
                             "dropped (too small)", range=NON_NEGATIVE),
     Key("letterbox", str, "drop", "clips with black bars: drop them, crop the bars (clips.parquet's crop_top, "
                                   "crop_left, height, width), or keep them whole", ("crop", "drop", "keep")),
+    Key("dedup_distance", (int, float, type(None)), 8.0, "a clip whose frame hashes (DCT hashes of 3 frames) differ "
+                                                         "from an earlier kept clip's by at most this many of 64 bits "
+                                                         "per frame is dropped as its duplicate (null: no check)",
+        range=NON_NEGATIVE),
     Key("workers", int, 1, "local dask worker processes; 0 runs in this process", range=NON_NEGATIVE),
     Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786"),
     Key("unit_size", int, 8, "videos per unit of work (each video is decoded once, in one unit)", range=AT_LEAST_1),
@@ -129,6 +133,7 @@ def run_curate_job(config, progress=True):
                          cut_threshold=config["cut_threshold"], dissolve_threshold=config["dissolve_threshold"],
                          flash_frames=config["flash_frames"], min_motion=config["min_motion"],
                          max_motion=config["max_motion"], min_size=config["min_size"], letterbox=config["letterbox"],
+                         dedup_distance=config["dedup_distance"],
                          workers=config["workers"],
                          scheduler=config["scheduler"], unit_size=config["unit_size"], progress=progress)
     save_resolved_config(summary["out_dir"], config)

@@ -4,10 +4,11 @@
       └ each unit (any runner): decode every frame of each video once, in order, each scaled to the
         analysis size (scenes.ANALYSIS_SIZE) ─▶ scene cuts and dissolves (scenes.py) ─▶ scenes less
         `trim_frames` each side of a cut ─▶ the video's clips (scenes split at `max_clip_frames`), each
-        with its motion and black bars (measures.py), dropped by the first filter that applies (_filtered)
-        ─▶ units/<unit_id>.parquet
-        (every clip, kept or dropped with its reason; atomic rename) ─▶ one ledger line (failures inside)
-      └ at the end: clips.parquet (kept), filtered.parquet (dropped: reason, score) and failures.parquet
+        with its motion, black bars and frame hashes (measures.py), dropped by the first filter that applies
+        (_filtered) ─▶ units/<unit_id>.parquet (every clip, kept or dropped with its reason; atomic rename)
+        ─▶ one ledger line (failures inside)
+      └ at the end, in clip id order: near-duplicates of earlier clips dropped (mark_duplicates), then
+        clips.parquet (kept), filtered.parquet (dropped: reason, score) and failures.parquet
 
 A clip's id is its video's id and frame range (`VIDEO_ID@START-END`, END exclusive), so it names the
 same frames whatever the runner or the order of units. A video that fails to decode part-way keeps the
@@ -18,6 +19,7 @@ import logging
 import os
 import time
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -28,7 +30,7 @@ from latte_toolkit.datasets.video import UnusableInput, iter_frames, read_manife
 from .ingest import FAILURE_SCHEMA, INGEST_VERSION, MANIFEST_SCHEMA
 from .jobs import Job, read_unit_table, write_unit_table
 from .runners import check_workers
-from .measures import FrameMeasures
+from .measures import HASHED_FRAMES, FrameMeasures, hash_distances
 from .scenes import SceneCuts, analysis_frame, scenes
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ CLIP_SCHEMA = pa.schema([
 ])
 # filtered.parquet: the clip, why it was dropped, and the score that dropped it
 FILTERED_SCHEMA = pa.schema(list(CLIP_SCHEMA) + [("reason", pa.string()), ("score", pa.float64())])
+# a unit's rows: every clip, kept or not yet, with its frames' hashes for the duplicate check at the end
+UNIT_SCHEMA = pa.schema(list(FILTERED_SCHEMA) + [("phash", pa.binary())])
 TOO_SHORT = "too short"
 LETTERBOX_MODES = ("crop", "drop", "keep")
 
@@ -80,7 +84,8 @@ def video_clips(item, frames, boundaries, measures, spec):
                "kind": item["kind"], "start_frame": start, "end_frame": end, "num_frames": end - start,
                "fps": item["fps"], "height": height, "width": width, "label": item["label"],
                "caption": item["caption"], "motion": motion, "crop_top": top, "crop_left": left,
-               "reason": reason, "score": float(end - start) if reason == TOO_SHORT else None}
+               "phash": measures.hashes(start, end), "reason": reason,
+               "score": float(end - start) if reason == TOO_SHORT else None}
         if reason is None:
             row["reason"], row["score"] = _filtered(min(height, width), max(bars), motion, spec)
         rows.append(row)
@@ -145,7 +150,7 @@ def curate_unit(spec):
                              "category": error.category, "message": error.message[:300] + where})
         rows.extend(video_clips(item, count, boundaries, measures, spec))
     started = time.perf_counter()
-    part = write_unit_table(spec["out_dir"], spec["unit_id"], pa.Table.from_pylist(rows, schema=FILTERED_SCHEMA))
+    part = write_unit_table(spec["out_dir"], spec["unit_id"], pa.Table.from_pylist(rows, schema=UNIT_SCHEMA))
     timings["write"] += time.perf_counter() - started
     kept = sum(row["reason"] is None for row in rows)
     return {"unit_id": spec["unit_id"], "videos": len(spec["videos"]), "failed": len(failures), "frames": frames,
@@ -194,13 +199,34 @@ def _member_key(video):
     return [video["video_id"], video["path"], video["num_frames"]]
 
 
-def publish_clips(out_dir, records):
-    """clips.parquet (kept), filtered.parquet (dropped) and failures.parquet from the committed units,
-    each sorted by clip id (video id, then first frame); returns (kept, dropped, failures)."""
+def mark_duplicates(rows, distance):
+    """Drop (reason "duplicate of CLIP_ID", score: the distance) each clip not dropped yet whose frame
+    hashes lie within `distance` (mean bits per frame) of an earlier kept clip's; `rows` in clip id order,
+    so which copy stays does not depend on the units or the runner. None: no check."""
+    if distance is None:
+        return
+    kept, ids = np.zeros((len(rows), 8 * HASHED_FRAMES), np.uint8), []
+    for row in rows:
+        if row["reason"] is not None:
+            continue
+        if ids:
+            distances = hash_distances(row["phash"], kept[:len(ids)])
+            nearest = int(np.argmin(distances))
+            if distances[nearest] <= distance:
+                row["reason"], row["score"] = f"duplicate of {ids[nearest]}", float(distances[nearest])
+                continue
+        kept[len(ids)] = np.frombuffer(row["phash"], np.uint8)
+        ids.append(row["clip_id"])
+
+
+def publish_clips(out_dir, records, dedup_distance):
+    """clips.parquet (kept), filtered.parquet (dropped, duplicates included) and failures.parquet from the
+    committed units, each sorted by clip id (video id, then first frame); returns (kept, dropped, failures)."""
     rows = sorted((row for record in records for row in read_unit_table(out_dir, record)),
                   key=lambda row: (row["video_id"], row["start_frame"]))
+    mark_duplicates(rows, dedup_distance)
     kept = [{name: row[name] for name in CLIP_SCHEMA.names} for row in rows if row["reason"] is None]
-    dropped = [row for row in rows if row["reason"] is not None]
+    dropped = [{name: row[name] for name in FILTERED_SCHEMA.names} for row in rows if row["reason"] is not None]
     failures = sorted((row for record in records for row in record["failures"]), key=lambda row: row["video_id"])
     for name, table, schema in (("clips.parquet", kept, CLIP_SCHEMA), ("filtered.parquet", dropped, FILTERED_SCHEMA),
                                 ("failures.parquet", failures, FAILURE_SCHEMA)):
@@ -211,7 +237,7 @@ def publish_clips(out_dir, records):
 
 def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, trim_frames=1, cut_threshold=27.0,
                dissolve_threshold=0.05, flash_frames=4, min_motion=0.1, max_motion=None, min_size=0,
-               letterbox="drop", workers=1, scheduler=None, unit_size=8, progress=True):
+               letterbox="drop", dedup_distance=8.0, workers=1, scheduler=None, unit_size=8, progress=True):
     """Run (or resume) the curate job; returns the summary dict. Bad usage (a missing or foreign
     manifest, conflicting keys, a folder of another job) is a CurateError before anything is written."""
     check_clip_lengths(min_clip_frames, max_clip_frames)
@@ -220,6 +246,8 @@ def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, trim_
     if min(trim_frames, flash_frames, min_motion, min_size) < 0 or min(cut_threshold, dissolve_threshold) <= 0:
         raise CurateError("trim_frames, flash_frames, min_motion and min_size must be at least 0, cut_threshold "
                           "and dissolve_threshold positive")
+    if dedup_distance is not None and dedup_distance < 0:
+        raise CurateError(f"dedup_distance must be at least 0 (or null: no duplicate check), got {dedup_distance}")
     if max_motion is not None and max_motion < min_motion:
         raise CurateError(f"min_motion ({min_motion}) is larger than max_motion ({max_motion}): no clip could be kept")
     if letterbox not in LETTERBOX_MODES:
@@ -230,7 +258,8 @@ def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, trim_
     manifest_path, videos = read_ingest_manifest(manifest)
     keys = {"min_clip_frames": min_clip_frames, "max_clip_frames": max_clip_frames, "trim_frames": trim_frames,
             "cut_threshold": cut_threshold, "dissolve_threshold": dissolve_threshold, "flash_frames": flash_frames,
-            "min_motion": min_motion, "max_motion": max_motion, "min_size": min_size, "letterbox": letterbox}
+            "min_motion": min_motion, "max_motion": max_motion, "min_size": min_size, "letterbox": letterbox,
+            "dedup_distance": dedup_distance}
     settings = {"version": CURATE_VERSION, "manifest": manifest_path, "manifest_sha256": sha256_of(manifest_path),
                 "unit_size": unit_size, **keys}
     with Job(out_dir, "curate.json", settings, "units", CurateError) as job:
@@ -241,7 +270,7 @@ def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, trim_
         errors = job.run(curate_unit, specs, lambda spec: sum(v["num_frames"] or 0 for v in spec["videos"]),
                          "curate", "frame", workers, scheduler, progress)
         records = job.records()
-        kept, dropped, failures = job.publish(lambda: publish_clips(out_dir, records),
+        kept, dropped, failures = job.publish(lambda: publish_clips(out_dir, records, dedup_distance),
                                               "writing clips.parquet, filtered.parquet and failures.parquet")
     seconds = time.perf_counter() - started
     raised = [spec for spec in specs if spec["unit_id"] in set(errors)]

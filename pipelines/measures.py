@@ -8,6 +8,9 @@ scenes.ANALYSIS_SIZE), then read per clip.
   reads 2.8). Measured on textured drifts written as H.264 at 128 px: 0.0 static, 0.55 for 0.5 px/frame
   (DIS overestimates sub-pixel drifts by ~10 %), 1.98-2.03 for 2 and 7.99-8.06 for 8. The flow is
   averaged over the whole frame, letterbox bars included (they lower a letterboxed clip's motion).
+- Perceptual hash: per frame, the DCT hash of the grey frame at 32x32 (the signs of its 8x8 lowest
+  frequencies against their median, the constant term left out: 64 bits, robust to re-encoding,
+  resizing and small shifts); a clip keeps HASHED_FRAMES of them, at 1/4, 1/2 and 3/4 of its length.
 - Letterbox: per frame, the black rows at the top and bottom and black columns at each side (mean grey
   level at most BLACK); a frame that is more than half black is dark, not letterboxed, and is not
   counted. A clip's bars are the narrowest over its counted frames.
@@ -16,6 +19,7 @@ import cv2
 import numpy as np
 
 BLACK = 24  # grey level of a bar (H.264's black decodes to 0-16 here)
+HASHED_FRAMES = 3
 
 
 class FrameMeasures:
@@ -27,6 +31,7 @@ class FrameMeasures:
         self.previous = None
         self.magnitudes = {}  # even frame i -> mean flow magnitude from i to i + 1
         self.frame_bars = []  # per frame: (top, bottom, left, right) in analysis pixels, or None (dark)
+        self.frame_hashes = []  # per frame: its 64-bit DCT hash
         self.size = None
 
     def add(self, small):
@@ -38,12 +43,18 @@ class FrameMeasures:
         self.previous = grey
         self.size = grey.shape
         self.frame_bars.append(_bars(grey))
+        self.frame_hashes.append(dct_hash(grey))
 
     def motion(self, start, end):
         """Mean flow magnitude (px/frame at the analysis size) over the measured pairs in [start, end);
         0.0 for a range without one."""
         values = [self.magnitudes[i] for i in range(start + start % 2, end - 1, 2)]
         return float(np.mean(values)) if values else 0.0
+
+    def hashes(self, start, end):
+        """The clip's HASHED_FRAMES frame hashes (at 1/4, 1/2, 3/4 of [start, end)) as 8-byte big-endian words."""
+        picks = [start + (end - start) * (k + 1) // (HASHED_FRAMES + 1) for k in range(HASHED_FRAMES)]
+        return b"".join(self.frame_hashes[i].to_bytes(8, "big") for i in picks)
 
     def bars(self, start, end, height, width):
         """(top, bottom, left, right) black bars of the frames [start, end), in pixels of the displayed
@@ -54,6 +65,22 @@ class FrameMeasures:
         narrowest = np.min(np.array(counted), axis=0)
         scale = np.array([height, height, width, width]) / np.array([self.size[0]] * 2 + [self.size[1]] * 2)
         return tuple(int(2 * np.ceil(bar * s / 2)) if bar else 0 for bar, s in zip(narrowest, scale))
+
+
+def dct_hash(grey):
+    """64-bit DCT hash of a grey uint8 frame (see the module docstring)."""
+    small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    low = cv2.dct(small)[:8, :8].ravel()
+    bits = low > np.median(low[1:])
+    bits[0] = False  # the constant term (the mean brightness) is no part of the picture's structure
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def hash_distances(hashes, others):
+    """Mean Hamming distance (0-64) per frame between the hashes of one clip (bytes of hashes()) and each
+    row of `others` (uint8 (N, 8 x HASHED_FRAMES)): float (N,)."""
+    differ = np.unpackbits(np.bitwise_xor(np.frombuffer(hashes, np.uint8), others), axis=1)
+    return differ.sum(axis=1) / HASHED_FRAMES
 
 
 def _bars(grey):
