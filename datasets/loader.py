@@ -41,7 +41,7 @@ import numpy as np
 from latte_core.errors import is_integer
 
 from .cache import CorruptCache, check_cache, open_cache, read_ledger, unindexed_videos
-from .video import center_crop_resize, read_frames_at, read_manifest, to_pixels
+from .video import center_crop_resize, read_clip_frames, read_manifest, to_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -408,7 +408,8 @@ class _PlanSource:
 
 
 class VideoLoader(_ClipLoader):
-    """The uncached path behind the same API: clips decoded from the videos of an ingest manifest,
+    """The uncached path behind the same API: clips decoded from the videos of an ingest manifest (or
+    from the clips of a curate folder: each a video of its own, never sampled across its ends),
     center-cropped and resized to `image_size`, scaled to [-1, 1] and encoded by the VAE on the fly
     (in `micro_batch` frames at a time), then sampled from the posterior as the cached path does.
 
@@ -419,7 +420,7 @@ class VideoLoader(_ClipLoader):
     def __init__(self, manifest, vae, batch_size, num_frames, sample_stride=1, image_size=256, clips_per_video=1,
                  seed=0, rank=0, world_size=1, shuffle=True, num_parallel_workers=1, micro_batch=8,
                  posterior="sample", use_image_num=0, text_encoder=None):
-        rows = read_manifest(manifest)
+        rows = read_manifest(manifest, clips=True)
         span = clip_span(num_frames, sample_stride)
         self.entries = [row for row in rows if (row["num_frames"] or 0) >= span]
         self.skipped_short = len(rows) - len(self.entries)
@@ -470,13 +471,12 @@ class VideoLoader(_ClipLoader):
     def _pixel_sample(self, video, start, position):
         """The clip's frames (and its images', last) as VAE input, its position (and image places)."""
         entry = self.entries[video]
-        frames = list(read_frames_at(entry["path"], entry["kind"], self.plan.frame_indices(start)))
+        frames = list(read_clip_frames(entry, self.plan.frame_indices(start)))
         places = ()
         if self.use_image_num:
             places, indices = self.images_of(position, video)
             for place, index in zip(places, indices):
-                image = self.image_entries[place]
-                frames += list(read_frames_at(image["path"], image["kind"], [index]))
+                frames += list(read_clip_frames(self.image_entries[place], [index]))
         pixels = to_pixels([center_crop_resize(frame, self.image_size) for frame in frames])
         sample = (pixels, np.int64(position))
         return sample + ((np.asarray(places, np.int64),) if self.use_image_num else ())

@@ -41,14 +41,48 @@ def natural_key(name):
     return [int(part) if part.isdigit() else part.lower() for part in _NUMBER.split(name)]
 
 
-def read_manifest(manifest):
+def read_manifest(manifest, clips=False):
     """The rows of an ingest manifest (`latte ingest`'s folder, or its manifest.parquet), sorted by
-    video_id. A folder or file without one is a UserError naming it."""
+    video_id. A folder or file without one is a UserError naming it. With clips, a `latte curate` folder
+    (its clips.parquet) is read too: one row per clip, its clip id as `video_id`, its video's id as
+    `source_video_id`, and `start_frame`, `end_frame`, `crop_top`, `crop_left` (read_clip_frames
+    applies them)."""
     manifest = os.fspath(manifest)
+    if clips and os.path.isdir(manifest) and os.path.isfile(os.path.join(manifest, "curate.json")):
+        return _read_clips(manifest)
     path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
     if not os.path.isfile(path):
         raise UserError(f"{manifest}: no manifest.parquet (run `latte ingest` first)")
     return sorted(pq.read_table(path).to_pylist(), key=lambda row: row["video_id"])
+
+
+def _read_clips(folder):
+    path = os.path.join(folder, "clips.parquet")
+    if not os.path.isfile(path):
+        raise UserError(f"{folder}: a curate folder without clips.parquet (its `latte curate` has not finished: "
+                        f"run it again)")
+    rows = [{**row, "video_id": row["clip_id"], "source_video_id": row["video_id"]}
+            for row in pq.read_table(path).to_pylist()]
+    for row in rows:
+        del row["clip_id"]
+    return sorted(rows, key=lambda row: (row["source_video_id"], row["start_frame"]))
+
+
+def clip_picture(frame, row):
+    """A frame of `row`'s video as its clip shows it: inside the letterbox bars a curate row crops
+    (crop_top, crop_left, height, width); a manifest row's frame as it is."""
+    if "start_frame" not in row:
+        return frame
+    top, left = row["crop_top"], row["crop_left"]
+    return frame[top:top + row["height"], left:left + row["width"]]
+
+
+def read_clip_frames(row, indices):
+    """The frames at `indices` (ascending, counted from the clip's first frame) of a manifest row, as
+    read_frames_at gives them, cropped as the clip shows them: uint8 (len, H, W, 3)."""
+    first = row.get("start_frame", 0)
+    frames = read_frames_at(row["path"], row["kind"], [first + int(i) for i in indices])
+    return np.stack([clip_picture(frame, row) for frame in frames])
 
 
 def list_frame_files(folder):

@@ -75,7 +75,7 @@ CURATE_KEYS = KeyTable([
 ], {}, ConfigError, validate=_check_curate)
 
 CACHE_KEYS = KeyTable([
-    Key("manifest", str, None, "ingest output folder (or its manifest.parquet)"),
+    Key("manifest", str, None, "ingest output folder (or its manifest.parquet), or a curate folder (its clips)"),
     Key("vae", str, None, "diffusers AutoencoderKL folder"),
     Key("out", str, None, "cache folder (resumable)"),
     Key("format", str, "numpy", "shard format", FORMAT_NAMES),
@@ -86,7 +86,8 @@ CACHE_KEYS = KeyTable([
     Key("workers", int, 1, "local dask worker processes, one VAE each; 0 runs in this process", range=NON_NEGATIVE),
     Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler"),
     Key("micro_batch", int, 8, "frames per VAE call", range=AT_LEAST_1),
-    Key("shard_videos", int, 16, "videos per shard, the unit of work and of resume", range=AT_LEAST_1),
+    Key("shard_videos", int, 16, "videos per shard (from a curate folder: whole videos, all their clips), the unit "
+                                 "of work and of resume", range=AT_LEAST_1),
     Key("chunk_frames", int, 16, "frames per MindRecord record / Parquet row", range=AT_LEAST_1),
     Key("skip_videos", int, 0, "the seed's manual resume: skip the first N manifest videos (not needed here: "
                                "re-running resumes from the ledger)", range=NON_NEGATIVE),
