@@ -100,9 +100,10 @@ CACHE_KEYS = KeyTable([
     "resume_cache_index": "skip_videos"}, ConfigError)
 
 REPORT_KEYS = KeyTable([
-    Key("cache", str, None, "cache folder (latte cache)"),
-    Key("verify", bool, False, "re-hash every shard and compare with the ledger (exit 1 on a mismatch)"),
-    Key("plot", OPTIONAL_STR, None, "also draw each shard's seconds per phase (decode, encode, write) into this PNG"),
+    Key("cache", str, None, "cache folder (latte cache) or curate folder (latte curate)"),
+    Key("verify", bool, False, "re-hash every shard (curate: unit) and compare with the ledger (exit 1 on a mismatch)"),
+    Key("plot", OPTIONAL_STR, None, "also draw each shard's seconds per phase (decode, encode, write) into this PNG; "
+                                    "for a curate folder, the histograms of clip lengths and motion"),
 ], {}, ConfigError)
 
 def save_resolved_config(folder, config, name=RESOLVED_CONFIG):

@@ -219,6 +219,15 @@ def mark_duplicates(rows, distance):
         ids.append(row["clip_id"])
 
 
+def count_reasons(dropped):
+    """{reason: clips} of filtered rows, every "duplicate of CLIP_ID" counted as "duplicate"."""
+    counts = {}
+    for row in dropped:
+        reason = "duplicate" if row["reason"].startswith("duplicate of ") else row["reason"]
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
 def publish_clips(out_dir, records, dedup_distance):
     """clips.parquet (kept), filtered.parquet (dropped, duplicates included) and failures.parquet from the
     committed units, each sorted by clip id (video id, then first frame); returns (kept, dropped, failures)."""
@@ -278,14 +287,10 @@ def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, trim_
         logger.error("%d unit(s) raised, their videos are not curated (re-run to retry): %s", len(raised),
                      ", ".join(spec["unit_id"] for spec in raised))
     run_frames = sum(r["frames"] for r in records if r["unit_id"] in {s["unit_id"] for s in specs})
-    by_reason = {}
-    for row in dropped:
-        reason = "duplicate" if row["reason"].startswith("duplicate of ") else row["reason"]
-        by_reason[reason] = by_reason.get(reason, 0) + 1
     return {"out_dir": out_dir, "videos": sum(r["videos"] for r in records), "failed": len(failures),
             "frames": sum(r["frames"] for r in records), "cuts": sum(r["cuts"] for r in records),
             "clips": len(kept), "filtered": len(dropped),
-            "filtered_by_reason": by_reason, "clip_frames": sum(row["num_frames"] for row in kept),
+            "filtered_by_reason": count_reasons(dropped), "clip_frames": sum(row["num_frames"] for row in kept),
             "units_run": len(specs), "units_skipped": skipped, "unit_errors": errors,
             "unit_error_videos": sum(len(spec["videos"]) for spec in raised), "seconds": round(seconds, 2),
             "frames_per_s": round(run_frames / seconds, 2) if specs else 0.0}

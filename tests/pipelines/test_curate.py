@@ -1,6 +1,7 @@
 """`latte curate` (pipelines/curate.py): clips as frame ranges of the ingested files, kept in
 clips.parquet or dropped with their reason in filtered.parquet; ledgered units, resume after kill -9,
-failure rows, the same tables from every runner, and bad input refused with one `Error:` line.
+failure rows, the same tables from every runner, bad input refused with one `Error:` line, and
+`latte report CURATE_DIR`.
 Real H.264 files and frame folders made by the tests, a real dask LocalCluster."""
 import json
 import os
@@ -9,7 +10,9 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
+from latte_toolkit.cli import main
 from latte_toolkit.pipelines.curate import CurateError, run_curate
 from latte_toolkit.pipelines.ingest import run_ingest
 
@@ -169,3 +172,23 @@ def test_a_folder_curated_with_other_keys_is_refused_by_the_command(ingested, tm
                              text=True)
     _one_error_line(refused, out, "max_clip_frames")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_report_shows_the_funnel_draws_the_histograms_and_verifies_the_units(ingested, tmp_path):
+    out, png = tmp_path / "out", tmp_path / "curate.png"
+    run_curate(ingested, out, min_clip_frames=12, max_clip_frames=24, workers=0, unit_size=1, progress=False)
+    result = CliRunner().invoke(main, ["report", str(out), "--json", "--verify", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert {k: report[k] for k in ("finished", "videos", "failed_videos", "frames", "cuts", "clips", "kept",
+                                   "kept_frames", "dropped_by_reason", "verified_units")} == {
+        "finished": True, "videos": 4, "failed_videos": 1, "frames": 71, "cuts": 0, "clips": 5, "kept": 3,
+        "kept_frames": 60, "dropped_by_reason": {"too short": 2}, "verified_units": 4}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = CliRunner().invoke(main, ["report", str(out)])
+    assert "4 videos (1 failed), 71 frames, 0 cuts -> 5 clips -> 3 kept (60 frames)" in text.output
+    assert "dropped, too short: 2" in text.output
+    unit = sorted((out / "units").iterdir())[0]
+    unit.write_bytes(unit.read_bytes()[:-1] + b"\0")
+    damaged = CliRunner().invoke(main, ["report", str(out), "--verify"])
+    assert damaged.exit_code == 1 and f"CORRUPT {unit.stem}" in damaged.output
