@@ -31,7 +31,7 @@ from .ingest import FAILURE_SCHEMA, INGEST_VERSION, MANIFEST_SCHEMA
 from .jobs import Job, read_unit_table, write_unit_table
 from .runners import check_workers
 from .measures import HASHED_FRAMES, FrameMeasures, hash_distances
-from .scenes import SceneCuts, analysis_frame, scenes
+from .scenes import DETECT_SIZE, SceneCuts, analysis_frame, scenes
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +129,9 @@ def scan_video(item, spec, timings):
             timings["decode"] += time.perf_counter() - started
         started = time.perf_counter()
         small = analysis_frame(frame)
-        cuts.add(small)
-        measures.add(small)
+        tiny = analysis_frame(small, DETECT_SIZE)
+        cuts.add(small, tiny)
+        measures.add(small, tiny)
         timings["analyse"] += time.perf_counter() - started
         count += 1
     return count, cuts.finish(), measures, error

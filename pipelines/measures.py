@@ -8,10 +8,10 @@ scenes.ANALYSIS_SIZE), then read per clip.
   reads 2.8). Measured on textured drifts written as H.264 at 128 px: 0.0 static, 0.55 for 0.5 px/frame
   (DIS overestimates sub-pixel drifts by ~10 %), 1.98-2.03 for 2 and 7.99-8.06 for 8. The flow is
   averaged over the whole frame, letterbox bars included (they lower a letterboxed clip's motion).
-- Perceptual hash: per frame, the DCT hash of the grey frame at 32x32 (the signs of its 8x8 lowest
+- Perceptual hash: per frame, the DCT hash of the grey frame (at scenes.DETECT_SIZE) squeezed to 32x32 (the signs of its 8x8 lowest
   frequencies against their median, the constant term left out: 64 bits, robust to re-encoding,
   resizing and small shifts); a clip keeps HASHED_FRAMES of them, at 1/4, 1/2 and 3/4 of its length.
-- Letterbox: per frame, the black rows at the top and bottom and black columns at each side (mean grey
+- Letterbox: on every 2nd frame (as the flow), the black rows at the top and bottom and black columns at each side (mean grey
   level at most BLACK); a frame that is more than half black is dark, not letterboxed, and is not
   counted. A clip's bars are the narrowest over its counted frames.
 """
@@ -23,27 +23,27 @@ HASHED_FRAMES = 3
 
 
 class FrameMeasures:
-    """`add(small)` each analysis frame in order; then motion(start, end) and bars(start, end) of any
-    frame range."""
+    """`add(small, tiny)` each analysis frame in order (and it at scenes.DETECT_SIZE); then motion, bars
+    and hashes of any frame range."""
 
     def __init__(self):
         self.flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self.previous = None
         self.magnitudes = {}  # even frame i -> mean flow magnitude from i to i + 1
-        self.frame_bars = []  # per frame: (top, bottom, left, right) in analysis pixels, or None (dark)
+        self.frame_bars = []  # per frame: (top, bottom, left, right) in analysis pixels, or None (dark or odd)
         self.frame_hashes = []  # per frame: its 64-bit DCT hash
         self.size = None
 
-    def add(self, small):
+    def add(self, small, tiny):
         grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         index = len(self.frame_bars)
         if index % 2 == 1:
             flow = self.flow.calc(self.previous, grey, None)
-            self.magnitudes[index - 1] = float(np.hypot(flow[..., 0], flow[..., 1]).mean())
+            self.magnitudes[index - 1] = float(cv2.magnitude(flow[..., 0], flow[..., 1]).mean())
         self.previous = grey
         self.size = grey.shape
-        self.frame_bars.append(_bars(grey))
-        self.frame_hashes.append(dct_hash(grey))
+        self.frame_bars.append(_bars(grey) if index % 2 == 0 else None)
+        self.frame_hashes.append(dct_hash(cv2.cvtColor(tiny, cv2.COLOR_RGB2GRAY)))
 
     def motion(self, start, end):
         """Mean flow magnitude (px/frame at the analysis size) over the measured pairs in [start, end);
@@ -84,7 +84,8 @@ def hash_distances(hashes, others):
 
 
 def _bars(grey):
-    rows, columns = grey.mean(axis=1) <= BLACK, grey.mean(axis=0) <= BLACK
+    rows = cv2.reduce(grey, 1, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel() <= BLACK
+    columns = cv2.reduce(grey, 0, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel() <= BLACK
     top, bottom = _run(rows), _run(rows[::-1])
     left, right = _run(columns), _run(columns[::-1])
     if top + bottom > len(rows) // 2 or left + right > len(columns) // 2:

@@ -1,7 +1,8 @@
 """Scene cuts of one video, fed its frames in order (pipelines/curate.py decodes each video once).
 
 - Hard cuts: PySceneDetect's ContentDetector (the mean HSV change between consecutive frames, 0-255,
-  against `cut_threshold`), on the analysis frames (short side ANALYSIS_SIZE).
+  against `cut_threshold`), on the frames at DETECT_SIZE (a quarter of the analysis size: 1/16 of its
+  cost, and a hard cut changes the whole picture); the checks below score the analysis frames.
 - Motion: a detected cut at frame k whose frame k-1, moved onto frame k by their optical flow (OpenCV's
   DIS), scores at most MOTION_SHARE of its plain score against it is fast motion, not a cut (measured
   on 128 px clips: textures panning 4-8 px/frame 0.16-0.29, cuts between skies of one colour with
@@ -28,7 +29,7 @@ from scenedetect import FrameTimecode, StatsManager
 from scenedetect.detectors import ContentDetector
 
 ANALYSIS_SIZE = 128  # short side of the frames every curation measure sees (cuts here, motion, hashes)
-DISSOLVE_SIZE = 32  # short side of the frames the dissolve check compares
+DETECT_SIZE = 32  # short side of the frames the cut detector, the dissolve check and the hashes see
 DISSOLVE_HALF = 4  # h: frames each side of the middle one; dissolves of 2h = 8 frames and longer are found
 LINEARITY = 0.25
 UNEXPLAINED = 0.5
@@ -37,11 +38,17 @@ DARK = 8.0  # mean brightness below which a frame is not normalised further (a f
 
 
 def analysis_frame(frame, short_side=ANALYSIS_SIZE):
-    """uint8 (H, W, 3) -> uint8 RGB with its short side `short_side` (area averaging when shrinking)."""
+    """uint8 (H, W, 3) -> uint8 RGB with its short side `short_side`: averaged down by the largest whole
+    factor first (OpenCV's area filter has a fast path for those: 0.27 ms against 0.9 ms for 640x360 in
+    one step, measured), the rest bilinear."""
     height, width = frame.shape[:2]
+    factor = min(height, width) // short_side
+    if factor >= 2:
+        frame = cv2.resize(frame, (width // factor, height // factor), interpolation=cv2.INTER_AREA)
+        height, width = frame.shape[:2]
     scale = short_side / min(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return frame if size == (width, height) else cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
 
 
 class Compensator:
@@ -60,8 +67,8 @@ class Compensator:
 
 
 class SceneCuts:
-    """Feed `add(small)` the analysis frames of one video in order, then `finish()`: the sorted scene
-    boundaries [(first, end)]."""
+    """Feed `add(small, tiny)` the analysis frames of one video in order (and each at DETECT_SIZE), then
+    `finish()`: the sorted scene boundaries [(first, end)]."""
 
     def __init__(self, fps, cut_threshold, dissolve_threshold, flash_frames):
         self.fps = float(fps or 25.0)  # timecodes only: ContentDetector counts frames here (min_scene_len 0)
@@ -76,16 +83,16 @@ class SceneCuts:
         self.dissolving = []  # indices of frames found inside a dissolve
         self.compensator = Compensator()
 
-    def add(self, small):
+    def add(self, small, tiny):
         index = self.index
         self._resolve_pending(index, small)
-        if self.detector.process_frame(FrameTimecode(index, self.fps), _bgr(small)) and index > 0:
+        if self.detector.process_frame(FrameTimecode(index, self.fps), _bgr(tiny)) and index > 0:
             before = self.recent[-1][1]
             moved = self._score(self.compensator.warp(before, small), small)
             if index > self.suppress_until and moved > MOTION_SHARE * self._score(before, small):
                 self.pending.append((index, before))
         self.recent.append((index, small))
-        self._check_dissolve(small)
+        self._check_dissolve(tiny)
         self.index += 1
 
     def _score(self, before, after):
@@ -110,8 +117,7 @@ class SceneCuts:
         # cuts inside a flash just found (its way back) are dropped with it
         self.pending = [(cut, before) for cut, before in still if cut > self.suppress_until]
 
-    def _check_dissolve(self, small):
-        tiny = analysis_frame(small, DISSOLVE_SIZE)
+    def _check_dissolve(self, tiny):
         self.blend.append((tiny, tiny.astype(np.float32) / max(float(tiny.mean()), DARK)))
         if len(self.blend) < self.blend.maxlen:
             return
