@@ -1,7 +1,7 @@
 """`latte curate` (pipelines/curate.py): clips as frame ranges of the ingested files, kept in
 clips.parquet or dropped with their reason in filtered.parquet; ledgered units, resume after kill -9,
-failure rows, the same tables from every runner, bad input refused with one `Error:` line, and
-`latte report CURATE_DIR`.
+failure rows, the same tables from every runner, bad input refused with one `Error:` line, a full disk
+(one `Error:` line, the committed units kept, a re-run completes the job), and `latte report CURATE_DIR`.
 Real H.264 files and frame folders made by the tests, a real dask LocalCluster."""
 import json
 import os
@@ -192,3 +192,27 @@ def test_report_shows_the_funnel_draws_the_histograms_and_verifies_the_units(ing
     unit.write_bytes(unit.read_bytes()[:-1] + b"\0")
     damaged = CliRunner().invoke(main, ["report", str(out), "--verify"])
     assert damaged.exit_code == 1 and f"CORRUPT {unit.stem}" in damaged.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_a_full_disk_stops_the_job_and_a_rerun_completes_it(ingested, tmp_path):
+    reference = tmp_path / "reference"
+    run_curate(ingested, reference, min_clip_frames=8, workers=0, unit_size=1, progress=False)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], check=True)
+    try:
+        out = disk / "out"
+        proc = subprocess.run(_curate_command(ingested, out), capture_output=True, text=True)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "no space left" in errors[0] and str(disk) in errors[0], proc.stderr
+        committed = len((out / "ledger.jsonl").read_text().splitlines()) if (out / "ledger.jsonl").exists() else 0
+        assert committed < 4 and not (out / "clips.parquet").exists()  # 16 kB: 1 of the 4 units fits (measured)
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
+        again = run_curate(ingested, out, min_clip_frames=8, workers=0, unit_size=1, progress=False)
+        assert (again["units_run"], again["units_skipped"]) == (4 - committed, committed)
+        for name in ("clips.parquet", "filtered.parquet", "failures.parquet"):
+            assert pq.read_table(out / name).equals(pq.read_table(reference / name)), name
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
