@@ -79,9 +79,16 @@ def clip_picture(frame, row):
 
 def read_clip_frames(row, indices):
     """The frames at `indices` (ascending, counted from the clip's first frame) of a manifest row, as
-    read_frames_at gives them, cropped as the clip shows them: uint8 (len, H, W, 3)."""
+    read_frames_at gives them (a curated clip's, also from a file decord refuses as truncated, as
+    iter_frames_to_damage), cropped as the clip shows them: uint8 (len, H, W, 3)."""
     first = row.get("start_frame", 0)
-    frames = read_frames_at(row["path"], row["kind"], [first + int(i) for i in indices])
+    wanted = [first + int(i) for i in indices]
+    try:
+        frames = read_frames_at(row["path"], row["kind"], wanted)
+    except UnusableInput as err:
+        if "start_frame" not in row or not _refused_by_decord(err, row["kind"]):
+            raise
+        frames = read_frames_at(row["path"], row["kind"], wanted, pyav_only=True)  # as iter_frames_to_damage
     return np.stack([clip_picture(frame, row) for frame in frames])
 
 
@@ -185,15 +192,21 @@ def quarter_turns(path, frame):
 class _Video:
     """One video file: container metadata, the displayed size and the decoder that decodes it right."""
 
-    def __init__(self, path):
+    def __init__(self, path, use_decord=True):
         self.path = path
+        self._first = None  # decord's frame 0, when decord is the decoder
+        if not use_decord:  # PyAV alone, up to the frame count its container declares
+            self._read_head()
+            self.claimed, self.fast = self.declared, False
+            if self.claimed == 0:
+                raise UnusableInput("unreadable", f"{path}: the container declares no frame count for PyAV alone")
+            return
         self.reader = _open_decord(path)  # first, so broken files keep decord's categories
         self.claimed = len(self.reader)
         if self.claimed == 0:
             raise UnusableInput("empty", f"{path}: the container holds no frames")
         self.fps = float(self.reader.get_avg_fps())
         self._read_head()
-        self._first = None  # decord's frame 0, when decord is the decoder
         try:
             first = self.reader.next().asnumpy()
         except Exception:  # decord cannot decode it: PyAV decodes the file
@@ -217,6 +230,7 @@ class _Video:
                                                   f"({_first_line(err)})") from None
             self.coded = (frame.height, frame.width)
             self.format = frame.format.name
+            self.declared = stream.frames  # the container's count (0: unknown), PyAV's own decode's limit
             self.turns = quarter_turns(self.path, frame)
             # the codec's ratio (from the stream's parameter sets), else the container's (an mp4 pasp box)
             self.codec_ratio = stream.codec_context.sample_aspect_ratio
@@ -431,11 +445,13 @@ def _first_line(err):
     return _LOG_PREFIX.sub("", text[0])[:200] if text else type(err).__name__
 
 
-def iter_frames(path, kind):
+def iter_frames(path, kind, pyav_only=False):
     """Every frame of a video file or frame folder, in order, as uint8 (H, W, 3) as a player shows it
     (rotation applied); decoded sequentially one at a time, so memory does not depend on the video's
     length. Every frame is checked; a frame no decoder gets right, or any decoder error, raises
-    UnusableInput naming the file."""
+    UnusableInput naming the file. pyav_only: a video file through PyAV alone, for a file decord
+    refuses to open (it reads every packet first: a truncated file), whose frames up to the damage
+    PyAV still gives (then UnusableInput "truncated")."""
     if kind == "frames":
         files = list_frame_files(path)
         size = None
@@ -447,13 +463,13 @@ def iter_frames(path, kind):
     elif path.lower().endswith(".gif"):
         yield from _gif_frames(path, None)
     else:
-        for _, frame in _video(path).frames():
+        for _, frame in _video(path, use_decord=not pyav_only).frames():
             yield frame
 
 
-def read_frames_at(path, kind, indices):
+def read_frames_at(path, kind, indices, pyav_only=False):
     """The frames at `indices` (ascending) of a video file or frame folder: uint8 (len, H, W, 3), as
-    iter_frames gives them."""
+    iter_frames gives them (pyav_only: as there)."""
     indices = [int(i) for i in indices]
     if kind == "frames":
         files = list_frame_files(path)
@@ -466,14 +482,33 @@ def read_frames_at(path, kind, indices):
     if path.lower().endswith(".gif"):
         found = dict(_gif_frames(path, indices))
     else:
-        found = dict(_video(path).frames(indices))
+        found = dict(_video(path, use_decord=not pyav_only).frames(indices))
     return np.stack([found[index] for index in indices])
 
 
-def _video(path):
+def _refused_by_decord(err, kind):
+    """Whether an UnusableInput is decord refusing a video file it found truncated when opening it."""
+    return kind == "video" and err.category == "truncated"
+
+
+def iter_frames_to_damage(path, kind):
+    """iter_frames; for a video decord refuses as truncated, PyAV's frames up to the damage (then its
+    UnusableInput): a curated clip of a file damaged after ingest keeps its frames before the damage."""
+    started = False
+    try:
+        for frame in iter_frames(path, kind):
+            started = True
+            yield frame
+    except UnusableInput as err:
+        if started or not _refused_by_decord(err, kind):
+            raise
+        yield from iter_frames(path, kind, pyav_only=True)
+
+
+def _video(path, use_decord=True):
     if not os.path.isfile(path):
         raise UnusableInput("missing", f"{path}: no such file")
-    return _Video(path)
+    return _Video(path, use_decord)
 
 
 def _image_frame(file):

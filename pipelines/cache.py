@@ -43,8 +43,8 @@ from latte_core.vae import load_vae
 from latte_toolkit.datasets.cache import (CAPTION_EMBEDDING, NULL_TEXT_FILE, TEXT_ENCODER_FILE,
                                           check_null_text_embedding, fields_for, shard_digest)
 from latte_toolkit.datasets.formats import FORMAT_NAMES, get_format
-from latte_toolkit.datasets.video import (UnusableInput, center_crop_resize, clip_picture, iter_frames, read_manifest,
-                                          to_pixels)
+from latte_toolkit.datasets.video import (UnusableInput, center_crop_resize, clip_picture, iter_frames,
+                                          iter_frames_to_damage, read_manifest, to_pixels)
 
 from .jobs import Job
 from .ledger import is_disk_full
@@ -238,7 +238,8 @@ def _frame_batches(item, clips, image_size, micro_batch, out, stop):
         return False
 
     try:
-        frames = enumerate(iter_frames(item["path"], item["kind"]))
+        # a curated video's clips: from a file decord refuses as truncated too, as the curation read it
+        frames = enumerate((iter_frames_to_damage if "clips" in item else iter_frames)(item["path"], item["kind"]))
         for clip in clips:
             start, end = clip.get("start_frame", 0), clip.get("end_frame")  # a manifest row: every frame
             batch = []

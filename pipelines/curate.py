@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from latte_core.atomic import sha256_of, write_atomically
 from latte_core.errors import UserError
-from latte_toolkit.datasets.video import UnusableInput, iter_frames, read_manifest
+from latte_toolkit.datasets.video import UnusableInput, iter_frames_to_damage, read_manifest
 
 from .ingest import FAILURE_SCHEMA, INGEST_VERSION, MANIFEST_SCHEMA
 from .jobs import Job, read_unit_table, write_unit_table
@@ -110,7 +110,7 @@ def _filtered(short_side, widest_bar, motion, spec):
 def scan_video(item, spec, timings):
     """Decode every frame of one video once, in order, and measure it: (frames decoded, scene
     boundaries, FrameMeasures, the UnusableInput that stopped the decode early or None)."""
-    frames, count, error = iter_frames(item["path"], item["kind"]), 0, None
+    frames, count, error = iter_frames_to_damage(item["path"], item["kind"]), 0, None
     cuts = SceneCuts(item["fps"], spec["cut_threshold"], spec["dissolve_threshold"], spec["flash_frames"])
     measures = FrameMeasures()
     while True:

@@ -16,7 +16,7 @@ from latte_toolkit.cli import main
 from latte_toolkit.pipelines.curate import CurateError, run_curate
 from latte_toolkit.pipelines.ingest import run_ingest
 
-from media import kill_after_ledger_lines, moving_square_frames, write_frame_folder, write_mp4
+from media import kill_after_ledger_lines, moving_square_frames, truncate, write_frame_folder, write_mp4
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 
@@ -61,6 +61,21 @@ def test_clips_are_frame_ranges_split_and_filtered_with_their_reasons(ingested, 
     assert "f_20.jpg" in failures[0]["message"] and "before frame 20 are kept" in failures[0]["message"]
     assert summary["clips"] == 3 and summary["filtered_by_reason"] == {"too short": 2} and summary["failed"] == 1
     assert summary["frames"] == 40 + 10 + 1 + 20
+
+
+def test_a_video_truncated_after_ingest_keeps_its_clips_before_the_damage(tmp_path):
+    """decord refuses to open a truncated file (it reads every packet first); PyAV decodes it up to the
+    damage: 6 of its 60 frames here (measured), one clip, and a failure row."""
+    write_mp4(tmp_path / "src" / "cut.mp4", moving_square_frames(60), faststart=True)
+    run_ingest([tmp_path / "src"], tmp_path / "ingest", workers=0, progress=False)
+    truncate(tmp_path / "src" / "cut.mp4", 0.6)
+    summary = run_curate(tmp_path / "ingest", tmp_path / "out", min_clip_frames=4, min_motion=0.0, workers=0,
+                         progress=False)
+    clips = _rows(tmp_path / "out" / "clips.parquet")
+    failures = _rows(tmp_path / "out" / "failures.parquet")
+    assert [(c["start_frame"], c["end_frame"]) for c in clips] == [(0, 6)] and summary["frames"] == 6
+    assert [f["category"] for f in failures] == ["truncated"]
+    assert "its clips before frame 6 are kept" in failures[0]["message"]
 
 
 def test_rerun_resumes_and_other_keys_are_refused(ingested, tmp_path):

@@ -88,3 +88,23 @@ def test_the_uncached_loader_reads_the_same_clips(curated):
     for a, b in zip(cached, uncached):
         np.testing.assert_array_equal(a["index"], b["index"])
         np.testing.assert_allclose(a["latent"], b["latent"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_clip_of_a_file_truncated_after_ingest_caches_and_loads(tmp_path, fixtures_dir):
+    """decord refuses the truncated file; the cache and the uncached loader read the clip's frames before
+    the damage through PyAV, as the curation did."""
+    from latte_core import AutoencoderKL
+    from media import moving_square_frames, truncate
+    write_mp4(tmp_path / "src" / "cut.mp4", moving_square_frames(60, height=64, width=64), faststart=True)
+    run_ingest([tmp_path / "src"], tmp_path / "ingest", workers=0, progress=False)
+    truncate(tmp_path / "src" / "cut.mp4", 0.6)
+    run_curate(tmp_path / "ingest", tmp_path / "curate", min_clip_frames=4, min_motion=0.0, workers=0,
+               progress=False)
+    (clip,) = pq.read_table(tmp_path / "curate" / "clips.parquet").to_pylist()
+    vae = fixtures_dir / "vae" / "vae_small_diffusers"
+    summary = run_cache(tmp_path / "curate", vae, tmp_path / "cache", image_size=32, workers=0, progress=False)
+    assert summary["failed"] == 0
+    assert open_cache(tmp_path / "cache").read(clip["clip_id"])["mean"].shape[0] == clip["num_frames"]
+    loader = VideoLoader(tmp_path / "curate", AutoencoderKL.from_pretrained(vae), batch_size=1,
+                         num_frames=clip["num_frames"], image_size=32, micro_batch=4)
+    assert next(iter(loader))["latent"].shape[:2] == (1, clip["num_frames"])
