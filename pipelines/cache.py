@@ -24,9 +24,7 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import shutil
-import threading
 import time
 
 import mindspore as ms
@@ -48,7 +46,7 @@ from latte_toolkit.datasets.video import (UnusableInput, center_crop_resize, cli
 
 from .jobs import Job
 from .ledger import is_disk_full
-from .runners import check_workers
+from .runners import check_workers, prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -223,57 +221,40 @@ def worker_vae(vae_dir, vae_sha256=None):
     return _VAES[key]
 
 
-def _frame_batches(item, clips, image_size, micro_batch, out, stop):
-    """Producer thread: decode the video once, in order, and for each of its clips (a manifest row is one
-    clip of all its frames) crop + resize + normalise its frames, put (N, 3, S, S) float32 batches on
-    `out`, then None; an exception is put on the queue for the consumer to raise. Gives up when `stop`
-    is set (the consumer failed), so it never blocks forever on a full queue."""
-    def put(value):
-        while not stop.is_set():
-            try:
-                out.put(value, timeout=0.1)
-                return True
-            except queue.Full:
+def _frame_batches(item, clips, image_size, micro_batch):
+    """Decode the video once, in order, and for each of its clips (a manifest row is one clip of all its
+    frames) crop + resize + normalise its frames: (N, 3, S, S) float32 batches, then None after each
+    clip. Run ahead of the encoder in a thread (runners.prefetch)."""
+    # a curated video's clips: from a file decord refuses as truncated too, as the curation read it
+    frames = enumerate((iter_frames_to_damage if "clips" in item else iter_frames)(item["path"], item["kind"]))
+    for clip in clips:
+        start, end = clip.get("start_frame", 0), clip.get("end_frame")  # a manifest row: every frame
+        batch = []
+        for index, frame in frames:
+            if index < start:
                 continue
-        return False
-
-    try:
-        # a curated video's clips: from a file decord refuses as truncated too, as the curation read it
-        frames = enumerate((iter_frames_to_damage if "clips" in item else iter_frames)(item["path"], item["kind"]))
-        for clip in clips:
-            start, end = clip.get("start_frame", 0), clip.get("end_frame")  # a manifest row: every frame
-            batch = []
-            for index, frame in frames:
-                if index < start:
-                    continue
-                batch.append(center_crop_resize(clip_picture(frame, clip), image_size))
-                if len(batch) == micro_batch:
-                    if not put(to_pixels(batch)):
-                        return
-                    batch = []
-                if end is not None and index + 1 == end:
-                    break
-            else:
-                if end is not None:
-                    raise UnusableInput("truncated", f"{item['path']}: the video ends before frame {end - 1}, "
-                                                     f"the last of clip {clip['video_id']}")
-            if batch and not put(to_pixels(batch)):
-                return
-            if not put(None):
-                return
-    except Exception as err:  # reported by the consumer as this clip's failure (and its video's later clips')
-        put(err)
+            batch.append(center_crop_resize(clip_picture(frame, clip), image_size))
+            if len(batch) == micro_batch:
+                yield to_pixels(batch)
+                batch = []
+            if end is not None and index + 1 == end:
+                break
+        else:
+            if end is not None:
+                raise UnusableInput("truncated", f"{item['path']}: the video ends before frame {end - 1}, "
+                                                 f"the last of clip {clip['video_id']}")
+        if batch:
+            yield to_pixels(batch)
+        yield None
 
 
 def encode_clips(vae, item, spec, timings):
     """(clip, {field: (frames, C, h, w)} in the cache dtype, or the exception that failed it) for each clip
     of one video (`item["clips"]` of a curate folder; a manifest row is its own one clip), the video
-    decoded once. A decode error fails its clip and the video's later clips."""
+    decoded once, in a thread ahead of the encoder. A decode error fails its clip and the video's later
+    clips."""
     clips = item.get("clips", [item])
-    batches, stop = queue.Queue(maxsize=4), threading.Event()
-    producer = threading.Thread(target=_frame_batches, daemon=True,
-                                args=(item, clips, spec["image_size"], spec["micro_batch"], batches, stop))
-    producer.start()
+    batches = prefetch(_frame_batches(item, clips, spec["image_size"], spec["micro_batch"]), 4)
     try:
         for number, clip in enumerate(clips):
             try:
@@ -284,8 +265,7 @@ def encode_clips(vae, item, spec, timings):
                 return
             yield clip, arrays
     finally:
-        stop.set()
-        producer.join()
+        batches.close()
 
 
 def _encode_batches(vae, item, spec, timings, batches):
@@ -293,12 +273,10 @@ def _encode_batches(vae, item, spec, timings, batches):
     rng = np.random.default_rng([spec["seed"], int(hashlib.sha1(item["video_id"].encode()).hexdigest()[:8], 16)])
     while True:
         waited = time.perf_counter()
-        batch = batches.get()
+        batch = next(batches)
         timings["decode"] += time.perf_counter() - waited  # time the encoder waited for frames
         if batch is None:
             break
-        if isinstance(batch, Exception):
-            raise batch
         started = time.perf_counter()
         count = len(batch)
         if count < spec["micro_batch"]:  # pad: graph mode would compile again for every new batch size

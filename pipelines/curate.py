@@ -29,7 +29,7 @@ from latte_toolkit.datasets.video import UnusableInput, iter_frames_to_damage, r
 
 from .ingest import FAILURE_SCHEMA, INGEST_VERSION, MANIFEST_SCHEMA
 from .jobs import Job, read_unit_table, write_unit_table
-from .runners import check_workers
+from .runners import check_workers, prefetch
 from .measures import HASHED_FRAMES, FrameMeasures, hash_distances
 from .scenes import DETECT_SIZE, SceneCuts, analysis_frame, scenes
 
@@ -48,6 +48,7 @@ FILTERED_SCHEMA = pa.schema(list(CLIP_SCHEMA) + [("reason", pa.string()), ("scor
 UNIT_SCHEMA = pa.schema(list(FILTERED_SCHEMA) + [("phash", pa.binary())])
 TOO_SHORT = "too short"
 LETTERBOX_MODES = ("crop", "drop", "keep")
+PREFETCH_FRAMES = 8  # frames decoded ahead, in a thread, while the analysis runs
 
 
 class CurateError(UserError):
@@ -108,9 +109,10 @@ def _filtered(short_side, widest_bar, motion, spec):
 
 # ------------------------------------------------------------------------------------------ the unit
 def scan_video(item, spec, timings):
-    """Decode every frame of one video once, in order, and measure it: (frames decoded, scene
-    boundaries, FrameMeasures, the UnusableInput that stopped the decode early or None)."""
-    frames, count, error = iter_frames_to_damage(item["path"], item["kind"]), 0, None
+    """Decode every frame of one video once, in order (in a thread, ahead of the analysis), and measure
+    it: (frames decoded, scene boundaries, FrameMeasures, the UnusableInput that stopped the decode early
+    or None). timings["decode"]: the seconds the analysis waited for frames."""
+    frames, count, error = prefetch(iter_frames_to_damage(item["path"], item["kind"]), PREFETCH_FRAMES), 0, None
     cuts = SceneCuts(item["fps"], spec["cut_threshold"], spec["dissolve_threshold"], spec["flash_frames"])
     measures = FrameMeasures()
     while True:
