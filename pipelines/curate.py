@@ -14,6 +14,7 @@ A clip's id is its video's id and frame range (`VIDEO_ID@START-END`, END exclusi
 same frames whatever the runner or the order of units. A video that fails to decode part-way keeps the
 clips that end before the damage and is also a failure row; one that fails at once is only that row.
 """
+import contextlib
 import json
 import logging
 import os
@@ -115,27 +116,28 @@ def scan_video(item, spec, timings):
     frames, count, error = prefetch(iter_frames_to_damage(item["path"], item["kind"]), PREFETCH_FRAMES), 0, None
     cuts = SceneCuts(item["fps"], spec["cut_threshold"], spec["dissolve_threshold"], spec["flash_frames"])
     measures = FrameMeasures()
-    while True:
-        started = time.perf_counter()
-        try:
-            frame = next(frames)
-        except StopIteration:
-            break
-        except UnusableInput as err:
-            error = err
-            break
-        except Exception as err:  # a decoder's own error fails this video, not the unit
-            error = UnusableInput("unreadable", f"{item['path']}: frame {count}: {_first_line(err)}")
-            break
-        finally:
-            timings["decode"] += time.perf_counter() - started
-        started = time.perf_counter()
-        small = analysis_frame(frame)
-        tiny = analysis_frame(small, DETECT_SIZE)
-        cuts.add(small, tiny)
-        measures.add(small, tiny)
-        timings["analyse"] += time.perf_counter() - started
-        count += 1
+    with contextlib.closing(frames):  # the decoding thread stops with the scan, whatever ends it
+        while True:
+            started = time.perf_counter()
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except UnusableInput as err:
+                error = err
+                break
+            except Exception as err:  # a decoder's own error fails this video, not the unit
+                error = UnusableInput("unreadable", f"{item['path']}: frame {count}: {_first_line(err)}")
+                break
+            finally:
+                timings["decode"] += time.perf_counter() - started
+            started = time.perf_counter()
+            small = analysis_frame(frame)
+            tiny = analysis_frame(small, DETECT_SIZE)
+            cuts.add(small, tiny)
+            measures.add(small, tiny)
+            timings["analyse"] += time.perf_counter() - started
+            count += 1
     return count, cuts.finish(), measures, error
 
 
