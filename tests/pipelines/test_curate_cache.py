@@ -108,3 +108,15 @@ def test_a_clip_of_a_file_truncated_after_ingest_caches_and_loads(tmp_path, fixt
     loader = VideoLoader(tmp_path / "curate", AutoencoderKL.from_pretrained(vae), batch_size=1,
                          num_frames=clip["num_frames"], image_size=32, micro_batch=4)
     assert next(iter(loader))["latent"].shape[:2] == (1, clip["num_frames"])
+
+
+def test_a_rerun_resumes_and_other_curation_keys_are_refused(curated, tmp_path):
+    from latte_toolkit.pipelines.cache import CacheError
+    again = run_cache(curated["root"] / "curate", curated["vae"], curated["root"] / "cache", dtype="float32",
+                      image_size=32, shard_videos=1, workers=0, progress=False)
+    assert (again["shards_run"], again["shards_skipped"]) == (0, 2)
+    run_curate(curated["root"] / "ingest", tmp_path / "other", min_clip_frames=4, max_clip_frames=12,
+               min_motion=0.0, letterbox="crop", workers=0, progress=False)
+    with pytest.raises(CacheError, match="curation differ"):
+        run_cache(tmp_path / "other", curated["vae"], curated["root"] / "cache", dtype="float32", image_size=32,
+                  shard_videos=1, workers=0, progress=False)
