@@ -54,6 +54,18 @@ def setup_mindspore(device, mode="graph"):
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
 
 
+def finish_job(summary, table):
+    """The end of a batch job's summary: the units that raised, where its `table` and failures.parquet
+    are; exit code 1 when inputs failed or units raised."""
+    if summary["unit_errors"]:
+        click.echo(f"  units that raised (re-run to retry): {', '.join(summary['unit_errors'])}")
+    click.echo(f"  {table.split('.')[0]}: {os.path.join(summary['out_dir'], table)}")
+    if summary["failed"]:
+        click.echo(f"  failures: {os.path.join(summary['out_dir'], 'failures.parquet')}")
+    if summary["failed"] or summary["unit_errors"]:
+        raise SystemExit(1)
+
+
 # ---------------------------------------------------------------------------------------- options from key tables
 class IntList(click.ParamType):
     """Comma-separated integers, e.g. 32,64,64."""
@@ -176,6 +188,7 @@ def main(ctx, verbose):
     \b
     Example:
       latte ingest --source sky_train/ --out work/ingest --num-frames 16 --sample-stride 3
+      latte curate --manifest work/ingest --out work/curate
       latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --format mindrecord
       latte report work/cache --verify
       latte convert latte --source skytimelapse.pt --target skytimelapse.ckpt
@@ -189,4 +202,5 @@ def main(ctx, verbose):
 
 
 # the stages register their commands on `main`
-from . import bench, cache, convert, demo, diagnose, ingest, quality, report, sample, train, train_vae  # noqa: E402,F401
+from . import (bench, cache, convert, curate, demo, diagnose, ingest, quality, report, sample, train,  # noqa: E402,F401
+               train_vae)

@@ -4,9 +4,9 @@ import os
 import click
 
 from latte_core.atomic import strict_json_line
-from latte_toolkit.tools.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_FORWARD_KEYS,
-                                        BENCH_INGEST_KEYS, BENCH_LEARN_KEYS, BENCH_LOADER_KEYS, BENCH_STEP_KEYS,
-                                        BENCH_VAE_KEYS)
+from latte_toolkit.tools.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_CURATE_KEYS,
+                                        BENCH_FORWARD_KEYS, BENCH_INGEST_KEYS, BENCH_LEARN_KEYS, BENCH_LOADER_KEYS,
+                                        BENCH_STEP_KEYS, BENCH_VAE_KEYS)
 
 from . import BadInput, configured, key_option, main, setup_mindspore
 
@@ -139,6 +139,31 @@ def bench_ingest_command(config):
         raise BadInput(f"--keyframe-size must be even (H.264 in yuv420p), got {config['keyframe_size']}")
     click.echo(strict_json_line(bench_ingest(config["sources"], config["workers"], config["replan_inputs"],
                                              config["keyframe_frames"], config["keyframe_size"], config["repeats"])))
+
+
+@bench.command("curate")
+@configured(
+    BENCH_CURATE_KEYS,
+    key_option("sources", "--source", multiple=True, type=click.Path(exists=True),
+               help="Inputs to ingest and curate (default: written 640x360 H.264 clips). Repeatable."),
+    key_option("videos"), key_option("frames"), key_option("height"), key_option("width"), key_option("workers"),
+    key_option("repeats"),
+)
+def bench_curate_command(config):
+    """The whole `latte curate` stage against decoding the same frames alone, in one run (medians of
+    interleaved runs); target: the stage at most 1.5x the decode's seconds.
+
+    \b
+    Example:
+      latte bench curate --videos 4 --frames 120
+    """
+    if config["height"] % 2 or config["width"] % 2:
+        raise BadInput(f"--height and --width must be even (H.264 in yuv420p), got "
+                       f"{config['width']}x{config['height']}")
+    # kept here: the curate benchmark (OpenCV, PySceneDetect, decord, PyAV) would load with `latte --help`
+    from latte_toolkit.tools.bench.curate import bench_curate
+    click.echo(strict_json_line(bench_curate(config["sources"], config["videos"], config["frames"], config["height"],
+                                             config["width"], config["workers"], config["repeats"])))
 
 
 @bench.command("cache")

@@ -1,4 +1,4 @@
-"""`latte cache`: encode an ingest manifest's videos with the VAE into latent shards."""
+"""`latte cache`: encode an ingest manifest's videos (or a curate folder's clips) with the VAE into latent shards."""
 import logging
 
 import click
@@ -30,7 +30,8 @@ from . import configured, key_option, main, setup_mindspore
     key_option("text_encoder", type=click.Path(file_okay=False)),
 )
 def cache(config):
-    """Encode every video of an ingest manifest with the VAE into latent shards.
+    """Encode every video of an ingest manifest, or every clip of a curate folder (each a cache video of
+    its clip id), with the VAE into latent shards.
 
     Re-running the same command resumes: shards already in CACHE/ledger.jsonl are skipped. The resolved
     config is saved as CACHE/config.resolved.json when the job finishes.
@@ -40,6 +41,7 @@ def cache(config):
       latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --format mindrecord
       latte cache -c cache.yaml --cache_folder work/cache --cache_file_type numpy
       latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --text-encoder clip-vit-large-patch14/
+      latte cache --manifest work/curate --vae sd-vae-ft-mse/ --out work/cache    # the clips of `latte curate`
     """
     if config["skip_videos"]:
         logging.getLogger(__name__).warning("--resume_cache_index %d: skipping the first %d manifest videos "

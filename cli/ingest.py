@@ -1,11 +1,9 @@
 """`latte ingest`: find videos, check they decode, write the manifest."""
-import os
-
 import click
 
 from latte_toolkit.pipelines.config import INGEST_KEYS, run_ingest_job
 
-from . import configured, key_option, main
+from . import configured, finish_job, key_option, main
 
 
 @main.command()
@@ -43,10 +41,4 @@ def ingest(config):
                f"already done; {summary['seconds']} s ({summary['videos_per_s']} videos/s)")
     for category, count in sorted(summary["failed_by_category"].items()):
         click.echo(f"  failed, {category}: {count}")
-    if summary["unit_errors"]:
-        click.echo(f"  units that raised (re-run to retry): {', '.join(summary['unit_errors'])}")
-    click.echo(f"  manifest: {os.path.join(summary['out_dir'], 'manifest.parquet')}")
-    if summary["failed"]:
-        click.echo(f"  failures: {os.path.join(summary['out_dir'], 'failures.parquet')}")
-    if summary["failed"] or summary["unit_errors"]:
-        raise SystemExit(1)
+    finish_job(summary, "manifest.parquet")

@@ -41,7 +41,7 @@ import numpy as np
 from latte_core.errors import UserError, is_integer
 
 from .cache import CorruptCache, check_cache, open_cache, read_ledger, unindexed_videos
-from .video import UnusableInput, center_crop_resize, read_frames_at, read_manifest, to_pixels
+from .video import UnusableInput, center_crop_resize, read_clip_frames, read_manifest, to_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -462,7 +462,8 @@ class _PlanSource:
 
 
 class VideoLoader(_ClipLoader):
-    """The uncached path behind the same API: clips decoded from the videos of an ingest manifest,
+    """The uncached path behind the same API: clips decoded from the videos of an ingest manifest (or
+    from the clips of a curate folder: each a video of its own, never sampled across its ends),
     center-cropped and resized to `image_size`, scaled to [-1, 1] and encoded by the VAE on the fly
     (in `micro_batch` frames at a time), then sampled from the posterior as the cached path does.
 
@@ -473,7 +474,7 @@ class VideoLoader(_ClipLoader):
     def __init__(self, manifest, vae, batch_size, num_frames, sample_stride=1, image_size=256, clips_per_video=1,
                  seed=0, rank=0, world_size=1, shuffle=True, num_parallel_workers=1, micro_batch=8,
                  posterior="sample", use_image_num=0, text_encoder=None):
-        rows = read_manifest(manifest)
+        rows = read_manifest(manifest, clips=True)
         span = clip_span(num_frames, sample_stride)
         self.entries = [row for row in rows if (row["num_frames"] or 0) >= span]
         self.skipped_short = len(rows) - len(self.entries)
@@ -536,10 +537,11 @@ class VideoLoader(_ClipLoader):
 
 
 def _decoded(entry, indices):
-    """The frames at `indices` of a manifest row's video, as a list; a file that no longer decodes as
-    ingest found it is a UserError naming it."""
+    """The frames at `indices` of a manifest row's video (counted from a curated clip's first frame, as the
+    clip shows them: read_clip_frames), as a list; a file that no longer decodes as ingest found it is a
+    UserError naming it."""
     try:
-        return list(read_frames_at(entry["path"], entry["kind"], indices))
+        return list(read_clip_frames(entry, indices))
     except UnusableInput as err:
         raise UserError(f"{err.message} (the file changed since latte ingest checked it: restore it, or ingest "
                         f"again)") from None

@@ -5,6 +5,7 @@ from FAILURE_CATEGORIES, so callers can record why an input cannot be used.
 """
 import os
 import re
+from fractions import Fraction
 
 import av
 import imageio_ffmpeg
@@ -18,9 +19,9 @@ from latte_core.errors import UserError
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # "unsupported": the file decodes, but not into frames the toolkit can show as a player would (a flip or a
-# rotation by other than a multiple of 90 degrees in its display matrix, non-square pixels, a size that
-# changes mid-stream, a pixel format without an RGB conversion); "non-finite": the cache job's verdict on
-# a video whose latents (or caption embedding) hold inf or NaN in the cache dtype
+# rotation by other than a multiple of 90 degrees in its display matrix, a sample aspect ratio, size or
+# pixel format that changes mid-stream, a pixel format without an RGB conversion); "non-finite": the cache
+# job's verdict on a video whose latents (or caption embedding) hold inf or NaN in the cache dtype
 FAILURE_CATEGORIES = ("unreadable", "empty", "truncated", "corrupt frame", "too short", "timeout", "duplicate",
                       "missing", "unsupported", "bad name", "non-finite")
 _NUMBER = re.compile(r"(\d+)")
@@ -41,14 +42,55 @@ def natural_key(name):
     return [int(part) if part.isdigit() else part.lower() for part in _NUMBER.split(name)]
 
 
-def read_manifest(manifest):
+def read_manifest(manifest, clips=False):
     """The rows of an ingest manifest (`latte ingest`'s folder, or its manifest.parquet), sorted by
-    video_id. A folder or file without one is a UserError naming it."""
+    video_id. A folder or file without one is a UserError naming it. With clips, a `latte curate` folder
+    (its clips.parquet) is read too: one row per clip, its clip id as `video_id`, its video's id as
+    `source_video_id`, and `start_frame`, `end_frame`, `crop_top`, `crop_left` (read_clip_frames
+    applies them)."""
     manifest = os.fspath(manifest)
+    if clips and os.path.isdir(manifest) and os.path.isfile(os.path.join(manifest, "curate.json")):
+        return _read_clips(manifest)
     path = os.path.join(manifest, "manifest.parquet") if os.path.isdir(manifest) else manifest
     if not os.path.isfile(path):
         raise UserError(f"{manifest}: no manifest.parquet (run `latte ingest` first)")
     return sorted(pq.read_table(path).to_pylist(), key=lambda row: row["video_id"])
+
+
+def _read_clips(folder):
+    path = os.path.join(folder, "clips.parquet")
+    if not os.path.isfile(path):
+        raise UserError(f"{folder}: a curate folder without clips.parquet (its `latte curate` has not finished: "
+                        f"run it again)")
+    rows = [{**row, "video_id": row["clip_id"], "source_video_id": row["video_id"]}
+            for row in pq.read_table(path).to_pylist()]
+    for row in rows:
+        del row["clip_id"]
+    return sorted(rows, key=lambda row: (row["source_video_id"], row["start_frame"]))
+
+
+def clip_picture(frame, row):
+    """A frame of `row`'s video as its clip shows it: inside the letterbox bars a curate row crops
+    (crop_top, crop_left, height, width); a manifest row's frame as it is."""
+    if "start_frame" not in row:
+        return frame
+    top, left = row["crop_top"], row["crop_left"]
+    return frame[top:top + row["height"], left:left + row["width"]]
+
+
+def read_clip_frames(row, indices):
+    """The frames at `indices` (ascending, counted from the clip's first frame) of a manifest row, as
+    read_frames_at gives them (a curated clip's, also from a file decord refuses as truncated, as
+    iter_frames_to_damage), cropped as the clip shows them: uint8 (len, H, W, 3)."""
+    first = row.get("start_frame", 0)
+    wanted = [first + int(i) for i in indices]
+    try:
+        frames = read_frames_at(row["path"], row["kind"], wanted)
+    except UnusableInput as err:
+        if "start_frame" not in row or not _refused_by_decord(err, row["kind"]):
+            raise
+        frames = read_frames_at(row["path"], row["kind"], wanted, pyav_only=True)  # as iter_frames_to_damage
+    return np.stack([clip_picture(frame, row) for frame in frames])
 
 
 def list_frame_files(folder):
@@ -59,8 +101,8 @@ def list_frame_files(folder):
 
 
 def probe_video(path, verify=False, check_keyframes=True):
-    """Container metadata of a video file, at the size a player shows (rotation applied), its
-    keyframes' sizes and pixel formats checked against frame 0's (check_keyframes=False: not; for
+    """Container metadata of a video file, at the size a player shows (square pixels, rotation applied),
+    its keyframes' sizes and pixel formats checked against frame 0's (check_keyframes=False: not; for
     `latte bench ingest`, which times the check); with verify, decode every frame, check it and count
     what decodes."""
     if not os.path.isfile(path):
@@ -90,7 +132,8 @@ def probe_video(path, verify=False, check_keyframes=True):
 # first frame has the displayed shape and agrees with PyAV's to within DECODERS_AGREE grey levels
 # (measured: 0 on 8-bit H.264/MPEG-4/VP9 in yuv420p/yuvj420p/yuv444p, rotated or not; 10-bit 4:2:0,
 # whose chroma the libraries' scalers interpolate differently, differs by up to 131 at sharp colour
-# edges and is decoded with PyAV); every later
+# edges and is decoded with PyAV; so is a file of non-square pixels, whose frames decord leaves at the
+# coded width, while a player shows them resampled to square pixels: see square_pixels); every later
 # frame is checked again (shape, dtype), and a frame decord gets wrong or fails on hands the rest of
 # the file to PyAV. A frame neither decoder gets right fails the file with UnusableInput naming it.
 DECODERS_AGREE = 2
@@ -154,15 +197,21 @@ def quarter_turns(path, frame):
 class _Video:
     """One video file: container metadata, the displayed size and the decoder that decodes it right."""
 
-    def __init__(self, path):
+    def __init__(self, path, use_decord=True):
         self.path = path
+        self._first = None  # decord's frame 0, when decord is the decoder
+        if not use_decord:  # PyAV alone, up to the frame count its container declares
+            self._read_head()
+            self.claimed, self.fast = self.declared, False
+            if self.claimed == 0:
+                raise UnusableInput("unreadable", f"{path}: the container declares no frame count for PyAV alone")
+            return
         self.reader = _open_decord(path)  # first, so broken files keep decord's categories
         self.claimed = len(self.reader)
         if self.claimed == 0:
             raise UnusableInput("empty", f"{path}: the container holds no frames")
         self.fps = float(self.reader.get_avg_fps())
         self._read_head()
-        self._first = None  # decord's frame 0, when decord is the decoder
         try:
             first = self.reader.next().asnumpy()
         except Exception:  # decord cannot decode it: PyAV decodes the file
@@ -172,14 +221,10 @@ class _Video:
         self.fast = self._first is not None
 
     def _read_head(self):
-        """Frame 0 through PyAV: the coded size, pixel format, display matrix and the displayed frame."""
+        """Frame 0 through PyAV: the coded size, pixel format, sample aspect ratio, display matrix and the
+        displayed frame."""
         container, stream = _open_pyav(self.path)
         try:
-            ratio = stream.codec_context.sample_aspect_ratio or stream.sample_aspect_ratio
-            if ratio and ratio != 1:
-                raise UnusableInput("unsupported", f"{self.path}: non-square pixels (sample aspect ratio "
-                                                   f"{ratio.numerator}:{ratio.denominator}); re-encode it with "
-                                                   f"ffmpeg -vf scale=iw*sar:ih,setsar=1")
             frames = container.decode(stream)
             try:
                 frame = next(frames)
@@ -190,9 +235,15 @@ class _Video:
                                                   f"({_first_line(err)})") from None
             self.coded = (frame.height, frame.width)
             self.format = frame.format.name
+            self.declared = stream.frames  # the container's count (0: unknown), PyAV's own decode's limit
             self.turns = quarter_turns(self.path, frame)
-            self.height, self.width = self.coded[::-1] if self.turns % 2 else self.coded
-            self.head = self._pyav_rgb(frame, 0, _reformatter())
+            # the codec's ratio (from the stream's parameter sets), else the container's (an mp4 pasp box)
+            self.codec_ratio = stream.codec_context.sample_aspect_ratio
+            ratio = self.codec_ratio or stream.sample_aspect_ratio
+            self.ratio = Fraction(ratio) if ratio else Fraction(1)
+            self.stretched = (frame.height, display_width(frame.width, self.ratio))  # before the turn
+            self.height, self.width = self.stretched[::-1] if self.turns % 2 else self.stretched
+            self.head = self._pyav_rgb(frame, 0, _reformatter(), stream)
         finally:
             container.close()
 
@@ -206,9 +257,16 @@ class _Video:
                                                  f" 3) uint8 the video shows")
         return frame
 
-    def _same_as_first(self, frame, index):
+    def _same_as_first(self, frame, index, stream):
         """`index`: the frame's number, or a str naming it (a keyframe by its time)."""
         where = index if isinstance(index, str) else f"frame {index}"
+        if stream.codec_context.sample_aspect_ratio != self.codec_ratio:  # the decoder reads a new one
+            # ahead of the frames it reorders, so `index` may be a frame or two before the change
+            raise UnusableInput("unsupported", f"{self.path}: the sample aspect ratio changes mid-stream (from "
+                                               f"{_ratio_text(self.ratio)} to "
+                                               f"{_ratio_text(stream.codec_context.sample_aspect_ratio)} "
+                                               f"about {where}): not supported, re-encode it with ffmpeg "
+                                               f"-vf scale=iw*sar:ih,setsar=1")
         if (frame.height, frame.width) != self.coded:
             raise UnusableInput("unsupported", f"{self.path}: {where} is {frame.width}x{frame.height}, the "
                                                f"video starts at {self.coded[1]}x{self.coded[0]}: a size that "
@@ -237,17 +295,19 @@ class _Video:
                 except av.FFmpegError:
                     continue
                 for frame in frames:
-                    self._same_as_first(frame, f"the keyframe at {float(frame.time or 0):.3f} s")
+                    self._same_as_first(frame, f"the keyframe at {float(frame.time or 0):.3f} s", stream)
         finally:
             container.close()
 
-    def _pyav_rgb(self, frame, index, reformatter):
-        self._same_as_first(frame, index)
+    def _pyav_rgb(self, frame, index, reformatter, stream):
+        self._same_as_first(frame, index, stream)
         try:
             rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
         except Exception as err:
             raise UnusableInput("unsupported", f"{self.path}: frame {index}: pixel format {frame.format.name} "
                                                f"cannot be converted to RGB ({_first_line(err)})") from None
+        if self.stretched != self.coded:
+            rgb = square_pixels(rgb, self.stretched[1])
         if self.turns:
             rgb = np.ascontiguousarray(np.rot90(rgb, self.turns))
         return self.check(rgb, index)
@@ -324,9 +384,9 @@ class _Video:
                                         f"({_first_line(err)})") from None
                 if index >= start and (wanted is None or index in wanted):
                     if convert:
-                        yield index, self._pyav_rgb(frame, index, reformatter)
+                        yield index, self._pyav_rgb(frame, index, reformatter, stream)
                     else:
-                        self._same_as_first(frame, index)
+                        self._same_as_first(frame, index, stream)
                         yield index, None
                 index += 1
         finally:
@@ -335,6 +395,23 @@ class _Video:
             asked = "" if wanted is None else f" (frame {last} asked for)"
             raise UnusableInput("truncated", f"{self.path}: only {index} of the {self.claimed} frames the "
                                              f"container declares decode{asked}")
+
+
+def display_width(coded_width, ratio):
+    """The width a player shows for pixels of sample aspect ratio `ratio` (ffmpeg's scale=iw*sar:ih),
+    rounded to the nearest even number (yuv420p encoders need even sizes): 176 at 128:117 -> 192."""
+    return coded_width if ratio == 1 else max(2, 2 * round(coded_width * ratio / 2))
+
+
+def square_pixels(rgb, width):
+    """A uint8 (H, W, 3) frame of non-square pixels resampled to (H, width, 3), square pixels, with Pillow's
+    bicubic filter (ffmpeg's default scaler is bicubic too)."""
+    return np.asarray(Image.fromarray(rgb).resize((width, rgb.shape[0]), Image.BICUBIC))
+
+
+def _ratio_text(ratio):
+    ratio = Fraction(ratio) if ratio else Fraction(1)
+    return f"{ratio.numerator}:{ratio.denominator}"
 
 
 def _reformatter():
@@ -398,11 +475,13 @@ def _first_line(err):
     return _LOG_PREFIX.sub("", text[0])[:200] if text else type(err).__name__
 
 
-def iter_frames(path, kind):
+def iter_frames(path, kind, pyav_only=False):
     """Every frame of a video file or frame folder, in order, as uint8 (H, W, 3) as a player shows it
     (rotation applied); decoded sequentially one at a time, so memory does not depend on the video's
     length. Every frame is checked; a frame no decoder gets right, or any decoder error, raises
-    UnusableInput naming the file."""
+    UnusableInput naming the file. pyav_only: a video file through PyAV alone, for a file decord
+    refuses to open (it reads every packet first: a truncated file), whose frames up to the damage
+    PyAV still gives (then UnusableInput "truncated")."""
     if kind == "frames":
         files = list_frame_files(path)
         size = None
@@ -414,15 +493,15 @@ def iter_frames(path, kind):
     elif path.lower().endswith(".gif"):
         yield from _gif_frames(path, None)
     else:
-        video = _video(path)
+        video = _video(path, use_decord=not pyav_only)
         video.check_keyframes()  # a manifest older than ingest's check: decord would rescale a size change
         for _, frame in video.frames():
             yield frame
 
 
-def read_frames_at(path, kind, indices):
+def read_frames_at(path, kind, indices, pyav_only=False):
     """The frames at `indices` (ascending) of a video file or frame folder: uint8 (len, H, W, 3), as
-    iter_frames gives them."""
+    iter_frames gives them (pyav_only: as there)."""
     indices = [int(i) for i in indices]
     if kind == "frames":
         files = list_frame_files(path)
@@ -435,14 +514,33 @@ def read_frames_at(path, kind, indices):
     if path.lower().endswith(".gif"):
         found = dict(_gif_frames(path, indices))
     else:
-        found = dict(_video(path).frames(indices))
+        found = dict(_video(path, use_decord=not pyav_only).frames(indices))
     return np.stack([found[index] for index in indices])
 
 
-def _video(path):
+def _refused_by_decord(err, kind):
+    """Whether an UnusableInput is decord refusing a video file it found truncated when opening it."""
+    return kind == "video" and err.category == "truncated"
+
+
+def iter_frames_to_damage(path, kind):
+    """iter_frames; for a video decord refuses as truncated, PyAV's frames up to the damage (then its
+    UnusableInput): a curated clip of a file damaged after ingest keeps its frames before the damage."""
+    started = False
+    try:
+        for frame in iter_frames(path, kind):
+            started = True
+            yield frame
+    except UnusableInput as err:
+        if started or not _refused_by_decord(err, kind):
+            raise
+        yield from iter_frames(path, kind, pyav_only=True)
+
+
+def _video(path, use_decord=True):
     if not os.path.isfile(path):
         raise UnusableInput("missing", f"{path}: no such file")
-    return _Video(path)
+    return _Video(path, use_decord)
 
 
 def _image_frame(file):

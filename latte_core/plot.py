@@ -1,5 +1,6 @@
 """PNG plots drawn with matplotlib's Figure (its Agg canvas: no display, no pyplot state, whatever
-backend the process chose): a run's loss curve, and a cache job's seconds per phase (`latte report --plot`)."""
+backend the process chose): a run's loss curve, a cache job's seconds per phase and a curate job's
+histograms (`latte report --plot`)."""
 import math
 
 from matplotlib.figure import Figure
@@ -22,6 +23,31 @@ def plot_loss_curve(steps, losses, path, title="training loss", learning_rates=N
 def plot_phase_seconds(shards, path, title="seconds per phase"):
     """Write phase_figure(...) to the PNG `path`; returns the path."""
     return _save(phase_figure(shards, title), path)
+
+
+def plot_histograms(panels, path, title):
+    """Write histogram_figure(...) to the PNG `path`; returns the path."""
+    return _save(histogram_figure(panels, title), path)
+
+
+def histogram_figure(panels, title):
+    """Side-by-side histograms, one per panel (x label, {series name: values}), the series stacked on
+    shared bins (e.g. the clips kept and those dropped)."""
+    figure = Figure(figsize=(5 * max(1, len(panels)), 4), dpi=100)
+    axes = figure.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    colours = ("#4c8bd6", "#e08a2e", "#59a85b", "#b05fc4")
+    for axis, (label, series) in zip(axes, panels):
+        drawn = {name: values for name, values in series.items() if len(values)}
+        if drawn:
+            axis.hist(list(drawn.values()), bins=30, stacked=True, color=colours[:len(drawn)],
+                      label=[f"{name} ({len(values)})" for name, values in drawn.items()])
+            axis.legend(loc="upper right")
+        axis.set_xlabel(label)
+        axis.set_ylabel("clips")
+        axis.grid(True, alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
 
 
 def _save(figure, path):

@@ -7,6 +7,10 @@
           in shards/.staging-*/ ─▶ one rename to shards/<shard>/ ─▶ one ledger line (index rows inside)
       └ at the end: index.parquet and failures.parquet from the ledger
 
+From a curate folder (clips.parquet), each clip is a cache video of its own id (its clip id), with its
+video's label and caption, its frames inside the letterbox bars the curation crops; a shard holds
+`shard_videos` whole videos, each decoded once for all its clips; curate.json joins the fingerprint.
+
 With a text encoder (--text-encoder DIR), checked whole before the job starts: its sha256 and width
 join the fingerprint; the empty prompt is encoded once, in this process, into
 empty_prompt_embedding.npy (the null condition of classifier-free guidance); each shard encodes its
@@ -20,9 +24,7 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import shutil
-import threading
 import time
 
 import mindspore as ms
@@ -39,11 +41,12 @@ from latte_core.vae import load_vae
 from latte_toolkit.datasets.cache import (CAPTION_EMBEDDING, NULL_TEXT_FILE, TEXT_ENCODER_FILE,
                                           check_null_text_embedding, fields_for, non_finite_values, shard_digest)
 from latte_toolkit.datasets.formats import FORMAT_NAMES, get_format
-from latte_toolkit.datasets.video import UnusableInput, center_crop_resize, iter_frames, read_manifest, to_pixels
+from latte_toolkit.datasets.video import (UnusableInput, center_crop_resize, clip_picture, iter_frames,
+                                          iter_frames_to_damage, read_manifest, to_pixels)
 
 from .jobs import Job
 from .ledger import is_disk_full
-from .runners import check_workers
+from .runners import check_workers, prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +85,11 @@ def vae_fingerprint(vae_dir):
 
 
 def cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shard_videos, vae_config=None,
-                      vae_sha256=None, text_encoder=None):
+                      vae_sha256=None, text_encoder=None, curation=None):
     """The settings that determine the cache's content. `vae_config` / `vae_sha256`: those of the VAE
     the job validated (read from `vae_dir` when not given); `text_encoder`: the TextEncoder of a cache
-    of caption embeddings (its keys are absent otherwise, so caches without text keep their bytes)."""
+    of caption embeddings (its keys are absent otherwise, so caches without text keep their bytes);
+    `curation`: the curate.json of a cache of clips (absent for an ingest manifest's, likewise)."""
     if vae_config is None:
         vae_config = load_vae_checked(vae_dir).config
     fingerprint = {
@@ -99,6 +103,8 @@ def cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shar
         identity = text_encoder.identity
         fingerprint.update(text_encoder_sha256=identity.sha256, text_embed_dim=identity.width,
                            text_max_length=identity.max_length)
+    if curation is not None:
+        fingerprint["curation"] = curation
     return fingerprint
 
 
@@ -164,7 +170,8 @@ def encode_prompts(encoder, prompts, rows, dtype):
 def shard_caption_embeddings(spec):
     """{caption: (77, D)} of the shard's distinct captions (encoded in one call), how many, and seconds."""
     started = time.perf_counter()
-    captions = list(dict.fromkeys(item["caption"] for item in spec["videos"] if has_caption(item.get("caption"))))
+    items = [item for video in spec["videos"] for item in video.get("clips", [video])]  # a curated video's clips
+    captions = list(dict.fromkeys(item["caption"] for item in items if has_caption(item.get("caption"))))
     embeddings = {}
     if captions:
         text = spec["text"]
@@ -231,51 +238,58 @@ def worker_vae(vae_dir, vae_sha256=None):
     return _VAES[key]
 
 
-def _frame_batches(item, image_size, micro_batch, out, stop):
-    """Producer thread: decode + crop/resize + normalise, put (N, 3, S, S) float32 batches on `out`,
-    then None; an exception is put on the queue for the consumer to raise. Gives up when `stop` is set
-    (the consumer failed), so it never blocks forever on a full queue."""
-    def put(value):
-        while not stop.is_set():
-            try:
-                out.put(value, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    try:
+def _frame_batches(item, clips, image_size, micro_batch):
+    """Decode the video once, in order, and for each of its clips (a manifest row is one clip of all its
+    frames) crop + resize + normalise its frames: (N, 3, S, S) float32 batches, then None after each
+    clip. Run ahead of the encoder in a thread (runners.prefetch)."""
+    # a curated video's clips: from a file decord refuses as truncated too, as the curation read it
+    frames = enumerate((iter_frames_to_damage if "clips" in item else iter_frames)(item["path"], item["kind"]))
+    for clip in clips:
+        start, end = clip.get("start_frame", 0), clip.get("end_frame")  # a manifest row: every frame
         batch = []
-        shape = (item["height"], item["width"], 3)
-        for index, frame in enumerate(iter_frames(item["path"], item["kind"])):
-            if frame.shape != shape:  # never cropped and resized to fit: the cache would hold other pictures
+        shape = (clip["height"], clip["width"], 3)  # a manifest row's frame, or a curated clip's crop of it
+        for index, frame in frames:
+            if index < start:
+                continue
+            picture = clip_picture(frame, clip)
+            if picture.shape != shape:  # never cropped and resized to fit: the cache would hold other pictures
                 raise UnusableInput("unsupported", f"{item['path']}: frame {index} decodes to {frame.shape[1]}x"
                                                    f"{frame.shape[0]}, the manifest records {shape[1]}x{shape[0]} "
                                                    f"(a size that changes mid-stream, or a file changed since "
                                                    f"ingest: re-run latte ingest)")
-            batch.append(center_crop_resize(frame, image_size))
+            batch.append(center_crop_resize(picture, image_size))
             if len(batch) == micro_batch:
-                if not put(to_pixels(batch)):
-                    return
+                yield to_pixels(batch)
                 batch = []
-        if batch and not put(to_pixels(batch)):
-            return
-        put(None)
-    except Exception as err:  # reported by the consumer as this video's failure
-        put(err)
+            if end is not None and index + 1 == end:
+                break
+        else:
+            if end is not None:
+                raise UnusableInput("truncated", f"{item['path']}: the video ends before frame {end - 1}, "
+                                                 f"the last of clip {clip['video_id']}")
+        if batch:
+            yield to_pixels(batch)
+        yield None
 
 
-def encode_video_frames(vae, item, spec, timings):
-    """All frames of one video -> {field: (frames, C, h, w)} in the cache dtype."""
-    batches, stop = queue.Queue(maxsize=4), threading.Event()
-    producer = threading.Thread(target=_frame_batches, daemon=True,
-                                args=(item, spec["image_size"], spec["micro_batch"], batches, stop))
-    producer.start()
+def encode_clips(vae, item, spec, timings):
+    """(clip, {field: (frames, C, h, w)} in the cache dtype, or the exception that failed it) for each clip
+    of one video (`item["clips"]` of a curate folder; a manifest row is its own one clip), the video
+    decoded once, in a thread ahead of the encoder. A decode error fails its clip and the video's later
+    clips."""
+    clips = item.get("clips", [item])
+    batches = prefetch(_frame_batches(item, clips, spec["image_size"], spec["micro_batch"]), 4)
     try:
-        return _encode_batches(vae, item, spec, timings, batches)
+        for number, clip in enumerate(clips):
+            try:
+                arrays = _encode_batches(vae, clip, spec, timings, batches)
+            except Exception as err:
+                for failed in clips[number:]:
+                    yield failed, err
+                return
+            yield clip, arrays
     finally:
-        stop.set()
-        producer.join()
+        batches.close()
 
 
 def _encode_batches(vae, item, spec, timings, batches):
@@ -283,12 +297,10 @@ def _encode_batches(vae, item, spec, timings, batches):
     rng = np.random.default_rng([spec["seed"], int(hashlib.sha1(item["video_id"].encode()).hexdigest()[:8], 16)])
     while True:
         waited = time.perf_counter()
-        batch = batches.get()
+        batch = next(batches)
         timings["decode"] += time.perf_counter() - waited  # time the encoder waited for frames
         if batch is None:
             break
-        if isinstance(batch, Exception):
-            raise batch
         started = time.perf_counter()
         count = len(batch)
         if count < spec["micro_batch"]:  # pad: graph mode would compile again for every new batch size
@@ -323,12 +335,13 @@ def cache_shard(spec):
 
     def encoded():
         for item in spec["videos"]:
-            try:
-                arrays = encode_video_frames(vae, item, spec, timings)
-            except Exception as err:  # one bad video fails that video, not the shard
-                yield item, err, 0
-                continue
-            yield item, arrays, _source_size(item)
+            counted = False  # the source file's bytes count once, with its first clip cached
+            for clip, arrays in encode_clips(vae, item, spec, timings):  # one bad video fails it, not the shard
+                if isinstance(arrays, Exception):
+                    yield clip, arrays, 0
+                else:
+                    yield clip, arrays, 0 if counted else _source_size(item)
+                    counted = True
 
     return write_shard(spec, encoded(), timings, text)
 
@@ -421,8 +434,27 @@ def _source_size(item):
 
 # ------------------------------------------------------------------------------------------ the job
 def _member_key(video):
-    """What names a video in its shard's id."""
-    return [video["video_id"], video["path"], video["num_frames"]]
+    """What names a video in its shard's id (and a curated video's clips)."""
+    key = [video["video_id"], video["path"], video["num_frames"]]
+    return key + [[clip["video_id"] for clip in video["clips"]]] if "clips" in video else key
+
+
+def cache_inputs(manifest):
+    """(the videos to cache in video id order, the curate.json of a curate folder or None). From a curate
+    folder each video carries its clips ("clips", cache videos of their own ids, in clip id order) and
+    its "num_frames" is theirs together, so a shard holds whole videos and decodes each once."""
+    rows = read_manifest(manifest, clips=True)
+    settings = os.path.join(os.fspath(manifest), "curate.json")
+    if not os.path.isfile(settings):
+        return rows, None
+    with open(settings) as handle:
+        curation = json.load(handle)
+    videos = {}
+    for clip in rows:
+        videos.setdefault(clip["source_video_id"], []).append(clip)
+    return [{"video_id": video_id, "path": clips[0]["path"], "kind": clips[0]["kind"],
+             "num_frames": sum(clip["num_frames"] for clip in clips), "clips": clips}
+            for video_id, clips in sorted(videos.items())], curation
 
 
 def publish_index(out_dir, records):
@@ -453,7 +485,8 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
     started = time.perf_counter()
     out_dir = os.path.abspath(out_dir)
     vae_dir = os.path.abspath(vae_dir)
-    videos = read_manifest(manifest)[skip_videos:]
+    videos, curation = cache_inputs(manifest)
+    videos = videos[skip_videos:]
     # the whole VAE (config and every weight) is checked here, before any shard runs or --out is made:
     # a broken VAE is one error, not a failure of every shard
     vae_sha256 = vae_fingerprint(vae_dir)
@@ -469,7 +502,8 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
     if encoder is not None:
         _check_text_width(out_dir, encoder)
     fingerprint = cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shard_videos,
-                                    vae_config=vae.config, vae_sha256=vae_sha256, text_encoder=encoder)
+                                    vae_config=vae.config, vae_sha256=vae_sha256, text_encoder=encoder,
+                                    curation=curation)
     del vae
     if image_size % fingerprint["downsample_factor"]:
         raise CacheError(f"image_size {image_size} is not a multiple of the VAE's {fingerprint['downsample_factor']}")

@@ -1,4 +1,4 @@
-"""The key tables of the batch jobs (ingest, cache, report), and the ingest and cache jobs run from a
+"""The key tables of the batch jobs (ingest, curate, cache, report), and those jobs run from a
 resolved config, which is saved in the job folder when the job finishes.
 
 Tables are KeyTables (latte_core/keys.py): `latte <stage> -c stage.yaml` reads the keys (flat
@@ -36,8 +36,47 @@ INGEST_KEYS = KeyTable([
 ], {"data_folder": "sources", "csv_path": "sources", "data_path": "sources", "sample_n_frames": "num_frames"},
     ConfigError)
 
-CACHE_KEYS = KeyTable([
+def _check_curate(values):
+    """Keys that conflict: refused before the job starts (as run_curate checks them)."""
+    for low, high in (("min_clip_frames", "max_clip_frames"), ("min_motion", "max_motion")):
+        if values[high] is not None and values[low] > values[high]:
+            raise ConfigError(f"{low} ({values[low]}) is larger than {high} ({values[high]}): no clip could be kept")
+
+
+CURATE_KEYS = KeyTable([
     Key("manifest", str, None, "ingest output folder (or its manifest.parquet)"),
+    Key("out", str, None, "curate folder (resumable): clips.parquet, filtered.parquet, failures.parquet"),
+    Key("min_clip_frames", int, 16, "clips shorter than this are dropped (filtered.parquet: too short)",
+        range=AT_LEAST_1),
+    Key("max_clip_frames", (int, type(None)), 256, "longer scenes are split into clips of this many frames from "
+                                                   "their start (null: never split)", range=AT_LEAST_1),
+    Key("trim_frames", int, 1, "frames dropped on each side of a scene cut or dissolve", range=NON_NEGATIVE),
+    Key("cut_threshold", NUMBER, 27.0, "hard cut: PySceneDetect ContentDetector's score (mean HSV change between "
+                                       "consecutive frames, 0-255) at or above this", range=POSITIVE),
+    Key("dissolve_threshold", NUMBER, 0.05, "dissolve: change over 8 frames (mean absolute difference of frames "
+                                            "divided by their mean brightness) at or above this, the frames "
+                                            "between a linear blend", range=POSITIVE),
+    Key("flash_frames", int, 4, "a cut whose frame before returns within this many frames is a flash, not a cut",
+        range=NON_NEGATIVE),
+    Key("min_motion", NUMBER, 0.1, "clips whose motion (mean optical-flow magnitude, px/frame at a 128-px short "
+                                   "side) is below this are dropped as static", range=NON_NEGATIVE),
+    Key("max_motion", (int, float, type(None)), None, "clips whose motion is above this are dropped (too much "
+                                                      "motion; null: no limit)", range=NON_NEGATIVE),
+    Key("min_size", int, 0, "clips whose short side (px, as displayed, after a letterbox crop) is below this are "
+                            "dropped (too small)", range=NON_NEGATIVE),
+    Key("letterbox", str, "drop", "clips with black bars: drop them, crop the bars (clips.parquet's crop_top, "
+                                  "crop_left, height, width), or keep them whole", ("crop", "drop", "keep")),
+    Key("dedup_distance", (int, float, type(None)), 8.0, "a clip whose frame hashes (DCT hashes of 3 frames) differ "
+                                                         "from an earlier kept clip's by at most this many of 64 bits "
+                                                         "per frame is dropped as its duplicate (null: no check)",
+        range=NON_NEGATIVE),
+    Key("workers", int, 1, "local dask worker processes; 0 runs in this process", range=NON_NEGATIVE),
+    Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786"),
+    Key("unit_size", int, 8, "videos per unit of work (each video is decoded once, in one unit)", range=AT_LEAST_1),
+], {}, ConfigError, validate=_check_curate)
+
+CACHE_KEYS = KeyTable([
+    Key("manifest", str, None, "ingest output folder (or its manifest.parquet), or a curate folder (its clips)"),
     Key("vae", str, None, "diffusers AutoencoderKL folder"),
     Key("out", str, None, "cache folder (resumable)"),
     Key("format", str, "numpy", "shard format", FORMAT_NAMES),
@@ -48,7 +87,8 @@ CACHE_KEYS = KeyTable([
     Key("workers", int, 1, "local dask worker processes, one VAE each; 0 runs in this process", range=NON_NEGATIVE),
     Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler"),
     Key("micro_batch", int, 8, "frames per VAE call", range=AT_LEAST_1),
-    Key("shard_videos", int, 16, "videos per shard, the unit of work and of resume", range=AT_LEAST_1),
+    Key("shard_videos", int, 16, "videos per shard (from a curate folder: whole videos, all their clips), the unit "
+                                 "of work and of resume", range=AT_LEAST_1),
     Key("chunk_frames", int, 16, "frames per MindRecord record / Parquet row", range=AT_LEAST_1),
     Key("skip_videos", int, 0, "the seed's manual resume: skip the first N manifest videos (not needed here: "
                                "re-running resumes from the ledger)", range=NON_NEGATIVE),
@@ -61,10 +101,11 @@ CACHE_KEYS = KeyTable([
     "resume_cache_index": "skip_videos"}, ConfigError)
 
 REPORT_KEYS = KeyTable([
-    Key("cache", str, None, "cache folder (latte cache)"),
-    Key("verify", bool, False, "re-hash every shard against the ledger and check every stored value is finite "
-                               "(exit 1 on a mismatch or a non-finite value)"),
-    Key("plot", OPTIONAL_STR, None, "also draw each shard's seconds per phase (decode, encode, write) into this PNG"),
+    Key("cache", str, None, "cache folder (latte cache) or curate folder (latte curate)"),
+    Key("verify", bool, False, "re-hash every shard (curate: unit) and compare with the ledger, and check that every "
+                               "value a cache stores is finite (exit 1 on a mismatch or a non-finite value)"),
+    Key("plot", OPTIONAL_STR, None, "also draw each shard's seconds per phase (decode, encode, write) into this PNG; "
+                                    "for a curate folder, the histograms of clip lengths and motion"),
 ], {}, ConfigError)
 
 def save_resolved_config(folder, config, name=RESOLVED_CONFIG):
@@ -83,6 +124,22 @@ def run_ingest_job(config, progress=True):
                          sample_stride=config["sample_stride"], verify=config["verify"], workers=config["workers"],
                          scheduler=config["scheduler"], retry_failed=config["retry_failed"],
                          timeout=config["decode_timeout"], unit_size=config["unit_size"], progress=progress)
+    save_resolved_config(summary["out_dir"], config)
+    return summary
+
+
+def run_curate_job(config, progress=True):
+    """`latte curate` from a resolved CURATE_KEYS config; returns run_curate's summary."""
+    # kept here: the curate job (dask, decord, PyAV) would load with `latte --help`, which reads this table
+    from .curate import run_curate
+    summary = run_curate(config["manifest"], config["out"], min_clip_frames=config["min_clip_frames"],
+                         max_clip_frames=config["max_clip_frames"], trim_frames=config["trim_frames"],
+                         cut_threshold=config["cut_threshold"], dissolve_threshold=config["dissolve_threshold"],
+                         flash_frames=config["flash_frames"], min_motion=config["min_motion"],
+                         max_motion=config["max_motion"], min_size=config["min_size"], letterbox=config["letterbox"],
+                         dedup_distance=config["dedup_distance"],
+                         workers=config["workers"],
+                         scheduler=config["scheduler"], unit_size=config["unit_size"], progress=progress)
     save_resolved_config(summary["out_dir"], config)
     return summary
 

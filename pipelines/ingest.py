@@ -21,13 +21,13 @@ from latte_core.errors import UserError
 from latte_toolkit.datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
 
 from .decode_worker import DecodeWorker
-from .jobs import Job, plan_units
-from .ledger import disk_full_error, is_disk_full
+from .jobs import Job, plan_units, read_unit_table, write_unit_table
 from .runners import check_workers
 
 logger = logging.getLogger(__name__)
 
 LIST_EXTENSIONS = (".csv", ".json")
+INGEST_VERSION = 1  # ingest.json's "version": the manifest's layout, which later stages check
 MANIFEST_SCHEMA = pa.schema([
     ("video_id", pa.string()), ("path", pa.string()), ("kind", pa.string()), ("num_frames", pa.int64()),
     ("fps", pa.float64()), ("height", pa.int64()), ("width", pa.int64()), ("label", pa.int64()),
@@ -267,14 +267,7 @@ def ingest_unit(spec):
             row["message"] = printable(row["message"])  # a decoder's words are not always UTF-8
         rows.append(row)
     probe_seconds = time.perf_counter() - started
-    part = os.path.join(spec["out_dir"], "units", f"{spec['unit_id']}.parquet")
-    table = pa.Table.from_pylist(rows, schema=UNIT_SCHEMA)
-    try:
-        write_atomically(part, lambda tmp: pq.write_table(table, tmp))
-    except Exception as err:
-        if is_disk_full(err):
-            raise disk_full_error(spec["out_dir"], f"writing unit {spec['unit_id']}") from None
-        raise
+    part = write_unit_table(spec["out_dir"], spec["unit_id"], pa.Table.from_pylist(rows, schema=UNIT_SCHEMA))
     failed = sum(row["category"] is not None for row in rows)
     return {
         "unit_id": spec["unit_id"], "attempt": spec["attempt"], "inputs": len(rows), "ok": len(rows) - failed,
@@ -288,7 +281,7 @@ def ingest_unit(spec):
 def _job_settings(sources, num_frames, sample_stride, verify, unit_size):
     """What decides the rows: a folder written with other settings is not resumed with these."""
     return {"sources": sorted(os.path.abspath(s) for s in sources), "num_frames": num_frames,
-            "sample_stride": sample_stride, "verify": verify, "unit_size": unit_size, "version": 1}
+            "sample_stride": sample_stride, "verify": verify, "unit_size": unit_size, "version": INGEST_VERSION}
 
 
 def latest_rows(out_dir, ledger_records):
@@ -297,10 +290,7 @@ def latest_rows(out_dir, ledger_records):
     an id already usable with a path that sorts first becomes a "duplicate" failure."""
     latest = {}
     for record in ledger_records:
-        part = os.path.join(out_dir, "units", f"{record['unit_id']}.parquet")
-        if not os.path.isfile(part) or sha256_of(part) != record["sha256"]:
-            raise UserError(f"{part} does not match its ledger checksum: the folder was modified")
-        for row in pq.read_table(part).to_pylist():
+        for row in read_unit_table(out_dir, record):
             latest[(row["video_id"], row["path"])] = row
     rows, owners = [], {}
     for key in sorted(latest):

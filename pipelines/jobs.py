@@ -23,10 +23,12 @@ import json
 import logging
 import os
 
-from latte_core.atomic import make_output_dir, remove_staging, write_json_atomically
-from latte_core.errors import DiskFull
+import pyarrow.parquet as pq
 
-from .ledger import JobLock, Ledger, write_error
+from latte_core.atomic import make_output_dir, remove_staging, sha256_of, write_atomically, write_json_atomically
+from latte_core.errors import DiskFull, UserError
+
+from .ledger import JobLock, Ledger, disk_full_error, is_disk_full, write_error
 from .runners import run_and_commit
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,27 @@ def open_job_folder(out_dir, settings_name, settings, subfolder, error=ValueErro
         write_json_atomically(settings_path, settings)
     except OSError as err:
         raise write_error(err, out_dir, "creating the job folder", error) from None
+
+
+def write_unit_table(out_dir, unit_id, table):
+    """Commit a unit's rows (a pyarrow Table) as OUT_DIR/units/<unit_id>.parquet by one rename; returns
+    its path. A full disk is DiskFull naming the unit."""
+    part = os.path.join(out_dir, "units", f"{unit_id}.parquet")
+    try:
+        write_atomically(part, lambda tmp: pq.write_table(table, tmp))
+    except Exception as err:
+        if is_disk_full(err):
+            raise disk_full_error(out_dir, f"writing unit {unit_id}") from None
+        raise
+    return part
+
+
+def read_unit_table(out_dir, record):
+    """The rows of a committed unit's table, checked against the sha256 its ledger record holds."""
+    part = os.path.join(out_dir, "units", f"{record['unit_id']}.parquet")
+    if not os.path.isfile(part) or sha256_of(part) != record["sha256"]:
+        raise UserError(f"{part} does not match its ledger checksum: the folder was modified")
+    return pq.read_table(part).to_pylist()
 
 
 class Job:

@@ -1,14 +1,71 @@
-"""`latte report CACHE`: what a cache holds, what failed, where the time went; --verify re-hashes shards."""
+"""`latte report CACHE`: what a cache holds, what failed, where the time went; --verify re-hashes shards.
+`latte report CURATE_DIR`: the curation's funnel (videos -> cuts -> clips -> kept, the clips dropped per
+reason); --plot draws its clip lengths and motion, --verify re-hashes the units."""
 import json
 import os
 
+import numpy as np
 import pyarrow.parquet as pq
 
-from latte_core.plot import plot_phase_seconds
-import numpy as np
-
+from latte_core.atomic import sha256_of
+from latte_core.plot import plot_histograms, plot_phase_seconds
 from latte_toolkit.datasets.cache import (NULL_TEXT_FILE, TEXT_ENCODER_FILE, check_cache, check_finite,
                                           check_null_text_embedding, non_finite_values, read_ledger)
+
+from .curate import count_reasons
+
+
+def is_curate_folder(folder):
+    return os.path.isfile(os.path.join(folder, "curate.json"))
+
+
+def curate_report(folder, verify=False):
+    """The funnel of a curate folder: from its tables when the job finished, else from its ledger (clips
+    before the duplicate check, which runs at the end)."""
+    folder = os.path.abspath(folder)
+    records = read_ledger(folder)
+    kept, dropped = _curate_tables(folder)
+    finished = kept is not None
+    report = {
+        "curate": folder, "finished": finished, "units": len(records), "videos": sum(r["videos"] for r in records),
+        "failed_videos": sum(r["failed"] for r in records), "frames": sum(r["frames"] for r in records),
+        "cuts": sum(r["cuts"] for r in records), "clips": sum(r["clips"] + r["filtered"] for r in records),
+        "kept": len(kept) if finished else sum(r["clips"] for r in records),
+        "kept_frames": sum(row["num_frames"] for row in kept) if finished else None,
+        "dropped_by_reason": count_reasons(dropped) if finished else None,
+        "seconds_by_phase": {phase: round(sum(r["seconds"][phase] for r in records), 3)
+                             for phase in ("decode", "analyse", "write")},
+    }
+    if verify:
+        report["corrupt_units"] = [
+            f"{record['unit_id']}: differs from its ledger checksum" for record in records
+            if _sha256_or_none(os.path.join(folder, "units", f"{record['unit_id']}.parquet")) != record["sha256"]]
+        report["verified_units"] = len(records) - len(report["corrupt_units"])
+    return report
+
+
+def _sha256_or_none(path):
+    return sha256_of(path) if os.path.isfile(path) else None
+
+
+def _curate_tables(folder):
+    """(kept rows, dropped rows) of a finished curate folder, (None, None) before it finished."""
+    if not os.path.isfile(os.path.join(folder, "clips.parquet")):
+        return None, None
+    return (pq.read_table(os.path.join(folder, "clips.parquet")).to_pylist(),
+            pq.read_table(os.path.join(folder, "filtered.parquet")).to_pylist())
+
+
+def plot_curate_histograms(folder, path):
+    """`latte report CURATE_DIR --plot PNG`: the clips' lengths and motion, kept and dropped, stacked."""
+    kept, dropped = _curate_tables(os.path.abspath(folder))
+    if kept is None:
+        raise FileNotFoundError(f"{folder}: the curate job has not finished (no clips.parquet): nothing to plot yet")
+    panels = [(name, {"kept": [row[column] for row in kept], "dropped": [row[column] for row in dropped]})
+              for name, column in (("clip length (frames)", "num_frames"),
+                                   ("motion (px/frame at a 128-px short side)", "motion"))]
+    return plot_histograms(panels, path, f"{os.path.basename(os.path.abspath(folder))}: {len(kept)} clips kept, "
+                                         f"{len(dropped)} dropped")
 
 
 def plot_cache_phases(folder, path):

@@ -2,6 +2,8 @@
 existing dask cluster. The runner is a detail; each unit returns a result record the caller commits."""
 import logging
 import numbers
+import queue
+import threading
 
 import dask
 from dask.distributed import Client, LocalCluster, as_completed
@@ -88,3 +90,47 @@ def run_and_commit(work, specs, ledger, weight, desc, unit, workers=1, scheduler
     finally:
         bar.close()
     return errors
+
+
+class _Raised:
+    def __init__(self, error):
+        self.error = error
+
+
+def prefetch(items, depth):
+    """Yield `items` (an iterator) as a thread produces them, up to `depth` ahead: a unit's decoding on one
+    core while it analyses on the other. An exception of `items` is raised here, where its item would
+    have come; closing the generator stops the thread."""
+    out, stop, done = queue.Queue(maxsize=depth), threading.Event(), object()
+
+    def put(value):
+        while not stop.is_set():
+            try:
+                out.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            put(_Raised(err))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is done:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()

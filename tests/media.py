@@ -3,6 +3,10 @@ random-weight VAE folder; and the checks bad-input tests share (one Error line, 
 import csv
 import hashlib
 import os
+import signal
+import time
+
+import av
 
 from latte_toolkit.datasets.video import write_frame_folder, write_mp4  # noqa: F401
 from latte_toolkit.tools.synthetic import moving_square_frames  # noqa: F401
@@ -21,6 +25,34 @@ def write_captioned_clips(folder, captions, lengths, height=40, width=56):
         writer.writeheader()
         writer.writerows(rows)
     return folder / "captions.csv"
+
+
+def write_mp4_pyav(path, frames, sample_aspect_ratio, fps=8, container_format=None):
+    """H.264 (yuv420p) of uint8 (F, H, W, 3) frames through PyAV, its stream's pixels of the given sample
+    aspect ratio (a Fraction) as broadcast and DV footage has them; container_format="h264" writes a raw
+    Annex B stream, which can be concatenated with another."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.sample_aspect_ratio = sample_aspect_ratio
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def kill_after_ledger_lines(proc, ledger, lines, timeout=120):
+    """SIGKILL the job `proc` once its ledger holds `lines` lines; returns whether it was still running
+    then (a job that finished first cannot test a resume)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (ledger.exists() and len(ledger.read_text().splitlines()) >= lines):
+        time.sleep(0.005)
+    still_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return still_running
 
 
 def truncate(path, keep_fraction=0.5):

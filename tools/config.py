@@ -71,6 +71,18 @@ BENCH_INGEST_KEYS = KeyTable([
         range=AT_LEAST_1),
 ], {}, ConfigError)
 
+BENCH_CURATE_KEYS = KeyTable([
+    Key("sources", (list, type(None)), None, "inputs to ingest and curate (null: write `videos` 640x360 H.264 "
+                                             "clips of drifting textures, one hard cut each)"),
+    Key("videos", int, 4, "videos to write when no sources are given", range=AT_LEAST_1),
+    Key("frames", int, 120, "frames per written video", range=Range(2)),
+    Key("height", int, 360, "height of the written videos (even)", range=Range(2)),
+    Key("width", int, 640, "width of the written videos (even)", range=Range(2)),
+    Key("workers", int, 0, "curate workers (0: in this process, one core, as the decode it is compared with)",
+        range=NON_NEGATIVE),
+    Key("repeats", int, 3, "decode and curate runs, interleaved (the medians are reported)", range=AT_LEAST_1),
+], {}, ConfigError)
+
 BENCH_CACHE_KEYS = KeyTable([
     Key("format", str, "numpy", "shard format", FORMAT_NAMES),
     Key("vae", OPTIONAL_STR, None, "diffusers VAE folder (null: a random-weight VAE of sd-vae-ft-mse's "

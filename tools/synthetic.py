@@ -3,6 +3,7 @@ H.264 files (through the ffmpeg binary that the imageio-ffmpeg wheel ships) or f
 import csv
 import os
 
+import cv2
 import numpy as np
 
 from latte_toolkit.datasets.video import write_mp4
@@ -21,6 +22,20 @@ def moving_square_frames(num_frames, height=48, width=64, seed=0):
         frame[y:y + 8, x:x + 8] = 255
         frames.append(frame)
     return np.stack(frames)
+
+
+def texture_drift_frames(num_frames, speed, height=128, width=128, seed=0, angle=0.4):
+    """Blurred noise (every pixel textured, so the whole picture moves) drifting `speed` px/frame in
+    direction `angle` (radians; bicubic resampling): (F, H, W, 3) uint8, a motion of known truth."""
+    rng = np.random.default_rng(seed)
+    texture = cv2.GaussianBlur(rng.random((3 * height, 3 * width, 3)).astype(np.float32), (0, 0), 3)
+    texture = (texture - texture.min()) / (texture.max() - texture.min()) * 255
+    frames = []
+    for i in range(num_frames):
+        dx, dy = speed * i * np.cos(angle) + width, speed * i * np.sin(angle) + height
+        frames.append(cv2.warpAffine(texture, np.float32([[1, 0, -dx], [0, 1, -dy]]), (width, height),
+                                     flags=cv2.INTER_CUBIC))
+    return np.clip(np.stack(frames), 0, 255).round().astype(np.uint8)
 
 
 def _smooth_noise(rng, height, width, cell):

@@ -188,6 +188,7 @@ def test_the_error_rule_by_kind_and_the_traceback_only_with_verbose(raised, code
 # (command id, argv with the output folder `out`): every command that creates an output folder
 OUTPUT_FOLDERS = [
     ("ingest", lambda w, out: ["ingest", "--source", str(w["src"]), "--out", out]),
+    ("curate", lambda w, out: ["curate", "--manifest", str(w["ingest"]), "--out", out]),
     ("cache", lambda w, out: ["cache", "--manifest", str(w["ingest"]), "--vae", str(w["vae"]), "--out", out]),
     ("train-vae", lambda w, out: ["train-vae", "--manifest", str(w["ingest"]), "--out", out, "--steps", "2"]),
     ("sample", lambda w, out: ["sample", "--output-dir", out, "--steps", "2", "--num-videos", "1"]),

@@ -17,8 +17,8 @@ from latte_toolkit.cli import main
 from latte_toolkit.cli.convert import CONVERT_LATTE_KEYS, CONVERT_VAE_KEYS
 from latte_toolkit.inference.config import QUALITY_KEYS, SAMPLE_KEYS
 from latte_toolkit.pipelines import config as stages
-from latte_toolkit.tools.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_INGEST_KEYS, BENCH_LOADER_KEYS,
-                                        BENCH_STEP_KEYS, BENCH_VAE_KEYS, DEMO_KEYS)
+from latte_toolkit.tools.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_CURATE_KEYS, BENCH_INGEST_KEYS,
+                                        BENCH_LOADER_KEYS, BENCH_STEP_KEYS, BENCH_VAE_KEYS, DEMO_KEYS)
 from latte_toolkit.train.config import TRAIN_KEYS, TRAIN_VAE_KEYS
 
 from media import moving_square_frames, one_error_line, snapshot, write_mp4
@@ -28,6 +28,7 @@ LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 # (command, its table, values for its required keys)
 STAGES = [
     (["ingest"], stages.INGEST_KEYS, {"sources": ["videos"], "out": "work/ingest"}),
+    (["curate"], stages.CURATE_KEYS, {"manifest": "work/ingest", "out": "work/curate"}),
     (["cache"], stages.CACHE_KEYS, {"manifest": "work/ingest", "vae": "vae", "out": "work/cache"}),
     (["report"], stages.REPORT_KEYS, {"cache": "work/cache"}),
     (["train"], TRAIN_KEYS, {"data_folder": "work/cache"}),
@@ -40,6 +41,7 @@ STAGES = [
     (["bench", "step"], BENCH_STEP_KEYS, {}),
     (["bench", "vae"], BENCH_VAE_KEYS, {}),
     (["bench", "ingest"], BENCH_INGEST_KEYS, {"sources": ["videos"]}),
+    (["bench", "curate"], BENCH_CURATE_KEYS, {}),
     (["bench", "cache"], BENCH_CACHE_KEYS, {}),
     (["bench", "loader"], BENCH_LOADER_KEYS, {}),
     (["bench", "attention"], BENCH_ATTENTION_KEYS, {}),

@@ -1,7 +1,6 @@
 import csv
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from latte_toolkit.datasets.video import list_frame_files
 from latte_toolkit.cli import main
 from latte_toolkit.pipelines.ingest import run_ingest
 
-from media import moving_square_frames, truncate, write_frame_folder, write_mp4
+from media import kill_after_ledger_lines, moving_square_frames, truncate, write_frame_folder, write_mp4
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 
@@ -118,15 +117,8 @@ def test_killed_run_resumes_without_losing_or_duplicating_rows(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(_ingest_command([src], out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ledger = out / "ledger.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if ledger.exists() and len(ledger.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.005)
-    still_running = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert still_running, "the run finished before it could be killed; the test needs slower inputs"
+    assert kill_after_ledger_lines(proc, ledger, 3), ("the run finished before it could be killed; the test needs "
+                                                      "slower inputs")
     committed = len(ledger.read_text().splitlines())
     assert 3 <= committed < 14
     assert not (out / "manifest.parquet").exists()  # nothing is published before the end
