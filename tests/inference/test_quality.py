@@ -105,8 +105,10 @@ def test_quality_fails_still_flickering_samples_and_keeps_real_ones_in_range(tmp
     rng = np.random.default_rng(1)
     samples = tmp_path / "samples"
     samples.mkdir()
-    for i in range(2):
-        clip = cloud_frames(8, seed=99 * 100003 + i)  # write_cloud_dataset's seeds
+    # videos 3 and 5 (write_cloud_dataset's seeds) drift ~4.95 px/frame, inside the range; the fastest two
+    # (5.7) sit at its top edge, where the GIF's palette can tip one over
+    for i, video in enumerate((3, 5)):
+        clip = cloud_frames(8, seed=99 * 100003 + video)
         write_gif(str(samples / f"sample_{i:03d}.gif"), clip, 8)
         flicker = clip[0].astype(np.float64) * rng.uniform(0.9, 1.1, (8, 1, 1, 1)) + rng.normal(0, 4, clip.shape)
         write_gif(str(samples / f"sample_{i + 2:03d}.gif"), np.clip(flicker, 0, 255).astype(np.uint8), 8)

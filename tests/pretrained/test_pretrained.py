@@ -7,9 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from latte_toolkit.cli import main
-from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.pretrained import PRETRAINED
-from latte_toolkit.tools.synthetic import write_cloud_dataset
 
 pytestmark = pytest.mark.slow  # the shipped weights and the demo, end to end
 
@@ -20,8 +18,9 @@ def test_shipped_weights_are_small_and_come_with_their_commands_and_logs():
     latte, vae = os.path.join(PRETRAINED, "latte-clouds"), os.path.join(PRETRAINED, "vae-clouds")
     for path in (os.path.join(latte, "ema.ckpt"), os.path.join(vae, "diffusion_pytorch_model.safetensors")):
         assert os.path.getsize(path) < LIMIT, path
-    for name in ("state.json", "train_log.jsonl", "loss_curve.png"):
+    for name in ("state.json", "train_log.jsonl", "loss_curve.png", "base_train_log.jsonl", "base_loss_curve.png"):
         assert os.path.isfile(os.path.join(latte, name)), name
+    assert json.loads(open(os.path.join(latte, "state.json")).read())["config"]["prediction_type"] == "v_prediction"
     for name in ("config.json", "train_vae_log.jsonl", "train_vae_summary.json"):
         assert os.path.isfile(os.path.join(vae, name)), name
     script = open(os.path.join(PRETRAINED, "make_pretrained.sh")).read()
@@ -43,24 +42,21 @@ def test_shipped_text_weights_are_small_random_and_come_with_their_commands_and_
     assert "latte-clouds-text.yaml" in script
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 item 7: the shipped Latte's samples do not drift (0.010-0.017 "
-                                       "px/frame against the real clips' 0.40-1.13): retrain it, then drop this mark")
-def test_default_samples_are_closer_to_the_data_than_the_baselines(tmp_path):
-    """`latte sample` with its defaults (the shipped model, DDPM 250 steps; 2 videos), then `latte quality` against
-    fresh clips from the same procedural source (other seeds than the training clips)."""
-    write_cloud_dataset(tmp_path / "videos", videos=24, num_frames=32, size=64, seed=99)
-    run_ingest([tmp_path / "videos"], tmp_path / "ingest", num_frames=8, workers=0, progress=False)
-    samples = tmp_path / "samples"
-    # the defaults but two videos (one batch of the default's four costs the suite 40 s more)
-    result = CliRunner().invoke(main, ["sample", "--output-dir", str(samples), "--num-videos", "2", "--batch-size", "2"])
+@pytest.mark.xfail(strict=True, reason="issue 36 item 5: the shipped Latte's samples move but not like the clips "
+                                       "(1 of 16 within the clips' drift range, in random directions): "
+                                       "pretrained/EXPERIMENTS.md #13")
+def test_the_demos_check_passes_on_the_shipped_weights(tmp_path):
+    """`latte demo --train-steps 0`: the shipped Latte as it is, 16 samples (DPM-Solver++ 20) checked against
+    fresh clips of the demo's source (seed 0's, not the training clips' seed 7): appearance, frame change,
+    drift within the real range for 15 of 16 and every sample's latent scale."""
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--videos", "24", "--train-steps", "0",
+                                       "--quality-clips", "32"])
     assert result.exit_code == 0, result.output
-    assert len(list(samples.glob("sample_*.gif"))) == 2
-    result = CliRunner().invoke(main, ["quality", str(samples), "--manifest", str(tmp_path / "ingest"), "--vae",
-                                       os.path.join(PRETRAINED, "vae-clouds"), "--real-clips", "24"])
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert result.exit_code == 0, figures
-    assert figures["frechet_distance"]["samples"] < figures["frechet_distance"]["noise_decoded"]
-    assert figures["passed"] and figures["drift_in_real_range"], figures["drift"]
+    quality = json.loads((out / "quality.json").read_text())
+    assert quality["frechet_distance"]["samples"] < quality["frechet_distance"]["noise_decoded"], quality
+    assert quality["latent_std"]["within"], quality["latent_std"]
+    assert quality["passed"], {k: quality[k] for k in ("motion", "drift")}
 
 
 def test_demo_runs_every_stage_into_one_folder_and_resumes(tmp_path):
