@@ -89,7 +89,11 @@ def cloud_cache(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_shipped_epsilon_model_is_caught_failing_at_high_noise(cloud_cache, tmp_path):
+def test_the_shipped_v_model_beats_the_mean_latent_at_every_band(cloud_cache, tmp_path):
+    """The shipped Latte (v-prediction, EXPERIMENTS.md #13) on clips of its data's source: its x0 error is
+    small at low noise and below the mean latent's at high noise, so no warning; the epsilon model it was
+    fine-tuned from scored 59 at t = 750-999 against the mean latent's 0.87 (the warning's own test is
+    test_an_epsilon_error_is_amplified_at_high_noise_and_warned_about)."""
     out = tmp_path / "diagnosis"
     run = subprocess.run([os.path.join(BIN, "latte"), "diagnose", "--checkpoint", os.path.join(PRETRAINED, "latte-clouds"),
                           "--cache", str(cloud_cache / "cache"), "--out", str(out), "--timesteps", "50,300,900,975"],
@@ -97,12 +101,12 @@ def test_the_shipped_epsilon_model_is_caught_failing_at_high_noise(cloud_cache, 
     assert run.returncode == 0, run.stderr
     report = json.loads((out / "diagnose.json").read_text(), parse_constant=_refuse)  # strict JSON
     bands = report["bands"]
-    # measured: x0 MSE 0.006 at t = 50 and 50-80 at t = 900-975 (the latents' variance ~1)
-    assert bands["0-249"]["x0_mse"] < 0.1 * report["latent_variance"]
-    assert bands["750-999"]["x0_mse"] > 5 * report["latent_variance"] > bands["750-999"]["mean_mse"]
-    assert run.stderr.count("Warning: t 750-999") == 1 and "Error" not in run.stderr
+    # measured on 16 held-out clips: x0 MSE 0.049 at t = 0-249 and 0.59 at t = 750-999 (mean latent 0.87)
+    assert bands["0-249"]["x0_mse"] < 0.1 * report["latent_variance"], bands
+    assert bands["750-999"]["x0_mse"] < 0.9 * bands["750-999"]["mean_mse"], bands
+    assert "Warning" not in run.stderr and "Error" not in run.stderr, run.stderr
     assert (out / "x0_predictions.png").stat().st_size > 1000
-    assert report["prediction_type"] == "epsilon" and len(report["timesteps"]) == 4
+    assert report["prediction_type"] == "v_prediction" and len(report["timesteps"]) == 4
 
 
 def _fails(args, tmp_path, needle):
