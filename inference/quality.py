@@ -231,9 +231,8 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, p
               "motion_in_real_range": low <= moves["samples"] <= high,
               "shuffled_outside_range": not low <= moves["shuffled"] <= high}
     round_trip = to_frames(vae.decode_video(real_latents.reshape(real.shape[:2] + real_latents.shape[1:])))
-    velocity = drift_velocity(samples)
-    speed, round_trip_speed, clip_speed = (np.hypot(*v.T) for v in (velocity, drift_velocity(round_trip),
-                                                                   drift_velocity(real)))
+    velocity, round_trip_velocity, clip_velocity = (drift_velocity(v) for v in (samples, round_trip, real))
+    speed, round_trip_speed, clip_speed = (np.hypot(*v.T) for v in (velocity, round_trip_velocity, clip_velocity))
     low, high = min(round_trip_speed.min(), clip_speed.min()), max(round_trip_speed.max(), clip_speed.max())
     result["drift"] = {"real_min": round(float(low), 4), "real_max": round(float(high), 4),
                        "clips": np.round([clip_speed.min(), clip_speed.max()], 4).tolist(),
@@ -241,8 +240,7 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, p
                        "samples": np.round(speed, 4).tolist(), "velocity": np.round(velocity, 4).tolist()}
     in_range = int(np.sum((low <= speed) & (speed <= high)))
     result["drift"]["in_range"] = in_range
-    result["drift"]["velocity_matched"] = velocity_matches(velocity, np.concatenate([drift_velocity(real),
-                                                                                     drift_velocity(round_trip)]))
+    result["drift"]["velocity_matched"] = velocity_matches(velocity, np.concatenate([clip_velocity, round_trip_velocity]))
     result["drift_in_real_range"] = bool(in_range >= DRIFT_ACCURACY * len(speed))
     result["passed"] = (result["closer_than_noise"] and result["motion_in_real_range"] and result["shuffled_outside_range"]
                         and result["drift_in_real_range"])

@@ -137,7 +137,8 @@ def test_quality_checks_each_samples_latent_scale_against_the_real_clips(tmp_pat
     vae_dir = os.path.join(PRETRAINED, "vae-clouds")
     vae = load_vae(vae_dir)
     clips = np.stack([cloud_frames(8, seed=5 * 100003 + i) for i in range(4)])  # write_cloud_dataset's seeds
-    latents = encode_frames(vae, clips).reshape((4, 8) + encode_frames(vae, clips[:1]).shape[1:]) * vae.scaling_factor
+    encoded = encode_frames(vae, clips)  # (4·8, C, h, w)
+    latents = encoded.reshape((4, 8) + encoded.shape[1:]) * vae.scaling_factor
     results = {}
     for name, gain in (("real", 1.0), ("amplified", 2.0)):
         samples = tmp_path / name
