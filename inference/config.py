@@ -6,7 +6,7 @@ import os
 
 from latte_core.errors import UserError, bounded
 from latte_core.keys import AT_LEAST_1, NON_NEGATIVE, OPTIONAL_STR, POSITIVE, SEED, Key, KeyTable, Range
-from latte_core.samplers import SAMPLERS
+from latte_core.samplers import NOISE_SCHEDULES, SAMPLERS
 from latte_toolkit.pipelines.config import ConfigError
 from latte_toolkit.pretrained import PRETRAINED
 
@@ -56,6 +56,8 @@ SAMPLE_KEYS = KeyTable([
     Key("prediction_type", (str, type(None)), None, "what the model predicts: epsilon or v_prediction; null: the "
         "checkpoint's run's (its state.json; epsilon for a weights file, as the reference)",
         (None, "epsilon", "v_prediction")),
+    Key("noise_schedule", (str, type(None)), None, "the betas: linear or squaredcos_cap_v2; null: the checkpoint's "
+        "run's (its state.json; linear for a weights file, as the reference)", (None,) + NOISE_SCHEDULES),
     Key("guidance_scale", (int, float), 1.0, "classifier-free guidance scale for class and text models (1: none; "
         "above 1 the batch is doubled with the null class or the empty prompt; other than 1 is refused for an "
         "unconditional model)", range=GUIDANCE),

@@ -121,8 +121,9 @@ def _checkpoint_folder(path):
 
 
 def load_model(path, prediction_type=None):
-    """(Latte in inference mode, its settings: condition, num_frames, prediction_type) from a run folder, a
-    checkpoint folder or a weights file (whose prediction type is epsilon unless given)."""
+    """(Latte in inference mode, its settings: condition, num_frames, prediction_type, noise_schedule) from a
+    run folder, a checkpoint folder or a weights file (whose prediction type is epsilon unless given, its
+    schedule linear)."""
     folder = _checkpoint_folder(path)
     weights = os.path.join(folder, "ema.ckpt") if folder else path
     try:
@@ -142,6 +143,7 @@ def load_model(path, prediction_type=None):
     set_weights(model, state, weights, recompute=("pos_embed", "temp_embed"))
     model.set_train(False)
     settings["prediction_type"] = prediction_type or recorded
+    settings["noise_schedule"] = trained.get("noise_schedule", "linear")
     return model, settings
 
 
@@ -188,7 +190,7 @@ def run_diagnose(checkpoint, cache, out, vae_path, timesteps=DIAGNOSE_TIMESTEPS,
     def model_call(x_t, t):
         return model(Tensor(x_t), Tensor(np.full(len(x_t), t, np.int32)), **kwargs).asnumpy()[:, :, :channels]
 
-    diffusion = create_diffusion("")
+    diffusion = create_diffusion("", noise_schedule=settings["noise_schedule"])
     timesteps = sorted(timesteps)
     rows, predictions = diagnose_batch(model_call, latents, diffusion.alphas_cumprod, timesteps,
                                        settings["prediction_type"], seed)

@@ -61,18 +61,19 @@ def _model_settings(config):
                                             "patch_embedder", "sd_scale_factor")}
         settings["frame_noise_correlation"] = trained.get("frame_noise_correlation", 0.0)  # runs before the key: 0
         settings["prediction_type"] = trained.get("prediction_type", "epsilon")
+        settings["noise_schedule"] = trained.get("noise_schedule", "linear")
         recorded_encoder = TextEncoderIdentity.from_record(state.get("text_encoder"), state_path)
     elif os.path.isfile(path):
         weights = path
     else:
         raise SampleError(f"{path}: no such checkpoint")
-    trained_prediction = settings.get("prediction_type")
-    if trained_prediction and config["prediction_type"] not in (None, trained_prediction):
-        # the other prediction type reads the same outputs as another quantity: noise-like videos, no error
-        raise SampleError(f"prediction_type {config['prediction_type']!r}: {path} was trained to predict "
-                          f"{trained_prediction} (its state.json); leave the key out")
+    # the other prediction type or schedule reads the same outputs as another quantity: noise-like videos, no error
+    for key, what in (("prediction_type", "to predict"), ("noise_schedule", "with the noise schedule")):
+        if settings.get(key) and config[key] not in (None, settings[key]):
+            raise SampleError(f"{key} {config[key]!r}: {path} was trained {what} {settings[key]} (its state.json); "
+                              f"leave the key out")
     for key in ("model_name", "depth", "hidden_size", "num_heads", "condition", "image_size", "num_frames",
-                "sd_scale_factor", "frame_noise_correlation", "prediction_type"):
+                "sd_scale_factor", "frame_noise_correlation", "prediction_type", "noise_schedule"):
         if config[key] is not None:
             settings[key] = config[key]
     if config["num_classes"]:
@@ -80,7 +81,7 @@ def _model_settings(config):
     if settings.get("model_name") not in LATTE_MODELS:
         raise SampleError(f"model_name {settings.get('model_name')!r}: give one of {', '.join(LATTE_MODELS)}")
     for key, default in (("image_size", 256), ("num_frames", 16), ("frame_noise_correlation", 0.0),
-                         ("prediction_type", "epsilon")):
+                         ("prediction_type", "epsilon"), ("noise_schedule", "linear")):
         settings.setdefault(key, default)
     return weights, settings, recorded_encoder
 
@@ -193,7 +194,8 @@ def run_sample(config, progress=True, rank=0, world=1):
     net = _guided_cell(model, float(config["guidance_scale"])) if guided else model
     _, diffusion, _ = create_sampler(sampler.name, steps, learn_sigma=model.learn_sigma,
                                      frame_noise_correlation=settings["frame_noise_correlation"],
-                                     predict_v=settings["prediction_type"] == "v_prediction")
+                                     predict_v=settings["prediction_type"] == "v_prediction",
+                                     noise_schedule=settings["noise_schedule"])
     shape_one = (settings["num_frames"], model.in_channels) + (settings["image_size"] // vae.downsample_factor,) * 2
     started = time.perf_counter()  # compile: the first call of the network, on a batch of zeros
     batch = list(range(config["batch_size"]))
@@ -219,7 +221,7 @@ def run_sample(config, progress=True, rank=0, world=1):
     summary = {"checkpoint": config["checkpoint"], "model": settings["model_name"], "condition": settings.get("condition"),
                "image_size": settings["image_size"], "num_frames": settings["num_frames"],
                "method": sampler.name, "steps": steps, "frame_noise_correlation": settings["frame_noise_correlation"],
-               "prediction_type": settings["prediction_type"],
+               "prediction_type": settings["prediction_type"], "noise_schedule": settings["noise_schedule"],
                "guidance_scale": config["guidance_scale"] if guided else None, "videos": len(written),
                **{k: max(r[k] for r in ranks) for k in ("checkpoint_loading_s", "compile_s", "total_sample_s")},
                "ranks": ranks, "output_path": out, "files": written}

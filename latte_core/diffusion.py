@@ -14,6 +14,8 @@ import numpy as np
 from mindspore import Tensor, ops
 from tqdm.auto import tqdm
 
+from .samplers import NOISE_SCHEDULES
+
 MODEL_MEAN_TYPES = ("epsilon", "start_x", "velocity")
 MODEL_VAR_TYPES = ("learned_range", "fixed_small", "fixed_large")
 LOSS_TYPES = ("mse", "rescaled_mse")
@@ -27,7 +29,7 @@ def get_named_beta_schedule(name, num_diffusion_timesteps):
         steps = np.arange(num_diffusion_timesteps + 1, dtype=np.float64) / num_diffusion_timesteps
         alpha_bar = np.cos((steps + 0.008) / 1.008 * math.pi / 2) ** 2
         return np.minimum(1 - alpha_bar[1:] / alpha_bar[:-1], 0.999)
-    raise ValueError(f"unknown noise schedule {name!r}; choose 'linear' or 'squaredcos_cap_v2'")
+    raise ValueError(f"unknown noise schedule {name!r}; choose one of {', '.join(NOISE_SCHEDULES)}")
 
 
 def space_timesteps(num_timesteps, section_counts):

@@ -20,6 +20,9 @@ class Sampler:
     loop_takes: tuple = ()
 
 
+# The betas a model can be trained and sampled with (diffusion.get_named_beta_schedule), named as diffusers names them.
+NOISE_SCHEDULES = ("linear", "squaredcos_cap_v2")
+
 SAMPLERS = {
     "ddpm": Sampler("ddpm", 250, "ancestral steps, evenly respaced over the 1000 training steps", str,
                     "p_sample_loop"),
@@ -29,21 +32,24 @@ SAMPLERS = {
 }
 
 
-def create_sampler(name, steps=None, learn_sigma=True, frame_noise_correlation=0.0, predict_v=False):
+def create_sampler(name, steps=None, learn_sigma=True, frame_noise_correlation=0.0, predict_v=False,
+                   noise_schedule="linear"):
     """(sampler, diffusion, steps) for a registered sampler; steps None: the sampler's default. A name or a
     step count the sampler cannot use is a ValueError naming it. frame_noise_correlation: that of the
     noise the model was trained with (diffusion.correlate_frames); predict_v: the model predicts v, not
-    epsilon (create_diffusion)."""
+    epsilon (create_diffusion); noise_schedule: the betas the model was trained with."""
     # kept here: diffusion.py (MindSpore) adds ~1.9 s to `latte --help`, which reads SAMPLERS
     from .diffusion import create_diffusion
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     sampler = SAMPLERS[name]
     steps = sampler.default_steps if steps is None else steps
+    if noise_schedule not in NOISE_SCHEDULES:
+        raise ValueError(f"unknown noise schedule {noise_schedule!r}; choose one of {', '.join(NOISE_SCHEDULES)}")
     if not is_integer(steps) or not 1 <= steps <= 1000:
         raise ValueError(f"sampler {name} takes 1 to 1000 steps ({sampler.steps_doc}), got {steps!r}")
     try:
-        diffusion = create_diffusion(sampler.respacing(steps), learn_sigma=learn_sigma,
+        diffusion = create_diffusion(sampler.respacing(steps), noise_schedule=noise_schedule, learn_sigma=learn_sigma,
                                      frame_noise_correlation=frame_noise_correlation, predict_v=predict_v)
     except ValueError as err:
         raise ValueError(f"sampler {name} cannot take {steps} steps: {err}") from None

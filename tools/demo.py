@@ -107,6 +107,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
         # the noise the shipped model learned to remove (a run before the key: independent noise, the default)
         architecture["frame_noise_correlation"] = shipped.get("frame_noise_correlation", 0.0)
         architecture["prediction_type"] = shipped.get("prediction_type", "epsilon")
+        architecture["noise_schedule"] = shipped.get("noise_schedule", "linear")
         if text:
             architecture.update(condition="text", class_dropout_prob=shipped["class_dropout_prob"])
         config = load_train_config(None, {

@@ -3,6 +3,7 @@ train-vae`'s. Both are KeyTables (latte_core/keys.py).
 """
 from latte_core.errors import UserError, bounded
 from latte_core.keys import AT_LEAST_1, NON_NEGATIVE, NUMBER, OPTIONAL_STR, POSITIVE, SEED, UNIT, Key, KeyTable, Range
+from latte_core.samplers import NOISE_SCHEDULES
 from latte_toolkit.datasets.formats import FORMAT_NAMES
 
 
@@ -94,6 +95,9 @@ KEYS = [
         "(v = sqrt(alpha_bar)*noise - sqrt(1 - alpha_bar)*x0; its x0 estimate stays bounded at high noise, where "
         "a video's layout and motion are decided); sampling a checkpoint of the run uses the same",
         ("epsilon", "v_prediction")),
+    Key("noise_schedule", str, "linear", "the betas: linear (the reference's) or squaredcos_cap_v2 (Nichol & Dhariwal's "
+        "cosine: more of the timesteps at noise levels where a small latent still shows its layout); sampling a "
+        "checkpoint of the run uses the same", NOISE_SCHEDULES),
     Key("weight_decay", NUMBER, 0.0, "decoupled weight decay (AdamW)", range=NON_NEGATIVE),
     Key("betas", list, [0.9, 0.999], "Adam betas"),
     Key("optim_eps", NUMBER, 1e-8, "Adam epsilon", range=POSITIVE),

@@ -325,8 +325,8 @@ def train(config, resume=False, progress=True, checked=None, sample=None):
         check_resume_text_encoder(chosen, identity)
     model = build_model(config, latent_size, channels, pretrained=chosen is None,
                         text_embed_dim=identity and identity.width)
-    diffusion = create_diffusion("", learn_sigma=config["learn_sigma"], snr_gamma=config["snr_gamma"],
-                                 predict_v=config["prediction_type"] == "v_prediction")
+    diffusion = create_diffusion("", noise_schedule=config["noise_schedule"], learn_sigma=config["learn_sigma"],
+                                 snr_gamma=config["snr_gamma"], predict_v=config["prediction_type"] == "v_prediction")
     step_fn, updater, ema = build_step(config, model, diffusion, world)
     loss_of_all_ranks = _rank_mean(world)
     accumulation = config["gradient_accumulation_steps"]

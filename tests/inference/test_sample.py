@@ -58,15 +58,17 @@ def test_class_conditional_sampling_with_guidance_writes_gif_mp4_and_latents(lat
 
 
 def test_ddpm_sampling_from_a_training_run_folder(caches, tmp_path):
-    """A run's checkpoint folder samples with the run's settings, the frame-correlated noise and the v
-    prediction it trained with included (state.json); the config may change the noise's correlation but
-    not the prediction type (a v model read as epsilon gives noise, so that is one error)."""
+    """A run's checkpoint folder samples with the run's settings, the frame-correlated noise, the v
+    prediction and the noise schedule it trained with included (state.json); the config may change the
+    noise's correlation but not the prediction type or the schedule (a v model read as epsilon, or cosine
+    read as linear, gives noise, so each is one error)."""
     run = tmp_path / "run"
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"model_name": "Latte-S/2", "depth": 2, "hidden_size": 64, "num_heads": 4,
                                       "image_size": 32, "num_frames": 4, "dtype": "fp32", "amp_level": "O0",
                                       "train_data_type": "numpy", "train_batch_size": 2, "epochs": 10,
-                                      "frame_noise_correlation": 0.5, "prediction_type": "v_prediction"}))
+                                      "frame_noise_correlation": 0.5, "prediction_type": "v_prediction",
+                                      "noise_schedule": "squaredcos_cap_v2"}))
     result = CliRunner().invoke(main, ["train", "-c", str(config), "--cache", str(caches["numpy"]),
                                        "--output-dir", str(run), "--max-steps", "2"])
     assert result.exit_code == 0, result.output
@@ -78,10 +80,11 @@ def test_ddpm_sampling_from_a_training_run_folder(caches, tmp_path):
     assert sorted(p.name for p in out.glob("*.gif")) == ["sample_000.gif", "sample_001.gif", "sample_002.gif"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "ddpm" and summary["frame_noise_correlation"] == 0.5
-    assert summary["prediction_type"] == "v_prediction"
+    assert summary["prediction_type"] == "v_prediction" and summary["noise_schedule"] == "squaredcos_cap_v2"
     checkpoint = str(run / "ckpt" / "step-00000002")
     overrides = {"independent": {"frame_noise_correlation": 0.0}, "bad": {"frame_noise_correlation": 1.5},
-                 "bad_prediction": {"prediction_type": "x0"}, "bad_mismatch": {"prediction_type": "epsilon"}}
+                 "bad_prediction": {"prediction_type": "x0"}, "bad_mismatch": {"prediction_type": "epsilon"},
+                 "bad_schedule": {"noise_schedule": "linear"}}
     for name, override in overrides.items():
         folder = tmp_path / name
         sampling = tmp_path / f"sample-{name}.yaml"

@@ -264,7 +264,7 @@ def _train_config(rung, data, steps, minutes):
         "num_classes": 4 if rung.condition == "class" else 0, "class_dropout_prob": 0.1,
         "data_folder": os.path.join(data, "cache"), "train_data_type": "numpy",
         "pretrained_model_path": os.path.join(LATTE, "ema.ckpt"), "prediction_type": "v_prediction",
-        "dtype": "fp32", "amp_level": "O0", "start_learning_rate": 5e-4, "warmup_steps": 20, "train_batch_size": 8,
+        "noise_schedule": shipped.get("noise_schedule", "linear"), "dtype": "fp32", "amp_level": "O0", "start_learning_rate": 5e-4, "warmup_steps": 20, "train_batch_size": 8,
         "max_steps": steps, "max_minutes": minutes, "clips_per_video": 2, "use_ema": True, "ema_decay": 0.999,
         "ema_warmup": True, "ckpt_save_interval": 100000, "step_mode": True, "ckpt_max_keep": 1, "output_path": os.path.join(data, "train"), "seed": 0})
 
