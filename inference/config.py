@@ -93,6 +93,7 @@ QUALITY_KEYS = KeyTable([
 
 # `latte diagnose`'s default timesteps: three per band of 250
 DIAGNOSE_TIMESTEPS = (25, 125, 225, 300, 400, 475, 550, 650, 725, 800, 900, 975)
+ROUND_TRIP_FROM = (200, 400, 600)
 
 DIAGNOSE_KEYS = KeyTable([
     Key("checkpoint", str, None, "a `latte train` run folder (its newest checkpoint), a ckpt/step-N folder, or a "
@@ -105,6 +106,9 @@ DIAGNOSE_KEYS = KeyTable([
         "0-249, 250-499, 500-749, 750-999"),
     Key("clips", int, 16, "real clips noised at each timestep (the cache must hold as many videos)",
         range=Range(2, 4096)),
+    Key("round_trip_from", list, list(ROUND_TRIP_FROM), "timesteps (1..999; [] in a YAML for none) the clips are noised to "
+        "and then sampled back from (deterministic DDIM, 25 model calls): how much of the clips' picture and drift "
+        "the model brings back"),
     Key("seed", int, 0, "seed of the clips chosen and of the noise", range=SEED),
     Key("prediction_type", OPTIONAL_STR, None, "what the model predicts; null: the run's (its state.json), "
         "epsilon for a weights file", (None, "epsilon", "v_prediction")),

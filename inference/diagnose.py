@@ -9,12 +9,18 @@
       drift_kept the drift of the decoded x0 predictions projected on the real clips' drift (1: the
                  prediction moves as the clip does, 0: a still picture): where a model stops seeing
                  motion through the noise, its samples' motion has to be born
-    ─ OUT/diagnose.json, OUT/x0_predictions.png (the decoded x0 of one clip across t)
+    and a round trip from each t0 of round_trip_from: the clips noised to t0, then sampled back to t = 0
+    (deterministic DDIM, ROUND_TRIP_STEPS model calls): x0_mse, drift_kept and the samples' speed against
+    the clips'. Where x_t still shows the clip, a model that learned its data brings the clip back;
+    one that did not makes another picture, or a still one
+    ─ OUT/diagnose.json, OUT/x0_predictions.png (one clip's decoded x0 across t, then its round trips)
 
 Why: an epsilon model's x0 is x_t/√ᾱ minus its noise error times √((1-ᾱ)/ᾱ) (97 at t = 950), so an eps-MSE
 that looks tiny on the loss curve (0.009) can mean an x0 a hundred times worse than predicting the mean,
 at exactly the timesteps where a sample's colours, layout and motion are decided. The loss curve hides
 it; this does not. A band with t ≥ 500 whose x0_mse exceeds the latents' variance is a warning.
+One-step predictions at high noise are a blurred mean, still when a clip may drift either way, as they
+should be; the round trip is what sampling does with what the noise left (pretrained/EXPERIMENTS.md #16).
 """
 import os
 
@@ -33,10 +39,11 @@ from latte_toolkit.datasets.loader import CacheLoader
 from latte_toolkit.datasets.video import to_frames
 from latte_toolkit.train.checkpoint import checkpoint_dirs, read_state
 
-from .config import DIAGNOSE_TIMESTEPS
+from .config import DIAGNOSE_TIMESTEPS, ROUND_TRIP_FROM
 from .quality import drift_velocity
 
 BANDS = ((0, 250), (250, 500), (500, 750), (750, 1000))
+ROUND_TRIP_STEPS = 25
 WARN_FROM = 500  # bands from here on decide a sample's layout: their x0 must not be worse than the mean's
 
 
@@ -76,6 +83,20 @@ def diagnose_batch(model_call, latents, alpha_bars, timesteps, prediction_type, 
                      "x0_std": [float(s) for s in x0.std(axis=channel_axes)]})
         predictions.append(x0)
     return rows, predictions
+
+
+def round_trip(model_call, latents, alpha_bars, t0, prediction_type, steps=ROUND_TRIP_STEPS, seed=0):
+    """Clean `latents` noised to timestep t0, then deterministic DDIM (eta 0) back to t = 0 over `steps`
+    evenly spaced timesteps: the model's own sample of what the noise left of the clips."""
+    noise = np.random.default_rng([seed, t0]).standard_normal(latents.shape).astype(np.float32)
+    alpha_bar = float(alpha_bars[t0])
+    x = (np.sqrt(alpha_bar) * latents + np.sqrt(1.0 - alpha_bar) * noise).astype(np.float32)
+    timesteps = np.unique(np.linspace(0, t0, steps).round().astype(int))[::-1]
+    for i, t in enumerate(timesteps):
+        x0, eps = implied_predictions(model_call(x, int(t)), x, float(alpha_bars[t]), prediction_type)
+        following = float(alpha_bars[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+        x = (np.sqrt(following) * x0 + np.sqrt(1.0 - following) * eps).astype(np.float32)
+    return x
 
 
 def drift_kept(predicted, real):
@@ -170,11 +191,13 @@ def clean_batch(cache, clips, num_frames, condition, seed=0):
 
 
 def run_diagnose(checkpoint, cache, out, vae_path, timesteps=DIAGNOSE_TIMESTEPS, clips=16, seed=0,
-                 prediction_type=None):
+                 prediction_type=None, round_trip_from=ROUND_TRIP_FROM):
     """Diagnose `checkpoint` on `cache` (module docstring); writes OUT/diagnose.json and
     OUT/x0_predictions.png and returns the report."""
     if not timesteps or any(not 0 <= t < 1000 for t in timesteps):
         raise DiagnoseError(f"--timesteps must lie in 0..999, got {list(timesteps)}")
+    if any(not 0 < t < 1000 for t in round_trip_from):
+        raise DiagnoseError(f"--round-trip-from must lie in 1..999, got {list(round_trip_from)}")
     make_output_dir(out, "--out", create=False)  # before any work; writes nothing
     model, settings = load_model(checkpoint, prediction_type)
     latents, conditions = clean_batch(cache, clips, settings["num_frames"], settings.get("condition"), seed)
@@ -197,15 +220,26 @@ def run_diagnose(checkpoint, cache, out, vae_path, timesteps=DIAGNOSE_TIMESTEPS,
     decode = lambda z: to_frames(vae.decode_video(z / vae.config["scaling_factor"]))  # noqa: E731
     real = decode(latents)
     real_drift = drift_velocity(real)
-    first_clip = []
+    grid = [("real clip", real[0])]
     for row, x0 in zip(rows, predictions):
         decoded = decode(x0)
         row["drift_kept"] = drift_kept(drift_velocity(decoded), real_drift)
-        first_clip.append(decoded[0])
+        grid.append((f"x0 at t={row['t']}", decoded[0]))
+    trips = []
+    real_speed = np.linalg.norm(real_drift, axis=1)
+    for t0 in sorted(round_trip_from):
+        back = round_trip(model_call, latents, diffusion.alphas_cumprod, t0, settings["prediction_type"], seed=seed)
+        decoded = decode(back)
+        drift = drift_velocity(decoded)
+        ratio = np.linalg.norm(drift, axis=1) / np.maximum(real_speed, 1e-6)
+        trips.append({"from_t": int(t0), "x0_mse": float(((back - latents) ** 2).mean()),
+                      "drift_kept": drift_kept(drift, real_drift), "speed_ratio_median": float(np.median(ratio))})
+        grid.append((f"back from t={t0}", decoded[0]))
     report = {"checkpoint": checkpoint, "cache": cache, "prediction_type": settings["prediction_type"],
-              "clips": clips, **summarise(rows, latents), "timesteps": rows}
+              "noise_schedule": settings["noise_schedule"], "clips": clips, **summarise(rows, latents),
+              "timesteps": rows, "round_trips": trips}
     frames = sorted({0, real.shape[1] // 2, real.shape[1] - 1})  # first, middle and last
-    save_frame_grid([("real clip", real[0][frames])] + [(f"x0 at t={t}", clip[frames]) for t, clip in zip(timesteps, first_clip)],
-                    [f"frame {f}" for f in frames], os.path.join(out, "x0_predictions.png"))
+    save_frame_grid([(label, clip[frames]) for label, clip in grid], [f"frame {f}" for f in frames],
+                    os.path.join(out, "x0_predictions.png"))
     write_figures_json(report, os.path.join(out, "diagnose.json"))
     return report
