@@ -95,6 +95,13 @@ KEYS = [
         "(v = sqrt(alpha_bar)*noise - sqrt(1 - alpha_bar)*x0; its x0 estimate stays bounded at high noise, where "
         "a video's layout and motion are decided); sampling a checkpoint of the run uses the same",
         ("epsilon", "v_prediction")),
+    Key("timestep_sampling", str, "uniform", "how training draws each clip's timestep: uniform (the reference) or "
+        "logit_normal (T·sigmoid(timestep_logit_mean + timestep_logit_std·z), Esser et al. 2024: more steps at the "
+        "middle noise levels, where a clip's layout and motion are made)", ("uniform", "logit_normal")),
+    Key("timestep_logit_mean", NUMBER, 0.0, "logit_normal's mean: 0 centres the draws on T/2, -0.4 on 0.4·T",
+        range=Range(-5.0, 5.0)),
+    Key("timestep_logit_std", NUMBER, 1.0, "logit_normal's spread (1: two thirds of the draws within 0.27-0.73 of "
+        "T at mean 0)", range=Range(0.1, 5.0)),
     Key("noise_schedule", str, "linear", "the betas: linear (the reference's) or squaredcos_cap_v2 (Nichol & Dhariwal's "
         "cosine: more of the timesteps at noise levels where a small latent still shows its layout); sampling a "
         "checkpoint of the run uses the same", NOISE_SCHEDULES),

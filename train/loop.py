@@ -70,17 +70,29 @@ def learning_rate(config, step, max_steps):
     return config["end_learning_rate"] + 0.5 * (peak - config["end_learning_rate"]) * (1 + math.cos(math.pi * progress))
 
 
-def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, num_images=0, frame_noise_correlation=0.0):
-    """Per sample: timestep, noise (its video frames correlated by frame_noise_correlation, the images'
-    independent) and label- (or caption-) dropout decision, from a generator seeded by the sample; then
-    the dropout decision of each of its num_images image labels (captions), (B, num_images)."""
+def draw_timestep(rng, num_timesteps, logit_normal=None):
+    """One training timestep: uniform over 0..T-1 (the reference), or with logit_normal = (mean, std)
+    T·sigmoid(mean + std·z) rounded down, z ~ N(0, 1) (Esser et al. 2024's logit-normal sampling, on the
+    discrete chain): more of the steps at the middle noise levels."""
+    if logit_normal is None:
+        return rng.integers(0, num_timesteps)
+    mean, std = logit_normal
+    fraction = 1.0 / (1.0 + np.exp(-(mean + std * rng.standard_normal())))
+    return min(int(fraction * num_timesteps), num_timesteps - 1)
+
+
+def diffusion_draws(indices, epoch, seed, shape, num_timesteps, dropout_prob, num_images=0, frame_noise_correlation=0.0,
+                    logit_normal=None):
+    """Per sample: timestep (draw_timestep), noise (its video frames correlated by frame_noise_correlation,
+    the images' independent) and label- (or caption-) dropout decision, from a generator seeded by the
+    sample; then the dropout decision of each of its num_images image labels (captions), (B, num_images)."""
     t = np.empty(len(indices), np.int32)
     noise = np.empty((len(indices),) + tuple(shape), np.float32)
     drop = np.zeros(len(indices), np.int32)
     drop_image = np.zeros((len(indices), num_images), np.int32)
     for i, index in enumerate(indices):
         rng = np.random.default_rng([seed, DIFFUSION_STREAM, epoch, int(index)])
-        t[i] = rng.integers(0, num_timesteps)
+        t[i] = draw_timestep(rng, num_timesteps, logit_normal)
         noise[i] = correlate_frames(rng.standard_normal(shape, dtype=np.float32), frame_noise_correlation,
                                     shape[0] - num_images)
         drop[i] = rng.random() < dropout_prob
@@ -458,13 +470,20 @@ def refuse_non_finite(batch, loader, step, last_checkpoint):
                         f"{last_checkpoint or 'none yet'}")
 
 
+def timestep_logit_normal(config):
+    """(mean, std) of the run's logit-normal timestep draws, or None for uniform ones."""
+    if config["timestep_sampling"] == "uniform":
+        return None
+    return config["timestep_logit_mean"], config["timestep_logit_std"]
+
+
 def _step_inputs(batch, loader, config, num_timesteps, tensor):
     latent = batch["latent"]
     num_images = config["use_image_num"] or 0
     t, noise, drop, drop_image = diffusion_draws(
         batch["index"], loader.epoch, config["seed"], latent.shape[1:], num_timesteps,
         config["class_dropout_prob"] if config["condition"] in ("class", "text") else 0.0, num_images,
-        config["frame_noise_correlation"])
+        config["frame_noise_correlation"], timestep_logit_normal(config))
     inputs = [tensor(latent), tensor(t), tensor(noise)]
     if config["condition"] == "class":
         labels = batch["label"]

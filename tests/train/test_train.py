@@ -220,6 +220,26 @@ def test_config_errors_name_the_key(tmp_path):
     assert (shipped["train_batch_size"], shipped["sample_stride"], shipped["dtype"]) == (5, 3, "fp16")
 
 
+def test_logit_normal_timesteps_gather_at_the_middle_and_uniform_ones_are_the_references(tmp_path):
+    """20,000 draws: logit-normal (0, 1) puts 68.3 % of them within T·sigmoid(±1) = 269..731 and its median
+    at T/2; mean -0.4 moves the median to T·sigmoid(-0.4) = 401; bounds 0.015 and 10 timesteps (the binomial
+    std of the fraction is 0.0033, the median's ~9 timesteps at 3 sigma). Uniform draws are rng.integers', as
+    before the key (a run's timesteps do not change)."""
+    from latte_toolkit.train.loop import draw_timestep, timestep_logit_normal
+    rng = np.random.default_rng(0)
+    draws = np.array([draw_timestep(rng, 1000, (0.0, 1.0)) for _ in range(20000)])
+    assert draws.min() >= 0 and draws.max() <= 999
+    assert abs(((draws >= 269) & (draws < 731)).mean() - 0.683) < 0.015
+    assert abs(np.median(draws) - 500) < 10
+    rng = np.random.default_rng(1)
+    assert abs(np.median([draw_timestep(rng, 1000, (-0.4, 1.0)) for _ in range(20000)]) - 401) < 10
+    first, second = np.random.default_rng(2), np.random.default_rng(2)
+    assert [draw_timestep(first, 1000) for _ in range(50)] == list(second.integers(0, 1000, 50))
+    config = load_train_config(_config(tmp_path, timestep_sampling="logit_normal", data_folder="x"))
+    assert timestep_logit_normal(config) == (0.0, 1.0)
+    assert timestep_logit_normal(load_train_config(_config(tmp_path, data_folder="x"))) is None
+
+
 def test_learning_rate_schedules():
     config = {"start_learning_rate": 1.0, "end_learning_rate": 0.0, "warmup_steps": 4, "decay_steps": 0,
               "scheduler": "cosine_decay"}
