@@ -114,11 +114,20 @@ class Updater(nn.Cell):
         self.ema = ema
         self.grad_reducer = grad_reducer
         self.squared_sum = kernels.squared_sum_op() if kernels.enabled() else None
+        self.rate = float(learning_rate)
 
     def set_learning_rate(self, value):
-        self.optimizer.learning_rate.set_data(Tensor(value, ms.float32))
+        """The rate of the next updates. It reaches the compiled step as an input (rate_input), which assigns it
+        to the optimizer's rate inside the graph: a graph keeps the value the rate Parameter had when it was
+        compiled, and set_data on it afterwards never reached the updates (every run before this trained at its
+        first warm-up step's rate, peak / warmup_steps; pretrained/EXPERIMENTS.md #18)."""
+        self.rate = float(value)
 
-    def construct(self, grads):
+    def rate_input(self):
+        return Tensor(self.rate, ms.float32)
+
+    def construct(self, grads, learning_rate):
+        ops.assign(self.optimizer.learning_rate, learning_rate)
         if self.grad_reducer is not None:
             grads = self.grad_reducer(grads)
         if self.loss_scaler is not None:
@@ -191,9 +200,9 @@ class _GradientsAndUpdate(nn.Cell):
         self.gradients = gradients
         self.updater = updater
 
-    def construct(self, *inputs):
+    def construct(self, learning_rate, *inputs):
         loss, losses, grads = self.gradients(*inputs)
-        norm, finite = self.updater(grads)
+        norm, finite = self.updater(grads, learning_rate)
         return loss, losses, norm, finite
 
 
@@ -217,8 +226,8 @@ class _UpdateOnMean(nn.Cell):
         self.sums = sums
         self.steps = steps
 
-    def construct(self):
-        norm, finite = self.updater(tuple(total / self.steps for total in self.sums))
+    def construct(self, learning_rate):
+        norm, finite = self.updater(tuple(total / self.steps for total in self.sums), learning_rate)
         for total in self.sums:
             ops.assign(total, ops.zeros_like(total))
         return norm, finite
@@ -256,14 +265,14 @@ class TrainStep:
 
     def __call__(self, *micro_batch):
         if self.accumulation_steps == 1:
-            loss, self.sample_losses, norm, finite = self.gradients_and_update(*micro_batch)
+            loss, self.sample_losses, norm, finite = self.gradients_and_update(self.updater.rate_input(), *micro_batch)
             return loss, norm, finite
         loss, self.sample_losses = self.add_to_sums(*micro_batch)
         self.micro_batches_summed += 1
         if self.micro_batches_summed < self.accumulation_steps:
             return loss, None, None
         self.micro_batches_summed = 0
-        norm, finite = self.update_on_mean()
+        norm, finite = self.update_on_mean(self.updater.rate_input())
         return loss, norm, finite
 
 

@@ -152,3 +152,32 @@ def test_a_conditional_run_from_unconditional_weights_starts_its_condition_path_
         own = dict(state, **{added[0]: np.ones_like(state[added[0]])})
         assert with_fresh_condition(own, model, config) is own  # a condition path of its own is kept
     assert with_fresh_condition(unconditional, _tiny_latte(), {"condition": None}) is unconditional
+
+
+class _SumOfWeights(ms.nn.Cell):
+    """A loss whose gradient is 1 for every weight: Adam's first steps then move each weight by exactly the
+    learning rate (m̂ / √v̂ = 1), so a step's change measures the rate the optimizer used."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = ms.Parameter(Tensor(np.zeros((3, 5), np.float32)), name="weight")
+
+    def construct(self, x):
+        return (self.weight * x).sum()
+
+
+def test_the_learning_rate_set_before_each_step_is_the_one_the_compiled_step_uses():
+    """A schedule sets the rate before every step (warm-up, cosine decay); the compiled graph must read the new
+    value each time, not the one it was first compiled with (before the fix, 0.1 moved the weights by 1e-5).
+    Bound: 1e-5 relative (Adam's bias corrections 1 - beta^t in float32; measured 3.6e-6)."""
+    for accumulation in (1, 2):
+        loss = _SumOfWeights()
+        updater = Updater(loss.trainable_params(), learning_rate=1e-3)
+        step = TrainStep(loss, updater, accumulation_steps=accumulation)
+        for rate in (1e-5, 0.1, 2e-3):
+            updater.set_learning_rate(rate)
+            before = loss.weight.asnumpy().copy()
+            for _ in range(accumulation):
+                step(Tensor(np.ones((3, 5), np.float32)))
+            change = before - loss.weight.asnumpy()
+            np.testing.assert_allclose(change, rate, rtol=1e-5, err_msg=f"accumulation {accumulation}, rate {rate}")
