@@ -506,15 +506,10 @@ def local_job_tables(url, storage_options=None, what="--manifest"):
     return folder
 
 
-def local_cache(url, storage_options=None, what="cache"):
-    """A local copy of a cache in an object store, for the readers (open_cache, the loader, training,
-    `latte report`): its tables and its ledger (as ledger.jsonl) fetched anew each time, and every shard
-    its ledger names fetched once into scratch_root()/caches/<hash of the URL>/shards/, each object checked
-    against the size and sha256 its record holds before the shard folder appears by one rename (a shard
-    already there was checked when it came, so a warm copy costs a listing). A shard the ledger no longer
-    names is deleted. Returns the local folder."""
+def cache_tables(url, storage_options, folder, what="cache"):
+    """Fetch a cache's tables (cache.json, index.parquet, ...) from an object store into `folder`, with
+    its ledger as ledger.jsonl (fetched anew each time); returns (the Store, the ledger records)."""
     store = open_store(url, storage_options, what)
-    folder = scratch_for(store.url, "caches")
     os.makedirs(os.path.join(folder, "shards"), exist_ok=True)
     top = [key for key in store.listing() if "/" not in key and not key.startswith(".lock")]
     if "cache.json" not in top:
@@ -527,11 +522,21 @@ def local_cache(url, storage_options=None, what="cache"):
     with open(os.path.join(folder, ".staging-ledger.jsonl"), "w") as handle:
         handle.write(lines)
     os.replace(os.path.join(folder, ".staging-ledger.jsonl"), os.path.join(folder, "ledger.jsonl"))
+    return store, records
+
+
+def local_cache(url, storage_options=None, what="cache"):
+    """A whole local copy of a cache in an object store (for `latte report` and sampling's checks): its
+    tables and ledger (cache_tables), and every shard its ledger names fetched once into
+    scratch_root()/caches/<hash of the URL>/shards/, each object checked against the size and sha256 its
+    record holds before the shard folder appears by one rename (a shard already there was checked when
+    it came). A shard the ledger no longer names is deleted. Returns the local folder."""
+    folder = scratch_for(normalized(url), "caches")
+    store, records = cache_tables(url, storage_options, folder, what)
     wanted = set()
     for record in records:
-        shard = record["unit_id"]
-        wanted.add(shard)
-        fetch_shard(store, record, os.path.join(folder, "shards", shard))
+        wanted.add(record["unit_id"])
+        fetch_shard(store, record, os.path.join(folder, "shards", record["unit_id"]))
     for name in os.listdir(os.path.join(folder, "shards")):
         if name not in wanted:
             shutil.rmtree(os.path.join(folder, "shards", name), ignore_errors=True)
@@ -552,3 +557,132 @@ def fetch_shard(store, record, local):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return local
+
+
+# ---------------------------------------------------------------------------------------- the streaming loader
+def stream_cache(url, storage_options, rank, cache_limit_gb, prefetch_shards, window):
+    """(local folder, ShardStream) for a loader of a cache in an object store: the tables and ledger
+    fetched into scratch_root()/stream/<hash of the URL>-rank<rank>/, the shards fetched as the plan needs
+    them (ShardStream)."""
+    folder = scratch_for(normalized(url), "stream") + f"-rank{rank}"
+    store, records = cache_tables(url, storage_options, folder, "data_folder")
+    limit = None if cache_limit_gb is None else int(cache_limit_gb * (1 << 30))
+    return folder, ShardStream(store, records, folder, limit, prefetch_shards, window)
+
+
+class ShardStream:
+    """The shards of a cache in an object store, in a local folder holding at most `limit_bytes` of them
+    (None: no limit) per rank.
+
+    `schedule(shards)` takes the shard of each sample this rank reads in the epoch, in plan order; a
+    thread then fetches the shards in the order of their first use, at most `window + prefetch` shards
+    ahead of the first use the loader has reached (the clips of `window` shards are shuffled together,
+    so those are read at once), each checked against its ledger record (sizes and sha256 of its objects)
+    as it arrives and published by one rename. Room is made by deleting shards this rank reads no more
+    in the epoch (kept otherwise: a warm cache costs nothing). `acquire(shard)` waits for a shard before a
+    sample reads it, `release(shard)` counts the read done. A limit below (window + prefetch) x the
+    largest shard could stall the plan and is refused when the stream is made."""
+
+    def __init__(self, store, records, folder, limit_bytes, prefetch, window):
+        self.store, self.folder = store, folder
+        self.records = {record["unit_id"]: record for record in records}
+        self.limit, self.ahead = limit_bytes, window + prefetch
+        largest = max((record["bytes"] for record in records), default=0)
+        if limit_bytes is not None and limit_bytes < self.ahead * largest:
+            raise StorageError(
+                f"data_folder {store.url}: cache_limit_gb {limit_bytes / (1 << 30):.4g} holds less than shuffle_window "
+                f"{window} + prefetch_shards {prefetch} shards of up to {largest / (1 << 20):.3f} MiB "
+                f"({self.ahead * largest / (1 << 30):.4g} GB): raise cache_limit_gb or lower those")
+        shards = os.path.join(folder, "shards")
+        self.present = {name: self.records[name]["bytes"] for name in os.listdir(shards)
+                        if name in self.records and not name.startswith(".")}  # checked when they came
+        for name in os.listdir(shards):
+            if name not in self.present:
+                shutil.rmtree(os.path.join(shards, name), ignore_errors=True)
+        self.cond = threading.Condition()
+        self.uses, self.order, self.reached, self.error = {}, [], 0, None
+        self.fetched, self.peak = 0, 0  # shards fetched, and the most bytes held (for the tests and benchmarks)
+        self._stop = threading.Event()
+        self._thread = None
+
+    def schedule(self, shards):
+        self.stop()
+        with self.cond:
+            self.uses, self.order = {}, []
+            for shard in shards:
+                if shard not in self.uses:
+                    self.order.append(shard)
+                    self.uses[shard] = 0
+                self.uses[shard] += 1
+            self.first = {shard: i for i, shard in enumerate(self.order)}
+            self.reached, self.error = 0, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fetch_all, args=(self._stop,), name="latte-shard-prefetch",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        if self._thread is not None:
+            self._stop.set()
+            with self.cond:
+                self.cond.notify_all()
+            self._thread.join()
+            self._thread = None
+
+    def _room(self, size):
+        """Delete shards this epoch reads no more until `size` more bytes fit; whether they do."""
+        if self.limit is None:
+            return True
+        held = sum(self.present.values())
+        for shard in [s for s in self.present if self.uses.get(s, 0) == 0]:
+            if held + size <= self.limit:
+                break
+            shutil.rmtree(os.path.join(self.folder, "shards", shard), ignore_errors=True)
+            held -= self.present.pop(shard)
+        return held + size <= self.limit
+
+    def _fetch_all(self, stop):
+        for index, shard in enumerate(self.order):
+            with self.cond:
+                while not stop.is_set() and shard not in self.present and (
+                        index >= self.reached + self.ahead or not self._room(self.records[shard]["bytes"])):
+                    self.cond.wait(0.5)
+                if stop.is_set():
+                    return
+                if shard in self.present:
+                    continue
+            try:
+                fetch_shard(self.store, self.records[shard], os.path.join(self.folder, "shards", shard))
+            except Exception as err:  # kept for the loader's thread that waits for this shard
+                with self.cond:
+                    self.error = err if isinstance(err, StorageError) else self.store.error(err, f"shards/{shard}",
+                                                                                           "fetching it")
+                    self.cond.notify_all()
+                return
+            with self.cond:
+                self.present[shard] = self.records[shard]["bytes"]
+                self.fetched += 1
+                self.peak = max(self.peak, sum(self.present.values()))
+                self.cond.notify_all()
+
+    def acquire(self, shard):
+        with self.cond:
+            if shard in self.first:
+                self.reached = max(self.reached, self.first[shard] + 1)
+                self.cond.notify_all()
+            while shard not in self.present:
+                if self.error is not None:
+                    raise self.error
+                if shard not in self.first:  # not in this epoch's schedule: fetched here
+                    break
+                self.cond.wait(0.5)
+        if shard not in self.present:
+            fetch_shard(self.store, self.records[shard], os.path.join(self.folder, "shards", shard))
+            with self.cond:
+                self.present[shard] = self.records[shard]["bytes"]
+
+    def release(self, shard):
+        with self.cond:
+            if self.uses.get(shard, 0) > 0:
+                self.uses[shard] -= 1
+            self.cond.notify_all()

@@ -46,7 +46,7 @@ from latte_core.plot import plot_loss_curve
 from latte_core.runtime import join_msrun, prefer_avx2_onednn
 from latte_core.vae import load_vae
 from latte_toolkit.datasets.cache import open_cache
-from latte_toolkit.datasets.storage import is_url, local_cache, redact_config
+from latte_toolkit.datasets.storage import is_url, redact_config, stream_cache
 from latte_toolkit.datasets.loader import CacheLoader, VideoLoader
 
 from .checkpoint import ResumeError, load_checkpoint, remove_staging, save_checkpoint, set_aside
@@ -116,7 +116,11 @@ def build_loader(config, rank, world, text_encoder=None, storage_options=None):
         if config["train_data_type"] == "video_file":
             raise TrainingError(f"data_folder {folder}: training from videos in an object store is not supported; "
                                 f"run `latte cache` into the store and train from that cache")
-        folder = local_cache(folder, storage_options, "data_folder")  # each shard checked as it is fetched
+        # the shards stream through a local cache of at most cache_limit_gb, each checked as it is fetched
+        folder, stream = stream_cache(folder, storage_options, rank, config["cache_limit_gb"],
+                                      config["prefetch_shards"], config["shuffle_window"])
+    else:
+        stream = None
     common = dict(batch_size=config["train_batch_size"], num_frames=config["num_frames"],
                   sample_stride=config["sample_stride"], clips_per_video=config["clips_per_video"], seed=config["seed"],
                   rank=rank, world_size=world, shuffle=config["shuffle"],
@@ -146,7 +150,7 @@ def build_loader(config, rank, world, text_encoder=None, storage_options=None):
     check_cache_fits(config, cache)
     try:
         loader = CacheLoader(folder, shuffle_window=config["shuffle_window"], on_corrupt=config["on_corrupt"],
-                             captions=text, **common)
+                             captions=text, stream=stream, **common)
     except UserError:  # CorruptCache, CorruptTextEmbedding: already name the shards or files
         raise
     except ValueError as err:  # no clip fits, too few clips for a batch, too many workers

@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from latte_toolkit.cli import main
-from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.datasets.cache import open_cache, read_ledger
 from latte_toolkit.datasets.storage import local_cache
 from latte_toolkit.pipelines.cache import run_cache
 from latte_toolkit.pipelines.ingest import run_ingest
@@ -272,3 +272,50 @@ def test_bad_stores_are_one_error_naming_the_url(server, env, videos, tmp_path):
         assert SECRET not in proc.stderr and SECRET not in proc.stdout
     finally:
         checking.stop()
+
+
+def test_the_streaming_loader_reads_the_batches_of_a_local_copy_within_its_cache_limit(server, env, videos, tmp_path):
+    """A loader of an s3 cache (6 shards) through a local cache of 3 shards (shuffle_window 2 + prefetch 1):
+    two epochs give the batches of a loader of a whole local copy, bit for bit; it never holds more than its
+    limit, so shards are fetched again in the second epoch; a loader restored mid-epoch from a fresh scratch
+    goes on with the uninterrupted batches; rank 1 of 2 reads its local slice; a limit below window + prefetch shards is an error naming it."""
+    from latte_toolkit.datasets.loader import CacheLoader
+    from latte_toolkit.datasets.storage import StorageError, stream_cache
+
+    _bucket(server, "stream")
+    run_ingest([str(videos)], "s3://stream/ingest", workers=0, progress=False)
+    run_cache("s3://stream/ingest", VAE, "s3://stream/cache", image_size=32, shard_videos=1, workers=0,
+              progress=False)
+    settings = dict(batch_size=2, num_frames=4, sample_stride=1, clips_per_video=2, seed=3, shuffle_window=2)
+    whole = CacheLoader(local_cache("s3://stream/cache"), **settings)
+    largest = max(record["bytes"] for record in read_ledger(whole.folder))
+    limit_gb = 3.5 * largest / (1 << 30)
+    folder, stream = stream_cache("s3://stream/cache", None, 0, limit_gb, 1, 2)
+    streamed = CacheLoader(folder, stream=stream, **settings)
+    for epoch in range(2):
+        expected, got = list(whole), list(streamed)
+        assert len(got) == len(expected) == whole.batches_per_epoch > 0
+        for a, b in zip(expected, got):
+            for column in a:
+                np.testing.assert_array_equal(np.asarray(b[column]), np.asarray(a[column]), err_msg=column)
+    assert stream.peak <= limit_gb * (1 << 30) and stream.fetched > 6  # evicted, fetched again
+
+    whole.load_state_dict({**whole.state_dict(), "epoch": 5, "position": 4})
+    expected = list(whole)
+    restored_env = tmp_path / "other-scratch"
+    os.environ["LATTE_SCRATCH"] = str(restored_env)  # the env fixture's monkeypatch restores it
+    folder, stream = stream_cache("s3://stream/cache", None, 0, limit_gb, 1, 2)
+    resumed = CacheLoader(folder, stream=stream, **settings)
+    resumed.load_state_dict({**resumed.state_dict(), "epoch": 5, "position": 4})
+    got = list(resumed)
+    assert len(got) == len(expected)
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(np.asarray(b["latent"]), np.asarray(a["latent"]))
+    ranked = dict(settings, batch_size=1, rank=1, world_size=2)  # rank 1 of 2: its slice, as locally
+    folder, stream = stream_cache("s3://stream/cache", None, 1, limit_gb, 1, 2)
+    expected, got = list(CacheLoader(whole.folder, **ranked)), list(CacheLoader(folder, stream=stream, **ranked))
+    assert len(got) == len(expected) > 0
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(np.asarray(b["latent"]), np.asarray(a["latent"]))
+    with pytest.raises(StorageError, match="cache_limit_gb"):
+        stream_cache("s3://stream/cache", None, 0, 2.5 * largest / (1 << 30), 1, 2)
