@@ -87,6 +87,7 @@ CURATE_KEYS = KeyTable([
     Key("workers", int, 1, "local dask worker processes; 0 runs in this process", range=NON_NEGATIVE),
     Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786"),
     Key("unit_size", int, 8, "videos per unit of work (each video is decoded once, in one unit)", range=AT_LEAST_1),
+    storage_key(), break_lock_key(),
 ], {}, ConfigError, validate=_check_curate)
 
 CACHE_KEYS = KeyTable([
@@ -161,7 +162,8 @@ def run_curate_job(config, progress=True):
                          max_motion=config["max_motion"], min_size=config["min_size"], letterbox=config["letterbox"],
                          dedup_distance=config["dedup_distance"],
                          workers=config["workers"],
-                         scheduler=config["scheduler"], unit_size=config["unit_size"], progress=progress)
+                         scheduler=config["scheduler"], unit_size=config["unit_size"], progress=progress,
+                         storage_options=config["storage_options"], break_lock=config["break_lock"])
     save_resolved_config(summary["out_dir"], config)
     return summary
 

@@ -103,7 +103,7 @@ def _kill_after_records(fs, proc, prefix, records, timeout=120):
 
 @pytest.mark.slow
 def test_ingest_cache_train_sample_through_s3_equal_local_and_never_write_credentials(server, env, videos, tmp_path):
-    """Sources, manifest, cache and samples in s3://; the credentials given as storage_options appear in no
+    """Sources, manifest, clips, cache and samples in s3://; the credentials given as storage_options appear in no
     object and no local file; the cached latents are bit-identical to a cache of the same videos made in
     local folders, and training reads the s3 cache (its shards each checked as they are fetched)."""
     fs = _bucket(server, "e2e", videos)
@@ -116,12 +116,15 @@ def test_ingest_cache_train_sample_through_s3_equal_local_and_never_write_creden
         assert result.exit_code == 0, result.output
         return result
 
+    clips = dict(min_clip_frames=4, max_clip_frames=8, min_motion=0.0, workers=0, unit_size=4)
     job("ingest", sources=["s3://e2e/src"], out="s3://e2e/ingest", workers=0, unit_size=4,
         storage_options=options)
-    job("cache", manifest="s3://e2e/ingest", vae=VAE, out="s3://e2e/cache", image_size=32, shard_videos=4,
+    job("curate", manifest="s3://e2e/ingest", out="s3://e2e/curate", storage_options=options, **clips)
+    job("cache", manifest="s3://e2e/curate", vae=VAE, out="s3://e2e/cache", image_size=32, shard_videos=4,
         workers=0, storage_options=options)
     job("ingest", sources=[str(videos)], out=str(tmp_path / "ingest"), workers=0, unit_size=4)
-    job("cache", manifest=str(tmp_path / "ingest"), vae=VAE, out=str(tmp_path / "cache"), image_size=32,
+    job("curate", manifest=str(tmp_path / "ingest"), out=str(tmp_path / "curate"), **clips)
+    job("cache", manifest=str(tmp_path / "curate"), vae=VAE, out=str(tmp_path / "cache"), image_size=32,
         shard_videos=4, workers=0)
     assert sorted(fs.find("e2e/cache/shards")) and fs.exists("e2e/cache/index.parquet")
     assert fs.find("e2e/cache/.lock") == []  # released
@@ -158,7 +161,7 @@ def test_ingest_cache_train_sample_through_s3_equal_local_and_never_write_creden
     written = [os.path.join(root, name) for root, _, names in os.walk(tmp_path) for name in names
                if not name.endswith(".yaml")]
     assert not [path for path in written if SECRET.encode() in open(path, "rb").read()]
-    for key in ("e2e/ingest/config.resolved.json", "e2e/cache/config.resolved.json"):
+    for key in ("e2e/ingest/config.resolved.json", "e2e/curate/config.resolved.json", "e2e/cache/config.resolved.json"):
         assert json.loads(fs.cat_file(key))["storage_options"] == {k: "<redacted>" for k in options}
     assert json.loads((run / "config.json").read_text())["storage_options"]["secret"] == "<redacted>"
     assert json.loads((checkpoint / "state.json").read_text())["config"]["storage_options"]["secret"] == "<redacted>"
