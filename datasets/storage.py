@@ -258,6 +258,28 @@ class Store:
         self.fs.invalidate_cache(self.path(key))
         return os.path.getsize(local), digest
 
+    def put_files(self, pairs, batch=32):
+        """Upload [(local file, key)], `batch` at a time concurrently where the driver is asynchronous (s3fs);
+        returns {key: (size, sha256)}."""
+        done = {key: (os.path.getsize(local), _file_sha256(local)) for local, key in pairs}
+        if not getattr(self.fs, "async_impl", False):
+            for local, key in pairs:
+                self.put_file(local, key, done[key][1])
+            return done
+        import asyncio
+
+        from fsspec.asyn import sync
+
+        async def upload(part):
+            await asyncio.gather(*[self.fs._put_file(local, self.path(key), **self._extra(done[key][1]))
+                                   for local, key in part])
+
+        for start in range(0, len(pairs), batch):
+            part = pairs[start:start + batch]
+            self._call("uploading it", part[0][1], sync, self.fs.loop, upload, part)
+        self.fs.invalidate_cache()
+        return done
+
     def put_json(self, key, data, create=False):
         text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False).encode()
         return self.put_bytes(key, text, create=create)

@@ -22,7 +22,9 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
+import threading
 
 import pyarrow.parquet as pq
 
@@ -231,12 +233,23 @@ class StoreJob(Job):
                 if not os.path.isfile(local):
                     fetch_verified(self.store, key, local, meta["size"], meta["sha256"])
 
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if self.ledger is not None:  # the finished units' uploads complete, whatever stopped the job
+                self.ledger.close(raise_errors=exc_type is None)
+        finally:
+            self.lock.__exit__(exc_type, exc, tb)
+
     def publish(self, step, doing, outputs=()):
+        self.ledger.flush()
         result = super().publish(step, doing)
         self.lock.check()
         for name in outputs:
             self.store.put_file(os.path.join(self.work_dir, name), name)
         return result
+
+
+IN_FLIGHT = 2  # finished units of a StoreJob waiting for their upload (their files stay in the scratch till then)
 
 
 class StoreLedger:
@@ -260,6 +273,7 @@ class StoreLedger:
             logger.info("deleting %d object(s) no record names (left by an interrupted run)", len(stray))
             self.store.remove(stray)
         self._records = valid
+        self._queue, self._thread, self._error = queue.Queue(IN_FLIGHT), None, None
         self._seq = 1 + max((int(r["_key"][len(LEDGER_PREFIX):].split("-")[0]) for r in found), default=0)
 
     def _problem(self, record, listing):
@@ -274,20 +288,65 @@ class StoreLedger:
         return None
 
     def records(self):
+        """The committed records (after the uploads in flight: see flush)."""
+        self.flush()
         return [{k: v for k, v in record.items() if k != "_key"} for record in self._records]
 
     def append(self, record):
+        """Queue a finished unit for its upload (objects, then its record) by one thread in commit order,
+        so the next unit computes meanwhile; at most IN_FLIGHT units wait (the scratch holds only those).
+        An upload that failed is raised here, at the next unit, or by flush."""
+        self._raise()
         self.job.lock.check()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._uploads, name="latte-unit-upload", daemon=True)
+            self._thread.start()
+        self._queue.put(record)
+
+    def _uploads(self):
+        while True:
+            record = self._queue.get()
+            try:
+                if record is None:
+                    return
+                if self._error is None:
+                    self._commit(record)
+            except BaseException as err:  # kept for the job's thread
+                self._error = err
+            finally:
+                self._queue.task_done()
+
+    def _raise(self):
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def flush(self):
+        """Wait for the uploads in flight; raise the first that failed."""
+        if self._thread is not None:
+            self._queue.join()
+        self._raise()
+
+    def close(self, raise_errors=True):
+        if self._thread is not None:
+            self._queue.join()
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if raise_errors:
+            self._raise()
+
+    def _commit(self, record):
         work = self.job.work_dir
-        objects, uploaded = {}, []
+        pairs, uploaded = [], []
         for rel in self.job.unit_paths(record):
             local = os.path.join(work, rel)
             files = ([rel] if os.path.isfile(local)
                      else [f"{rel}/{name}" for name in sorted(os.listdir(local))])
-            for name in files:
-                size, digest = self.store.put_file(os.path.join(work, name), name)
-                objects[name] = {"size": size, "sha256": digest}
+            pairs += [(os.path.join(work, name), name) for name in files]
             uploaded.append(local)
+        objects = {key: {"size": size, "sha256": digest}
+                   for key, (size, digest) in self.store.put_files(pairs).items()}
         key = f"{LEDGER_PREFIX}{self._seq:08d}-{record['unit_id']}.json"
         self.store.put_json(key, {**record, "objects": objects})
         self._seq += 1

@@ -4,7 +4,7 @@ S3Server runs moto's server mode (`moto_server`, a Flask app speaking the S3 RES
 on a free 127.0.0.1 port: the jobs talk to it through s3fs and botocore exactly as to a cloud store.
 Proxy forwards a port to it; `cut()` drops every connection and refuses new ones until `restore()` (an
 outage; `cut_after_puts=N` cuts as the N-th PUT arrives, before forwarding it: mid-upload at a point that
-does not depend on timing), and `strip_if_none_match` removes that header from requests (a server that
+does not depend on timing; `put_delay` holds each PUT that long: a slow link), and `strip_if_none_match` removes that header from requests (a server that
 ignores conditional writes).
 """
 import os
@@ -70,8 +70,9 @@ class S3Server:
 class Proxy:
     """127.0.0.1:<port> forwarded to `target_port`, one pair of threads per connection."""
 
-    def __init__(self, target_port, strip_if_none_match=False, cut_after_puts=None):
+    def __init__(self, target_port, strip_if_none_match=False, cut_after_puts=None, put_delay=0.0):
         self.target_port, self.strip, self.cut_after = target_port, strip_if_none_match, cut_after_puts
+        self.put_delay = put_delay
         self.puts = 0
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -138,6 +139,7 @@ class Proxy:
                     if self.down.is_set():
                         self.cut()
                         return
+                    time.sleep(self.put_delay)  # a slow link: each PUT waits before it goes on
                 self.stripped += len(lines) - len(kept)
                 length = next((int(line.split(b":", 1)[1]) for line in kept
                                if line.lower().startswith(b"content-length:")), 0)
