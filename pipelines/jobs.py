@@ -233,6 +233,12 @@ class StoreJob(Job):
                 if not os.path.isfile(local):
                     fetch_verified(self.store, key, local, meta["size"], meta["sha256"])
 
+    def run(self, work, specs, weight, desc, unit, workers=1, scheduler=None, progress=True):
+        if scheduler is not None:  # its workers on other machines would write into this machine's scratch
+            raise self.error(f"{self.store.url}: an existing dask scheduler with an object-store --out is not supported "
+                             f"(the units write into this machine's scratch before their upload); use --workers")
+        return super().run(work, specs, weight, desc, unit, workers, scheduler, progress)
+
     def __exit__(self, exc_type, exc, tb):
         try:
             if self.ledger is not None:  # the finished units' uploads complete, whatever stopped the job
