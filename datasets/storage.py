@@ -169,16 +169,14 @@ class Store:
     # ---------------------------------------------------------------------------------------- reading
     def check(self, doing="opening it"):
         """Reach the store (credentials, endpoint, bucket) once; StorageError if it cannot be."""
-        self._call(doing, "", self.fs.ls, self.root, detail=False, refresh=True) if self._bucket_only() \
-            else self._call(doing, "", self._list_prefix)
-
-    def _bucket_only(self):
-        return "/" not in self.root
+        self._call(doing, "", self._list_prefix)
 
     def _list_prefix(self):
         try:
             return self.fs.ls(self.root, detail=False, refresh=True)
         except FileNotFoundError:
+            if "/" not in self.root:  # the bucket itself
+                raise
             bucket = self.root.split("/")[0]
             self.fs.ls(bucket, detail=False, refresh=True)  # a missing bucket raises here, an empty prefix not
             return []

@@ -4,7 +4,8 @@ S3Server runs moto's server mode (`moto_server`, a Flask app speaking the S3 RES
 on a free 127.0.0.1 port: the jobs talk to it through s3fs and botocore exactly as to a cloud store.
 Proxy forwards a port to it; `cut()` drops every connection and refuses new ones until `restore()` (an
 outage; `cut_after_puts=N` cuts as the N-th PUT arrives, before forwarding it: mid-upload at a point that
-does not depend on timing; `put_delay` holds each PUT that long: a slow link), and `strip_if_none_match` removes that header from requests (a server that
+does not depend on timing; `put_delay` holds each PUT but the lock's heartbeat that long: a slow link
+for the data, a run that stays live), and `strip_if_none_match` removes that header from requests (a server that
 ignores conditional writes).
 """
 import os
@@ -139,7 +140,8 @@ class Proxy:
                     if self.down.is_set():
                         self.cut()
                         return
-                    time.sleep(self.put_delay)  # a slow link: each PUT waits before it goes on
+                    if not lines[0].split(b" ")[1].split(b"?")[0].endswith(b"/.lock"):
+                        time.sleep(self.put_delay)  # a slow link for the data; the lock's heartbeat keeps its pace
                 self.stripped += len(lines) - len(kept)
                 length = next((int(line.split(b":", 1)[1]) for line in kept
                                if line.lower().startswith(b"content-length:")), 0)

@@ -176,8 +176,12 @@ def test_kill_9_then_resume_gives_the_bytes_of_an_uninterrupted_run_and_a_second
     fs = _bucket(server, "kill", videos)
     ingest = ["ingest", "--source", "s3://kill/src", "--workers", "0", "--unit-size", "1"]
     run_ingest(["s3://kill/src"], "s3://kill/ingest-whole", workers=0, unit_size=1, progress=False)  # the reference
-    proc = _start(env, *ingest, "--out", "s3://kill/ingest")
-    assert _kill_after_records(fs, proc, "kill/ingest", 2), "the ingest job finished before it was killed"
+    slow = Proxy(server.port, put_delay=0.3)  # a slow link: the job is certainly mid-way at its second record
+    try:
+        proc = _start({**env, "AWS_ENDPOINT_URL": slow.url}, *ingest, "--out", "s3://kill/ingest")
+        assert _kill_after_records(fs, proc, "kill/ingest", 2), "the ingest job finished before it was killed"
+    finally:
+        slow.close()
     fs.pipe_file("kill/ingest/units/u-stray.parquet", b"a unit a killed run uploaded, never recorded")
     client_upload = fs.call_s3("create_multipart_upload", Bucket="kill", Key="ingest/units/u-half.parquet")
     time.sleep(float(STALE_S) + 0.5)
