@@ -14,6 +14,7 @@ import s3fs
 import yaml
 from click.testing import CliRunner
 
+from latte_core.errors import UserError
 from latte_toolkit.cli import main
 from latte_toolkit.datasets.cache import open_cache, read_ledger
 from latte_toolkit.datasets.storage import StorageError, local_cache
@@ -285,7 +286,7 @@ def test_the_streaming_loader_reads_the_batches_of_a_local_copy_within_its_cache
     """A loader of an s3 cache (6 shards) through a local cache of 3 shards (shuffle_window 2 + prefetch 1):
     two epochs give the batches of a loader of a whole local copy, bit for bit; it never holds more than its
     limit, so shards are fetched again in the second epoch; a loader restored mid-epoch from a fresh scratch
-    goes on with the uninterrupted batches; rank 1 of 2 reads its local slice; a limit below window + prefetch shards is an error naming it."""
+    goes on with the uninterrupted batches; rank 1 of 2 reads its local slice; images are refused; a limit below window + prefetch shards is an error naming it."""
     from latte_toolkit.datasets.loader import CacheLoader
     from latte_toolkit.datasets.storage import stream_cache
 
@@ -324,5 +325,7 @@ def test_the_streaming_loader_reads_the_batches_of_a_local_copy_within_its_cache
     assert len(got) == len(expected) > 0
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(np.asarray(b["latent"]), np.asarray(a["latent"]))
+    with pytest.raises(UserError, match="use_image_num"):  # its images would read the whole cache
+        CacheLoader(folder, stream=stream, use_image_num=1, **ranked)
     with pytest.raises(StorageError, match="cache_limit_gb"):
         stream_cache("s3://stream/cache", None, 0, 2.5 * largest / (1 << 30), 1, 2)
