@@ -67,6 +67,16 @@ def finish_job(summary, table):
 
 
 # ---------------------------------------------------------------------------------------- options from key tables
+class PathOrURL(click.Path):
+    """A local path checked as click.Path checks it, or an object-store URL (s3://..., checked when used)."""
+
+    def convert(self, value, param, ctx):
+        from latte_toolkit.datasets.storage import is_url
+        if isinstance(value, str) and is_url(value):
+            return value
+        return super().convert(value, param, ctx)
+
+
 class IntList(click.ParamType):
     """Comma-separated integers, e.g. 32,64,64."""
     name = "N,N,..."

@@ -171,7 +171,7 @@ def bench_curate_command(config):
     BENCH_CACHE_KEYS,
     key_option("format"), key_option("vae", type=click.Path(file_okay=False)), key_option("videos"),
     key_option("frames"), key_option("size"), key_option("micro_batch"), key_option("text_encoder"),
-    key_option("repeats"),
+    key_option("repeats"), key_option("out", "--out"),
 )
 def bench_cache_command(config):
     """End-to-end cache frames/s against encode-only frames/s of the same VAE on the same frames.
@@ -186,6 +186,7 @@ def bench_cache_command(config):
       latte bench cache --format mindrecord
       latte bench cache --text-encoder clip-l --repeats 3
       latte bench cache --vae pretrained/vae-clouds --size 64 --videos 16 --frames 32 --text-encoder small
+      latte bench cache --vae pretrained/vae-clouds --size 64 --videos 48 --out s3://bench/runs   # store vs local
     """
     # kept here: the cache benchmark (MindSpore) adds ~2.3 s to `latte --help`
     from latte_toolkit.tools.bench.cache import BENCH_TEXT_ENCODERS, bench_cache
@@ -195,7 +196,8 @@ def bench_cache_command(config):
                        f"text-encoder folder")
     setup_mindspore("CPU")
     click.echo(strict_json_line(bench_cache(config["format"], config["vae"], config["videos"], config["frames"],
-                                            config["size"], config["micro_batch"], text_encoder, config["repeats"])))
+                                            config["size"], config["micro_batch"], text_encoder, config["repeats"],
+                                            config["out"], config["storage_options"])))
 
 
 @bench.command("loader")

@@ -28,6 +28,8 @@ from . import configured, key_option, main, setup_mindspore
                     "resumes from the ledger."),
     key_option("seed"),
     key_option("text_encoder", type=click.Path(file_okay=False)),
+    key_option("break_lock", "--break-lock", is_flag=True,
+               help="On an object store: take over the lock of a job that stopped (no heartbeat for 60 s)."),
 )
 def cache(config):
     """Encode every video of an ingest manifest, or every clip of a curate folder (each a cache video of

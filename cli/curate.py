@@ -25,6 +25,8 @@ from . import configured, finish_job, key_option, main
     key_option("workers"),
     key_option("scheduler"),
     key_option("unit_size"),
+    key_option("break_lock", "--break-lock", is_flag=True,
+               help="On an object store: take over the lock of a job that stopped (no heartbeat for 60 s)."),
 )
 def curate(config):
     """Cut each ingested video into clips (frame ranges of its file; nothing is re-encoded) and write

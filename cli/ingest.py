@@ -22,6 +22,8 @@ from . import configured, finish_job, key_option, main
     key_option("retry_failed", "--retry-failed", is_flag=True, help="Also re-try the inputs that failed before."),
     key_option("decode_timeout", "--timeout"),
     key_option("unit_size"),
+    key_option("break_lock", "--break-lock", is_flag=True,
+               help="On an object store: take over the lock of a job that stopped (no heartbeat for 60 s)."),
 )
 def ingest(config):
     """Find videos, check they decode, and write DIR/manifest.parquet and DIR/failures.parquet.

@@ -5,13 +5,13 @@ import click
 from latte_core.atomic import strict_json_line
 from latte_toolkit.pipelines.config import REPORT_KEYS
 
-from . import BadInput, configured, key_option, main
+from . import BadInput, PathOrURL, configured, key_option, main
 
 
 @main.command()
 @configured(
     REPORT_KEYS,
-    key_option("cache", argument=True, metavar="CACHE_OR_CURATE_DIR", type=click.Path(exists=True, file_okay=False)),
+    key_option("cache", argument=True, metavar="CACHE_OR_CURATE_DIR", type=PathOrURL(exists=True, file_okay=False)),
     key_option("verify", is_flag=True),
     key_option("plot", type=click.Path(dir_okay=False)),
 )
@@ -29,13 +29,19 @@ def report(config, as_json):
       latte report work/curate --plot work/curate_histograms.png
     """
     # kept here: the report (pyarrow, matplotlib) adds ~0.6 s to `latte --help`
+    from latte_toolkit.datasets.storage import is_url, local_cache
     from latte_toolkit.pipelines import report as reports
-    curate = reports.is_curate_folder(config["cache"])
+    folder = config["cache"]
+    if is_url(folder):  # a cache in an object store: its local copy (each shard checked as it is fetched)
+        folder = local_cache(folder, config["storage_options"])
+    curate = reports.is_curate_folder(folder)
     try:
-        result = (reports.curate_report if curate else reports.cache_report)(config["cache"], config["verify"])
+        result = (reports.curate_report if curate else reports.cache_report)(folder, config["verify"])
         if config["plot"]:
             plot = reports.plot_curate_histograms if curate else reports.plot_cache_phases
-            result["plot"] = plot(config["cache"], config["plot"])
+            result["plot"] = plot(folder, config["plot"])
+        if folder != config["cache"]:
+            result["cache"] = config["cache"]
     except FileNotFoundError as err:
         raise BadInput(str(err)) from None
     units = "units" if curate else "shards"

@@ -4,6 +4,7 @@ import os
 
 import click
 
+from latte_toolkit.datasets.storage import is_url, open_store
 from latte_toolkit.pipelines.config import INGEST_KEYS, run_ingest_job
 from latte_toolkit.train.config import TRAIN_KEYS
 
@@ -16,6 +17,9 @@ def _cache_keys(options):
     if cache_dir is None:
         return {}
     try:
+        if is_url(cache_dir):  # read with the driver's own credentials (AWS_* variables, ~/.aws)
+            return {"data_folder": cache_dir,
+                    "train_data_type": open_store(cache_dir, None, "--cache").read_json("cache.json")["format"]}
         with open(os.path.join(cache_dir, "cache.json")) as handle:
             return {"data_folder": cache_dir, "train_data_type": json.load(handle)["format"]}
     except (OSError, ValueError, KeyError) as err:
@@ -41,7 +45,7 @@ def _cache_keys(options):
     yaml="Training YAML (MindONE's key names; see `latte train --keys`).",
     overrides=_cache_keys,
 )
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
+@click.option("--cache", "cache_dir", type=str,
               help="Train from this cache folder (sets data_folder and train_data_type from its cache.json).")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run folder.")
 def train(config, resume):

@@ -40,7 +40,7 @@ import numpy as np
 
 from latte_core.errors import UserError, is_integer
 
-from .cache import CorruptCache, check_cache, open_cache, read_ledger, unindexed_videos
+from .cache import CorruptCache, check_cache, check_index, open_cache, read_ledger, unindexed_videos
 from .video import UnusableInput, center_crop_resize, read_clip_frames, read_manifest, to_pixels
 
 logger = logging.getLogger(__name__)
@@ -343,13 +343,23 @@ class CacheLoader(_ClipLoader):
     (several chunk rows per row group, or compressed); every other shard is read frame by frame.
     captions: True adds each sample's caption embeddings (the cache's, as float32; a cache made with
     --text-encoder); the empty prompt's is read, and checked, when the loader is built.
+    stream: a datasets.storage.ShardStream for a cache in an object store (`cache_dir` then the local folder
+    stream_cache made, holding its tables): the shards are fetched as this rank's plan needs them, each
+    checked against the ledger as it arrives (not hashed at start), and the same batches come as from a
+    local copy. Images (use_image_num) read random frames of the whole cache: refused there.
     """
 
     def __init__(self, cache_dir, batch_size, num_frames, sample_stride=1, clips_per_video=1, seed=0, rank=0,
                  world_size=1, shuffle=True, shuffle_window=4, num_parallel_workers=1, on_corrupt="skip",
-                 check="full", cache_bytes=256 << 20, posterior="sample", use_image_num=0, captions=False):
+                 check="full", cache_bytes=256 << 20, posterior="sample", use_image_num=0, captions=False,
+                 stream=None):
         if on_corrupt not in ("skip", "raise"):
             raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
+        if stream is not None and use_image_num:
+            raise UserError(f"{stream.store.url}: use_image_num reads random frames of the whole cache, which the "
+                            f"streaming loader of an object store does not fetch; copy the cache to a local folder "
+                            f"for image-video training")
+        self.stream = stream
         self.cache = open_cache(cache_dir, cache_bytes)
         if posterior == "mean" and "mean" not in self.cache.fields:
             raise ValueError(f"{self.cache.folder}: posterior='mean' needs a cache of the posterior "
@@ -362,7 +372,10 @@ class CacheLoader(_ClipLoader):
             self.null_caption_embedding = self.cache.null_text_embedding.astype(np.float32)
             text_encoder = self.cache.text_encoder
         records = read_ledger(self.folder)
-        self.corrupt = check_cache(self.folder, self.cache.entries.values(), records, check)
+        if stream is None:
+            self.corrupt = check_cache(self.folder, self.cache.entries.values(), records, check)
+        else:  # each shard is checked as it is fetched; the index against the ledger here
+            self.corrupt = check_index(self.cache.entries.values(), records)
         unindexed = unindexed_videos(self.cache.entries.values(), records)
         if unindexed:
             logger.warning("%s: %d committed videos are not in index.parquet (a cache job still running, or an "
@@ -421,6 +434,8 @@ class CacheLoader(_ClipLoader):
         """Batches of samples each read (read_frames) and sampled on one of the workers' threads, in plan
         order: one generator rather than a GeneratorDataset's parallel workers, which were 10-15 % slower
         here and at times several times slower."""
+        if self.stream is not None:
+            self.stream.schedule([self.entries[video[p]]["shard"] for p in positions])
         samples = _in_order(self._clip_sample, ((video[p], start[p], p) for p in positions), self.num_parallel_workers)
         return _batched(samples, self.batch_size * BATCHES_PER_ROW)
 
@@ -429,6 +444,16 @@ class CacheLoader(_ClipLoader):
         return self.cache.reader.read_frames(entry, frame_indices, self.fields)
 
     def _clip_sample(self, video, start, position):
+        if self.stream is None:
+            return self._sample_of(video, start, position)
+        shard = self.entries[video]["shard"]
+        self.stream.acquire(shard)
+        try:
+            return self._sample_of(video, start, position)
+        finally:
+            self.stream.release(shard)
+
+    def _sample_of(self, video, start, position):
         entry = self.entries[video]
         images = None
         if self.use_image_num:

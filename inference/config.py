@@ -77,6 +77,9 @@ SAMPLE_KEYS = KeyTable([
     Key("fps", (int,), 8, "frame rate of the GIF and MP4 files", range=AT_LEAST_1),
     Key("output_path", (str,), "samples", "folder for sample_NNN.gif / .mp4 / .npy and summary.json (which holds "
         "this config)"),
+    Key("storage_options", (dict, type(None)), None, "options of the fsspec driver when output_path is an s3:// (or "
+        "other) URL, e.g. {endpoint_url: ..., key: ..., secret: ...}; default: the driver's own (AWS_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID, ~/.aws); never logged, redacted in summary.json"),
     Key("device_target", (str,), "CPU", "CPU, GPU or Ascend", ("CPU", "GPU", "Ascend")),
     Key("use_parallel", (bool,), False, "split the videos over the processes msrun started (video i on rank "
         "i mod ranks); each video's noise depends only on (seed, i), so the files are those of one process"),

@@ -35,6 +35,7 @@ from latte_core.text_encoder import load_text_encoder
 from latte_core.text_identity import TextEncoderIdentity
 from latte_core.vae import load_vae
 from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.datasets.storage import clear_folder, is_url, local_cache, open_store, redact_config, scratch_for
 from latte_toolkit.datasets.video import read_manifest, to_frames, write_gif, write_mp4
 from latte_toolkit.pipelines.cache import vae_fingerprint
 
@@ -186,7 +187,11 @@ def run_sample(config, progress=True, rank=0, world=1):
     started = time.perf_counter()
     weights, settings, recorded_encoder = _model_settings(config)
     prompts = _prompts_of(config, settings.get("condition"))
-    make_output_dir(config["output_path"], "output_path", create=False)  # refused before any work
+    remote = config["output_path"] if is_url(config["output_path"]) else None  # an object store: uploaded at the end
+    if remote:
+        store = open_store(remote, config.get("storage_options"), "output_path")  # refused before any work
+    else:
+        make_output_dir(config["output_path"], "output_path", create=False)  # refused before any work
     vae, model, encoder = _load_model(config, weights, settings, recorded_encoder, log=rank == 0)
     load_s = time.perf_counter() - started
 
@@ -204,7 +209,11 @@ def run_sample(config, progress=True, rank=0, world=1):
     compile_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    out = make_output_dir(config["output_path"], "output_path")
+    if remote:  # written into a scratch folder of its own, then each file PUT under its final key
+        out = scratch_for(remote, f"samples-{rank}")
+        clear_folder(out)
+    else:
+        out = make_output_dir(config["output_path"], "output_path")
     written = []
     mine = list(range(rank, config["num_videos"], world))  # this rank's videos
     for first in range(0, len(mine), config["batch_size"]):
@@ -216,6 +225,8 @@ def run_sample(config, progress=True, rank=0, world=1):
     times = {"rank": rank, "videos": len(written), "checkpoint_loading_s": round(load_s, 2),
              "compile_s": round(compile_s, 2), "total_sample_s": round(sample_s, 2)}
     ranks = [times]
+    if remote:
+        written = [f"{remote}/{os.path.relpath(path, out)}" for path in written]
     if world > 1:
         ranks, written = _gather_over_ranks(times, written)
     summary = {"checkpoint": config["checkpoint"], "model": settings["model_name"], "condition": settings.get("condition"),
@@ -224,14 +235,20 @@ def run_sample(config, progress=True, rank=0, world=1):
                "prediction_type": settings["prediction_type"], "noise_schedule": settings["noise_schedule"],
                "guidance_scale": config["guidance_scale"] if guided else None, "videos": len(written),
                **{k: max(r[k] for r in ranks) for k in ("checkpoint_loading_s", "compile_s", "total_sample_s")},
-               "ranks": ranks, "output_path": out, "files": written}
+               "ranks": ranks, "output_path": remote or out, "files": written}
     if encoder is not None:
         summary["text_encoder"] = encoder.identity.record()
-        summary["prompts"] = [{"file": _video_path(out, i) + ".gif", "prompt": prompts[i % len(prompts)]}
+        summary["prompts"] = [{"file": _video_path(remote or out, i) + ".gif", "prompt": prompts[i % len(prompts)]}
                               for i in range(config["num_videos"])]
-    summary["config"] = config
+    summary["config"] = redact_config(config)  # storage_options never in a JSON written
+    if remote:  # this rank's files (.npy, .gif, .mp4), from its own scratch folder
+        for name in sorted(os.listdir(out)):
+            if name != "summary.json" and not name.startswith("."):
+                store.put_file(os.path.join(out, name), name)
     if rank == 0:
         write_json_atomically(os.path.join(out, "summary.json"), summary)
+        if remote:  # last: a summary.json in the store means every file it names is there
+            store.put_file(os.path.join(out, "summary.json"), "summary.json")
     return summary
 
 
@@ -246,7 +263,8 @@ def sampler_for_training(train_config):
     if train_config["train_data_type"] == "video_file":
         rows = read_manifest(data)
     else:
-        cache = open_cache(data)
+        cache = open_cache(local_cache(data, train_config.get("storage_options"), "data_folder")
+                           if is_url(data) else data)
         if vae_fingerprint(vae) != cache.info["vae_sha256"]:
             raise SampleError(f"sample_vae {vae}: not the VAE the cache {data} was made with (sha256 differs)")
         rows = [cache.entries[video] for video in cache.ids]

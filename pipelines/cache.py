@@ -41,6 +41,7 @@ from latte_core.vae import load_vae
 from latte_toolkit.datasets.cache import (CAPTION_EMBEDDING, NULL_TEXT_FILE, TEXT_ENCODER_FILE,
                                           check_null_text_embedding, fields_for, non_finite_values, shard_digest)
 from latte_toolkit.datasets.formats import FORMAT_NAMES, get_format
+from latte_toolkit.datasets.storage import is_url, local_copy, local_job_tables, normalized
 from latte_toolkit.datasets.video import (UnusableInput, center_crop_resize, clip_picture, iter_frames,
                                           iter_frames_to_damage, read_manifest, to_pixels)
 
@@ -336,12 +337,16 @@ def cache_shard(spec):
     def encoded():
         for item in spec["videos"]:
             counted = False  # the source file's bytes count once, with its first clip cached
-            for clip, arrays in encode_clips(vae, item, spec, timings):  # one bad video fails it, not the shard
-                if isinstance(arrays, Exception):
-                    yield clip, arrays, 0
-                else:
-                    yield clip, arrays, 0 if counted else _source_size(item)
-                    counted = True
+            # a video in an object store is fetched to the scratch area for its clips, deleted after
+            with local_copy(item["path"], item["kind"], spec.get("storage_options")) as local:
+                decoded, named = _decoded_from(item, local)
+                for clip, arrays in encode_clips(vae, decoded, spec, timings):  # one bad video fails it
+                    clip = named.get(id(clip), clip)
+                    if isinstance(arrays, Exception):
+                        yield clip, _naming(arrays, local, item["path"]), 0
+                    else:
+                        yield clip, arrays, 0 if counted else _source_size(decoded)
+                        counted = True
 
     return write_shard(spec, encoded(), timings, text)
 
@@ -403,6 +408,27 @@ def write_shard(spec, videos, timings, text=None):
         record["text"] = {"captions_encoded": text[1], "without_caption": without_caption,
                           "seconds": round(text[2], 4)}
     return record
+
+
+def _decoded_from(item, local):
+    """(the item as decoded from `local`, {id of each decoded clip: the clip as recorded}): a video fetched
+    from an object store decodes from its local copy, and its rows and messages keep its URL."""
+    if local == item["path"]:
+        return item, {}
+    if "clips" not in item:
+        decoded = {**item, "path": local}
+        return decoded, {id(decoded): item}
+    clips = [{**clip, "path": local} for clip in item["clips"]]
+    return {**item, "path": local, "clips": clips}, {id(c): o for c, o in zip(clips, item["clips"])}
+
+
+def _naming(err, local, url):
+    """An error about a fetched copy, its message naming the URL."""
+    if local == url or local not in str(err):
+        return err
+    if isinstance(err, UnusableInput):
+        return UnusableInput(err.category, err.message.replace(local, url))
+    return RuntimeError(str(err).replace(local, url))
 
 
 def _first_line(err):
@@ -470,9 +496,11 @@ def publish_index(out_dir, records):
 
 def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="float16", store="posterior",
               workers=1, scheduler=None, micro_batch=8, shard_videos=16, chunk_frames=16, skip_videos=0,
-              seed=0, text_encoder=None, progress=True):
+              seed=0, text_encoder=None, progress=True, storage_options=None, break_lock=False):
     """Run (or resume) the cache job; returns the summary dict. `text_encoder`: a text-encoder folder
-    (or a TextEncoder read from one) whose caption embeddings the cache also stores."""
+    (or a TextEncoder read from one) whose caption embeddings the cache also stores. `manifest`, the
+    manifest's videos and `out_dir` may be object-store URLs (datasets/storage.py: `storage_options`,
+    `break_lock`)."""
     if fmt not in FORMAT_NAMES:
         raise CacheError(f"unknown format {fmt!r}; choose one of {', '.join(FORMAT_NAMES)}")
     if dtype not in ("float16", "float32"):
@@ -483,8 +511,10 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
     if not os.path.isdir(vae_dir):
         raise CacheError(f"{vae_dir}: no such VAE folder")
     started = time.perf_counter()
-    out_dir = os.path.abspath(out_dir)
+    out_dir = normalized(out_dir)
     vae_dir = os.path.abspath(vae_dir)
+    if is_url(manifest):
+        manifest = local_job_tables(manifest, storage_options)
     videos, curation = cache_inputs(manifest)
     videos = videos[skip_videos:]
     # the whole VAE (config and every weight) is checked here, before any shard runs or --out is made:
@@ -499,7 +529,7 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
         ms.set_context(mode=ms.GRAPH_MODE)
         _VAES[(vae_dir, vae_sha256)] = vae
     encoder = _checked_text_encoder(text_encoder, in_process=scheduler is None and workers == 0)
-    if encoder is not None:
+    if encoder is not None and not is_url(out_dir):  # in a store, the fingerprint's width is compared
         _check_text_width(out_dir, encoder)
     fingerprint = cache_fingerprint(vae_dir, image_size, store, dtype, fmt, chunk_frames, shard_videos,
                                     vae_config=vae.config, vae_sha256=vae_sha256, text_encoder=encoder,
@@ -507,18 +537,20 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
     del vae
     if image_size % fingerprint["downsample_factor"]:
         raise CacheError(f"image_size {image_size} is not a multiple of the VAE's {fingerprint['downsample_factor']}")
-    with Job(out_dir, "cache.json", fingerprint, "shards", CacheError) as job:
+    with Job(out_dir, "cache.json", fingerprint, "shards", CacheError, storage_options=storage_options,
+             unit_paths=lambda record: [f"shards/{record['unit_id']}"], break_lock=break_lock) as job:
+        work_dir = job.work_dir  # out_dir itself, or the local scratch of an object-store job
         text = None
         if encoder is not None:
             rows = text_rows(encoder, min(shard_videos, len(videos)))
-            null = job.publish(lambda: _publish_null_text_embedding(out_dir, encoder, rows, dtype),
-                               f"writing {NULL_TEXT_FILE}")
+            null = job.publish(lambda: _publish_null_text_embedding(work_dir, encoder, rows, dtype),
+                               f"writing {NULL_TEXT_FILE}", outputs=(NULL_TEXT_FILE, TEXT_ENCODER_FILE))
             text = {"encoder": encoder.identity, "rows": rows, "null": null}
             del encoder  # the shards use the workers' copies (in this process: _TEXT_ENCODERS')
         setup_seconds = time.perf_counter() - started
         pending, skipped = job.plan(videos, shard_videos, _member_key, "s", "videos")
         logger.info("%d videos in %d shards: %d already cached", len(videos), skipped + len(pending), skipped)
-        common = {"out_dir": out_dir, "vae_dir": vae_dir, "vae_sha256": vae_sha256, "format": fmt,
+        common = {"out_dir": work_dir, "storage_options": storage_options, "vae_dir": vae_dir, "vae_sha256": vae_sha256, "format": fmt,
                   "image_size": image_size, "dtype": dtype, "store": store, "micro_batch": micro_batch,
                   "chunk_frames": chunk_frames, "seed": seed, "latent_channels": fingerprint["latent_channels"],
                   "downsample_factor": fingerprint["downsample_factor"], "text": text}
@@ -526,8 +558,9 @@ def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="fl
         errors = job.run(cache_shard, specs, lambda spec: sum(v["num_frames"] or 0 for v in spec["videos"]),
                          "cache", "frame", workers, scheduler, progress)
         records = job.records()
-        index, failures = job.publish(lambda: publish_index(out_dir, records),
-                                      "writing index.parquet and failures.parquet")
+        index, failures = job.publish(lambda: publish_index(work_dir, records),
+                                      "writing index.parquet and failures.parquet",
+                                      outputs=("failures.parquet", "index.parquet"))
     # a shard that raised (e.g. its worker could not load the VAE) cached none of its videos: they count
     # as failed; the shard is not in the ledger, so a re-run retries it
     raised = [spec for spec in specs if spec["unit_id"] in set(errors)]

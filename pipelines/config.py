@@ -10,6 +10,7 @@ import os
 from latte_core.atomic import write_json_atomically
 from latte_core.errors import UserError
 from latte_toolkit.datasets.formats import FORMAT_NAMES
+from latte_toolkit.datasets.storage import Store, is_url, redact_config
 from latte_core.keys import AT_LEAST_1, NON_NEGATIVE, NUMBER, OPTIONAL_STR, POSITIVE, SEED, Key, KeyTable
 
 # the resolved config of a job, beside (never inside) the fingerprint the job itself checks on resume
@@ -18,6 +19,18 @@ RESOLVED_CONFIG = "config.resolved.json"
 
 class ConfigError(UserError):
     pass
+
+
+def storage_key():
+    return Key("storage_options", (dict, type(None)), None,
+               "options of the fsspec driver of s3:// (or other) URLs, e.g. {endpoint_url: ..., key: ..., secret: "
+               "...}; default: the driver's own (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ~/.aws); never logged, "
+               "redacted in every JSON written")
+
+
+def break_lock_key():
+    return Key("break_lock", bool, False, "on an object store: take over the lock of a job that stopped (no "
+                                          "heartbeat for 60 s); a live job's lock is never taken")
 
 
 INGEST_KEYS = KeyTable([
@@ -33,6 +46,7 @@ INGEST_KEYS = KeyTable([
     Key("retry_failed", bool, False, "also re-try the inputs that failed before"),
     Key("decode_timeout", NUMBER, 60.0, "seconds before a hung decode is killed", range=POSITIVE),
     Key("unit_size", int, 32, "inputs per unit of work", range=AT_LEAST_1),
+    storage_key(), break_lock_key(),
 ], {"data_folder": "sources", "csv_path": "sources", "data_path": "sources", "sample_n_frames": "num_frames"},
     ConfigError)
 
@@ -73,6 +87,7 @@ CURATE_KEYS = KeyTable([
     Key("workers", int, 1, "local dask worker processes; 0 runs in this process", range=NON_NEGATIVE),
     Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786"),
     Key("unit_size", int, 8, "videos per unit of work (each video is decoded once, in one unit)", range=AT_LEAST_1),
+    storage_key(), break_lock_key(),
 ], {}, ConfigError, validate=_check_curate)
 
 CACHE_KEYS = KeyTable([
@@ -97,6 +112,7 @@ CACHE_KEYS = KeyTable([
                                             "folder): also store each video's caption embedding (77 x width, "
                                             "the cache dtype; no caption: the empty prompt's) and the empty "
                                             "prompt's once; its sha256 joins the fingerprint"),
+    storage_key(), break_lock_key(),
 ], {"cache_folder": "out", "cache_file_type": "format", "vae_path": "vae", "sample_size": "image_size",
     "resume_cache_index": "skip_videos"}, ConfigError)
 
@@ -106,10 +122,16 @@ REPORT_KEYS = KeyTable([
                                "value a cache stores is finite (exit 1 on a mismatch or a non-finite value)"),
     Key("plot", OPTIONAL_STR, None, "also draw each shard's seconds per phase (decode, encode, write) into this PNG; "
                                     "for a curate folder, the histograms of clip lengths and motion"),
+    storage_key(),
 ], {}, ConfigError)
 
 def save_resolved_config(folder, config, name=RESOLVED_CONFIG):
-    """Write the resolved config as FOLDER/config.resolved.json (one rename: whole or absent)."""
+    """Write the resolved config as FOLDER/config.resolved.json (one rename: whole or absent; in an object
+    store one PUT), its storage_options redacted."""
+    options, config = config.get("storage_options"), redact_config(config)
+    if is_url(folder):
+        Store(folder, options, "--out").put_json(name, config)
+        return f"{folder}/{name}"
     path = os.path.join(folder, name)
     write_json_atomically(path, config)
     return path
@@ -123,7 +145,8 @@ def run_ingest_job(config, progress=True):
     summary = run_ingest(sources, config["out"], num_frames=config["num_frames"],
                          sample_stride=config["sample_stride"], verify=config["verify"], workers=config["workers"],
                          scheduler=config["scheduler"], retry_failed=config["retry_failed"],
-                         timeout=config["decode_timeout"], unit_size=config["unit_size"], progress=progress)
+                         timeout=config["decode_timeout"], unit_size=config["unit_size"], progress=progress,
+                         storage_options=config["storage_options"], break_lock=config["break_lock"])
     save_resolved_config(summary["out_dir"], config)
     return summary
 
@@ -139,7 +162,8 @@ def run_curate_job(config, progress=True):
                          max_motion=config["max_motion"], min_size=config["min_size"], letterbox=config["letterbox"],
                          dedup_distance=config["dedup_distance"],
                          workers=config["workers"],
-                         scheduler=config["scheduler"], unit_size=config["unit_size"], progress=progress)
+                         scheduler=config["scheduler"], unit_size=config["unit_size"], progress=progress,
+                         storage_options=config["storage_options"], break_lock=config["break_lock"])
     save_resolved_config(summary["out_dir"], config)
     return summary
 
@@ -153,6 +177,7 @@ def run_cache_job(config, progress=True):
                         workers=config["workers"], scheduler=config["scheduler"], micro_batch=config["micro_batch"],
                         shard_videos=config["shard_videos"], chunk_frames=config["chunk_frames"],
                         skip_videos=config["skip_videos"], seed=config["seed"], text_encoder=config["text_encoder"],
-                        progress=progress)
+                        progress=progress, storage_options=config["storage_options"],
+                        break_lock=config["break_lock"])
     save_resolved_config(summary["out_dir"], config)
     return summary

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from latte_core.atomic import sha256_of, write_atomically
 from latte_core.errors import UserError
+from latte_toolkit.datasets.storage import is_url, local_copy, local_job_tables, normalized
 from latte_toolkit.datasets.video import UnusableInput, iter_frames_to_damage, read_manifest
 
 from .ingest import FAILURE_SCHEMA, INGEST_VERSION, MANIFEST_SCHEMA
@@ -146,7 +147,11 @@ def curate_unit(spec):
     timings = {"decode": 0.0, "analyse": 0.0, "write": 0.0}
     rows, failures, frames, cuts = [], [], 0, 0
     for item in spec["videos"]:
-        count, boundaries, measures, error = scan_video(item, spec, timings)
+        # a video in an object store is fetched to the scratch area for its scan, deleted after
+        with local_copy(item["path"], item["kind"], spec.get("storage_options")) as local:
+            count, boundaries, measures, error = scan_video({**item, "path": local}, spec, timings)
+        if error is not None and local != item["path"]:
+            error = UnusableInput(error.category, error.message.replace(local, item["path"]))
         cuts += len(boundaries)
         frames += count
         if error is not None:
@@ -251,9 +256,12 @@ def publish_clips(out_dir, records, dedup_distance):
 
 def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, trim_frames=1, cut_threshold=27.0,
                dissolve_threshold=0.05, flash_frames=4, min_motion=0.1, max_motion=None, min_size=0,
-               letterbox="drop", dedup_distance=8.0, workers=1, scheduler=None, unit_size=8, progress=True):
+               letterbox="drop", dedup_distance=8.0, workers=1, scheduler=None, unit_size=8, progress=True,
+               storage_options=None, break_lock=False):
     """Run (or resume) the curate job; returns the summary dict. Bad usage (a missing or foreign
-    manifest, conflicting keys, a folder of another job) is a CurateError before anything is written."""
+    manifest, conflicting keys, a folder of another job) is a CurateError before anything is written.
+    The manifest, its videos and `out_dir` may be object-store URLs (datasets/storage.py:
+    `storage_options`, `break_lock`)."""
     check_clip_lengths(min_clip_frames, max_clip_frames)
     if unit_size < 1:
         raise CurateError(f"unit_size must be at least 1, got {unit_size}")
@@ -268,24 +276,35 @@ def run_curate(manifest, out_dir, min_clip_frames=16, max_clip_frames=256, trim_
         raise CurateError(f"letterbox must be one of {', '.join(LETTERBOX_MODES)}, got {letterbox!r}")
     check_workers(workers, CurateError)
     started = time.perf_counter()
-    out_dir = os.path.abspath(out_dir)
-    manifest_path, videos = read_ingest_manifest(manifest)
+    out_dir = normalized(out_dir)
+    if is_url(manifest):  # its tables fetched; the settings name the URL, whatever the scratch folder
+        manifest_path, videos = read_ingest_manifest(local_job_tables(manifest, storage_options))
+        recorded = normalized(manifest)
+        recorded = recorded if recorded.endswith(".parquet") else f"{recorded}/manifest.parquet"
+    else:
+        manifest_path, videos = read_ingest_manifest(manifest)
+        recorded = manifest_path
     keys = {"min_clip_frames": min_clip_frames, "max_clip_frames": max_clip_frames, "trim_frames": trim_frames,
             "cut_threshold": cut_threshold, "dissolve_threshold": dissolve_threshold, "flash_frames": flash_frames,
             "min_motion": min_motion, "max_motion": max_motion, "min_size": min_size, "letterbox": letterbox,
             "dedup_distance": dedup_distance}
-    settings = {"version": CURATE_VERSION, "manifest": manifest_path, "manifest_sha256": sha256_of(manifest_path),
+    settings = {"version": CURATE_VERSION, "manifest": recorded, "manifest_sha256": sha256_of(manifest_path),
                 "unit_size": unit_size, **keys}
-    with Job(out_dir, "curate.json", settings, "units", CurateError) as job:
+    with Job(out_dir, "curate.json", settings, "units", CurateError, storage_options=storage_options,
+             unit_paths=lambda record: [f"units/{record['unit_id']}.parquet"], break_lock=break_lock,
+             keep_units_local=True) as job:
+        work_dir = job.work_dir  # out_dir itself, or the local scratch of an object-store job
         pending, skipped = job.plan(videos, unit_size, _member_key, "c", "videos")
         logger.info("%d videos in %d units: %d already curated", len(videos), skipped + len(pending), skipped)
-        common = {"out_dir": out_dir, **keys}
+        common = {"out_dir": work_dir, "storage_options": storage_options, **keys}
         specs = [{**unit, **common} for unit in pending]
         errors = job.run(curate_unit, specs, lambda spec: sum(v["num_frames"] or 0 for v in spec["videos"]),
                          "curate", "frame", workers, scheduler, progress)
         records = job.records()
-        kept, dropped, failures = job.publish(lambda: publish_clips(out_dir, records, dedup_distance),
-                                              "writing clips.parquet, filtered.parquet and failures.parquet")
+        job.localize(records)
+        kept, dropped, failures = job.publish(lambda: publish_clips(work_dir, records, dedup_distance),
+                                              "writing clips.parquet, filtered.parquet and failures.parquet",
+                                              outputs=("filtered.parquet", "failures.parquet", "clips.parquet"))
     seconds = time.perf_counter() - started
     raised = [spec for spec in specs if spec["unit_id"] in set(errors)]
     if raised:

@@ -8,6 +8,7 @@ A unit's id is a hash of its members, so the same inputs give the same plan what
 workers, and a re-run skips every unit already in the ledger.
 """
 import csv
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 
 from latte_core.atomic import sha256_of, write_atomically
 from latte_core.errors import UserError
+from latte_toolkit.datasets.storage import ObjectMissing, is_url, local_copy, normalized, open_store
 from latte_toolkit.datasets.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
 
 from .decode_worker import DecodeWorker
@@ -51,7 +53,7 @@ BAD_NAME = "bad name"
 DISCOVERY_FAILURES = ("duplicate", BAD_NAME)
 
 
-def discover(sources):
+def discover(sources, storage_options=None):
     """Inputs {video_id, path, kind, label, caption} from source paths, sorted by video_id.
 
     A folder is walked recursively: video files are inputs, and so is every folder that holds images
@@ -67,7 +69,10 @@ def discover(sources):
     """
     inputs = []
     for source in sources:
-        source = os.path.abspath(source)
+        if is_url(source):
+            inputs.extend(_discover_url(normalized(source), storage_options))
+            continue
+        source = normalized(source)
         if os.path.isdir(source):
             found = _walk(source)
             if not found:
@@ -139,7 +144,7 @@ def printable(text):
 def _input(video_id, path, kind, label=None, caption=None, failure=None):
     """One input; "real" (its resolved path, for discover) is removed before it is planned."""
     item = {"video_id": video_id.replace(os.sep, "/"), "path": path, "kind": kind, "label": label,
-            "caption": caption, "real": os.path.realpath(path)}
+            "caption": caption, "real": path if is_url(path) else os.path.realpath(path)}
     if not _is_utf8(path) or not _is_utf8(item["video_id"]):
         item.update(video_id=printable(item["video_id"]), path=printable(path))
         failure = (BAD_NAME, f"{item['path']}: the name is not valid UTF-8 (its other bytes are shown as \\x "
@@ -195,33 +200,80 @@ def _walk(root):
     return found
 
 
-def _read_list(path):
-    folder = os.path.dirname(path)
+def _read_list(path, text=None, remote_kinds=None):
+    """The inputs a .csv/.json list names. `text`: the list's contents when it lives in an object store
+    (`path` its URL), `remote_kinds`: {relative key: "video" | "frames"} of the objects beside it."""
+    folder = path.rsplit("/", 1)[0] if is_url(path) else os.path.dirname(path)
     try:
+        if text is None:
+            with open(path, "rb") as handle:
+                text = handle.read()
+        text = text.decode()
         if path.lower().endswith(".json"):
-            with open(path) as handle:
-                rows = json.load(handle)
+            rows = json.loads(text)
             if not isinstance(rows, list):
                 raise IngestError(f"{path}: expected a JSON list of objects with a 'video' key")
         else:
-            with open(path, newline="") as handle:
-                rows = list(csv.DictReader(handle))
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
     except (OSError, ValueError, csv.Error) as err:
         raise IngestError(f"{path}: unreadable list ({err})") from None
     found = []
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or not row.get("video"):
             raise IngestError(f"{path}: entry {number} has no 'video' path")
-        relative = os.path.normpath(str(row["video"]))
-        full = os.path.join(folder, relative)
         label = row.get("class")
         try:
             label = None if label in (None, "") else int(label)
         except ValueError:
             raise IngestError(f"{path}: entry {number} has a non-integer class {label!r}") from None
-        found.append(_input(relative, full, "frames" if os.path.isdir(full) else "video",
-                            label, row.get("caption") or None))
+        entry = str(row["video"])
+        if is_url(entry):  # an object named in full: its id is the entry as written
+            kind = "video" if entry.lower().endswith(VIDEO_EXTENSIONS) else "frames"
+            found.append(_input(entry, normalized(entry), kind, label, row.get("caption") or None))
+            continue
+        relative = os.path.normpath(entry)
+        if remote_kinds is not None:
+            full = f"{folder}/{relative}"
+            kind = remote_kinds.get(relative, "video" if relative.lower().endswith(VIDEO_EXTENSIONS) else "frames")
+        else:
+            full = os.path.join(folder, relative)
+            kind = "frames" if os.path.isdir(full) else "video"
+        found.append(_input(relative, full, kind, label, row.get("caption") or None))
     return found
+
+
+def _discover_url(source, storage_options):
+    """The inputs of an object-store source: a video object, a .csv/.json list object, or a prefix whose
+    video objects and frame folders (prefixes holding images directly) are its inputs."""
+    lower = source.lower()
+    if lower.endswith(VIDEO_EXTENSIONS + LIST_EXTENSIONS):
+        parent, name = source.rsplit("/", 1)
+        store = open_store(parent, storage_options, "--source")
+        if not store.exists(name):
+            raise IngestError(f"{source}: no such object")
+        if lower.endswith(VIDEO_EXTENSIONS):
+            return [_input(name, source, "video")]
+        found = _read_list(source, store.cat(name), _remote_kinds(store.listing()))
+        if not found:
+            raise IngestError(f"{source}: the list names no video (no entry after its header)")
+        return found
+    store = open_store(source, storage_options, "--source")
+    kinds = _remote_kinds(store.listing())
+    if not kinds:
+        raise IngestError(f"{source}: no input under this prefix (no video object, no folder of images)")
+    return [_input(key, f"{source}/{key}", kind) for key, kind in sorted(kinds.items())]
+
+
+def _remote_kinds(keys):
+    """{key: "video"} for video objects and {prefix: "frames"} for prefixes holding images directly."""
+    kinds = {}
+    for key in keys:
+        name = key.lower()
+        if name.endswith(VIDEO_EXTENSIONS):
+            kinds[key] = "video"
+        elif name.endswith(IMAGE_EXTENSIONS) and "/" in key:
+            kinds[key.rsplit("/", 1)[0]] = "frames"
+    return kinds
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -253,7 +305,7 @@ def ingest_unit(spec):
         if item.get("failure"):
             row["category"], row["message"] = item["failure"]
         else:
-            answer = decoder.probe(item["kind"], item["path"], spec["verify"])
+            answer = _probe(decoder, item, spec)
             if not answer.pop("ok"):
                 row["category"], row["message"] = answer["category"], answer["message"]
             else:
@@ -277,10 +329,25 @@ def ingest_unit(spec):
     }
 
 
+def _probe(decoder, item, spec):
+    """The decoder's answer for an input; one in an object store is fetched to the scratch area first
+    (deleted after), its messages naming the URL. A missing object fails as "missing"."""
+    if not is_url(item["path"]):
+        return decoder.probe(item["kind"], item["path"], spec["verify"])
+    try:
+        with local_copy(item["path"], item["kind"], spec.get("storage_options")) as local:
+            answer = decoder.probe(item["kind"], local, spec["verify"])
+    except ObjectMissing:
+        return {"ok": False, "category": "missing", "message": f"{item['path']}: no such object"}
+    if "message" in answer:
+        answer["message"] = answer["message"].replace(local, item["path"])
+    return answer
+
+
 # ------------------------------------------------------------------------------------------ the job
 def _job_settings(sources, num_frames, sample_stride, verify, unit_size):
     """What decides the rows: a folder written with other settings is not resumed with these."""
-    return {"sources": sorted(os.path.abspath(s) for s in sources), "num_frames": num_frames,
+    return {"sources": sorted(normalized(s) for s in sources), "num_frames": num_frames,
             "sample_stride": sample_stride, "verify": verify, "unit_size": unit_size, "version": INGEST_VERSION}
 
 
@@ -316,10 +383,12 @@ def _assemble(out_dir, rows):
 
 
 def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False, workers=1, scheduler=None,
-               retry_failed=False, timeout=60.0, unit_size=32, progress=True):
+               retry_failed=False, timeout=60.0, unit_size=32, progress=True, storage_options=None, break_lock=False):
     """Run (or resume) the ingest job; returns the summary dict. Bad usage (a source that yields no
     input, negative workers, an output folder that cannot be written) is an IngestError before
-    anything is written; a full disk stops the job with DiskFull, the committed units kept."""
+    anything is written; a full disk stops the job with DiskFull, the committed units kept.
+    `out_dir` and the sources may be object-store URLs (datasets/storage.py; `storage_options` for their
+    driver, `break_lock` to take over the stale lock of a killed run there)."""
     if not sources:
         raise IngestError("give at least one --source")
     if unit_size < 1 or timeout <= 0 or sample_stride < 1 or (num_frames is not None and num_frames < 1):
@@ -328,28 +397,34 @@ def run_ingest(sources, out_dir, num_frames=None, sample_stride=1, verify=False,
     started = time.perf_counter()
     if workers == 0 and scheduler is None:
         _decoder(timeout).start()  # its start-up overlaps discovery and planning
-    out_dir = os.path.abspath(out_dir)
-    inputs = discover(sources)
+    out_dir = normalized(out_dir)
+    inputs = discover(sources, storage_options)
     settings = _job_settings(sources, num_frames, sample_stride, verify, unit_size)
-    with Job(out_dir, "ingest.json", settings, "units", IngestError) as job:
+    with Job(out_dir, "ingest.json", settings, "units", IngestError, storage_options=storage_options,
+             unit_paths=lambda record: [f"units/{record['unit_id']}.parquet"], break_lock=break_lock,
+             keep_units_local=True) as job:
+        work_dir = job.work_dir  # out_dir itself, or the local scratch of an object-store job
         records = job.records()
         attempt = 1 + max((record["attempt"] for record in records), default=0)
         pending, skipped = job.plan(inputs, unit_size, _member_key, "u", "inputs")
         logger.info("%d inputs in %d units: %d already done", len(inputs), skipped + len(pending), skipped)
         if retry_failed:
-            failed_inputs = [_as_input(row) for row in latest_rows(out_dir, records)
+            job.localize(records)
+            failed_inputs = [_as_input(row) for row in latest_rows(work_dir, records)
                              if row["category"] is not None and row["category"] not in DISCOVERY_FAILURES]
             retries, _ = plan_units(failed_inputs, unit_size, _member_key, f"r{attempt}", "inputs")
             logger.info("retrying %d failed input(s) in %d unit(s)", len(failed_inputs), len(retries))
             pending += retries
-        common = {"out_dir": out_dir, "verify": verify, "timeout": timeout, "num_frames": num_frames,
+        common = {"out_dir": work_dir, "storage_options": storage_options, "verify": verify, "timeout": timeout, "num_frames": num_frames,
                   "sample_stride": sample_stride, "attempt": attempt,
                   "min_frames": num_frames * sample_stride if num_frames else 0}
         specs = [{**unit, **common} for unit in pending]
         errors = job.run(ingest_unit, specs, lambda spec: len(spec["inputs"]), "ingest", "video", workers,
                          scheduler, progress)
-        ok, failed = job.publish(lambda: _assemble(out_dir, latest_rows(out_dir, job.records())),
-                                 "writing manifest.parquet and failures.parquet")
+        job.localize(job.records())
+        ok, failed = job.publish(lambda: _assemble(work_dir, latest_rows(work_dir, job.records())),
+                                 "writing manifest.parquet and failures.parquet",
+                                 outputs=("failures.parquet", "manifest.parquet"))
     seconds = time.perf_counter() - started
     by_category = {}
     for row in failed:

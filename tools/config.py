@@ -95,8 +95,13 @@ BENCH_CACHE_KEYS = KeyTable([
                                             "its own per video): clip-l (random weights, CLIP ViT-L/14's text "
                                             "tower: width 768, 12 layers, 12 heads), small (random: 64, 4, 4) or "
                                             "a text-encoder folder"),
-    Key("repeats", int, 3, "with text_encoder: timed jobs of each kind, interleaved after an untimed pair "
+    Key("repeats", int, 3, "with text_encoder or out: timed jobs of each kind, interleaved after an untimed pair "
                            "(medians)", range=AT_LEAST_1),
+    Key("out", OPTIONAL_STR, None, "also time the job into this object-store prefix (s3://bucket/bench) or folder "
+                                   "against the job into a local folder, and the loader of each (the store's "
+                                   "warm); the runs' caches are deleted after"),
+    Key("storage_options", (dict, type(None)), None, "options of the fsspec driver of `out` (default: the driver's "
+                                                     "own: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ~/.aws)"),
 ], {}, ConfigError)
 
 BENCH_LOADER_KEYS = KeyTable([

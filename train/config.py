@@ -52,6 +52,17 @@ KEYS = [
         resume_may_change=True),
     Key("data_folder", str, "", "a cache folder (latte cache), an ingest folder, or a folder of videos / frame "
                                   "folders (ingested into output_path/ingest first)", resume_may_change=True),
+    Key("storage_options", (dict, type(None)), None, "options of the fsspec driver when data_folder is an s3:// (or "
+                                                     "other) URL, e.g. {endpoint_url: ..., key: ..., secret: ...}; "
+                                                     "default: the driver's own (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                                                     "~/.aws); never logged, redacted in config.json and state.json",
+        resume_may_change=True),
+    Key("cache_limit_gb", (int, float, type(None)), None, "data_folder in an object store: the local cache of its "
+                                                            "shards per rank, in GB (null: no limit); at least "
+                                                            "(shuffle_window + prefetch_shards) x the largest shard",
+        range=POSITIVE, resume_may_change=True),
+    Key("prefetch_shards", int, 2, "data_folder in an object store: shards fetched ahead of the shuffle window",
+        range=NON_NEGATIVE, resume_may_change=True),
     Key("train_data_type", str, "numpy", "video_file (decode + VAE on the fly) or the cache's format",
         ("video_file",) + FORMAT_NAMES),
     Key("sample_stride", int, 1, "frame stride within a clip", range=AT_LEAST_1),

@@ -46,6 +46,7 @@ from latte_core.plot import plot_loss_curve
 from latte_core.runtime import join_msrun, prefer_avx2_onednn
 from latte_core.vae import load_vae
 from latte_toolkit.datasets.cache import open_cache
+from latte_toolkit.datasets.storage import is_url, redact_config, stream_cache
 from latte_toolkit.datasets.loader import CacheLoader, VideoLoader
 
 from .checkpoint import ResumeError, load_checkpoint, remove_staging, save_checkpoint, set_aside
@@ -119,10 +120,19 @@ def setup_devices(config):
     return rank, world
 
 
-def build_loader(config, rank, world, text_encoder=None):
+def build_loader(config, rank, world, text_encoder=None, storage_options=None):
     """(loader, latent size, latent channels) for the data the config names; `text_encoder` (a text run
     from videos) encodes the manifest's captions."""
     folder = config["data_folder"]
+    if is_url(folder):
+        if config["train_data_type"] == "video_file":
+            raise TrainingError(f"data_folder {folder}: training from videos in an object store is not supported; "
+                                f"run `latte cache` into the store and train from that cache")
+        # the shards stream through a local cache of at most cache_limit_gb, each checked as it is fetched
+        folder, stream = stream_cache(folder, storage_options, rank, config["cache_limit_gb"],
+                                      config["prefetch_shards"], config["shuffle_window"])
+    else:
+        stream = None
     common = dict(batch_size=config["train_batch_size"], num_frames=config["num_frames"],
                   sample_stride=config["sample_stride"], clips_per_video=config["clips_per_video"], seed=config["seed"],
                   rank=rank, world_size=world, shuffle=config["shuffle"],
@@ -152,7 +162,7 @@ def build_loader(config, rank, world, text_encoder=None):
     check_cache_fits(config, cache)
     try:
         loader = CacheLoader(folder, shuffle_window=config["shuffle_window"], on_corrupt=config["on_corrupt"],
-                             captions=text, **common)
+                             captions=text, stream=stream, **common)
     except UserError:  # CorruptCache, CorruptTextEmbedding: already name the shards or files
         raise
     except ValueError as err:  # no clip fits, too few clips for a batch, too many workers
@@ -326,12 +336,13 @@ def train(config, resume=False, progress=True, checked=None, sample=None):
     # Every check first (keys, checkpoints, data, model, the checkpoint's fit): a run that is refused
     # leaves its folder as it was.
     chosen, damaged, text_encoder = checked or preflight(config, resume)
+    storage_options, config = config.get("storage_options"), redact_config(config)  # never in a JSON written
     rank, world = setup_devices(config)
     is_main = rank == 0
     out = os.path.abspath(config["output_path"])
     ckpt_root = os.path.join(out, "ckpt")
 
-    loader, latent_size, channels = build_loader(config, rank, world, text_encoder)
+    loader, latent_size, channels = build_loader(config, rank, world, text_encoder, storage_options)
     identity = loader.text_encoder  # the TextEncoderIdentity of the caption embeddings, or None
     if chosen and text_encoder is None:  # a cache's encoder (one from videos was checked in preflight)
         check_resume_text_encoder(chosen, identity)
