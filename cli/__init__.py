@@ -202,5 +202,5 @@ def main(ctx, verbose):
 
 
 # the stages register their commands on `main`
-from . import (bench, cache, convert, curate, demo, diagnose, ingest, quality, report, sample, train,  # noqa: E402,F401
-               train_vae)
+from . import (bench, cache, convert, curate, demo, diagnose, eval, ingest, quality, report, sample,  # noqa: E402,F401
+               train, train_vae)
