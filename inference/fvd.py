@@ -209,20 +209,22 @@ def read_source_rows(path):
 
 
 def plan_clips(path, role, config):
-    """The clips of one source: its videos, num_videos of them drawn without replacement (seeded by
-    (seed, role)) when it has more; each probed (unless a manifest gave its frame count), and a real
-    clip's first frame drawn (seeded by (seed, role, video index)) so that `frames` frames every
-    `real_stride` fit. Returns (clips, failed): an unreadable video is a failure row, a short one an
-    FvdError naming it; fewer usable videos than num_videos an FvdError unless allow_fewer."""
+    """The clips of one source: its videos in a seeded order (by (seed, role)), the first num_videos of them
+    that probe (a manifest's rows carry their frame count and are not probed), then back in the source's
+    order; a real clip's first frame drawn (seeded by (seed, role, the video's place in the source)) so
+    that `frames` frames every `real_stride` fit. Returns (clips, failed): a video that does not probe is
+    a failure row (the next in the order replaces it), a short one an FvdError naming it; fewer usable
+    videos than num_videos an FvdError unless allow_fewer."""
     rows = read_source_rows(path)
     wanted, frames = config["num_videos"], config["frames"]
     stride = config["real_stride"] if role == "real" else 1
     span = (frames - 1) * stride + 1
-    if len(rows) > wanted:
-        chosen = np.sort(np.random.default_rng([config["seed"], _ROLES[role]]).choice(len(rows), wanted, replace=False))
-        rows = [rows[i] for i in chosen]
-    clips, failed = [], []
-    for index, row in enumerate(rows):
+    order = np.random.default_rng([config["seed"], _ROLES[role]]).permutation(len(rows))
+    chosen, failed = [], []
+    for index in order:
+        if len(chosen) == wanted:
+            break
+        row = rows[index]
         count = row["num_frames"]
         if count is None:
             try:
@@ -235,9 +237,10 @@ def plan_clips(path, role, config):
                            + (f" every --real-stride {stride}" if stride > 1 else "") + " needs")
         first = 0
         if role == "real":
-            first = int(np.random.default_rng([config["seed"], _ROLES[role], index]).integers(0, count - span + 1))
-        clips.append({"video_id": row["video_id"], "path": row["path"], "kind": row["kind"],
-                      "indices": list(range(first, first + span, stride))})
+            first = int(np.random.default_rng([config["seed"], _ROLES[role], int(index)]).integers(0, count - span + 1))
+        chosen.append((int(index), {"video_id": row["video_id"], "path": row["path"], "kind": row["kind"],
+                                    "indices": list(range(first, first + span, stride))}))
+    clips = [clip for _, clip in sorted(chosen, key=lambda item: item[0])]
     _check_count(path, len(clips), failed, config)
     return clips, failed
 

@@ -32,18 +32,18 @@ def i3d(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    """real/: five 32 px cloud clips of 12 frames; samples/: a `latte sample` folder (summary.json, MP4s
-    and the same videos as GIFs) of three 9-frame clips and one MP4 that does not decode."""
+    """real/: four 32 px cloud clips of 12 frames; samples/: a `latte sample` folder (summary.json, MP4s
+    and the same videos as GIFs) of two 9-frame clips and one MP4 that does not decode."""
     root = tmp_path_factory.mktemp("fvd_videos")
-    write_cloud_dataset(root / "real", videos=5, num_frames=12, size=32, seed=1)
+    write_cloud_dataset(root / "real", videos=4, num_frames=12, size=32, seed=1)
     samples = root / "samples"
     samples.mkdir()
     (samples / "summary.json").write_text("{}")
-    for i in range(3):
+    for i in range(2):
         frames = cloud_frames(9, size=32, seed=500 + i)
         write_mp4(str(samples / f"sample_{i:03d}.mp4"), frames)
         write_gif(str(samples / f"sample_{i:03d}.gif"), frames, fps=8)
-    (samples / "sample_003.mp4").write_bytes(b"not a video" * 100)
+    (samples / "sample_002.mp4").write_bytes(b"not a video" * 100)
     return root
 
 
@@ -97,36 +97,44 @@ def test_a_protocol_difference_is_named_with_both_values():
 
 
 # ------------------------------------------------------------------------------------------- the command
-def test_eval_fvd_on_videos_then_on_saved_statistics(videos, i3d, tmp_path):
-    """Real: 4 of 5 clips drawn; fake: a sample folder's MP4s (GIFs skipped), one unreadable (counted),
-    so 3 of --num-videos 4 with --allow-fewer. The saved statistics give the same FVD; another protocol
-    is refused by name, nothing written."""
-    stats, out = tmp_path / "real.npz", tmp_path / "result.json"
-    result = eval_fvd("--real", videos / "real", "--fake", videos / "samples", "--i3d", i3d, "--num-videos", 4,
+@pytest.fixture(scope="module")
+def first_run(videos, i3d, tmp_path_factory):
+    """In this process: real 3 of 4 clips drawn; fake: the sample folder's MP4s (GIFs skipped), one
+    unreadable (counted), so 2 of --num-videos 3 with --allow-fewer; the real statistics saved."""
+    folder = tmp_path_factory.mktemp("first_run")
+    stats, out = folder / "real.npz", folder / "result.json"
+    result = eval_fvd("--real", videos / "real", "--fake", videos / "samples", "--i3d", i3d, "--num-videos", 3,
                       "--allow-fewer", "--save-stats", stats, "--out", out, "--bootstrap", 20)
     assert result.exit_code == 0, result.output
+    return result, stats, out
+
+
+def test_eval_fvd_on_videos_then_on_saved_statistics(first_run, videos, i3d, tmp_path):
+    """The result names the metric and records the protocol and counts; the saved statistics give the same
+    FVD; another protocol is refused by name, nothing written."""
+    result, stats, out = first_run
     line, payload = result.stdout.strip().splitlines()[-2:]
     first = json.loads(payload)
     assert first == json.loads(out.read_text())
     assert first["metric"] == "FVD9" and first["FVD9"] > 0 and np.isfinite(first["KVD9"])
-    assert line.startswith(f"FVD9 {first['FVD9']:.2f}  KVD9") and "4 real / 3 fake videos" in line
-    assert first["real"]["count"] == 4 and first["fake"]["count"] == 3 and first["fake"]["failed"] == 1
-    assert first["fake"]["failures"][0]["video_id"] == "sample_003.mp4"
+    assert line.startswith(f"FVD9 {first['FVD9']:.2f}  KVD9") and "3 real / 2 fake videos" in line
+    assert first["real"]["count"] == 3 and first["fake"]["count"] == 2 and first["fake"]["failed"] == 1
+    assert first["fake"]["failures"][0]["video_id"] == "sample_002.mp4"
     protocol = first["protocol"]
-    assert (protocol["frames"], protocol["num_videos"], protocol["resolution"], protocol["real_stride"]) == (9, 4, 256, 1)
+    assert (protocol["frames"], protocol["num_videos"], protocol["resolution"], protocol["real_stride"]) == (9, 3, 256, 1)
     assert len(protocol["detector_sha256"]) == 64
     boot = first["bootstrap"]
     assert boot["rounds"] == 20 and boot["std"] > 0 and boot["p2.5"] <= boot["p97.5"]
 
-    again = eval_fvd("--real", stats, "--fake", videos / "samples", "--i3d", i3d, "--num-videos", 4, "--allow-fewer")
+    again = eval_fvd("--real", stats, "--fake", videos / "samples", "--i3d", i3d, "--num-videos", 3, "--allow-fewer")
     assert again.exit_code == 0, again.output
     second = json.loads(again.stdout.strip().splitlines()[-1])
-    assert second["real"] == {"source": str(stats), "kind": "stats", "count": 4, "failed": 0, "failures": []}
+    assert second["real"] == {"source": str(stats), "kind": "stats", "count": 3, "failed": 0, "failures": []}
     # the same fake features in this process and the real statistics read back bit for bit
     assert second["FVD9"] == first["FVD9"]
 
     never = tmp_path / "never.json"
-    other = eval_fvd("--real", stats, "--fake", videos / "samples", "--i3d", i3d, "--num-videos", 4,
+    other = eval_fvd("--real", stats, "--fake", videos / "samples", "--i3d", i3d, "--num-videos", 3,
                      "--allow-fewer", "--real-stride", 2, "--out", never)
     assert other.exit_code == 2 and len(_errors(other)) == 1, other.output
     assert str(stats) in _errors(other)[0] and "real_stride: 1 in the file, 2 now" in _errors(other)[0]
@@ -142,9 +150,9 @@ def test_bad_input_is_one_error_line_naming_it_and_writes_nothing(case, videos, 
         save_file({"fc.weight": np.zeros((2, 2), np.float32)}, str(i3d))
         named = [i3d, "Conv3d_1a_7x7.conv3d.weight", "fc.weight"]
     elif case == "too_few":
-        extra, named = ["--num-videos", 4], [fake, "3 usable videos (1 unreadable)", "--allow-fewer"]
+        extra, named = ["--num-videos", 3], [fake, "2 usable videos (1 unreadable)", "--allow-fewer"]
     elif case == "too_short":
-        extra, named = ["--frames", 12, "--num-videos", 3], [fake, "9 frames"]
+        extra, named = ["--frames", 12, "--num-videos", 2], [fake, "9 frames"]
     else:
         fake, named = tmp_path / "s.npz", [tmp_path / "s.npz", "--fake"]
         FeatureStats(np.zeros((2, 400)), {}).save(str(fake))
@@ -157,3 +165,50 @@ def test_bad_input_is_one_error_line_naming_it_and_writes_nothing(case, videos, 
     for name in named:
         assert str(name) in errors[0], errors[0]
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- the same statistics at scale
+def _stats_features(path):
+    with np.load(path, allow_pickle=False) as data:
+        return data["features"], data["mean"], data["cov"]
+
+
+def _assert_same_statistics(ours, one_process):
+    """Features within 1e-5 of their largest magnitude: a clip's logits do not depend on the runner, only on
+    float32 rounding of the micro-batch it shared (oneDNN's accumulation order; bit-identical when the batches
+    are the same); the float64 statistics then agree to the same relative bound."""
+    (features, mean, cov), (f1, m1, c1) = _stats_features(ours), _stats_features(one_process)
+    assert features.shape == f1.shape
+    scale = np.abs(f1).max()
+    assert np.abs(features - f1).max() <= 1e-5 * scale
+    assert np.abs(mean - m1).max() <= 1e-5 * scale and np.abs(cov - c1).max() <= 1e-5 * scale ** 2
+
+
+def test_dask_workers_reading_an_ingest_manifest_give_the_statistics_of_one_process(videos, i3d, first_run, tmp_path):
+    """The real clips from `latte ingest`'s manifest of the same folder (the same video ids, so the same
+    clips drawn), their features computed on a dask LocalCluster of one worker, one unit per micro-batch."""
+    ingest = CliRunner().invoke(main, ["ingest", "--source", str(videos / "real"), "--out", str(tmp_path / "ingest"),
+                                       "--workers", "0"])
+    assert ingest.exit_code == 0, ingest.output
+    stats = tmp_path / "real.npz"
+    result = eval_fvd("--real", tmp_path / "ingest", "--fake", videos / "samples", "--i3d", i3d, "--num-videos", 3,
+                      "--allow-fewer", "--workers", 1, "--unit-batches", 1, "--save-stats", stats)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["real"]["kind"] == "manifest"
+    _assert_same_statistics(stats, first_run[1])
+
+
+@pytest.mark.slow
+def test_two_msrun_ranks_give_the_statistics_of_one_process(videos, i3d, first_run, tmp_path):
+    """Clip i on rank i mod 2 (rank 1's one clip padded to the micro-batch of 2), gathered back in order."""
+    stats, out = tmp_path / "real.npz", tmp_path / "result.json"
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "GLOG_v": "3"}
+    command = ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+               f"--log_dir={tmp_path / 'logs'}", "--join=True", os.path.join(BIN, "latte"), "eval", "fvd",
+               "--real", str(videos / "real"), "--fake", str(videos / "samples"), "--i3d", i3d, "--num-videos", "3",
+               "--allow-fewer", "--frames", FRAMES, "--batch-size", "2", "--save-stats", str(stats), "--out", str(out),
+               "--use_parallel", "True"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert json.loads(out.read_text())["real"]["count"] == 3
+    _assert_same_statistics(stats, first_run[1])
