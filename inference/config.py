@@ -135,7 +135,8 @@ FVD_KEYS = KeyTable([
     Key("save_stats", OPTIONAL_STR, None, "write the real set's statistics (mean, covariance, count, features, "
         "protocol) to this .npz"),
     Key("out", OPTIONAL_STR, None, "also write the JSON result to this file"),
-    Key("batch_size", int, 8, "videos per I3D call (bounds the memory)", range=AT_LEAST_1),
+    Key("batch_size", int, 2, "videos per I3D call (bounds the memory: ~0.8 GB each on CPU, `latte bench fvd`)",
+        range=AT_LEAST_1),
     Key("unit_batches", int, 4, "I3D calls per dask unit", range=AT_LEAST_1),
     Key("workers", int, 0, "local dask worker processes; 0 runs in this process", range=NON_NEGATIVE),
     Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786"),
