@@ -192,6 +192,7 @@ def main(ctx, verbose):
       latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --format mindrecord
       latte report work/cache --verify
       latte convert latte --source skytimelapse.pt --target skytimelapse.ckpt
+      latte eval fvd --real work/ingest --fake samples/ --i3d i3d_pretrained_400.pt
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2
     """
     # MindSpore's C++ warnings are noise for users; set before mindspore is first imported.
