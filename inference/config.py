@@ -114,10 +114,10 @@ class FvdError(UserError):
 
 
 FVD_KEYS = KeyTable([
-    Key("real", str, None, "the real videos: a folder of videos, an ingest folder (or its manifest.parquet), or a "
-        "statistics .npz of --save-stats"),
-    Key("fake", str, None, "the generated videos: a folder of videos (of a `latte sample` folder, its MP4s) or an "
-        "ingest folder (or its manifest.parquet)"),
+    Key("real", str, None, "the real videos: a folder of videos, an ingest folder (or its manifest.parquet), a "
+        "curate folder (its clips), or a statistics .npz of --save-stats"),
+    Key("fake", str, None, "the generated videos: a folder of videos (of a `latte sample` folder, its MP4s), an "
+        "ingest folder (or its manifest.parquet) or a curate folder"),
     Key("i3d", str, None, "the I3D weights, i3d_pretrained_400.pt (the TATS / cd-fvd release; never downloaded)"),
     Key("num_videos", int, 2048, "videos of each set (drawn, seeded, from a larger set); fewer is an error "
         "unless allow_fewer", range=AT_LEAST_1),

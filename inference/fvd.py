@@ -17,14 +17,16 @@ import logging
 import os
 import warnings
 
+import mindspore as ms
 import numpy as np
 import scipy.linalg
+from mindspore.mint.distributed import all_gather_object
 from tqdm.auto import tqdm
 
 from latte_core.atomic import finite_or_none, make_output_dir, sha256_of, staged, write_json_atomically
 from latte_core.i3d import I3D_CLASSES, I3D_RESOLUTION, MIN_FRAMES, load_i3d, preprocess_i3d
 from latte_toolkit.datasets.video import (VIDEO_EXTENSIONS, UnusableInput, center_crop_resize, natural_key,
-                                          probe_video, read_manifest, read_frames_at)
+                                          probe_video, read_clip_frames, read_manifest)
 from latte_toolkit.pipelines.runners import prefetch, run_units
 
 from .config import FvdError
@@ -166,8 +168,9 @@ def bootstrap_fvd(real, fake_features, rounds, seed):
 
 # --------------------------------------------------------------------------------------------- sources
 def source_kind(path):
-    """"stats" (an .npz of --save-stats), "manifest" (an ingest folder or its manifest.parquet) or
-    "videos" (a folder of video files; of a `latte sample` folder, its MP4s)."""
+    """"stats" (an .npz of --save-stats), "manifest" (an ingest folder or its manifest.parquet), "curate"
+    (a `latte curate` folder: its clips) or "videos" (a folder of video files; of a `latte sample` folder,
+    its MP4s)."""
     if os.path.isfile(path):
         if path.endswith(".npz"):
             return "stats"
@@ -176,6 +179,8 @@ def source_kind(path):
         raise FvdError(f"{path}: not a source (a folder of videos, an ingest folder or manifest.parquet, or a "
                        f"statistics .npz of --save-stats)")
     if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "curate.json")):
+            return "curate"
         return "manifest" if os.path.isfile(os.path.join(path, "manifest.parquet")) else "videos"
     raise FvdError(f"{path}: no such file or folder")
 
@@ -198,9 +203,8 @@ def list_videos(path):
 
 def read_source_rows(path):
     kind = source_kind(path)
-    if kind == "manifest":
-        rows = [{"video_id": r["video_id"], "path": r["path"], "kind": r["kind"], "num_frames": r["num_frames"]}
-                for r in read_manifest(path)]
+    if kind in ("manifest", "curate"):  # a curate folder's clips: read_clip_frames cuts and crops them
+        rows = read_manifest(path, clips=True)
     else:
         rows = list_videos(path)
     if not rows:
@@ -233,12 +237,13 @@ def plan_clips(path, role, config):
                 failed.append({"video_id": row["video_id"], "category": err.category, "message": err.message})
                 continue
         if count < span:
-            raise FvdError(f"{row['path']}: {count} frames, shorter than the {span} a clip of --frames {frames}"
+            where = f"{row['path']} (clip {row['video_id']})" if "start_frame" in row else row["path"]
+            raise FvdError(f"{where}: {count} frames, shorter than the {span} a clip of --frames {frames}"
                            + (f" every --real-stride {stride}" if stride > 1 else "") + " needs")
         first = 0
         if role == "real":
             first = int(np.random.default_rng([config["seed"], _ROLES[role], int(index)]).integers(0, count - span + 1))
-        chosen.append((int(index), {"video_id": row["video_id"], "path": row["path"], "kind": row["kind"],
+        chosen.append((int(index), {"video_id": row["video_id"], "row": row,
                                     "indices": list(range(first, first + span, stride))}))
     clips = [clip for _, clip in sorted(chosen, key=lambda item: item[0])]
     _check_count(path, len(clips), failed, config)
@@ -273,7 +278,7 @@ def _model(path, sha256):
 
 def decode_clip(clip, resolution):
     """uint8 (T, resolution, resolution, 3): the clip's frames, each centre-cropped to a square and resized."""
-    frames = read_frames_at(clip["path"], clip["kind"], clip["indices"])
+    frames = read_clip_frames(clip["row"], clip["indices"])
     return np.stack([center_crop_resize(frame, resolution) for frame in frames])
 
 
@@ -282,7 +287,6 @@ def clip_features(spec, progress=None):
     {"features": float32 (n, 400) of the clips that decoded, in order, "failed": [failure rows]}.
     Micro-batches of batch_size videos (the last padded by repeating its last video, so one compiled
     shape serves them all); memory is bounded by batch_size, whatever the number of clips."""
-    import mindspore as ms
     model = _model(spec["i3d"], spec["sha256"])
     batch_size, features, failed = spec["batch_size"], [], []
 
@@ -358,7 +362,6 @@ def extract_features(clips, config, sha256, desc, rank=0, ranks=1):
 
 def _gather(rows, failed, ranks):
     """Every rank's (position, features) rows and failures, on every rank."""
-    from mindspore.mint.distributed import all_gather_object
     gathered = [None] * ranks
     all_gather_object(gathered, ([(i, np.asarray(f)) for i, f in rows], failed))
     return [row for part in gathered for row in part[0]], [row for part in gathered for row in part[1]]

@@ -199,16 +199,22 @@ def test_dask_workers_reading_an_ingest_manifest_give_the_statistics_of_one_proc
 
 
 @pytest.mark.slow
-def test_two_msrun_ranks_give_the_statistics_of_one_process(videos, i3d, first_run, tmp_path):
-    """Clip i on rank i mod 2 (rank 1's one clip padded to the micro-batch of 2), gathered back in order."""
+def test_two_msrun_ranks_reading_curated_clips_give_the_statistics_of_one_process(videos, i3d, first_run, tmp_path):
+    """The real clips from a `latte curate` folder of the same videos (one clip each, no cut: the same frames),
+    clip i on rank i mod 2 (rank 1's one clip padded to the micro-batch of 2), gathered back in order."""
+    for command in (["ingest", "--source", str(videos / "real"), "--out", str(tmp_path / "ingest")],
+                    ["curate", "--manifest", str(tmp_path / "ingest"), "--out", str(tmp_path / "curate"),
+                     "--min-clip-frames", "9", "--min-motion", "0", "--dedup-distance", "0"]):
+        done = CliRunner().invoke(main, command + ["--workers", "0"])
+        assert done.exit_code == 0, done.output
     stats, out = tmp_path / "real.npz", tmp_path / "result.json"
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "GLOG_v": "3"}
     command = ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
                f"--log_dir={tmp_path / 'logs'}", "--join=True", os.path.join(BIN, "latte"), "eval", "fvd",
-               "--real", str(videos / "real"), "--fake", str(videos / "samples"), "--i3d", i3d, "--num-videos", "3",
+               "--real", str(tmp_path / "curate"), "--fake", str(videos / "samples"), "--i3d", i3d, "--num-videos", "3",
                "--allow-fewer", "--frames", FRAMES, "--batch-size", "2", "--save-stats", str(stats), "--out", str(out),
                "--use_parallel", "True"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert json.loads(out.read_text())["real"]["count"] == 3
+    assert json.loads(out.read_text())["real"]["kind"] == "curate"
     _assert_same_statistics(stats, first_run[1])
