@@ -34,6 +34,7 @@ def eval_group():
     key_option("scheduler"),
     key_option("use_parallel", "--use_parallel", "--use-parallel",
                help="True: split the videos over the processes msrun started (the same statistics as one process)."),
+    key_option("device_target", "--device", help="Device [CPU]; graph mode (only CPU has been run)."),
 )
 def fvd(config):
     """FVD (and KVD) between real and generated videos, named by clip length (FVD16, FVD128).
@@ -51,7 +52,7 @@ def fvd(config):
     # kept here: the evaluation (MindSpore, the I3D, scipy) adds seconds to `latte --help`
     from latte_core.runtime import join_msrun
     from latte_toolkit.inference.fvd import result_line, run_fvd
-    setup_mindspore("CPU")
+    setup_mindspore(config["device_target"])
     rank, ranks = 0, 1
     if config["use_parallel"]:
         rank, ranks = join_msrun(FvdError, "start the evaluation with msrun, or drop --use_parallel")

@@ -142,4 +142,5 @@ FVD_KEYS = KeyTable([
     Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786"),
     Key("use_parallel", bool, False, "split the videos over the processes msrun started (video i on rank i mod "
         "ranks); every rank gets the same result, rank 0 writes the files"),
+    Key("device_target", str, "CPU", "CPU, GPU or Ascend (graph mode; only CPU has been run)", ("CPU", "GPU", "Ascend")),
 ], {}, FvdError)
