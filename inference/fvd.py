@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from latte_core.atomic import finite_or_none, make_output_dir, sha256_of, staged, write_json_atomically
 from latte_core.i3d import I3D_CLASSES, I3D_RESOLUTION, MIN_FRAMES, load_i3d, preprocess_i3d
-from latte_toolkit.datasets.video import (VIDEO_EXTENSIONS, UnusableInput, center_crop_resize, natural_key,
-                                          probe_video, read_clip_frames, read_manifest)
+from latte_toolkit.datasets.video import (VIDEO_EXTENSIONS, UnusableInput, center_crop_resize, probe_video,
+                                          read_clip_frames, read_manifest)
 from latte_toolkit.pipelines.runners import prefetch, run_units
 
 from .config import FvdError
@@ -198,7 +198,7 @@ def list_videos(path):
                 full = os.path.join(root, name)
                 found.append({"video_id": os.path.relpath(full, path), "path": full, "kind": "video",
                               "num_frames": None})
-    return sorted(found, key=lambda row: natural_key(row["video_id"]))
+    return sorted(found, key=lambda row: row["video_id"])  # as a manifest sorts them: the same clips drawn
 
 
 def read_source_rows(path):
