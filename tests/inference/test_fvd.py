@@ -13,8 +13,8 @@ from conftest import BIN, free_port
 from latte_toolkit.cli import main
 from latte_toolkit.datasets.video import write_gif, write_mp4
 from latte_toolkit.inference.config import FvdError
-from latte_toolkit.inference.fvd import (FeatureStats, frechet_distance, mean_cov, metric_names,
-                                         protocol_mismatch)
+from latte_toolkit.inference.fvd import (FeatureStats, bootstrap_fvd, frechet_distance, kernel_distance, mean_cov,
+                                         metric_names, protocol_mismatch)
 from latte_toolkit.tools.synthetic import cloud_frames, write_cloud_dataset
 
 FRAMES = "9"  # the fewest the I3D takes: each video costs ~1 s here
@@ -65,6 +65,27 @@ def test_distance_matches_cd_fvd_on_the_fixture_logits(fvd_io):
     full = frechet_distance(*mean_cov(fvd_io["full_rank_real"]), *mean_cov(fvd_io["full_rank_fake"]))
     assert abs(full - fvd_io["fvd_full_rank"]) < 1e-3 * fvd_io["fvd_full_rank"]
     assert abs(frechet_distance(*real, *real)) < 1e-6 * fvd_io["fvd"]
+
+
+def test_kvd_is_near_zero_for_one_distribution_and_grows_with_a_shift():
+    """Unbiased MMD^2: two samples of one Gaussian give |KVD| well below the KVD of a shift by 1 in every
+    feature; seeded subsets give the same value twice."""
+    rng = np.random.default_rng(0)
+    real, same, shifted = rng.normal(size=(3, 100, 400))
+    same_kvd = kernel_distance(real, same, seed=1)
+    assert same_kvd == kernel_distance(real, same, seed=1)
+    assert abs(same_kvd) < 0.01 * kernel_distance(real, shifted + 1.0, seed=1)
+
+
+def test_bootstrap_resamples_the_fake_features_with_a_seed():
+    """The real statistics fixed and the fake features resampled: the same seed gives the same figures,
+    another seed others."""
+    rng = np.random.default_rng(0)
+    real = FeatureStats(rng.normal(size=(200, 40)), {})  # 40 features: the distance is the same code at any width
+    fake = rng.normal(0.2, 1.0, size=(200, 40)).astype(np.float32)
+    first, again = bootstrap_fvd(real, fake, 10, seed=3), bootstrap_fvd(real, fake, 10, seed=3)
+    assert first == again and first["rounds"] == 10 and 0 < first["std"] and first["p2.5"] < first["p97.5"]
+    assert first != bootstrap_fvd(real, fake, 10, seed=4)
 
 
 def test_the_metric_is_named_by_its_clip_length():
