@@ -202,6 +202,7 @@ def main(ctx, verbose):
       latte cache --manifest work/ingest --vae sd-vae-ft-mse/ --out work/cache --format mindrecord
       latte report work/cache --verify
       latte convert latte --source skytimelapse.pt --target skytimelapse.ckpt
+      latte eval fvd --real work/ingest --fake samples/ --i3d i3d_pretrained_400.pt
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2
     """
     # MindSpore's C++ warnings are noise for users; set before mindspore is first imported.
@@ -212,5 +213,5 @@ def main(ctx, verbose):
 
 
 # the stages register their commands on `main`
-from . import (bench, cache, convert, curate, demo, diagnose, ingest, quality, report, sample, train,  # noqa: E402,F401
-               train_vae)
+from . import (bench, cache, convert, curate, demo, diagnose, eval, ingest, quality, report, sample,  # noqa: E402,F401
+               train, train_vae)

@@ -5,8 +5,8 @@ import click
 
 from latte_core.atomic import strict_json_line
 from latte_toolkit.tools.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_CURATE_KEYS,
-                                        BENCH_FORWARD_KEYS, BENCH_INGEST_KEYS, BENCH_LEARN_KEYS, BENCH_LOADER_KEYS,
-                                        BENCH_STEP_KEYS, BENCH_VAE_KEYS)
+                                        BENCH_FORWARD_KEYS, BENCH_FVD_KEYS, BENCH_INGEST_KEYS, BENCH_LEARN_KEYS,
+                                        BENCH_LOADER_KEYS, BENCH_STEP_KEYS, BENCH_VAE_KEYS)
 
 from . import BadInput, configured, key_option, main, setup_mindspore
 
@@ -88,6 +88,24 @@ def bench_forward_command(config):
     click.echo(strict_json_line(bench_forward(config["model_name"], config["frames"], config["latent"], config["batch"],
                                               config["repeats"], device=config["device"],
                                               kernels=_kernel_paths(config["kernels"]))))
+
+
+@bench.command("fvd")
+@configured(
+    BENCH_FVD_KEYS,
+    key_option("frames"), key_option("size"), key_option("batch"), key_option("repeats"), key_option("device"),
+)
+def bench_fvd_command(config):
+    """Speed of `latte eval fvd`'s I3D (random weights, graph mode), its preprocessing, and the distance.
+
+    \b
+    Example:
+      latte bench fvd --frames 16 --batch 4
+    """
+    # kept here: the I3D benchmark (MindSpore, scipy, dask) adds ~2.0 s to `latte --help`
+    from latte_toolkit.tools.bench.fvd import bench_fvd
+    click.echo(strict_json_line(bench_fvd(config["frames"], config["size"], config["batch"], config["repeats"],
+                                          device=config["device"])))
 
 
 @bench.command("vae")

@@ -116,3 +116,40 @@ DIAGNOSE_KEYS = KeyTable([
     Key("prediction_type", OPTIONAL_STR, None, "what the model predicts; null: the run's (its state.json), "
         "epsilon for a weights file", (None, "epsilon", "v_prediction")),
 ], {"vae": "vae_checkpoint"}, ConfigError)
+
+
+class FvdError(UserError):
+    """Bad input to `latte eval fvd`: the message names the source, file or key."""
+
+
+FVD_KEYS = KeyTable([
+    Key("real", str, None, "the real videos: a folder of videos, an ingest folder (or its manifest.parquet), a "
+        "curate folder (its clips), or a statistics .npz of --save-stats"),
+    Key("fake", str, None, "the generated videos: a folder of videos (of a `latte sample` folder, its MP4s), an "
+        "ingest folder (or its manifest.parquet) or a curate folder"),
+    Key("i3d", str, None, "the I3D weights, i3d_pretrained_400.pt (the TATS / cd-fvd release; never downloaded)"),
+    Key("num_videos", int, 2048, "videos of each set (drawn, seeded, from a larger set); fewer is an error "
+        "unless allow_fewer", range=AT_LEAST_1),
+    Key("allow_fewer", bool, False, "compute on fewer videos than num_videos (a warning; the counts are in the "
+        "result)"),
+    Key("frames", int, 16, "frames per clip (FVD16, FVD128, ...; the I3D needs at least 9)", range=Range(9, 4096)),
+    Key("resolution", int, 256, "each frame centre-cropped to a square and resized to this size before the I3D's "
+        "own resize to 224", range=Range(16, 4096)),
+    Key("real_stride", int, 1, "take every n-th frame of the real videos' clips (as Latte's evaluation does)",
+        range=AT_LEAST_1),
+    Key("seed", int, 0, "seed of the videos drawn, the real clips' first frames, KVD's subsets and the bootstrap",
+        range=SEED),
+    Key("bootstrap", int, 0, "resample the fake features this many times (0: none) for the FVD's std and "
+        "2.5 / 97.5 percentiles", range=Range(0, 100_000)),
+    Key("save_stats", OPTIONAL_STR, None, "write the real set's statistics (mean, covariance, count, features, "
+        "protocol) to this .npz"),
+    Key("out", OPTIONAL_STR, None, "also write the JSON result to this file"),
+    Key("batch_size", int, 2, "videos per I3D call (bounds the memory: ~0.8 GB each on CPU, `latte bench fvd`)",
+        range=AT_LEAST_1),
+    Key("unit_batches", int, 4, "I3D calls per dask unit", range=AT_LEAST_1),
+    Key("workers", int, 0, "local dask worker processes; 0 runs in this process", range=NON_NEGATIVE),
+    Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler, e.g. tcp://10.0.0.1:8786"),
+    Key("use_parallel", bool, False, "split the videos over the processes msrun started (video i on rank i mod "
+        "ranks); every rank gets the same result, rank 0 writes the files"),
+    Key("device_target", str, "CPU", "CPU, GPU or Ascend (graph mode; only CPU has been run)", ("CPU", "GPU", "Ascend")),
+], {}, FvdError)

@@ -57,6 +57,14 @@ BENCH_VAE_KEYS = KeyTable([
     DEVICE, KERNELS,
 ], {}, ConfigError)
 
+BENCH_FVD_KEYS = KeyTable([
+    Key("frames", int, 16, "frames per clip (at least 9)", range=Range(9, 4096)),
+    Key("size", int, 256, "frame size of the random videos before the I3D's resize to 224", range=AT_LEAST_1),
+    Key("batch", int, 4, "videos per I3D call", range=AT_LEAST_1),
+    Key("repeats", int, 3, "timed calls after the compiling one", range=AT_LEAST_1),
+    DEVICE,
+], {}, ConfigError)
+
 BENCH_INGEST_KEYS = KeyTable([
     Key("sources", list, None, "inputs to ingest (as for `latte ingest`)"),
     Key("workers", int, 0, "ingest workers (0: in this process, one decode child, i.e. one core)",

@@ -33,7 +33,8 @@ def workspace(tmp_path_factory, fixtures_dir):
     (vae_without_config / "config.json").unlink()
     return {"root": root, "src": root / "src", "ingest": root / "ingest", "empty": root / "empty",
             "vae": fixtures_dir / "vae" / "vae_small_diffusers", "vae_without_config": vae_without_config,
-            "latte": fixtures_dir / "latte" / "latte_class_small.safetensors"}
+            "latte": fixtures_dir / "latte" / "latte_class_small.safetensors",
+            "i3d": fixtures_dir / "fvd" / "i3d_random_400.pt"}
 
 
 def _yaml(root, name, mapping):
@@ -140,6 +141,15 @@ CASES = [
     ("demo-no-videos", lambda w, out: ["demo", "--out", out, "--videos", "0"], "--videos"),
     ("demo-config-unknown-key", lambda w, out: ["demo", "-c", _yaml(w["root"], "d1.yaml", {"vidoes": 3}),
                                                 "--out", out], "vidoes"),
+    ("eval-fvd-missing-i3d", lambda w, out: ["eval", "fvd", "--real", str(w["src"]), "--fake", str(w["src"]), "--i3d",
+                                             str(w["root"] / "nope.pt"), "--out", out], "nope.pt"),
+    ("eval-fvd-eight-frames", lambda w, out: ["eval", "fvd", "--real", str(w["src"]), "--fake", str(w["src"]),
+                                              "--i3d", str(w["i3d"]), "--frames", "8", "--out", out], "--frames"),
+    ("eval-fvd-no-videos", lambda w, out: ["eval", "fvd", "--real", str(w["empty"]), "--fake", str(w["src"]),
+                                           "--i3d", str(w["i3d"]), "--out", out], "holds no videos"),
+    ("eval-fvd-without-msrun", lambda w, out: ["eval", "fvd", "--real", str(w["src"]), "--fake", str(w["src"]),
+                                               "--i3d", str(w["i3d"]), "--out", out, "--use_parallel", "True"],
+     "use_parallel"),
     ("bench-step-one-step", lambda w, out: ["bench", "step", "--steps", "1"], "--steps"),
     ("bench-step-unknown-variant", lambda w, out: ["bench", "step", "--model", "Latte-M/2"], "Latte-M/2"),
     ("bench-step-odd-depth", lambda w, out: ["bench", "step", "--depth", "3"], "--depth 3"),
@@ -194,6 +204,8 @@ OUTPUT_FOLDERS = [
     ("sample", lambda w, out: ["sample", "--output-dir", out, "--steps", "2", "--num-videos", "1"]),
     ("demo", lambda w, out: ["demo", "--out", out, "--videos", "2"]),
     ("bench-learn", lambda w, out: ["bench", "learn", "--work", out, "--rung", "all"]),
+    ("eval-fvd", lambda w, out: ["eval", "fvd", "--real", str(w["src"]), "--fake", str(w["src"]), "--i3d", str(w["i3d"]),
+                                 "--save-stats", os.path.join(out, "real.npz")]),
 ]
 
 

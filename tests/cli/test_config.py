@@ -15,10 +15,11 @@ from latte_core.errors import UserError
 from latte_core.keys import read_yaml_mapping
 from latte_toolkit.cli import main
 from latte_toolkit.cli.convert import CONVERT_LATTE_KEYS, CONVERT_VAE_KEYS
-from latte_toolkit.inference.config import QUALITY_KEYS, SAMPLE_KEYS
+from latte_toolkit.inference.config import FVD_KEYS, QUALITY_KEYS, SAMPLE_KEYS
 from latte_toolkit.pipelines import config as stages
-from latte_toolkit.tools.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_CURATE_KEYS, BENCH_INGEST_KEYS,
-                                        BENCH_LOADER_KEYS, BENCH_STEP_KEYS, BENCH_VAE_KEYS, DEMO_KEYS)
+from latte_toolkit.tools.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_CURATE_KEYS, BENCH_FVD_KEYS,
+                                        BENCH_INGEST_KEYS, BENCH_LOADER_KEYS, BENCH_STEP_KEYS, BENCH_VAE_KEYS,
+                                        DEMO_KEYS)
 from latte_toolkit.train.config import TRAIN_KEYS, TRAIN_VAE_KEYS
 
 from media import moving_square_frames, one_error_line, snapshot, write_mp4
@@ -36,10 +37,12 @@ STAGES = [
     (["sample"], SAMPLE_KEYS, {}),
     (["quality"], QUALITY_KEYS, {"samples": "samples", "manifest": "work/ingest", "vae_checkpoint": "vae"}),
     (["demo"], DEMO_KEYS, {}),
+    (["eval", "fvd"], FVD_KEYS, {"real": "real", "fake": "samples", "i3d": "i3d_pretrained_400.pt"}),
     (["convert", "latte"], CONVERT_LATTE_KEYS, {"source": "a.pt", "target": "a.ckpt"}),
     (["convert", "vae"], CONVERT_VAE_KEYS, {"source": "vae", "target": "vae.ckpt"}),
     (["bench", "step"], BENCH_STEP_KEYS, {}),
     (["bench", "vae"], BENCH_VAE_KEYS, {}),
+    (["bench", "fvd"], BENCH_FVD_KEYS, {}),
     (["bench", "ingest"], BENCH_INGEST_KEYS, {"sources": ["videos"]}),
     (["bench", "curate"], BENCH_CURATE_KEYS, {}),
     (["bench", "cache"], BENCH_CACHE_KEYS, {}),
