@@ -46,8 +46,8 @@ from latte_core.plot import plot_loss_curve
 from latte_core.runtime import join_msrun, prefer_avx2_onednn
 from latte_core.vae import load_vae
 from latte_toolkit.datasets.cache import open_cache
-from latte_toolkit.datasets.storage import is_url, redact_config, stream_cache
 from latte_toolkit.datasets.loader import CacheLoader, VideoLoader
+from latte_toolkit.datasets.storage import is_url, redact_config, stream_cache
 
 from .checkpoint import ResumeError, load_checkpoint, remove_staging, save_checkpoint, set_aside
 from .preflight import (TrainingError, check_cache_fits, check_image_labels, check_model_keys,
