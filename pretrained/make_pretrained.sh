@@ -6,7 +6,8 @@
 # make_pretrained.log. Steps 1-4 (the VAE and the base Latte, ~80 min) ran in an earlier session, and
 # the recorded run of steps 5-6 started from their outputs (pretrained/vae-clouds and the base's EMA
 # weights, the shipped latte-clouds/ema.ckpt until then) placed where steps 1-4 leave them: each stage is
-# skipped when its output exists.
+# skipped when its output exists. Steps 1-4 ran before the learning-rate fix (EXPERIMENTS.md #18), so the VAE
+# and the base trained at 1/100 of the rates written below (1e-5); the recorded steps 5-6 ran with the fix.
 set -euo pipefail
 export GLOG_v=3
 PRETRAINED="$(python -c 'from latte_toolkit.pretrained import PRETRAINED; print(PRETRAINED)')"
