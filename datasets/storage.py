@@ -117,6 +117,17 @@ def sha256_bytes(data):
     return hashlib.sha256(data).hexdigest()
 
 
+def _quiet_lost_connections(loop, context):
+    """The exception handler of fsspec's IO loop. When a connection is cut (an outage), aiohttp's writer of a
+    request's body fails in a task nobody awaits, and asyncio logs its traceback ("Task exception was never
+    retrieved"); the request fails too and becomes the job's one Error line, so that traceback is only noise.
+    Everything else goes to asyncio's default handler."""
+    import aiohttp
+    if isinstance(context.get("exception"), aiohttp.ClientConnectionError):
+        return
+    loop.default_exception_handler(context)
+
+
 class Store:
     """An object-store prefix (`url`) through its fsspec driver; keys are relative to the prefix."""
 
@@ -125,7 +136,7 @@ class Store:
         self.what = what
         scheme = _SCHEME.match(self.url).group(1).lower()
         try:
-            import fsspec
+            import fsspec.asyn  # binds fsspec too; asyn: its IO loop (below)
             fsspec.get_filesystem_class(scheme)
         except (ImportError, ValueError) as err:
             raise StorageError(f"{what} {self.url}: no fsspec driver for the scheme {scheme}:// ({_reason(err)}); "
@@ -137,6 +148,8 @@ class Store:
                                f"({type(err).__name__}: {_reason(err)})") from None
         self.root = self.fs._strip_protocol(self.url).rstrip("/")
         self.is_s3 = scheme in ("s3", "s3a")
+        if self.is_s3:
+            fsspec.asyn.get_loop().set_exception_handler(_quiet_lost_connections)
 
     # ---------------------------------------------------------------------------------------- helpers
     def path(self, key=""):

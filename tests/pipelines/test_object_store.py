@@ -329,3 +329,24 @@ def test_the_streaming_loader_reads_the_batches_of_a_local_copy_within_its_cache
         CacheLoader(folder, stream=stream, use_image_num=1, **ranked)
     with pytest.raises(StorageError, match="cache_limit_gb"):
         stream_cache("s3://stream/cache", None, 0, 2.5 * largest / (1 << 30), 1, 2)
+
+
+def test_a_cut_connections_unawaited_body_writer_is_not_logged_but_other_loop_errors_are(caplog):
+    """What made the outage test flaky: asyncio logged aiohttp's failed body writer (a task nobody awaits) with a
+    traceback beside the job's one Error line. fsspec's loop drops exactly that kind; any other error is logged."""
+    import asyncio
+
+    import aiohttp
+
+    from latte_toolkit.datasets.storage import _quiet_lost_connections
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level("ERROR", logger="asyncio"):
+            _quiet_lost_connections(loop, {"message": "Task exception was never retrieved",
+                                           "exception": aiohttp.client_exceptions.ClientConnectionResetError("cut")})
+            assert caplog.records == []
+            _quiet_lost_connections(loop, {"message": "Task exception was never retrieved",
+                                           "exception": ValueError("a bug")})
+            assert len(caplog.records) == 1 and "a bug" in caplog.text
+    finally:
+        loop.close()
