@@ -141,6 +141,6 @@ BENCH_LEARN_KEYS = KeyTable([
     Key("budget_minutes", NUMBER, 10.0, "wall budget of each rung, its clips and sampling included; training "
         "takes as many of the rung's steps as fit", range=Range(0.0, 24 * 60.0, low_open=True)),
     Key("work", str, "latte-ladder", "folder of the rungs' clips, caches, runs and samples (re-running resumes)"),
-    Key("steps", (int, type(None)), None, "at most this many training steps per rung (null: the rung's own, 600)",
+    Key("steps", (int, type(None)), None, "at most this many training steps per rung (null: the rung's own, 1500: the budget ends a rung first on a 2-core CPU)",
         range=AT_LEAST_1),
 ], {}, ConfigError)
