@@ -20,8 +20,9 @@ def quality(config):
     """Check sampled videos against the training videos and two baselines (exit 1 if it fails).
 
     Appearance: Fréchet distance of per-frame VAE-latent features to real clips, against decoded
-    noise. Motion: frame-to-frame change within the real clips' 5th-95th percentile, while real
-    frames shuffled in time fall outside it. Drift: the coherent motion (px/frame, phase correlation
+    noise. Motion: frame-to-frame change within the real clips' 5th-95th percentile, and real
+    frames shuffled in time told apart (their change outside that range or their drift outside the
+    real range). Drift: the coherent motion (px/frame, phase correlation
     of consecutive frames) of at least 15 of 16 samples within the real clips' range, as they are and
     after a VAE round trip; a still picture that flickers drifts ~0. Prompts (samples of a text model: their summary.json
     names each one's prompt): each sample's drift direction must be the one its caption names

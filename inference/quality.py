@@ -14,7 +14,10 @@ Three measures, the first two compared with baselines that a broken model would 
   are and after a VAE round trip (encode, decode the posterior mean: what a perfect model of the
   latents would give; the shipped VAE slows a clip's measured drift by ~10 %).
 The check passes when the samples' distance is below the noise baseline's, their motion lies within
-the real clips' CHANGE_PERCENTILES range while the shuffled clips' does not, and at least
+the real clips' CHANGE_PERCENTILES range, the shuffled clips are told from real ones by a motion measure
+(shuffled_rejected: their frame change outside that range, or fewer than DRIFT_ACCURACY of them drifting
+within the real range; for clips that drift further per frame than their clouds are wide, consecutive
+frames already differ about as much as shuffled ones do, and only the drift tells them apart), and at least
 DRIFT_ACCURACY of the samples drift at a speed within the real clips' drift range (JSON:
 drift.real_min..real_max, drift.in_range; drift_in_real_range), and, where `latte sample` left the
 sampled latents beside the GIFs (sample_NNN.npy), each sample's per-channel latent std is at most
@@ -231,8 +234,10 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, p
               "motion_in_real_range": low <= moves["samples"] <= high,
               "shuffled_outside_range": not low <= moves["shuffled"] <= high}
     round_trip = to_frames(vae.decode_video(real_latents.reshape(real.shape[:2] + real_latents.shape[1:])))
-    velocity, round_trip_velocity, clip_velocity = (drift_velocity(v) for v in (samples, round_trip, real))
-    speed, round_trip_speed, clip_speed = (np.hypot(*v.T) for v in (velocity, round_trip_velocity, clip_velocity))
+    velocity, round_trip_velocity, clip_velocity, shuffled_velocity = (
+        drift_velocity(v) for v in (samples, round_trip, real, shuffled))
+    speed, round_trip_speed, clip_speed, shuffled_speed = (
+        np.hypot(*v.T) for v in (velocity, round_trip_velocity, clip_velocity, shuffled_velocity))
     low, high = min(round_trip_speed.min(), clip_speed.min()), max(round_trip_speed.max(), clip_speed.max())
     result["drift"] = {"real_min": round(float(low), 4), "real_max": round(float(high), 4),
                        "clips": np.round([clip_speed.min(), clip_speed.max()], 4).tolist(),
@@ -242,7 +247,11 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, p
     result["drift"]["in_range"] = in_range
     result["drift"]["velocity_matched"] = velocity_matches(velocity, np.concatenate([clip_velocity, round_trip_velocity]))
     result["drift_in_real_range"] = bool(in_range >= DRIFT_ACCURACY * len(speed))
-    result["passed"] = (result["closer_than_noise"] and result["motion_in_real_range"] and result["shuffled_outside_range"]
+    shuffled_in_range = int(np.sum((low <= shuffled_speed) & (shuffled_speed <= high)))
+    result["drift"]["shuffled_in_range"] = shuffled_in_range
+    result["shuffled_rejected"] = bool(result["shuffled_outside_range"]
+                                       or shuffled_in_range < DRIFT_ACCURACY * len(shuffled_speed))
+    result["passed"] = (result["closer_than_noise"] and result["motion_in_real_range"] and result["shuffled_rejected"]
                         and result["drift_in_real_range"])
     if latents is not None:
         result["latent_std"] = latent_scale(latents / vae.scaling_factor, real_latents)

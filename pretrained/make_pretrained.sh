@@ -7,7 +7,8 @@
 # the recorded run of steps 5-6 started from their outputs (pretrained/vae-clouds and the base's EMA
 # weights, the shipped latte-clouds/ema.ckpt until then) placed where steps 1-4 leave them: each stage is
 # skipped when its output exists. Steps 1-4 ran before the learning-rate fix (EXPERIMENTS.md #18), so the VAE
-# and the base trained at 1/100 of the rates written below (1e-5); the recorded steps 5-6 ran with the fix.
+# and the base trained at 1/100 of the rates written below (1e-5); the recorded steps 5-7 ran with the fix
+# (step 7 in a later session than 5-6, from their outputs).
 set -euo pipefail
 export GLOG_v=3
 PRETRAINED="$(python -c 'from latte_toolkit.pretrained import PRETRAINED; print(PRETRAINED)')"
@@ -35,15 +36,24 @@ fi
 
 # 5. 192 clips drifting left or right at 4-6 px/frame (synthetic.CLOUD_SPEED: 1-1.5 latent px per frame,
 #    the demo's clips), seed 7, and their latents with the same VAE
-python -c "from latte_toolkit.tools.synthetic import write_cloud_dataset; write_cloud_dataset('videos', videos=192, num_frames=32, size=64, seed=7)"
+[ -d videos ] || python -c "from latte_toolkit.tools.synthetic import write_cloud_dataset; write_cloud_dataset('videos', videos=192, num_frames=32, size=64, seed=7)"
 latte ingest --source videos --out ingest --num-frames 8 --workers 0
 latte cache --manifest ingest --vae vae-clouds --out cache --format numpy --image-size 64 --workers 0
 
-# 6. the shipped Latte: latte-clouds.yaml, the base fine-tuned to v-prediction on those clips (3000 steps)
+# 6. latte-clouds.yaml: the base fine-tuned to v-prediction on those clips (3000 steps; shipped until
+#    EXPERIMENTS.md #24)
 latte train -c "$PRETRAINED/latte-clouds.yaml" --cache cache --output-dir latte-run --resume
+
+# 7. the shipped Latte: 192 clips all drifting right at 4-6 px/frame (the demo's clips; seed 13), and
+#    latte-clouds-oneway.yaml: step 6's EMA fine-tuned on them (2000 steps)
+[ -d oneway-videos ] || python -c "from latte_toolkit.tools.synthetic import write_cloud_dataset; write_cloud_dataset('oneway-videos', videos=192, num_frames=32, size=64, seed=13, one_way=True)"
+latte ingest --source oneway-videos --out oneway-ingest --num-frames 8 --workers 0
+latte cache --manifest oneway-ingest --vae vae-clouds --out oneway-cache --format numpy --image-size 64 --workers 0
+latte train -c "$PRETRAINED/latte-clouds-oneway.yaml" --cache oneway-cache --output-dir latte-oneway-run --resume
 
 # copied: vae-clouds/{config.json, diffusion_pytorch_model.safetensors, train_vae_log.jsonl, loss_curve.png,
 #         train_vae_summary.json} -> pretrained/vae-clouds/
-#         latte-run/ckpt/step-00003000/{ema.ckpt, state.json}, latte-run/{train_log.jsonl, loss_curve.png}
-#         -> pretrained/latte-clouds/ (latte-base-run/{train_log.jsonl, loss_curve.png} -> base_train_log.jsonl,
+#         latte-oneway-run/ckpt/step-00002000/{ema.ckpt, state.json}, latte-oneway-run/{train_log.jsonl,
+#         loss_curve.png} -> pretrained/latte-clouds/ (latte-run/{train_log.jsonl, loss_curve.png} ->
+#         v_train_log.jsonl, v_loss_curve.png) (latte-base-run/{train_log.jsonl, loss_curve.png} -> base_train_log.jsonl,
 #         base_loss_curve.png)

@@ -1,7 +1,7 @@
 """`latte demo`: the whole toolkit on this machine in minutes, with no downloads.
 
-    procedural H.264 clips of clouds ─ ingest ─ cache (the shipped VAE) ─ train (a few hundred steps,
-    starting from the shipped Latte) ─ sample (DPM-Solver++) ─ quality check ─ one folder:
+    procedural H.264 clips of clouds drifting right ─ ingest ─ cache (the shipped VAE) ─ train (a few
+    hundred steps, starting from the shipped Latte) ─ sample (DPM-Solver++) ─ quality check ─ one folder:
 
     OUT/videos/            the generated mp4 clips          OUT/cache_report.json  `latte report`
     OUT/ingest/            manifest.parquet                 OUT/train/             log, checkpoints, loss_curve.png
@@ -89,7 +89,9 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
             write_captioned_cloud_dataset(source + ".partial", pairings, max(1, videos // len(pairings)),
                                           num_frames=32, size=size, seed=seed + 1)
         else:
-            write_cloud_dataset(source + ".partial", videos=videos, num_frames=32, size=size, seed=seed + 1)
+            # one way (right): with left and right clips half the samples drifted too slowly (EXPERIMENTS #24)
+            write_cloud_dataset(source + ".partial", videos=videos, num_frames=32, size=size, seed=seed + 1,
+                                one_way=True)
         os.rename(source + ".partial", source)
     stage("videos")
     listing = os.path.join(source, "captions.csv") if text else source

@@ -94,7 +94,8 @@ def _sky(top, horizon, size):
 # of `latte demo`; of the captioned clips, the data of the shipped text Latte and of `latte demo --text`.
 # The cloud clips drift 1-1.5 latent pixels per frame (the shipped VAE downsamples 4x): at the 0.1-0.3
 # latent px of the first clips (0.4-1.2 px/frame) no fine-tune of up to 1000 steps made samples move,
-# at 1-1.5 the first ones did after ~600 steps (pretrained/EXPERIMENTS.md #3, #6, #9).
+# at 1-1.5 the first ones did after ~600 steps (pretrained/EXPERIMENTS.md #3, #6, #9). The demo's clips
+# drift one way (one_way: right): from left and right clips half the samples drifted too slowly (#20-#24).
 CLOUD_SPEED = (4.0, 6.0)
 CAPTIONED_CLOUD_SPEED = (1.0, 3.0)
 

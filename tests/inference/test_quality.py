@@ -163,3 +163,24 @@ def test_velocity_matches_counts_direction_as_well_as_speed():
     assert velocity_matches(np.array([[0.0, 5.0]]), real) == 0
     assert velocity_matches(np.array([[-5.0, 0.0], [4.0, 1.0], [5.0, 0.0]]), real) == 3  # gaps 0, 1 (24 %), 1
     assert velocity_matches(np.array([[4.0, 1.25]]), real) == 0  # gap 1.25, 30 % of its speed 4.19
+
+
+@pytest.mark.slow  # the shipped VAE encodes and decodes the real clips, twice
+def test_shuffled_frames_of_fast_clips_are_told_apart_by_their_drift(tmp_path):
+    """The demo's clips (one way, 4-6 px/frame) drift further per frame than their clouds are wide, so
+    their shuffled frames change about as much as consecutive ones and the frame-change control cannot
+    reject them; the drift does. Real clips given as samples pass the whole check; the same clips with
+    their frames shuffled fail it on drift, while the shuffled baseline is still counted as rejected."""
+    from latte_toolkit.inference.quality import check_samples, real_clips
+    write_cloud_dataset(tmp_path / "videos", videos=16, num_frames=16, size=64, seed=5, one_way=True)
+    run_ingest([tmp_path / "videos"], tmp_path / "ingest", num_frames=8, workers=0, progress=False)
+    vae = load_vae(os.path.join(PRETRAINED, "vae-clouds"))
+    real = real_clips(tmp_path / "ingest", 8, 64, 16, seed=3)  # other windows than the check's own (seed 0)
+    passed = check_samples(real, tmp_path / "ingest", vae, real_count=32)
+    assert passed["passed"] and passed["shuffled_rejected"] and passed["drift_in_real_range"], passed["drift"]
+    assert passed["drift"]["shuffled_in_range"] < 15 / 16 * 32, passed["drift"]
+    rng = np.random.default_rng(4)
+    shuffled = np.stack([clip[rng.permutation(8)] for clip in real])
+    failed = check_samples(shuffled, tmp_path / "ingest", vae, real_count=32)
+    assert not failed["passed"] and not failed["drift_in_real_range"], failed["drift"]
+    assert failed["shuffled_rejected"], failed  # the baseline does not depend on the samples

@@ -102,8 +102,8 @@ def colour_clips(folder, per_colour=8, num_frames=32, size=64):
 
 
 def demo_clips(folder):
-    """The unconditional rung's clips: the demo's (48 clips drifting left or right at CLOUD_SPEED)."""
-    write_cloud_dataset(folder, videos=48, num_frames=32, size=64, seed=1)
+    """The unconditional rung's clips: the demo's (48 clips drifting right at CLOUD_SPEED)."""
+    write_cloud_dataset(folder, videos=48, num_frames=32, size=64, seed=1, one_way=True)
     return folder
 
 
