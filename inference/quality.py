@@ -243,14 +243,15 @@ def check_samples(samples, manifest, vae, real_count=64, seed=0, prompts=None, p
                        "clips": np.round([clip_speed.min(), clip_speed.max()], 4).tolist(),
                        "round_trip": np.round([round_trip_speed.min(), round_trip_speed.max()], 4).tolist(),
                        "samples": np.round(speed, 4).tolist(), "velocity": np.round(velocity, 4).tolist()}
-    in_range = int(np.sum((low <= speed) & (speed <= high)))
-    result["drift"]["in_range"] = in_range
+
+    def in_range(speeds):  # how many lie in the real range, and whether that is DRIFT_ACCURACY of them
+        count = int(np.sum((low <= speeds) & (speeds <= high)))
+        return count, count >= DRIFT_ACCURACY * len(speeds)
+
+    result["drift"]["in_range"], result["drift_in_real_range"] = in_range(speed)
     result["drift"]["velocity_matched"] = velocity_matches(velocity, np.concatenate([clip_velocity, round_trip_velocity]))
-    result["drift_in_real_range"] = bool(in_range >= DRIFT_ACCURACY * len(speed))
-    shuffled_in_range = int(np.sum((low <= shuffled_speed) & (shuffled_speed <= high)))
-    result["drift"]["shuffled_in_range"] = shuffled_in_range
-    result["shuffled_rejected"] = bool(result["shuffled_outside_range"]
-                                       or shuffled_in_range < DRIFT_ACCURACY * len(shuffled_speed))
+    result["drift"]["shuffled_in_range"], shuffled_drift_real = in_range(shuffled_speed)
+    result["shuffled_rejected"] = result["shuffled_outside_range"] or not shuffled_drift_real
     result["passed"] = (result["closer_than_noise"] and result["motion_in_real_range"] and result["shuffled_rejected"]
                         and result["drift_in_real_range"])
     if latents is not None:

@@ -56,6 +56,13 @@ def shipped_latte_config(folder=LATTE):
         return json.load(handle)["config"]
 
 
+def write_demo_clips(folder, videos=48, size=64, seed=1):
+    """The unconditional demo's clips (also the unconditional-motion rung's): 32 frames each, drifting
+    one way (right) at CLOUD_SPEED; with left and right clips half the samples drifted too slowly
+    (pretrained/EXPERIMENTS.md #24)."""
+    return write_cloud_dataset(folder, videos=videos, num_frames=32, size=size, seed=seed, one_way=True)
+
+
 def text_demo_prompts():
     """The text demo's prompts: for each direction its trained sky colours in turn (4 prompts), then the
     pairings held out of training (synthetic.HELD_OUT_COMBINATIONS), one each."""
@@ -89,9 +96,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
             write_captioned_cloud_dataset(source + ".partial", pairings, max(1, videos // len(pairings)),
                                           num_frames=32, size=size, seed=seed + 1)
         else:
-            # one way (right): with left and right clips half the samples drifted too slowly (EXPERIMENTS #24)
-            write_cloud_dataset(source + ".partial", videos=videos, num_frames=32, size=size, seed=seed + 1,
-                                one_way=True)
+            write_demo_clips(source + ".partial", videos=videos, size=size, seed=seed + 1)
         os.rename(source + ".partial", source)
     stage("videos")
     listing = os.path.join(source, "captions.csv") if text else source

@@ -36,10 +36,9 @@ from latte_toolkit.pretrained import PRETRAINED
 from latte_toolkit.train.config import load_train_config
 from latte_toolkit.train.loop import train
 
-from ..demo import ARCHITECTURE_KEYS, LATTE, TEXT_ENCODER, shipped_latte_config, text_demo_prompts
+from ..demo import ARCHITECTURE_KEYS, LATTE, TEXT_ENCODER, shipped_latte_config, text_demo_prompts, write_demo_clips
 from ..prompt_check import caption_colour, check_prompts
-from ..synthetic import (CLOUD_SPEED, SKY_COLOURS, captioned_cloud_frames, trained_pairings, write_captioned_cloud_dataset,
-                         write_cloud_dataset)
+from ..synthetic import CLOUD_SPEED, SKY_COLOURS, captioned_cloud_frames, trained_pairings, write_captioned_cloud_dataset
 
 SAMPLES = 16
 ACCURACY = 15 / 16
@@ -103,8 +102,7 @@ def colour_clips(folder, per_colour=8, num_frames=32, size=64):
 
 def demo_clips(folder):
     """The unconditional rung's clips: the demo's (48 clips drifting right at CLOUD_SPEED)."""
-    write_cloud_dataset(folder, videos=48, num_frames=32, size=64, seed=1, one_way=True)
-    return folder
+    return write_demo_clips(folder, videos=48, size=64, seed=1)
 
 
 def text_clips(folder):
