@@ -24,7 +24,7 @@ def demo(config):
     Each stage saves its resolved config in its folder; the demo's own is OUT/config.resolved.json.
 
     --text runs the text-to-video demo: captioned clips, the shipped text encoder (random weights)
-    and text Latte, one video per prompt, checked by the direction each drifts in.
+    and text Latte, one video per prompt, checked by the direction each drifts in and its sky colour.
 
     \b
     Examples:
@@ -45,5 +45,7 @@ def demo(config):
         click.echo("  training: none (--train-steps 0): the shipped weights as they are")
     click.echo(f"  samples: {len(summary['samples'])} in {out}/samples (sample_NNN.gif / .mp4 / .npy)")
     click.echo(f"  quality check {'passed' if summary['quality_passed'] else 'FAILED'}: {out}/quality.json")
-    for group, figures in summary.get("prompts", {}).items():
-        click.echo(f"  prompts, {group} pairings: {figures['matched']} of {figures['scored']} drift the way they say")
+    for group, parts in summary.get("prompts", {}).items():
+        direction, colour = parts["direction"], parts["colour"]
+        click.echo(f"  prompts, {group} pairings: {direction['matched']} of {direction['scored']} drift the way they "
+                   f"say, {colour['matched']} of {colour['scored']} have the sky colour they name")

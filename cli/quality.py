@@ -27,7 +27,8 @@ def quality(config):
     after a VAE round trip; a still picture that flickers drifts ~0. Prompts (samples of a text model: their summary.json
     names each one's prompt): each sample's drift direction must be the one its caption names
     ("drifting left / right / up / down") for at least 15 of 16 samples whose prompt is a training
-    caption; prompts no training video had are reported apart, with no target.
+    caption, and its sky colour (nearest real-clip colour centroid) the one its caption names, for as
+many; prompts no training video had are reported apart, with no target.
 
     \b
     Example:
@@ -35,11 +36,11 @@ def quality(config):
     """
     # kept here: the quality check and prompt check (the VAE, MindSpore) add ~2.0 s to `latte --help`
     from latte_toolkit.inference.quality import run_quality
-    from latte_toolkit.tools.prompt_check import check_prompts
+    from latte_toolkit.tools.prompt_check import check_prompts_against_manifest
     setup_mindspore("CPU")
     try:
         result = run_quality(config["samples"], config["manifest"], config["vae_checkpoint"], config["real_clips"],
-                             prompt_check=check_prompts)
+                             prompt_check=check_prompts_against_manifest)
     except (FileNotFoundError, ValueError) as err:
         raise BadInput(str(err)) from None
     click.echo(strict_json_line(result))

@@ -26,6 +26,8 @@ RESOLVED_CONFIG = "train_vae_config.json"  # beside train_vae_summary.json in th
     key_option("learning_rate", "--lr"),
     key_option("kl_weight"),
     key_option("seed"),
+    key_option("init_vae", "--init-vae", type=click.Path(exists=True)),
+    key_option("decoder_only", "--decoder-only", is_flag=True),
 )
 def train_vae_command(config):
     """Train a small AutoencoderKL (L1 reconstruction + KL) on a manifest's frames.
@@ -34,9 +36,13 @@ def train_vae_command(config):
     train_vae_log.jsonl, loss_curve.png, train_vae_summary.json and train_vae_config.json (the
     resolved config) beside it.
 
+    With --init-vae it fine-tunes that VAE; with --decoder-only as well, only its decoder, keeping its
+    latents (and the caches and Latte weights made with it) valid.
+
     \b
     Example:
       latte train-vae --manifest work/ingest --out models/vae-clouds --image-size 64 --steps 2000
+      latte train-vae --manifest work/more --out models/vae-2 --init-vae models/vae-clouds --decoder-only
     """
     setup_mindspore("CPU")
     # kept here: train-vae (MindSpore) adds ~2.8 s to `latte --help`
@@ -47,7 +53,8 @@ def train_vae_command(config):
                             layers_per_block=config["layers_per_block"], norm_num_groups=config["norm_num_groups"],
                             latent_channels=config["latent_channels"], steps=config["steps"],
                             batch_size=config["batch_size"], learning_rate=config["learning_rate"],
-                            kl_weight=config["kl_weight"], seed=config["seed"])
+                            kl_weight=config["kl_weight"], seed=config["seed"], init_vae=config["init_vae"],
+                            decoder_only=config["decoder_only"])
     except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as err:
         raise BadInput(str(err)) from None
     save_resolved_config(config["out"], config, RESOLVED_CONFIG)

@@ -33,7 +33,7 @@ from latte_toolkit.pretrained import PRETRAINED
 from latte_toolkit.train.config import load_train_config
 from latte_toolkit.train.loop import train
 
-from .prompt_check import check_prompts
+from .prompt_check import check_prompts_against_manifest
 from .synthetic import (DIRECTIONS, HELD_OUT_COMBINATIONS, cloud_caption, trained_pairings,
                         write_captioned_cloud_dataset, write_cloud_dataset)
 
@@ -140,7 +140,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     stage("sample")
     samples_dir = os.path.join(out, "samples")
     quality = check_samples(read_sample_gifs(samples_dir), os.path.join(out, "ingest"), load_vae(vae_dir),
-                            real_count=quality_clips, prompts=sample_prompts(samples_dir), prompt_check=check_prompts,
+                            real_count=quality_clips, prompts=sample_prompts(samples_dir), prompt_check=check_prompts_against_manifest,
                             latents=read_sample_latents(samples_dir))
     write_figures_json(quality, os.path.join(out, "quality.json"))
     stage("quality")

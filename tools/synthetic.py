@@ -90,14 +90,14 @@ def _sky(top, horizon, size):
     return np.asarray(top) * (1 - rows) + np.asarray(horizon) * rows  # (size, 1, 3)
 
 
-# Drift speeds (px/frame, drawn uniformly per clip): of the cloud clips, the data of the shipped Latte and
-# of `latte demo`; of the captioned clips, the data of the shipped text Latte and of `latte demo --text`.
-# The cloud clips drift 1-1.5 latent pixels per frame (the shipped VAE downsamples 4x): at the 0.1-0.3
-# latent px of the first clips (0.4-1.2 px/frame) no fine-tune of up to 1000 steps made samples move,
-# at 1-1.5 the first ones did after ~600 steps (pretrained/EXPERIMENTS.md #3, #6, #9). The demo's clips
-# drift one way (one_way: right): from left and right clips half the samples drifted too slowly (#20-#24).
+# Drift speed (px/frame, drawn uniformly per clip) of the cloud clips (the data of the shipped Latte and
+# of `latte demo`) and of the captioned clips (of the shipped text Latte and `latte demo --text`): 1-1.5
+# latent pixels per frame (the shipped VAE downsamples 4x). At the 0.1-0.3 latent px of the first clips
+# (0.4-1.2 px/frame) no fine-tune of up to 1000 steps made samples move, at 1-1.5 the first ones did after
+# ~600 steps (pretrained/EXPERIMENTS.md #3, #6, #9). The demo's clips drift one way (one_way: right): from
+# left and right clips half the samples drifted too slowly (#20-#24); a caption naming the direction breaks
+# that symmetry as well (#26).
 CLOUD_SPEED = (4.0, 6.0)
-CAPTIONED_CLOUD_SPEED = (1.0, 3.0)
 
 
 def cloud_frames(num_frames, size=64, seed=0, speed=CLOUD_SPEED, one_way=False):
@@ -153,7 +153,7 @@ def captioned_cloud_frames(direction, colour, num_frames, size=64, speed=1.0, se
 
 
 def write_captioned_cloud_dataset(folder, combinations=None, clips_per_combination=4, num_frames=32, size=64,
-                                  speed=CAPTIONED_CLOUD_SPEED, fps=8, seed=0):
+                                  speed=CLOUD_SPEED, fps=8, seed=0):
     """H.264 clips of captioned clouds in folder/<direction>_<colour>_NNN.mp4 and folder/captions.csv
     (columns video, caption: the list `latte ingest --source folder/captions.csv` reads, which carries
     each caption into the manifest). `combinations`: (direction, colour) pairs, all by default (leave

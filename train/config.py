@@ -220,4 +220,8 @@ TRAIN_VAE_KEYS = KeyTable([
     Key("learning_rate", NUMBER, 1e-3, "learning rate (after 100 warm-up steps)", range=POSITIVE),
     Key("kl_weight", NUMBER, 1e-3, "weight of the KL term (per latent element)", range=NON_NEGATIVE),
     Key("seed", int, 0, "seed of the initial weights and the batches", range=SEED),
+    Key("init_vae", OPTIONAL_STR, None, "a VAE folder to start from (a fine-tune): its architecture replaces "
+        "the architecture keys above"),
+    Key("decoder_only", bool, False, "train only init_vae's decoder: its encoder, latents and scaling_factor stay "
+        "as they were, so caches and Latte weights made with it stay valid"),
 ], {}, TrainConfigError)

@@ -80,7 +80,7 @@ def test_demo_runs_every_stage_into_one_folder_and_resumes(tmp_path):
     assert os.stat(checkpoint).st_mtime_ns == stamp
 
 
-def test_text_demo_caches_captions_samples_prompts_and_checks_their_direction(tmp_path):
+def test_text_demo_caches_captions_samples_prompts_and_checks_their_direction_and_colour(tmp_path):
     """`latte demo --text` on a few clips, steps and prompts: the captions reach the cache, each sample
     is recorded with its prompt, and quality.json holds the prompt check of every sample."""
     out = tmp_path / "demo"
@@ -96,7 +96,10 @@ def test_text_demo_caches_captions_samples_prompts_and_checks_their_direction(tm
                                               "clouds drifting left over an orange sky"]
     quality = json.loads((out / "quality.json").read_text())
     rows = quality["prompts"]["samples"]
-    assert [(r["prompt"], r["group"], r["expected"]) for r in rows] == [(p["prompt"], "seen", "left") for p in prompts]
+    assert ([(r["prompt"], r["group"], r["expected"], r["expected_colour"]) for r in rows]
+            == [(p["prompt"], "seen", "left", colour) for p, colour in zip(prompts, ("blue", "orange"))])
+    assert all(r["nearest_colour"] in ("blue", "orange", "grey", "green") for r in rows)
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert summary["prompts"]["seen"]["scored"] == 2 and summary["prompts"]["unseen"]["scored"] == 0
+    for part in ("direction", "colour"):
+        assert summary["prompts"]["seen"][part]["scored"] == 2 and summary["prompts"]["unseen"][part]["scored"] == 0
     assert summary["quality_passed"] == quality["passed"]

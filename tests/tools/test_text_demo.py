@@ -9,6 +9,7 @@ from latte_core.text_encoder import TextEncoder
 from latte_toolkit.inference.quality import sample_prompts
 from latte_toolkit.tools.demo import text_demo_prompts
 from latte_toolkit.tools.demo_text_encoder import byte_level_vocabulary, learn_bpe_merges, write_caption_text_encoder
+from latte_toolkit.inference.quality import colour_features
 from latte_toolkit.tools.prompt_check import MOTION_FLOOR, caption_direction, check_prompts
 from latte_toolkit.tools.synthetic import (
     CAPTION_DIRECTIONS, DIRECTIONS, HELD_OUT_COMBINATIONS, SKY_COLOURS, captioned_cloud_frames, cloud_caption)
@@ -65,8 +66,15 @@ def _clips(pairings, speed=1.5):
     return np.stack([captioned_cloud_frames(d, c, 8, speed=speed, seed=i) for i, (d, c) in enumerate(pairings)])
 
 
+def _colour_centroids():
+    """Each sky colour's centroid over 4 clips of it (other seeds than _clips')."""
+    return {colour: colour_features(np.stack([captioned_cloud_frames("left", colour, 8, speed=1.5, seed=100 + i)
+                                              for i in range(4)])).mean(axis=0) for colour in SKY_COLOURS}
+
+
 def test_prompt_check_scores_seen_and_unseen_prompts_apart():
     prompts = text_demo_prompts()
+    centroids = _colour_centroids()
     assert len(prompts) == 20 and len(set(prompts[:16])) == 12
     assert [caption_direction(p) for p in prompts[:16]] == [d for d in DIRECTIONS for _ in range(4)]
     held_out = {cloud_caption(d, c) for d, c in HELD_OUT_COMBINATIONS}
@@ -74,26 +82,30 @@ def test_prompt_check_scores_seen_and_unseen_prompts_apart():
     seen = set(CAPTION_DIRECTIONS) - held_out
     pairings = [(CAPTION_DIRECTIONS[p], p.split()[-2]) for p in prompts]
     samples = _clips(pairings)
-    result = check_prompts(samples, prompts, seen)
-    assert result["seen"] == {"scored": 16, "matched": 16, "accuracy": 1.0} and result["passed"]
-    assert result["unseen"] == {"scored": 4, "matched": 4, "accuracy": 1.0}
+    result = check_prompts(samples, prompts, seen, centroids)
+    every = {"scored": 16, "matched": 16, "accuracy": 1.0}
+    assert result["seen"] == {"direction": every, "colour": every} and result["passed"]
+    assert result["unseen"]["direction"] == result["unseen"]["colour"] == {"scored": 4, "matched": 4, "accuracy": 1.0}
     assert [row["group"] for row in result["samples"]] == ["seen"] * 16 + ["unseen"] * 4
-    # one seen sample drifting the wrong way passes (15 of 16); two do not
+    # one seen sample drifting the wrong way, or of the wrong sky colour, passes (15 of 16); two do not
     wrong = {"left": "right", "right": "left", "up": "down", "down": "up"}
-    for count, passes in ((1, True), (2, False)):
-        swapped = samples.copy()
-        for i in range(count):
-            swapped[4 * i] = _clips([(wrong[pairings[4 * i][0]], pairings[4 * i][1])])[0]
-        result = check_prompts(swapped, prompts, seen)
-        assert result["seen"]["matched"] == 16 - count and result["passed"] is passes, result["seen"]
+    other_colour = {"blue": "orange", "orange": "grey", "grey": "green", "green": "blue"}
+    for part, swap in (("direction", lambda d, c: (wrong[d], c)), ("colour", lambda d, c: (d, other_colour[c]))):
+        for count, passes in ((1, True), (2, False)):
+            swapped = samples.copy()
+            for i in range(count):
+                swapped[4 * i] = _clips([swap(*pairings[4 * i])])[0]
+            result = check_prompts(swapped, prompts, seen, centroids)
+            assert result["seen"][part]["matched"] == 16 - count and result["passed"] is passes, result["seen"]
     # a still picture has no direction, whatever its noise
     still = np.repeat(samples[:1, :1], 8, axis=1).astype(np.float64)
     still += np.random.default_rng(0).normal(0, 6, still.shape)
-    row = check_prompts(np.clip(still, 0, 255).astype(np.uint8), prompts[:1], seen)["samples"][0]
+    row = check_prompts(np.clip(still, 0, 255).astype(np.uint8), prompts[:1], seen, centroids)["samples"][0]
     assert row["measured"] is None and np.hypot(*row["velocity"]) < MOTION_FLOOR
-    # prompts without a direction word are not scored; with no seen prompt scored the check fails
-    result = check_prompts(samples[:2], ["clouds", "sky"], seen)
-    assert result["seen"]["scored"] == result["unseen"]["scored"] == 0 and not result["passed"]
+    # prompts without a direction or colour word are not scored; with no seen prompt scored the check fails
+    result = check_prompts(samples[:2], ["clouds", "sky"], seen, centroids)
+    assert all(result[group][part]["scored"] == 0 for group in ("seen", "unseen") for part in ("direction", "colour"))
+    assert not result["passed"]
 
 
 def test_sample_prompts_follow_the_gif_order_of_summary_json(tmp_path):

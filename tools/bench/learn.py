@@ -37,7 +37,7 @@ from latte_toolkit.train.config import load_train_config
 from latte_toolkit.train.loop import train
 
 from ..demo import ARCHITECTURE_KEYS, LATTE, TEXT_ENCODER, shipped_latte_config, text_demo_prompts, write_demo_clips
-from ..prompt_check import caption_colour, check_prompts
+from ..prompt_check import check_prompts_against_manifest, class_centroids, nearest_classes
 from ..synthetic import CLOUD_SPEED, SKY_COLOURS, captioned_cloud_frames, trained_pairings, write_captioned_cloud_dataset
 
 SAMPLES = 16
@@ -112,25 +112,9 @@ def text_clips(folder):
 
 
 # ------------------------------------------------------------------------------------------------ the measures
-def class_centroids(manifest, class_of, num_frames=8, size=64):
-    """{class: the mean colour_features of its videos' first num_frames frames}, class_of(row) naming
-    each manifest row's class (None: left out)."""
-    features = {}
-    for row in read_manifest(manifest):
-        name = class_of(row)
-        if name is None:
-            continue
-        frames = read_frames_at(row["path"], row["kind"], range(min(num_frames, row["num_frames"])))
-        clip = np.stack([center_crop_resize(frame, size) for frame in frames])
-        features.setdefault(name, []).append(colour_features(clip[None])[0])
-    return {name: np.mean(values, axis=0) for name, values in features.items()}
-
-
 def colour_matches(samples, expected, centroids):
     """How many samples' nearest colour centroid is their expected class, and each one's nearest."""
-    names = list(centroids)
-    table = np.stack([centroids[name] for name in names])
-    nearest = [names[int(np.argmin(((table - f) ** 2).sum(axis=1)))] for f in colour_features(samples)]
+    nearest = nearest_classes(samples, centroids)
     return sum(n == e for n, e in zip(nearest, expected)), nearest
 
 
@@ -203,18 +187,19 @@ def _seen_prompts():
 
 
 def check_text_colour(samples, work):
-    prompts = _seen_prompts()
-    centroids = class_centroids(os.path.join(work, "ingest"), lambda row: caption_colour(row.get("caption") or ""))
-    coloured, nearest = colour_matches(samples, [caption_colour(p) for p in prompts], centroids)
-    return {"colour_matched": coloured, "of": len(samples), "nearest_colour": nearest,
-            "passed": coloured >= ACCURACY * len(samples)}
+    result = check_prompts_against_manifest(samples, _seen_prompts(), os.path.join(work, "ingest"))
+    colour = result["seen"]["colour"]
+    return {"colour_matched": colour["matched"], "of": colour["scored"],
+            "nearest_colour": [row["nearest_colour"] for row in result["samples"]],
+            "passed": colour["matched"] >= ACCURACY * colour["scored"]}
 
 
 def check_text_direction(samples, work):
-    captions = {row["caption"] for row in read_manifest(os.path.join(work, "ingest"))}
-    result = check_prompts(samples, _seen_prompts(), captions)
-    return {"direction_matched": result["seen"]["matched"], "of": result["seen"]["scored"],
-            "velocity": [row["velocity"] for row in result["samples"]], "passed": result["passed"]}
+    result = check_prompts_against_manifest(samples, _seen_prompts(), os.path.join(work, "ingest"))
+    direction = result["seen"]["direction"]
+    return {"direction_matched": direction["matched"], "of": direction["scored"],
+            "velocity": [row["velocity"] for row in result["samples"]],
+            "passed": direction["matched"] >= ACCURACY * direction["scored"]}
 
 
 RUNGS = {
