@@ -20,8 +20,8 @@ from latte_toolkit.tools.synthetic import trained_pairings, write_captioned_clou
 write_captioned_cloud_dataset('videos', trained_pairings(), clips_per_combination=16, num_frames=32, size=64, seed=11)"
 latte ingest --source videos/captions.csv --out ingest --num-frames 8 --workers 0
 
-# 3. their latents (the shipped VAE's encoder: make_pretrained.sh step 8 fine-tuned only its decoder, so
-#    these are the latents the shipped Latte learned) and caption embeddings
+# 3. their latents (vae-clouds' encoder, which vae-clouds-colours, the VAE that decodes the text model's
+#    samples, shares: make_pretrained.sh step 8 fine-tuned only its decoder) and caption embeddings
 latte cache --manifest ingest --vae "$PRETRAINED/vae-clouds" --out cache --text-encoder text-clouds \
     --format numpy --image-size 64 --workers 0
 

@@ -46,6 +46,10 @@ SAMPLES = 16
 LATTE = os.path.join(PRETRAINED, "latte-clouds")
 TEXT_LATTE = os.path.join(PRETRAINED, "latte-clouds-text")
 TEXT_ENCODER = os.path.join(PRETRAINED, "text-clouds")
+VAE = os.path.join(PRETRAINED, "vae-clouds")
+# The text demo's VAE: vae-clouds with its decoder fine-tuned on every sky colour the captions name (the same
+# encoder, so the same latents): vae-clouds draws grey and green skies blue (pretrained/EXPERIMENTS.md #27).
+COLOURS_VAE = os.path.join(PRETRAINED, "vae-clouds-colours")
 ARCHITECTURE_KEYS = ("model_name", "depth", "hidden_size", "num_heads", "num_frames", "image_size", "learn_sigma",
                      "patch_embedder", "posterior")
 
@@ -82,7 +86,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     timings, started = {}, time.perf_counter()
     latte_dir = TEXT_LATTE if text else LATTE
     shipped = shipped_latte_config(latte_dir)
-    vae_dir = os.path.join(PRETRAINED, "vae-clouds")
+    vae_dir = COLOURS_VAE if text else VAE
     size = shipped["image_size"]
 
     def stage(name):

@@ -26,16 +26,48 @@ def test_shipped_weights_are_small_and_come_with_their_commands_and_logs():
         assert os.path.isfile(os.path.join(vae, name)), name
     script = open(os.path.join(PRETRAINED, "make_pretrained.sh")).read()
     assert "latte train-vae" in script and "latte train -c" in script and "latte cache" in script
+    assert "--decoder-only" in script
+
+
+def test_the_colours_vae_shares_the_encoder_and_draws_every_sky_colour():
+    """vae-clouds-colours: vae-clouds' encoder and scaling factor to the bit (so its latents are the shipped
+    Latte's), and a decoder whose round trips of captioned clips keep each one's sky colour (nearest
+    centroid of the clips themselves), where vae-clouds draws grey and green skies blue (EXPERIMENTS #27)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+    from latte_core.vae import load_vae
+    from latte_toolkit.inference.quality import colour_features
+    from latte_toolkit.tools.prompt_check import nearest_classes
+    from latte_toolkit.tools.synthetic import DIRECTIONS, SKY_COLOURS, captioned_cloud_frames
+    plain, colours = os.path.join(PRETRAINED, "vae-clouds"), os.path.join(PRETRAINED, "vae-clouds-colours")
+    for name in ("config.json", "train_vae_log.jsonl", "train_vae_summary.json", "loss_curve.png"):
+        assert os.path.isfile(os.path.join(colours, name)), name
+    assert json.load(open(os.path.join(colours, "train_vae_summary.json")))["decoder_only"] is True
+    assert json.load(open(os.path.join(colours, "config.json"))) == json.load(open(os.path.join(plain, "config.json")))
+    before, after = (load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors")) for folder in (plain, colours))
+    assert all(np.array_equal(before[name], after[name]) for name in before
+               if not name.startswith(("decoder.", "post_quant_conv.")))
+    pairings = [(d, c) for d in DIRECTIONS for c in SKY_COLOURS]
+    clips = np.stack([captioned_cloud_frames(d, c, 8, speed=5.0, seed=300 + i) for i, (d, c) in enumerate(pairings)])
+    centroids = {c: colour_features(clips[[colour == c for _, colour in pairings]]).mean(axis=0) for c in SKY_COLOURS}
+    pixels = clips.transpose(0, 1, 4, 2, 3).astype(np.float32) / 127.5 - 1
+    for folder, drawn in ((colours, set(SKY_COLOURS)), (plain, {"blue", "orange"})):
+        vae = load_vae(folder)
+        decoded = vae.decode_video(vae.encode_video(pixels)[0])
+        frames = ((np.clip(decoded, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 1, 3, 4, 2)
+        kept = {c for (_, c), n in zip(pairings, nearest_classes(frames, centroids)) if n == c}
+        assert kept == drawn, (folder, kept)
 
 
 def test_shipped_text_weights_are_small_random_and_come_with_their_commands_and_logs():
     latte, encoder = os.path.join(PRETRAINED, "latte-clouds-text"), os.path.join(PRETRAINED, "text-clouds")
     for path in (os.path.join(latte, "ema.ckpt"), os.path.join(encoder, "text_encoder", "model.safetensors")):
         assert os.path.getsize(path) < LIMIT, path
-    for name in ("state.json", "train_log.jsonl", "loss_curve.png", "base_train_log.jsonl"):
+    for name in ("state.json", "train_log.jsonl", "loss_curve.png", "make_pretrained_text.log"):
         assert os.path.isfile(os.path.join(latte, name)), name
     state = json.loads(open(os.path.join(latte, "state.json")).read())
     assert state["config"]["condition"] == "text" and state["text_encoder"]["sha256"]
+    assert state["config"]["prediction_type"] == "v_prediction"
     with open(os.path.join(encoder, "text_encoder", "config.json")) as handle:
         assert json.load(handle)["random_weights"] is True
     script = open(os.path.join(PRETRAINED, "make_pretrained_text.sh")).read()
@@ -55,6 +87,20 @@ def test_the_demos_check_passes_on_the_shipped_weights(tmp_path):
     assert quality["frechet_distance"]["samples"] < quality["frechet_distance"]["noise_decoded"], quality
     assert quality["latent_std"]["within"], quality["latent_std"]
     assert quality["passed"], {k: quality[k] for k in ("motion", "drift")}
+
+
+def test_the_text_demos_check_passes_on_the_shipped_weights(tmp_path):
+    """`latte demo --text --train-steps 0`: the shipped text Latte as it is, one sample per prompt (16 seen,
+    4 held-out pairings) checked against fresh captioned clips (seed 1's, not the training clips' seed 11):
+    appearance, frame change, drift, latent scale, and 15 of 16 seen prompts by direction and by colour."""
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--text", "--out", str(out), "--videos", "48", "--train-steps", "0",
+                                       "--quality-clips", "48"])
+    assert result.exit_code == 0, result.output
+    quality = json.loads((out / "quality.json").read_text())
+    seen = quality["prompts"]["seen"]
+    assert seen["direction"]["matched"] >= 15 and seen["colour"]["matched"] >= 15, seen
+    assert quality["passed"], {k: quality[k] for k in ("motion", "drift", "latent_std", "frechet_distance")}
 
 
 def test_demo_runs_every_stage_into_one_folder_and_resumes(tmp_path):

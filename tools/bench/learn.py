@@ -11,7 +11,9 @@ what its data shows passes in minutes on a CPU, and a model which does not, fail
     text-colour           captioned clips: ≥ 15 of 16 samples of seen captions have the caption's colour
     text-direction        the same run: ≥ 15 of 16 drift in the caption's direction
 
-Every rung fine-tunes the shipped Latte (the realistic use: a user starts from weights), with v
+Every rung fine-tunes the shipped Latte (the realistic use: a user starts from weights), its clips cached
+and decoded by the shipped VAE that draws them (vae-clouds-colours for coloured skies, vae-clouds for the
+demo's; one encoder, so the same latents), with v
 prediction and the EMA warm-up, within a wall budget: training stops at the rung's own step count or
 when the budget less SAMPLE_RESERVE_MINUTES runs out (the train key max_minutes), whichever comes
 first; re-running a rung resumes its run exactly. A rung that fails within its budget
@@ -32,11 +34,11 @@ from latte_toolkit.inference.quality import (check_samples, colour_features, dri
                                              read_sample_gifs)
 from latte_toolkit.inference.sample import run_sample
 from latte_toolkit.pipelines.config import CACHE_KEYS, INGEST_KEYS, run_cache_job, run_ingest_job
-from latte_toolkit.pretrained import PRETRAINED
 from latte_toolkit.train.config import load_train_config
 from latte_toolkit.train.loop import train
 
-from ..demo import ARCHITECTURE_KEYS, LATTE, TEXT_ENCODER, shipped_latte_config, text_demo_prompts, write_demo_clips
+from ..demo import (ARCHITECTURE_KEYS, COLOURS_VAE, LATTE, TEXT_ENCODER, VAE, shipped_latte_config, text_demo_prompts,
+                    write_demo_clips)
 from ..prompt_check import check_prompts_against_manifest, class_centroids, nearest_classes
 from ..synthetic import CLOUD_SPEED, SKY_COLOURS, captioned_cloud_frames, trained_pairings, write_captioned_cloud_dataset
 
@@ -138,11 +140,13 @@ def _memorised_motion(samples, labels, manifest):
 # ------------------------------------------------------------------------------------------------ the rungs
 class Rung:
     """One rung: its clips (writer), data folder (rungs sharing one share its jobs and training run),
-    condition, training steps at most, and its check(samples, work) -> figures with "passed"."""
+    condition, training steps at most, its check(samples, work) -> figures with "passed", and the VAE that
+    caches and decodes its clips (the demo's for the demo's clips; the one that draws every sky colour for
+    coloured skies)."""
 
-    def __init__(self, question, clips, data, condition, steps, check, prompts=None):
+    def __init__(self, question, clips, data, condition, steps, check, prompts=None, vae=COLOURS_VAE):
         self.question, self.clips, self.data, self.condition = question, clips, data, condition
-        self.steps, self.check, self.prompts = steps, check, prompts
+        self.steps, self.check, self.prompts, self.vae = steps, check, prompts, vae
 
 
 def _labels(count, classes=4):
@@ -176,7 +180,7 @@ def check_class_colour(samples, work):
 
 
 def check_unconditional_motion(samples, work):
-    vae = load_vae(os.path.join(PRETRAINED, "vae-clouds"))
+    vae = load_vae(VAE)
     quality = check_samples(samples, os.path.join(work, "ingest"), vae)
     return {"drift": quality["drift"], "frechet_distance": quality["frechet_distance"], "motion": quality["motion"],
             "passed": quality["drift_in_real_range"]}
@@ -211,7 +215,7 @@ RUNGS = {
     "class-colour": Rung("does a class label set the sky colour?", colour_clips, "colour", "class", RUNG_STEPS,
                          check_class_colour),
     "unconditional-motion": Rung("do unconditional samples drift like the clips?", demo_clips, "demo", None, RUNG_STEPS,
-                                 check_unconditional_motion),
+                                 check_unconditional_motion, vae=VAE),
     "text-colour": Rung("does a caption set the sky colour?", text_clips, "text", "text", RUNG_STEPS, check_text_colour,
                         prompts=_seen_prompts),
     "text-direction": Rung("does a caption set the drift direction?", text_clips, "text", "text", RUNG_STEPS,
@@ -274,7 +278,7 @@ def run_rung(name, work, budget_minutes=10.0, max_steps=None, progress=False):
         os.rename(videos + ".partial", videos)
     run_ingest_job(INGEST_KEYS.load(None, {"sources": [_listing(videos)], "out": os.path.join(data, "ingest"),
                                            "num_frames": 8, "workers": 0}), progress)
-    run_cache_job(CACHE_KEYS.load(None, {"manifest": os.path.join(data, "ingest"), "vae": os.path.join(PRETRAINED, "vae-clouds"),
+    run_cache_job(CACHE_KEYS.load(None, {"manifest": os.path.join(data, "ingest"), "vae": rung.vae,
                                          "out": os.path.join(data, "cache"), "format": "numpy", "image_size": 64,
                                          "workers": 0, "text_encoder": TEXT_ENCODER if rung.condition == "text" else None}),
                   progress)
@@ -284,7 +288,7 @@ def run_rung(name, work, budget_minutes=10.0, max_steps=None, progress=False):
     trained = train(_train_config(rung, data, target, max(minutes_left, 0.1)), resume=True, progress=progress)
     stage("train")
     conditional = rung.condition is not None
-    sampling = {"checkpoint": trained["last_checkpoint"], "vae_checkpoint": os.path.join(PRETRAINED, "vae-clouds"),
+    sampling = {"checkpoint": trained["last_checkpoint"], "vae_checkpoint": rung.vae,
                 "sampler": "dpm-solver++", "sampling_steps": 20, "num_videos": SAMPLES, "batch_size": 8, "seed": 0,
                 "guidance_scale": GUIDANCE if conditional else 1.0, "output_path": os.path.join(data, f"samples-{name}")}
     if rung.prompts:
