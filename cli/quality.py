@@ -28,7 +28,7 @@ def quality(config):
     names each one's prompt): each sample's drift direction must be the one its caption names
     ("drifting left / right / up / down") for at least 15 of 16 samples whose prompt is a training
     caption, and its sky colour (nearest real-clip colour centroid) the one its caption names, for as
-many; prompts no training video had are reported apart, with no target.
+    many; prompts no training video had are reported apart, with no target.
 
     \b
     Example:

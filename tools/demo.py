@@ -144,8 +144,8 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     stage("sample")
     samples_dir = os.path.join(out, "samples")
     quality = check_samples(read_sample_gifs(samples_dir), os.path.join(out, "ingest"), load_vae(vae_dir),
-                            real_count=quality_clips, prompts=sample_prompts(samples_dir), prompt_check=check_prompts_against_manifest,
-                            latents=read_sample_latents(samples_dir))
+                            real_count=quality_clips, prompts=sample_prompts(samples_dir),
+                            prompt_check=check_prompts_against_manifest, latents=read_sample_latents(samples_dir))
     write_figures_json(quality, os.path.join(out, "quality.json"))
     stage("quality")
     summary = {"out": out, "videos": ingest["ok"], "cached_frames": report["frames"], "train_steps": trained["steps"],

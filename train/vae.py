@@ -25,9 +25,9 @@ from mindspore import Tensor, nn, ops
 from tqdm.auto import tqdm
 
 from latte_core import AutoencoderKL
-from latte_core.vae import load_vae
 from latte_core.atomic import make_output_dir, strict_json_line, write_figures_json
 from latte_core.plot import plot_loss_curve
+from latte_core.vae import load_vae
 from latte_toolkit.datasets.video import center_crop_resize, iter_frames, read_manifest, to_pixels
 
 from .step import TrainStep, Updater

@@ -36,7 +36,8 @@ def test_the_colours_vae_shares_the_encoder_and_draws_every_sky_colour():
     import numpy as np
     from safetensors.numpy import load_file
     from latte_core.vae import load_vae
-    from latte_toolkit.inference.quality import colour_features
+    from latte_toolkit.datasets.video import to_frames
+    from latte_toolkit.inference.quality import colour_features, encode_frames
     from latte_toolkit.tools.prompt_check import nearest_classes
     from latte_toolkit.tools.synthetic import DIRECTIONS, SKY_COLOURS, captioned_cloud_frames
     plain, colours = os.path.join(PRETRAINED, "vae-clouds"), os.path.join(PRETRAINED, "vae-clouds-colours")
@@ -50,11 +51,10 @@ def test_the_colours_vae_shares_the_encoder_and_draws_every_sky_colour():
     pairings = [(d, c) for d in DIRECTIONS for c in SKY_COLOURS]
     clips = np.stack([captioned_cloud_frames(d, c, 8, speed=5.0, seed=300 + i) for i, (d, c) in enumerate(pairings)])
     centroids = {c: colour_features(clips[[colour == c for _, colour in pairings]]).mean(axis=0) for c in SKY_COLOURS}
-    pixels = clips.transpose(0, 1, 4, 2, 3).astype(np.float32) / 127.5 - 1
     for folder, drawn in ((colours, set(SKY_COLOURS)), (plain, {"blue", "orange"})):
         vae = load_vae(folder)
-        decoded = vae.decode_video(vae.encode_video(pixels)[0])
-        frames = ((np.clip(decoded, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 1, 3, 4, 2)
+        latents = encode_frames(vae, clips)
+        frames = to_frames(vae.decode_video(latents.reshape(clips.shape[:2] + latents.shape[1:])))
         kept = {c for (_, c), n in zip(pairings, nearest_classes(frames, centroids)) if n == c}
         assert kept == drawn, (folder, kept)
 

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from latte_core.text_encoder import TextEncoder
-from latte_toolkit.inference.quality import sample_prompts
+from latte_toolkit.inference.quality import colour_features, sample_prompts
 from latte_toolkit.tools.demo import text_demo_prompts
 from latte_toolkit.tools.demo_text_encoder import byte_level_vocabulary, learn_bpe_merges, write_caption_text_encoder
-from latte_toolkit.inference.quality import colour_features
 from latte_toolkit.tools.prompt_check import MOTION_FLOOR, caption_direction, check_prompts
 from latte_toolkit.tools.synthetic import (
     CAPTION_DIRECTIONS, DIRECTIONS, HELD_OUT_COMBINATIONS, SKY_COLOURS, captioned_cloud_frames, cloud_caption)

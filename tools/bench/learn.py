@@ -30,7 +30,7 @@ from latte_core.errors import UserError
 from latte_core.vae import load_vae
 from latte_toolkit.datasets.video import center_crop_resize, read_frames_at, read_manifest, write_mp4
 from latte_toolkit.inference.config import SAMPLE_KEYS
-from latte_toolkit.inference.quality import (check_samples, colour_features, drift_direction, drift_velocity,
+from latte_toolkit.inference.quality import (check_samples, drift_direction, drift_velocity,
                                              read_sample_gifs)
 from latte_toolkit.inference.sample import run_sample
 from latte_toolkit.pipelines.config import CACHE_KEYS, INGEST_KEYS, run_cache_job, run_ingest_job
@@ -190,20 +190,22 @@ def _seen_prompts():
     return text_demo_prompts()[:SAMPLES]
 
 
-def check_text_colour(samples, work):
+def _seen_prompt_part(samples, work, part, per_sample):
+    """One part ("colour", "direction") of the prompt check of the seen prompts' samples, with each
+    sample's `per_sample` figure of the check's rows."""
     result = check_prompts_against_manifest(samples, _seen_prompts(), os.path.join(work, "ingest"))
-    colour = result["seen"]["colour"]
-    return {"colour_matched": colour["matched"], "of": colour["scored"],
-            "nearest_colour": [row["nearest_colour"] for row in result["samples"]],
-            "passed": colour["matched"] >= ACCURACY * colour["scored"]}
+    figures = result["seen"][part]
+    return {f"{part}_matched": figures["matched"], "of": figures["scored"],
+            per_sample: [row[per_sample] for row in result["samples"]],
+            "passed": figures["matched"] >= ACCURACY * figures["scored"]}
+
+
+def check_text_colour(samples, work):
+    return _seen_prompt_part(samples, work, "colour", "nearest_colour")
 
 
 def check_text_direction(samples, work):
-    result = check_prompts_against_manifest(samples, _seen_prompts(), os.path.join(work, "ingest"))
-    direction = result["seen"]["direction"]
-    return {"direction_matched": direction["matched"], "of": direction["scored"],
-            "velocity": [row["velocity"] for row in result["samples"]],
-            "passed": direction["matched"] >= ACCURACY * direction["scored"]}
+    return _seen_prompt_part(samples, work, "direction", "velocity")
 
 
 RUNGS = {
