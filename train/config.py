@@ -116,6 +116,12 @@ KEYS = [
     Key("noise_schedule", str, "linear", "the betas: linear (the reference's) or squaredcos_cap_v2 (Nichol & Dhariwal's "
         "cosine: more of the timesteps at noise levels where a small latent still shows its layout); sampling a "
         "checkpoint of the run uses the same", NOISE_SCHEDULES),
+    Key("condition_lr_scale", NUMBER, 1.0, "learning rate of the condition path (the class table y_embedder, or the "
+        "caption projection text_embedding_projection) as a multiple of the model's, e.g. 10 for a class run from "
+        "unconditional weights: Adam moves each entry of a class table by about the rate per step, so a class's "
+        "conditioning vector moves that much, where a caption projection's moves up to the rate times its ~2,500 "
+        "inputs (pretrained/EXPERIMENTS.md #30) (1: one rate, as the reference)",
+        range=Range(0, 1000, low_open=True)),
     Key("weight_decay", NUMBER, 0.0, "decoupled weight decay (AdamW)", range=NON_NEGATIVE),
     Key("betas", list, [0.9, 0.999], "Adam betas"),
     Key("optim_eps", NUMBER, 1e-8, "Adam epsilon", range=POSITIVE),
@@ -174,6 +180,9 @@ def validate(values):
         raise TrainConfigError(f"betas must be two numbers in [0, 1), got {bounded(values['betas'])}")
     if values["condition"] == "class" and values["num_classes"] < 1:
         raise TrainConfigError("condition: class needs num_classes >= 1")
+    if values["condition_lr_scale"] != 1 and values["condition"] is None:
+        raise TrainConfigError(f"condition_lr_scale {values['condition_lr_scale']:g} scales the rate of a class or "
+                               f"text path; an unconditional run (condition: null) has none: remove it")
     if values["text_encoder"] and values["condition"] != "text":
         raise TrainConfigError(f"text_encoder {bounded(values['text_encoder'])} is for condition: text (condition is "
                                f"{values['condition']}); remove it")

@@ -232,10 +232,13 @@ def build_step(config, model, diffusion, world):
     if config["amp_level"] == "O2" and config["dtype"] != "fp32":
         scaler = ms.amp.DynamicLossScaler(config["init_loss_scale"], config["loss_scale_factor"], config["scale_window"])
     reducer = nn.DistributedGradReducer(params, mean=True, degree=world) if world > 1 else None
+    prefix = CONDITION_PREFIXES.get(config["condition"])
+    condition_path = [p.name for p in params if prefix and p.name.startswith(prefix)]
     updater = Updater(params, learning_rate=config["start_learning_rate"], betas=tuple(config["betas"]),
                       eps=config["optim_eps"], weight_decay=config["weight_decay"],
                       max_grad_norm=config["max_grad_norm"] if config["clip_grad"] else None,
-                      loss_scaler=scaler, ema=ema, grad_reducer=reducer)
+                      loss_scaler=scaler, ema=ema, grad_reducer=reducer,
+                      scaled=condition_path, rate_scale=config["condition_lr_scale"])
     loss_class = {"class": ClassDiffusionLoss, "text": TextDiffusionLoss}.get(config["condition"], DiffusionLoss)
     loss_net = loss_class(model, diffusion, config["use_image_num"] or 0)
     return TrainStep(loss_net, updater, config["gradient_accumulation_steps"]), updater, ema

@@ -104,10 +104,23 @@ class Updater(nn.Cell):
     (and clipping), decoupled weight decay, Adam, EMA, loss-scale adjustment. Returns (norm, finite)."""
 
     def __init__(self, params, learning_rate=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 max_grad_norm=None, loss_scaler=None, ema=None, grad_reducer=None):
+                 max_grad_norm=None, loss_scaler=None, ema=None, grad_reducer=None, scaled=(), rate_scale=1.0):
+        """`scaled`: names of the parameters trained at rate_scale times the rate (the condition path)."""
         super().__init__(auto_prefix=False)
         self.params = ParameterTuple(params)
-        self.optimizer = nn.Adam(params, learning_rate=learning_rate, beta1=betas[0], beta2=betas[1], eps=eps)
+        self.rate_scale = float(rate_scale)
+        self.scaled = tuple(p.name in scaled for p in params) if rate_scale != 1 else (False,) * len(params)
+        groups = params
+        if any(self.scaled):  # MindSpore's per-group rates; order_params keeps the gradients' order
+            groups = [{"params": [p for p, s in zip(params, self.scaled) if not s]},
+                      {"params": [p for p, s in zip(params, self.scaled) if s], "lr": learning_rate * rate_scale},
+                      {"order_params": params}]
+        self.optimizer = nn.Adam(groups, learning_rate=learning_rate, beta1=betas[0], beta2=betas[1], eps=eps)
+        # The optimizer's distinct rate parameters (one, or the model's and the scaled group's), set every step
+        rates = {p.name: p for p in (self.optimizer.learning_rate if any(self.scaled)
+                                     else (self.optimizer.learning_rate,))}
+        self.rate_parameters = ParameterTuple(rates.values())
+        self.rate_multiples = tuple(rate_scale if name != "learning_rate" else 1.0 for name in rates)
         self.weight_decay = weight_decay
         self.max_grad_norm = max_grad_norm
         self.loss_scaler = loss_scaler
@@ -127,7 +140,8 @@ class Updater(nn.Cell):
         return Tensor(self.rate, ms.float32)
 
     def construct(self, grads, learning_rate):
-        ops.assign(self.optimizer.learning_rate, learning_rate)
+        for rate, multiple in zip(self.rate_parameters, self.rate_multiples):
+            ops.assign(rate, learning_rate * multiple)
         if self.grad_reducer is not None:
             grads = self.grad_reducer(grads)
         if self.loss_scaler is not None:
@@ -139,9 +153,9 @@ class Updater(nn.Cell):
             grads = tuple(g * factor for g in grads)
         if finite:
             if self.weight_decay > 0:
-                shrink = 1.0 - self.optimizer.learning_rate * self.weight_decay
-                for param in self.params:
-                    ops.assign(param, param * shrink)
+                for param, scaled in zip(self.params, self.scaled):
+                    rate = learning_rate * self.rate_scale if scaled else learning_rate
+                    ops.assign(param, param * (1.0 - rate * self.weight_decay))
             self.optimizer(grads)
             if self.ema is not None:
                 self.ema(self.optimizer.global_step)

@@ -188,6 +188,26 @@ def test_training_from_videos_and_class_labels(caches, tmp_path):
     assert state["y_embedder.embedding_table.weight"].shape == (4, 64)  # 3 classes + the null class
 
 
+def test_a_class_run_with_a_scaled_condition_rate_resumes_bit_identically(tmp_path):
+    """condition_lr_scale gives the class table its own rate parameter in the optimizer: it is saved and
+    resumed like the rest (4 steps in one go = 2 + resume + 2), and only that table moved faster."""
+    from latte_toolkit.tools.fixtures import write_synthetic_cache
+    cache = write_synthetic_cache(tmp_path / "labelled", videos=6, frames=8, latent=4, shard_videos=2, chunk_frames=4)
+    options = dict(condition="class", num_classes=10, condition_lr_scale=20.0, weight_decay=0.01)
+    runs = {}
+    for name, stops in (("whole", ["4"]), ("parts", ["2", "4"])):
+        config = _config(tmp_path, f"{name}.yaml", **options)
+        for i, stop in enumerate(stops):
+            result = _train(config, "--cache", str(cache), "--output-dir", str(tmp_path / name), "--max-steps", stop,
+                            *(["--resume"] if i else []))
+            assert result.exit_code == 0, result.output
+        runs[name] = _state(tmp_path / name / "ckpt" / "step-00000004")
+    assert set(runs["whole"]) == set(runs["parts"]) and "learning_rate_group_1" in runs["whole"]
+    for key in runs["whole"]:
+        np.testing.assert_array_equal(runs["parts"][key], runs["whole"][key], err_msg=key)
+    np.testing.assert_allclose(runs["whole"]["learning_rate_group_1"], 20 * runs["whole"]["learning_rate"], rtol=1e-6)
+
+
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(TrainConfigError, match="unknown key 'learning_rat'"):
         load_train_config(_config(tmp_path, learning_rat=1e-4, data_folder="x"))
@@ -198,6 +218,10 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(TrainConfigError, match="snr_gamma"):
         load_train_config(_config(tmp_path, snr_gamma=0, data_folder="x"))
     assert load_train_config(_config(tmp_path, snr_gamma=5, data_folder="x"))["snr_gamma"] == 5
+    with pytest.raises(TrainConfigError, match="condition_lr_scale 10 scales the rate of a class or text path"):
+        load_train_config(_config(tmp_path, condition_lr_scale=10, data_folder="x"))
+    with pytest.raises(TrainConfigError, match="condition_lr_scale"):
+        load_train_config(_config(tmp_path, condition="class", num_classes=2, condition_lr_scale=0, data_folder="x"))
     with pytest.raises(TrainConfigError, match=r"frame_noise_correlation must be in \[0, 1\)"):
         load_train_config(_config(tmp_path, frame_noise_correlation=1.0, data_folder="x"))
     assert load_train_config(_config(tmp_path, data_folder="x"))["frame_noise_correlation"] == 0.0

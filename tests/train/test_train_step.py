@@ -181,3 +181,35 @@ def test_the_learning_rate_set_before_each_step_is_the_one_the_compiled_step_use
                 step(Tensor(np.ones((3, 5), np.float32)))
             change = before - loss.weight.asnumpy()
             np.testing.assert_allclose(change, rate, rtol=1e-5, err_msg=f"accumulation {accumulation}, rate {rate}")
+
+
+class _SumOfTwoWeights(ms.nn.Cell):
+    """_SumOfWeights with a second weight named as a class path's table, both starting at one."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = ms.Parameter(Tensor(np.ones((3, 5), np.float32)), name="weight")
+        self.table = ms.Parameter(Tensor(np.ones((4, 2), np.float32)), name="y_embedder.embedding_table.weight")
+
+    def construct(self, x):
+        return (self.weight * x).sum() + self.table.sum()
+
+
+def test_condition_lr_scale_multiplies_the_rate_and_the_weight_decay_of_the_condition_path_only():
+    """condition_lr_scale: the scaled parameters move by scale x the rate the schedule sets (Adam's first steps
+    with gradient 1 move a weight by exactly its rate), decoupled weight decay at that rate too
+    (p <- p (1 - rate wd) - rate); the others by the rate itself. Bound: 1e-5 relative, as above, plus two
+    roundings of a weight near 1 in float32 (2 x 1.2e-7 absolute)."""
+    loss = _SumOfTwoWeights()
+    updater = Updater(loss.trainable_params(), learning_rate=1e-3, weight_decay=0.5,
+                      scaled=["y_embedder.embedding_table.weight"], rate_scale=10.0)
+    step = TrainStep(loss, updater)
+    for rate in (1e-5, 0.02, 2e-3):
+        updater.set_learning_rate(rate)
+        before = {p.name: p.asnumpy().copy() for p in loss.trainable_params()}
+        step(Tensor(np.ones((3, 5), np.float32)))
+        for p in loss.trainable_params():
+            own = rate * (10.0 if p.name.startswith("y_embedder") else 1.0)
+            expected = before[p.name] * own * 0.5 + own
+            np.testing.assert_allclose(before[p.name] - p.asnumpy(), expected, rtol=1e-5, atol=2.4e-7,
+                                       err_msg=f"{p.name} {rate}")

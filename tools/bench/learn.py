@@ -13,9 +13,9 @@ what its data shows passes in minutes on a CPU, and a model which does not, fail
 
 Every rung fine-tunes the shipped Latte (the realistic use: a user starts from weights), its clips cached
 and decoded by the shipped VAE that draws them (vae-clouds-colours for coloured skies, vae-clouds for the
-demo's; one encoder, so the same latents), with v
-prediction and the EMA warm-up, within a wall budget: training stops at the rung's own step count or
-when the budget less SAMPLE_RESERVE_MINUTES runs out (the train key max_minutes), whichever comes
+demo's; one encoder, so the same latents), with v prediction and the EMA warm-up (a class rung's class
+table at CLASS_LR_SCALE x the rate), within a wall budget: training stops at the rung's own step count
+or when the budget less SAMPLE_RESERVE_MINUTES runs out (the train key max_minutes), whichever comes
 first; re-running a rung resumes its run exactly. A rung that fails within its budget
 is diagnosed (`latte diagnose`), not run longer. JSON: {"rungs": {NAME: {"passed", figures, "minutes"}}}.
 """
@@ -46,6 +46,9 @@ SAMPLES = 16
 ACCURACY = 15 / 16
 SPEED_TOLERANCE = 0.25
 GUIDANCE = 4.0  # classifier-free guidance of the conditional rungs' samples (the text demo's)
+# The class rungs' class table learns at this multiple of the rate (condition_lr_scale): at one rate the grey
+# class still drew orange skies after 1,135 steps (13 of 16); at 10x, 16 of 16 (pretrained/EXPERIMENTS.md #30)
+CLASS_LR_SCALE = 10.0
 SAMPLE_RESERVE_MINUTES = 1.5  # sampling 16 videos and measuring them, kept out of the training budget
 # Each rung's training steps at most: more than fit in the default 10-minute budget on a 2-core CPU
 # (0.42 s/step: ~1150), so the budget, not the count, ends a rung there. At 600 steps (the first cap)
@@ -255,6 +258,7 @@ def _train_config(rung, data, steps, minutes):
     return load_train_config(None, {
         **{key: shipped[key] for key in ARCHITECTURE_KEYS}, "condition": rung.condition,
         "num_classes": 4 if rung.condition == "class" else 0, "class_dropout_prob": 0.1,
+        "condition_lr_scale": CLASS_LR_SCALE if rung.condition == "class" else 1.0,
         "data_folder": os.path.join(data, "cache"), "train_data_type": "numpy",
         "pretrained_model_path": os.path.join(LATTE, "ema.ckpt"), "prediction_type": "v_prediction",
         "noise_schedule": shipped.get("noise_schedule", "linear"), "dtype": "fp32", "amp_level": "O0", "start_learning_rate": 5e-4, "warmup_steps": 20, "train_batch_size": 8,
