@@ -6,7 +6,7 @@ import click
 from latte_core.atomic import strict_json_line
 from latte_toolkit.tools.config import (BENCH_ATTENTION_KEYS, BENCH_CACHE_KEYS, BENCH_CURATE_KEYS,
                                         BENCH_FORWARD_KEYS, BENCH_FVD_KEYS, BENCH_INGEST_KEYS, BENCH_LEARN_KEYS,
-                                        BENCH_LOADER_KEYS, BENCH_STEP_KEYS, BENCH_VAE_KEYS)
+                                        BENCH_LOADER_KEYS, BENCH_SAMPLER_KEYS, BENCH_STEP_KEYS, BENCH_VAE_KEYS)
 
 from . import BadInput, configured, key_option, main, setup_mindspore
 
@@ -263,6 +263,34 @@ def bench_attention_command(config):
     # kept here: the attention benchmark (MindSpore) adds ~1.8 s to `latte --help`
     from latte_toolkit.tools.bench.attention import bench_attention
     click.echo(strict_json_line(bench_attention(config["tokens"], config["head_dim"], config["block_size"])))
+
+
+@bench.command("sampler")
+@configured(
+    BENCH_SAMPLER_KEYS,
+    key_option("checkpoint"), key_option("vae", type=click.Path(file_okay=False)), key_option("videos"),
+    key_option("fast_steps"), key_option("reference_steps"), key_option("batch"), key_option("work"),
+)
+def bench_sampler_command(config):
+    """DPM-Solver++ against DDPM on the same initial noise: quality and wall time of each.
+
+    Samples --videos videos with each sampler (seeds 0..N-1, the same initial noise), checks both
+    with `latte quality` against as many real clips of the demo's kind (another seed than any
+    shipped run's) and prints each one's pass, Fréchet distance, drift and seconds, the distance
+    ratio fast / reference and whether DPM-Solver++ passes within 1.1x DDPM's distance.
+
+    \b
+    Example:
+      latte bench sampler                       # the shipped cloud model: 64 videos, 20 against 250 steps
+      latte bench sampler --videos 16 --reference-steps 100 --work sampler-bench
+    """
+    # kept here: sampling (MindSpore) adds ~2 s to `latte --help`
+    from latte_toolkit.tools.bench.sampler import bench_sampler
+    from latte_toolkit.tools.demo import LATTE, VAE
+    setup_mindspore("CPU")
+    click.echo(strict_json_line(bench_sampler(config["checkpoint"] or LATTE, config["vae"] or VAE, config["videos"],
+                                              config["fast_steps"], config["reference_steps"], config["batch"],
+                                              config["work"])))
 
 
 @bench.command("learn")

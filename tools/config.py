@@ -135,6 +135,19 @@ BENCH_ATTENTION_KEYS = KeyTable([
     Key("block_size", int, 512, "key block of the block-wise path", range=AT_LEAST_1),
 ], {}, ConfigError)
 
+BENCH_SAMPLER_KEYS = KeyTable([
+    Key("checkpoint", OPTIONAL_STR, None, "the Latte to sample (a run, a ckpt/step-N folder or weights; default: the shipped "
+        "pretrained/latte-clouds)"),
+    Key("vae", OPTIONAL_STR, None, "the VAE that decodes its latents (default: the shipped pretrained/vae-clouds)"),
+    Key("videos", int, 64, "videos per sampler (seeds 0..videos-1, the same initial noise for both) and real clips",
+        range=Range(2, 4096)),
+    Key("fast_steps", int, 20, "DPM-Solver++ steps", range=Range(1, 1000)),
+    Key("reference_steps", int, 250, "DDPM steps (the reference sampler)", range=Range(1, 1000)),
+    Key("batch", int, 16, "videos per sampling batch", range=AT_LEAST_1),
+    Key("work", OPTIONAL_STR, None, "a new folder that keeps the samples, real clips and their ingest (default: a "
+        "temporary one)"),
+], {}, ConfigError)
+
 BENCH_LEARN_KEYS = KeyTable([
     Key("rung", str, "all", "a rung of the learning ladder (memorise, shuffled-control, class-colour, "
         "unconditional-motion, text-colour, text-direction) or all"),

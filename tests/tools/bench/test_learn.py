@@ -10,7 +10,7 @@ import pytest
 from conftest import BIN
 from latte_toolkit.datasets.video import center_crop_resize, read_frames_at, read_manifest
 from latte_toolkit.pipelines.config import INGEST_KEYS, run_ingest_job
-from latte_toolkit.tools.bench.learn import (MEMORISE_CLIPS, RUNGS, check_class_colour, check_memorise,
+from latte_toolkit.tools.bench.learn import (CLASS_LR_SCALE, MEMORISE_CLIPS, RUNGS, check_class_colour, check_memorise,
                                              check_shuffled_control, colour_clips, memorise_clips)
 
 
@@ -73,6 +73,7 @@ def test_a_rung_runs_end_to_end_at_a_tiny_size(tmp_path):
     assert len(list((work / "memorise" / "samples-memorise").glob("sample_*.gif"))) == 16
     state = json.loads(next((work / "memorise" / "train" / "ckpt").glob("step-*/state.json")).read_text())
     assert state["config"]["prediction_type"] == "v_prediction" and state["config"]["ema_warmup"]
+    assert state["config"]["condition_lr_scale"] == CLASS_LR_SCALE > 1  # the class table's own rate
 
 
 @pytest.mark.parametrize("args, needle", [(["--rung", "colour"], "--rung 'colour'"),
