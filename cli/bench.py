@@ -115,9 +115,12 @@ def bench_fvd_command(config):
     key_option("kernels"),
 )
 def bench_vae_command(config):
-    """Encoding speed of the full sd-vae-ft-mse architecture (random weights), graph mode.
+    """Encode and decode speed of the full sd-vae-ft-mse architecture (random weights), graph mode.
 
     Each kernel path runs in a fresh process; the top-level figures are the first path's.
+    encode_conv_gflops counts the encoder's convolutions (2·M·N·K of each im2col product); conv_floor
+    times numpy's sgemm on the same products in the same process (encode_to_numpy_floor: its seconds
+    over the encode's).
 
     \b
     Example:

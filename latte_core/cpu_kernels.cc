@@ -27,11 +27,12 @@ int available_cores() {
 
 const int kCores = available_cores();
 
-// Runs body(begin, end) over [0, n) in contiguous chunks, one per core, when the work (n · cost_per_item
-// elements) is large enough to pay for starting threads; otherwise on the calling thread.
+// Runs body(begin, end) over [0, n) in contiguous chunks, one per thread (at most `threads`, the cores by
+// default), when the work (n · cost_per_item elements) is large enough to pay for starting threads;
+// otherwise on the calling thread.
 template <class Body>
-void parallel_for(int64_t n, int64_t cost_per_item, Body body) {
-  const int64_t threads = std::min<int64_t>(kCores, n);
+void parallel_for(int64_t n, int64_t cost_per_item, Body body, int64_t max_threads = kCores) {
+  const int64_t threads = std::min<int64_t>(max_threads, n);
   if (threads <= 1 || n * cost_per_item < (int64_t{1} << 17)) {
     body(int64_t{0}, n);
     return;
@@ -92,12 +93,12 @@ constexpr float kGeluB = 0.0713548162726009f;   // 2·sqrt(2/π)·0.044715
 enum Kernel {
   kDenseForward, kDenseBackward, kNormModulateForward, kNormModulateBackward, kGatedResidualForward,
   kGatedResidualBackward, kGeluForward, kGeluBackward, kSquaredSum, kGroupNormForward, kGroupNormBackward,
-  kAttentionForward, kAttentionBackward, kNumKernels
+  kAttentionForward, kAttentionBackward, kConv2dForward, kNumKernels
 };
 const char *const kKernelNames[kNumKernels] = {
   "dense_forward", "dense_backward", "norm_modulate_forward", "norm_modulate_backward", "gated_residual_forward",
   "gated_residual_backward", "gelu_tanh_forward", "gelu_tanh_backward", "squared_sum", "group_norm_forward",
-  "group_norm_backward", "attention_forward", "attention_backward"};
+  "group_norm_backward", "attention_forward", "attention_backward", "conv2d_forward"};
 std::atomic<int64_t> g_calls[kNumKernels], g_nanoseconds[kNumKernels], g_flops[kNumKernels];
 
 class Timed {
@@ -164,23 +165,23 @@ int LATTE_BLAS_GET_THREADS(void);
 #endif
 
 // Every kernel's BLAS calls run inside one of these, one kernel at a time (MindSpore may run independent
-// kernels at once). threads > 0 also sets OpenBLAS's thread count for the section, then restores it: the
-// attention kernels call sgemm from one thread per core, and OpenBLAS's own threads on top of those (each
-// call waits for them, spinning) made them 7x slower on a loaded 2-core AVX2 machine. Their results then
-// come from one-thread sgemm everywhere, so they do not depend on the count a job pins either.
+// kernels at once), with OpenBLAS set to one thread for the section (then restored): the kernels split
+// their products over the cores themselves. OpenBLAS's own threads spin for ~0.1 s after each call
+// (THREAD_TIMEOUT) on a core the next kernel needs: with them, the forward's attention, GELU and residual
+// kernels, which run between dense layers, took 1.9x as long on a 2-core Xeon, and on a loaded 2-core
+// AVX2 machine OpenBLAS threads under the attention's own ones made it 7x slower. One-thread sgemm
+// everywhere also keeps results independent of the thread count a job pins.
 class BlasSection {
  public:
-  explicit BlasSection(int threads = 0) : lock_(mutex()) {
+  BlasSection() : lock_(mutex()) {
 #ifdef LATTE_BLAS_SET_THREADS
-    if (threads > 0) {
-      previous_ = LATTE_BLAS_GET_THREADS();
-      LATTE_BLAS_SET_THREADS(threads);
-    }
+    previous_ = LATTE_BLAS_GET_THREADS();
+    if (previous_ != 1) LATTE_BLAS_SET_THREADS(1);
 #endif
   }
   ~BlasSection() {
 #ifdef LATTE_BLAS_SET_THREADS
-    if (previous_ > 0) LATTE_BLAS_SET_THREADS(previous_);
+    if (previous_ != 1) LATTE_BLAS_SET_THREADS(previous_);
 #endif
   }
 
@@ -190,12 +191,16 @@ class BlasSection {
     return blas_mutex;
   }
   std::lock_guard<std::mutex> lock_;
-  int previous_ = 0;
+  int previous_ = 1;
 };
 
-// row-major c = a·b (with the transposes), beta = 0 or 1, recorded in g_shapes
-void dense_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const float *a, const float *b, float beta,
-                float *c) {
+// Row-major c = op(a)·op(b), plus bias (n) on every row if given, recorded in g_shapes, inside a
+// BlasSection. The rows of c are cut into one block per thread (at most `threads`; multiples of 64 rows,
+// whole register tiles), each block a one-thread sgemm on its own thread, which first writes the bias
+// into its rows (while they are in its cache). Results depend on the core count only: on AVX-512 kernels
+// 1 and 2 cores give the same bits, on OpenBLAS's Haswell kernels they differ by float32 rounding.
+void dense_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const float *a, const float *b,
+                const float *bias, float *c, int64_t threads = kCores) {
   {
     std::lock_guard<std::mutex> lock(g_shapes_mutex);
     auto found = std::find_if(g_shapes.begin(), g_shapes.end(), [&](const GemmShape &s) {
@@ -204,8 +209,17 @@ void dense_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const
     if (found == g_shapes.end()) g_shapes.push_back({m, n, k, trans_a, trans_b, 1});
     else found->calls += 1;
   }
-  LATTE_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, 1.0f, a,
-              trans_a ? m : k, b, trans_b ? k : n, beta, c, n);
+  const int64_t lda = trans_a ? m : k, ldb = trans_b ? k : n;
+  constexpr int64_t kRowTile = 64;
+  const int64_t tiles = (m + kRowTile - 1) / kRowTile;
+  // a block's first row of op(a): row r of a, or column r of a stored transposed
+  parallel_for(tiles, kRowTile * n * k, [=](int64_t begin, int64_t end) {
+    const int64_t first = begin * kRowTile, rows = std::min(m, end * kRowTile) - first;
+    if (bias)
+      for (int64_t i = first; i < first + rows; ++i) std::memcpy(c + i * n, bias, n * sizeof(float));
+    LATTE_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, rows, n, k, 1.0f,
+                a + (trans_a ? first : first * lda), lda, b, ldb, bias ? 1.0f : 0.0f, c + first * n, n);
+  }, threads);
 }
 
 int latte_gemm_shape(int i, int64_t *m, int64_t *n, int64_t *k, int *trans_a, int *trans_b, int64_t *calls) {
@@ -225,9 +239,8 @@ int latte_dense_forward(AOT_ARGS) {
   float *y = F32(3);
   const int64_t m = leading(ndims[0], shapes[0]), k = shapes[0][ndims[0] - 1], n = shapes[1][0];
   Timed timed(kDenseForward, 2 * m * n * k);
-  for (int64_t i = 0; i < m; ++i) std::memcpy(y + i * n, b, n * sizeof(float));
   BlasSection blas;
-  dense_gemm(0, 1, m, n, k, x, w, 1.0f, y);
+  dense_gemm(0, 1, m, n, k, x, w, b, y);
   return 0;
 }
 
@@ -239,9 +252,15 @@ int latte_dense_backward(AOT_ARGS) {
   const int64_t m = leading(ndims[1], shapes[1]), k = shapes[1][ndims[1] - 1], n = shapes[2][0];
   Timed timed(kDenseBackward, 4 * m * n * k);
   {
+    // dx and dw (the same multiply-adds) side by side, each on half the cores: two whole products pack
+    // their operands once each, where row blocks of each would pack the shared one on every core
     BlasSection blas;
-    dense_gemm(0, 0, m, k, n, dy, w, 0.0f, dx);
-    dense_gemm(1, 0, n, k, m, dy, x, 0.0f, dw);
+    const int64_t dx_threads = std::max<int64_t>(1, kCores / 2);
+    std::thread dx_thread;
+    if (kCores > 1) dx_thread = std::thread([=] { dense_gemm(0, 0, m, k, n, dy, w, nullptr, dx, dx_threads); });
+    else dense_gemm(0, 0, m, k, n, dy, w, nullptr, dx);
+    dense_gemm(1, 0, n, k, m, dy, x, nullptr, dw, std::max<int64_t>(1, kCores - dx_threads));
+    if (dx_thread.joinable()) dx_thread.join();
   }
   // db: each thread sums all rows over its own slice of the columns
   parallel_for((n + 63) / 64, 64 * m, [=](int64_t begin, int64_t end) {
@@ -474,7 +493,7 @@ int latte_attention_forward(AOT_ARGS) {
   float *out = F32(2), *lse = F32(3);
   const Heads g(shapes[0], shapes[1][0]);
   const int64_t n = g.tokens, d = g.head_dim, ld = 3 * g.channels;
-  BlasSection blas(1);
+  BlasSection blas;
   parallel_for(g.batch * g.heads, n * n * d, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(n * n);
     for (int64_t pair = begin; pair < end; ++pair) {
@@ -511,7 +530,7 @@ int latte_attention_backward(AOT_ARGS) {
   float *dqkv = F32(4);
   const Heads g(shapes[1], shapes[3][1]);
   const int64_t n = g.tokens, d = g.head_dim, ld = 3 * g.channels, c = g.channels;
-  BlasSection blas(1);
+  BlasSection blas;
   parallel_for(g.batch * g.heads, 2 * n * n * d, [&](int64_t begin, int64_t end) {
     std::vector<float> probs(n * n), dscores(n * n);
     for (int64_t pair = begin; pair < end; ++pair) {
@@ -538,6 +557,133 @@ int latte_attention_backward(AOT_ARGS) {
       LATTE_SGEMM(kRowMajor, kTrans, kNoTrans, n, d, n, 1.0f, probs.data(), n, dor, c, 0.0f, dv, ld);
     }
   });
+  return 0;
+}
+
+// ----------------------------------------------------------------------------------- convolution
+// Inference Conv2d (NCHW, one group, no dilation) as sgemm over blocks of output rows, for the VAE:
+// MindSpore's CPU convolutions run oneDNN capped at AVX2 on AVX-512 CPUs (runtime.prefer_avx2_onednn),
+// while the sgemm runs the CPU's own kernels. Stride 1: each of the kh·kw taps is one (O × C)·(C × pixels)
+// product over a zero-padded copy of the block's input rows, accumulated in a per-thread block of output
+// rows that are `padded width` long (the last kw − 1 columns of each row are not outputs and are
+// dropped): no im2col copy. Other strides, and convolutions of few input channels: im2col of the
+// block, one product.
+namespace {
+
+// output pixels per block (about: blocks are balanced): one block of the widest layers (128 channels at 256²)
+// keeps its operands in L2; 1024-2048 measured within 4 % of one another
+constexpr int64_t kConvBlockPixels = 1536;
+// fewer input channels than this (a VAE's first convolution: 3 or 4): each tap's product would have
+// K = C; one im2col product with K = 9·C is faster
+constexpr int64_t kShiftedMinChannels = 16;
+
+// rows per block: blocks of about kConvBlockPixels pixels, all but the last the same size
+int64_t balanced_rows(int64_t height, int64_t width) {
+  const int64_t blocks = std::max<int64_t>(1, (height * width + kConvBlockPixels - 1) / kConvBlockPixels);
+  return (height + blocks - 1) / blocks;
+}
+
+struct ConvGeometry {
+  int64_t n, c, h, w, o, kh, kw, stride, top, bottom, left, right, ho, wo;
+  ConvGeometry(int64_t **shapes, const float *geometry)
+      : n(shapes[0][0]), c(shapes[0][1]), h(shapes[0][2]), w(shapes[0][3]), o(shapes[1][0]), kh(shapes[1][2]),
+        kw(shapes[1][3]), stride(static_cast<int64_t>(geometry[0])), top(static_cast<int64_t>(geometry[1])),
+        bottom(static_cast<int64_t>(geometry[2])), left(static_cast<int64_t>(geometry[3])),
+        right(static_cast<int64_t>(geometry[4])), ho((h + top + bottom - kh) / stride + 1),
+        wo((w + left + right - kw) / stride + 1) {}
+};
+
+// rows [first, first + count) of the zero-padded input of channel plane `in` (h × w) into out (count × padded width)
+void padded_rows(const float *in, const ConvGeometry &g, int64_t first, int64_t count, float *out) {
+  const int64_t width = g.w + g.left + g.right;
+  for (int64_t r = 0; r < count; ++r) {
+    float *row = out + r * width;
+    const int64_t source = first + r - g.top;
+    if (source < 0 || source >= g.h) {
+      std::fill(row, row + width, 0.0f);
+      continue;
+    }
+    std::fill(row, row + g.left, 0.0f);
+    std::memcpy(row + g.left, in + source * g.w, g.w * sizeof(float));
+    std::fill(row + g.left + g.w, row + width, 0.0f);
+  }
+}
+
+void conv_stride1(const float *x, const float *weight, const float *bias, const ConvGeometry &g, float *y) {
+  const int64_t width = g.w + g.left + g.right, taps = g.kh * g.kw;
+  std::vector<float> tap_weights(taps * g.o * g.c);  // (kh, kw, O, C): each tap an O × C matrix
+  for (int64_t o = 0; o < g.o; ++o)
+    for (int64_t ci = 0; ci < g.c; ++ci)
+      for (int64_t t = 0; t < taps; ++t) tap_weights[(t * g.o + o) * g.c + ci] = weight[(o * g.c + ci) * taps + t];
+  const int64_t rows = balanced_rows(g.ho, width);
+  const int64_t blocks = (g.ho + rows - 1) / rows;
+  parallel_for(g.n * blocks, g.o * g.c * taps * rows * width, [&](int64_t begin, int64_t end) {
+    const int64_t in_rows = rows + g.kh - 1, plane = in_rows * width;
+    // kw − 1 zeros after the last plane: the last tap's dropped columns read that far
+    std::vector<float> input(g.c * plane + g.kw, 0.0f), output(g.o * rows * width);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t sample = item / blocks, first = (item % blocks) * rows, count = std::min(rows, g.ho - first);
+      const float *xs = x + sample * g.c * g.h * g.w;
+      for (int64_t ci = 0; ci < g.c; ++ci)
+        padded_rows(xs + ci * g.h * g.w, g, first, count + g.kh - 1, input.data() + ci * plane);
+      const int64_t pixels = count * width;
+      for (int64_t t = 0; t < taps; ++t)
+        LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, g.o, pixels, g.c, 1.0f, tap_weights.data() + t * g.o * g.c, g.c,
+                    input.data() + (t / g.kw) * width + t % g.kw, plane, t ? 1.0f : 0.0f, output.data(), pixels);
+      for (int64_t o = 0; o < g.o; ++o)
+        for (int64_t r = 0; r < count; ++r) {
+          const float *source = output.data() + o * pixels + r * width;
+          float *target = y + ((sample * g.o + o) * g.ho + first + r) * g.wo;
+          const float b = bias[o];
+#pragma omp simd
+          for (int64_t q = 0; q < g.wo; ++q) target[q] = source[q] + b;
+        }
+    }
+  });
+}
+
+void conv_strided(const float *x, const float *weight, const float *bias, const ConvGeometry &g, float *y) {
+  const int64_t depth = g.c * g.kh * g.kw;
+  const int64_t rows = balanced_rows(g.ho, g.wo);
+  const int64_t blocks = (g.ho + rows - 1) / rows;
+  parallel_for(g.n * blocks, g.o * depth * rows * g.wo, [&](int64_t begin, int64_t end) {
+    std::vector<float> columns(depth * rows * g.wo);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t sample = item / blocks, first = (item % blocks) * rows, count = std::min(rows, g.ho - first);
+      const int64_t pixels = count * g.wo;
+      const float *xs = x + sample * g.c * g.h * g.w;
+      for (int64_t ci = 0; ci < g.c; ++ci)
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j) {
+            float *column = columns.data() + ((ci * g.kh + i) * g.kw + j) * pixels;
+            for (int64_t r = 0; r < count; ++r) {
+              const int64_t source = (first + r) * g.stride + i - g.top;
+              for (int64_t q = 0; q < g.wo; ++q) {
+                const int64_t at = q * g.stride + j - g.left;
+                column[r * g.wo + q] = (source < 0 || source >= g.h || at < 0 || at >= g.w)
+                                           ? 0.0f : xs[(ci * g.h + source) * g.w + at];
+              }
+            }
+          }
+      float *ys = y + sample * g.o * g.ho * g.wo + first * g.wo;
+      for (int64_t o = 0; o < g.o; ++o) std::fill(ys + o * g.ho * g.wo, ys + o * g.ho * g.wo + pixels, bias[o]);
+      LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, g.o, pixels, depth, 1.0f, weight, depth, columns.data(), pixels,
+                  1.0f, ys, g.ho * g.wo);
+    }
+  });
+}
+
+}  // namespace
+
+// x (N, C, H, W), weight (O, C, kh, kw), bias (O), geometry (5) = (stride, pad top, bottom, left, right)
+// -> y (N, O, Ho, Wo)
+int latte_conv2d_forward(AOT_ARGS) {
+  REQUIRE_F32;
+  const ConvGeometry g(shapes, CF32(3));
+  Timed timed(kConv2dForward, 2 * g.n * g.o * g.ho * g.wo * g.c * g.kh * g.kw);
+  BlasSection blas;
+  if (g.stride == 1 && g.c >= kShiftedMinChannels) conv_stride1(CF32(0), CF32(1), CF32(2), g, F32(4));
+  else conv_strided(CF32(0), CF32(1), CF32(2), g, F32(4));
   return 0;
 }
 #endif

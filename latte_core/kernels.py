@@ -350,6 +350,21 @@ def group_norm_silu_op():
     return _group_norm_op(silu=True)
 
 
+def conv2d_op(stride, pads):
+    """(x (N, C, H, W), weight (O, C, kh, kw), bias (O), geometry (5)) -> the convolution, for inference
+    (no backward). `geometry` holds (stride, pad top, bottom, left, right) for the kernel; the same
+    values, given here, shape the output."""
+    key = ("conv2d", stride, tuple(pads))
+    if key not in _state["ops"]:
+        top, bottom, left, right = pads
+
+        def out_shape(x, w, b, geometry):
+            return [x[0], w[0], (x[2] + top + bottom - w[2]) // stride + 1, (x[3] + left + right - w[3]) // stride + 1]
+
+        _state["ops"][key] = _aot("latte_conv2d_forward", out_shape, lambda x, w, b, geometry: x)
+    return _state["ops"][key]
+
+
 def scalar_input(value):
     """A (1,) float32 tensor for a kernel's constant input (eps)."""
     return Tensor(np.array([value], np.float32))

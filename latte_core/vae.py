@@ -77,12 +77,32 @@ class GroupNorm(nn.Cell):
         return ops.silu(y) if self.silu else y
 
 
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters and names) that, on CPU with the kernels on, runs float32 inference
+    through latte_core's sgemm convolution (kernels.conv2d_op); in training mode (set_train(True):
+    `latte train-vae`), with another dtype or the kernels off, MindSpore's own convolution."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         pad_mode="pad" if padding else "valid", padding=padding, has_bias=True)
+        self.kernel = None
+        if kernels.enabled() and kernels.has_blas():
+            pads = (padding,) * 4 if isinstance(padding, int) else tuple(padding)
+            self.kernel = kernels.conv2d_op(stride, pads)
+            self.geometry = Tensor(np.array((stride,) + pads, np.float32))
+
+    def construct(self, x):
+        if self.kernel is not None and not self.training and x.dtype == ms.float32:
+            return self.kernel(x, self.weight, self.bias, self.geometry)
+        return super().construct(x)
+
+
 def conv3x3(in_channels, out_channels, stride=1, padding=1):
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, pad_mode="pad", padding=padding, has_bias=True)
+    return Conv2d(in_channels, out_channels, 3, stride=stride, padding=padding)
 
 
 def conv1x1(in_channels, out_channels):
-    return nn.Conv2d(in_channels, out_channels, 1, pad_mode="valid", has_bias=True)
+    return Conv2d(in_channels, out_channels, 1)
 
 
 class ResnetBlock2D(nn.Cell):

@@ -495,7 +495,7 @@ def publish_index(out_dir, records):
 
 
 def run_cache(manifest, vae_dir, out_dir, fmt="numpy", image_size=256, dtype="float16", store="posterior",
-              workers=1, scheduler=None, micro_batch=8, shard_videos=16, chunk_frames=16, skip_videos=0,
+              workers=0, scheduler=None, micro_batch=8, shard_videos=16, chunk_frames=16, skip_videos=0,
               seed=0, text_encoder=None, progress=True, storage_options=None, break_lock=False):
     """Run (or resume) the cache job; returns the summary dict. `text_encoder`: a text-encoder folder
     (or a TextEncoder read from one) whose caption embeddings the cache also stores. `manifest`, the

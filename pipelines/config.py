@@ -99,7 +99,10 @@ CACHE_KEYS = KeyTable([
     Key("dtype", str, "float16", "stored dtype", ("float16", "float32")),
     Key("store", str, "posterior", "posterior: mean and std per frame (a fresh sample each epoch); sample: one "
                                    "fixed draw", ("posterior", "sample")),
-    Key("workers", int, 1, "local dask worker processes, one VAE each; 0 runs in this process", range=NON_NEGATIVE),
+    # 0: on a 2-core machine one process is the fastest runner for every VAE measured (the convolutions
+    # already use both cores; a worker adds pickling and a second copy of the VAE): README, Runners
+    Key("workers", int, 0, "local dask worker processes, one VAE each; 0 (default) runs in this process",
+        range=NON_NEGATIVE),
     Key("scheduler", OPTIONAL_STR, None, "address of an existing dask scheduler"),
     Key("micro_batch", int, 8, "frames per VAE call", range=AT_LEAST_1),
     Key("shard_videos", int, 16, "videos per shard (from a curate folder: whole videos, all their clips), the unit "

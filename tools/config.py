@@ -52,7 +52,7 @@ BENCH_FORWARD_KEYS = KeyTable([
 BENCH_VAE_KEYS = KeyTable([
     Key("size", int, 256, "frame height and width (a multiple of 8)", range=AT_LEAST_1),
     Key("batch", int, 4, "frames per encoder call", range=AT_LEAST_1),
-    Key("repeats", int, 3, "timed encoder calls after the compiling one", range=AT_LEAST_1),
+    Key("repeats", int, 3, "timed encoder (and decoder) calls after the compiling one", range=AT_LEAST_1),
     Key("dtype", str, "float32", "compute dtype of convolutions and projections", ("float32", "float16")),
     DEVICE, KERNELS,
 ], {}, ConfigError)

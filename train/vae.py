@@ -89,6 +89,7 @@ def train_vae(manifest, out_dir, image_size=64, block_out_channels=(32, 64, 64),
     if decoder_only:
         params = [p for p in params if p.name.startswith(DECODER_PREFIXES)]
     updater = Updater(params, learning_rate=learning_rate)
+    vae.set_train(True)  # MindSpore's convolutions, which have gradients (the CPU kernel's is inference only)
     step_fn = TrainStep(VAELoss(vae, kl_weight), updater)
     make_output_dir(out_dir, "out")
     log_path = os.path.join(out_dir, "train_vae_log.jsonl")
@@ -106,6 +107,7 @@ def train_vae(manifest, out_dir, image_size=64, block_out_channels=(32, 64, 64),
                 raise FloatingPointError(f"train-vae step {step + 1}: non-finite gradients (loss {loss})")
             losses.append(loss)
             log.write(strict_json_line({"step": step + 1, "loss": loss, "grad_norm": float(norm.asnumpy())}) + "\n")
+    vae.set_train(False)
     means = np.concatenate([vae.encode(Tensor(pixels[i:i + 64])).mean.asnumpy() for i in range(0, len(pixels), 64)])
     if not decoder_only:  # a kept encoder keeps its latents' scale: the Latte weights made with it depend on it
         vae.scaling_factor = float(1.0 / means.std())

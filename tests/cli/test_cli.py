@@ -41,6 +41,38 @@ def test_bench_forward_counts_every_matmul_and_checks_the_paths_agree(tmp_path):
     assert result.exit_code == 2 and "not a multiple of Latte-S/4's patch size 4" in result.output
 
 
+@pytest.mark.slow
+def test_bench_vae_times_encode_and_decode_and_counts_every_convolution(tmp_path):
+    latte = os.path.join(os.path.dirname(sys.executable), "latte")
+    proc = subprocess.run([latte, "bench", "vae", "--size", "16", "--batch", "1", "--repeats", "1", "--kernels", "on"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("encode_frames_per_s", "decode_frames_per_s"):
+        assert figures[key] > 0
+    # sd-vae-ft-mse's encoder on one 16² frame, by hand: conv_in 3->128 at 16²; per level (128, 256, 512, 512 at
+    # 16, 8, 4, 2) two resnets (3x3 convs in->out, out->out, out->out, out->out; a 1x1 shortcut where the width
+    # grows), a stride-2 3x3 downsampler after all but the last; the mid block's two resnets at 2²; conv_out
+    # 512->8; quant_conv 8->8 (1x1)
+    def conv(cin, cout, size, k=3):
+        return 2 * cin * k * k * cout * size * size
+    flops = conv(3, 128, 16)
+    widths, sizes = (128, 256, 512, 512), (16, 8, 4, 2)
+    previous = 128
+    for width, size in zip(widths, sizes):
+        flops += conv(previous, width, size) + 3 * conv(width, width, size)
+        flops += conv(previous, width, size, k=1) if previous != width else 0
+        flops += conv(width, width, size // 2) if size > 2 else 0
+        previous = width
+    flops += 4 * conv(512, 512, 2) + conv(512, 8, 2) + conv(8, 8, 2, k=1)
+    floor = figures["conv_floor"]
+    assert floor["gflop"] == round(flops / 1e9, 1) and floor["convolutions"] == 28
+    # gflops has one decimal; the seconds are printed to the microsecond
+    assert abs(figures["encode_conv_gflops"] - flops / figures["median_call_s"] / 1e9) <= 0.05 + 1e-3 * figures[
+        "encode_conv_gflops"]
+    assert figures["kernel_ms_per_encode"]["conv2d_forward"] > 0 and floor["encode_to_numpy_floor"] > 0
+
+
 def test_unknown_variant_is_bad_usage():
     result = CliRunner().invoke(main, ["bench", "step", "--model", "Latte-M/2"])
     assert result.exit_code == 2

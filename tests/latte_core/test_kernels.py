@@ -13,7 +13,7 @@ from mindspore import Tensor, nn
 from latte_core import kernels
 from latte_core.attention import Attention
 from latte_core.layers import Dense, GatedResidual, GELUTanh, ModulatedLayerNorm
-from latte_core.vae import GroupNorm
+from latte_core.vae import Conv2d, GroupNorm
 
 from conftest import relative_error
 
@@ -119,6 +119,29 @@ def test_group_norm(shape, groups, silu):
         cell.bias.set_data(Tensor(_random(shape[1], seed=4)))
         return cell
     _assert_same(build, [_random(*shape) * 2 - 1], shape)
+
+
+# the VAE's convolutions (3x3 stride 1 pad 1 with many and with 3 input channels, the downsampler's stride 2
+# with bottom/right padding, 1x1) and odd sizes: rows that end mid-block, more than one block of rows
+@pytest.mark.parametrize("shape, out_channels, kernel_size, stride, padding", [
+    ((2, 20, 9, 13), 7, 3, 1, 1), ((1, 3, 31, 17), 16, 3, 1, 1), ((3, 17, 12, 10), 5, 3, 2, (0, 1, 0, 1)),
+    ((2, 24, 5, 6), 11, 1, 1, 0), ((1, 32, 70, 45), 8, 3, 1, 1)])
+def test_conv2d_inference(shape, out_channels, kernel_size, stride, padding):
+    def build():
+        cell = Conv2d(shape[1], out_channels, kernel_size, stride=stride, padding=padding)
+        cell.bias.set_data(Tensor(_random(out_channels, seed=5)))
+        return cell
+    fast, plain = _both_paths(build)
+    fast.set_train(False)
+    x = Tensor(_random(*shape) * 2 - 1)
+    ours, theirs = fast(x).asnumpy(), plain(x).asnumpy()
+    assert ours.shape == theirs.shape
+    assert relative_error(ours, theirs) < 1e-5  # float32 sums of up to 9·32 terms in another order: ~1e-7
+    fast.set_train(True)  # training (train-vae) runs MindSpore's convolution, which has gradients
+    out_fast, inputs_fast, params_fast = _run(fast, [x.asnumpy()], np.ones(theirs.shape, np.float32))
+    out_plain, inputs_plain, params_plain = _run(plain, [x.asnumpy()], np.ones(theirs.shape, np.float32))
+    for a, b in zip([out_fast] + inputs_fast + params_fast, [out_plain] + inputs_plain + params_plain):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("shapes", [[(1,)], [(37, 53)], [(3, 4097), (5,), (2, 3, 4)]])

@@ -48,6 +48,7 @@ def _write_folder(folder, config, weights):
 def test_diffusers_folder_matches_the_pytorch_reference(vae_fixture, kernel_path):
     vae = AutoencoderKL.from_pretrained(vae_fixture["folder"])
     assert (vae.encoder.conv_norm_out.kernel is not None) == kernel_path
+    assert (vae.decoder.conv_in.kernel is not None) == kernel_path
     assert vae.downsample_factor == 4 and vae.scaling_factor == pytest.approx(0.18215)
     assert {p.name for p in vae.get_parameters()} == set(vae_fixture["weights"])
     _assert_matches_reference(vae, vae_fixture["io"])
