@@ -31,6 +31,7 @@ uninterrupted run would have, whatever num_parallel_workers is, and a run restar
 world size continues the same plan spread over the new ranks.
 """
 import collections
+import itertools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -222,22 +223,22 @@ class _ClipLoader:
             ids += [self.image_entries[i]["video_id"] for i in self.images_of(position, video)[0]]
         return ids
 
-    def sample_latent(self, clip_arrays, position, image_arrays=None):
+    def sample_latent(self, clip_arrays, position, image_arrays=None, out=None):
         """The latent (F [+ I], C, h, w) float32 of plan position `position`: its clip's, then its images'
-        (each drawn from its own stream), computed into one array."""
+        (each drawn from its own stream), computed into one array (`out` if given)."""
         if image_arrays is None:
-            return self.latent(clip_arrays, position)
+            return self.latent(clip_arrays, position, out=out)
         frames, first_image = len(next(iter(clip_arrays.values()))), next(iter(image_arrays.values()))
-        latent = np.empty((frames + len(first_image),) + first_image.shape[1:], np.float32)
+        latent = np.empty((frames + len(first_image),) + first_image.shape[1:], np.float32) if out is None else out
         self.latent(clip_arrays, position, out=latent[:frames])
         self.latent(image_arrays, position, (IMAGE_STREAM,), out=latent[frames:])
         return latent
 
-    def _finished_sample(self, clip_arrays, entry, position, images):
+    def _finished_sample(self, clip_arrays, entry, position, images, latent=None):
         """A sample's columns: latent (F [+ I], C, h, w), label, position, then with images their labels
         (I,), and with caption embeddings the clip's (77, D) [and the images' (I, 77, D)].
         clip_arrays: the clip's {field: (F, C, h, w)}; images: (places in image_entries, {field: (I, C, h,
-        w)}), or None without images."""
+        w)}), or None without images; latent: the array to compute the latent into, if given."""
         others, image_arrays = images if self.use_image_num else ((), None)
         extras = ()
         if self.use_image_num:
@@ -246,7 +247,7 @@ class _ClipLoader:
             extras += (self.caption_embedding(entry),)
             if self.use_image_num:
                 extras += (np.stack([self.caption_embedding(self.image_entries[i]) for i in others]),)
-        return (self.sample_latent(clip_arrays, position, image_arrays), np.int32(_label(entry)),
+        return (self.sample_latent(clip_arrays, position, image_arrays, latent), np.int32(_label(entry)),
                 np.int64(position)) + extras
 
     def caption_embedding(self, entry):
@@ -328,10 +329,33 @@ def _batched(samples, row_size):
         yield _stack(batch)
 
 
+def _row_slots(items, row_size, row_shape):
+    """Each item with the place its sample's latent goes: one slot of a (row_size, ...) float32 array
+    per row, once row_shape[0] (a sample latent's shape, recorded by the caller) is known; None before."""
+    items = iter(items)
+    while True:
+        row = list(itertools.islice(items, row_size))
+        if not row:
+            return
+        latents = np.empty((len(row),) + row_shape[0], np.float32) if row_shape else None
+        for place, item in enumerate(row):
+            yield item + (None if latents is None else latents[place],)
+
+
 def _stack(samples):
     """Samples (tuples of arrays) -> one tuple of batched arrays. A dataset row per batch, not per
-    sample: MindSpore's per-row cost (about 3 ms here) would otherwise exceed the sample's own."""
-    return tuple(np.stack(column) for column in zip(*samples))
+    sample: MindSpore's per-row cost (about 3 ms here) would otherwise exceed the sample's own. A column
+    whose arrays are the consecutive slots of one array (_row_slots) is that array, not a copy."""
+    return tuple(_whole_of(column) for column in zip(*samples))
+
+
+def _whole_of(column):
+    base = column[0].base
+    if (base is not None and len(base) == len(column) and base.shape[1:] == column[0].shape
+            and all(array.base is base and array.ctypes.data == base[place].ctypes.data
+                    for place, array in enumerate(column))):
+        return base
+    return np.stack(column)
 
 
 class CacheLoader(_ClipLoader):
@@ -436,24 +460,32 @@ class CacheLoader(_ClipLoader):
         here and at times several times slower."""
         if self.stream is not None:
             self.stream.schedule([self.entries[video[p]]["shard"] for p in positions])
-        samples = _in_order(self._clip_sample, ((video[p], start[p], p) for p in positions), self.num_parallel_workers)
-        return _batched(samples, self.batch_size * BATCHES_PER_ROW)
+        # the workers compute each latent straight into its row's array: no copy of the largest column
+        row_size, row_shape = self.batch_size * BATCHES_PER_ROW, []
+        items = _row_slots(((video[p], start[p], p) for p in positions), row_size, row_shape)
+
+        def samples():
+            for sample in _in_order(self._clip_sample, items, self.num_parallel_workers):
+                if not row_shape:
+                    row_shape.append(sample[0].shape)
+                yield sample
+        return _batched(samples(), row_size)
 
     def read_clip(self, entry, frame_indices):
         """{field: (F, C, h, w)} of one video's frames at `frame_indices`, in the cache dtype."""
         return self.cache.reader.read_frames(entry, frame_indices, self.fields)
 
-    def _clip_sample(self, video, start, position):
+    def _clip_sample(self, video, start, position, latent=None):
         if self.stream is None:
-            return self._sample_of(video, start, position)
+            return self._sample_of(video, start, position, latent)
         shard = self.entries[video]["shard"]
         self.stream.acquire(shard)
         try:
-            return self._sample_of(video, start, position)
+            return self._sample_of(video, start, position, latent)
         finally:
             self.stream.release(shard)
 
-    def _sample_of(self, video, start, position):
+    def _sample_of(self, video, start, position, latent=None):
         entry = self.entries[video]
         images = None
         if self.use_image_num:
@@ -462,7 +494,7 @@ class CacheLoader(_ClipLoader):
             images = others, self._read([e["shard"] for e, _ in frames], self.cache.reader.read_single_frames,
                                         frames, self.fields)
         clip = self._read([entry["shard"]], self.read_clip, entry, self.plan.frame_indices(start))
-        return self._finished_sample(clip, entry, position, images)
+        return self._finished_sample(clip, entry, position, images, latent)
 
 
 class _PlanSource:

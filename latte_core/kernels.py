@@ -1,10 +1,10 @@
 """CPU kernels for the ops that MindSpore's CPU backend runs slowly in a Latte step and in the VAE.
 
 Profiling a Latte-S/2 training step and an sd-vae-ft-mse encode on the project's 2-core machines showed
-MindSpore's own matmul and convolution near the cores' peak, and the time lost elsewhere: GroupNorm
+MindSpore's own matmul near the cores' peak, and the time lost elsewhere: GroupNorm
 (~25% of a VAE encode), LayerNorm's backward, the ReduceSum of broadcast gradients (adaLN shift, scale
 and gate) and of the gradient norm, bias gradients. `cpu_kernels.cc` holds fused float32 kernels for
-these, each a MindSpore custom op (`ops.Custom(func_type="aot")`) with its backward:
+these, each a MindSpore custom op (`ops.Custom(func_type="aot")`) with its backward (but conv2d):
 
     dense              y = x·wᵀ + b through numpy's OpenBLAS sgemm; backward dx, dw and db in one op
     norm_modulate      LayerNorm without affine, then the adaLN modulation x·(1 + scale) + shift
@@ -13,6 +13,9 @@ these, each a MindSpore custom op (`ops.Custom(func_type="aot")`) with its backw
     attention          multi-head softmax attention read straight from the fused qkv projection
     squared_sum        Σ x² over many tensors in one op (the gradient norm)
     group_norm         GroupNorm, optionally fused with the SiLU that follows it in every VAE resnet
+    conv2d             the VAE's convolutions, inference only (no backward): Winograd F(2x2, 3x3) on
+                       sgemm for 3x3 stride 1, sgemm over padded or im2col blocks otherwise (MindSpore's
+                       oneDNN convolutions are capped at AVX2 on AVX-512 CPUs: runtime.py)
 
 The library is compiled with g++ on first use (-O3 -march=native, or $LATTE_KERNEL_MARCH) into a cache folder
 (`$LATTE_KERNEL_CACHE`, default ~/.cache/latte-toolkit/kernels) under a name that hashes the source,
