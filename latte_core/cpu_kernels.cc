@@ -563,20 +563,18 @@ int latte_attention_backward(AOT_ARGS) {
 // ----------------------------------------------------------------------------------- convolution
 // Inference Conv2d (NCHW, one group, no dilation) as sgemm over blocks of output rows, for the VAE:
 // MindSpore's CPU convolutions run oneDNN capped at AVX2 on AVX-512 CPUs (runtime.prefer_avx2_onednn),
-// while the sgemm runs the CPU's own kernels. Three ways, all with at least kShiftedMinChannels inputs:
-// 3×3 stride 1 (nearly all the VAE's multiply-adds): Winograd F(2×2, 3×3), below. Other stride-1 kernels
-// (1×1): each of the kh·kw taps is one (O × C)·(C × pixels) product over a zero-padded copy of the
-// block's input rows, accumulated in a per-thread block of output rows that are `padded width` long
-// (the last kw − 1 columns of each row are not outputs and are dropped): no im2col copy. Strided
-// convolutions and those of fewer input channels: im2col of the block, one product.
+// while the sgemm runs the CPU's own kernels. 3×3 stride 1 with at least kWinogradMinChannels inputs
+// (nearly all the VAE's multiply-adds): Winograd F(2×2, 3×3), below. 1×1 stride 1 unpadded: the input
+// plane already is the (C × pixels) matrix, one product on it. Every other convolution: im2col of a block
+// of output rows, one product.
 namespace {
 
 // output pixels per block (about: blocks are balanced): one block of the widest layers (128 channels at 256²)
 // keeps its operands in L2; 1024-2048 measured within 4 % of one another
 constexpr int64_t kConvBlockPixels = 1536;
-// fewer input channels than this (a VAE's first convolution: 3 or 4): each tap's product would have
+// fewer input channels than this (a VAE's first convolution: 3 or 4): Winograd's 16 products would have
 // K = C; one im2col product with K = 9·C is faster
-constexpr int64_t kShiftedMinChannels = 16;
+constexpr int64_t kWinogradMinChannels = 16;
 
 // rows per block: blocks of about kConvBlockPixels pixels, all but the last the same size
 int64_t balanced_rows(int64_t height, int64_t width) {
@@ -596,9 +594,7 @@ struct ConvGeometry {
 
 // rows [first, first + count) of the zero-padded input of channel plane `in` (h × w) into out (count ×
 // width, at least the padded width; zeros beyond it)
-void padded_rows(const float *in, const ConvGeometry &g, int64_t first, int64_t count, float *out,
-                 int64_t width = -1) {
-  if (width < 0) width = g.w + g.left + g.right;
+void padded_rows(const float *in, const ConvGeometry &g, int64_t first, int64_t count, float *out, int64_t width) {
   for (int64_t r = 0; r < count; ++r) {
     float *row = out + r * width;
     const int64_t source = first + r - g.top;
@@ -610,39 +606,6 @@ void padded_rows(const float *in, const ConvGeometry &g, int64_t first, int64_t 
     std::memcpy(row + g.left, in + source * g.w, g.w * sizeof(float));
     std::fill(row + g.left + g.w, row + width, 0.0f);
   }
-}
-
-void conv_stride1(const float *x, const float *weight, const float *bias, const ConvGeometry &g, float *y) {
-  const int64_t width = g.w + g.left + g.right, taps = g.kh * g.kw;
-  std::vector<float> tap_weights(taps * g.o * g.c);  // (kh, kw, O, C): each tap an O × C matrix
-  for (int64_t o = 0; o < g.o; ++o)
-    for (int64_t ci = 0; ci < g.c; ++ci)
-      for (int64_t t = 0; t < taps; ++t) tap_weights[(t * g.o + o) * g.c + ci] = weight[(o * g.c + ci) * taps + t];
-  const int64_t rows = balanced_rows(g.ho, width);
-  const int64_t blocks = (g.ho + rows - 1) / rows;
-  parallel_for(g.n * blocks, g.o * g.c * taps * rows * width, [&](int64_t begin, int64_t end) {
-    const int64_t in_rows = rows + g.kh - 1, plane = in_rows * width;
-    // kw − 1 zeros after the last plane: the last tap's dropped columns read that far
-    std::vector<float> input(g.c * plane + g.kw, 0.0f), output(g.o * rows * width);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t sample = item / blocks, first = (item % blocks) * rows, count = std::min(rows, g.ho - first);
-      const float *xs = x + sample * g.c * g.h * g.w;
-      for (int64_t ci = 0; ci < g.c; ++ci)
-        padded_rows(xs + ci * g.h * g.w, g, first, count + g.kh - 1, input.data() + ci * plane);
-      const int64_t pixels = count * width;
-      for (int64_t t = 0; t < taps; ++t)
-        LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, g.o, pixels, g.c, 1.0f, tap_weights.data() + t * g.o * g.c, g.c,
-                    input.data() + (t / g.kw) * width + t % g.kw, plane, t ? 1.0f : 0.0f, output.data(), pixels);
-      for (int64_t o = 0; o < g.o; ++o)
-        for (int64_t r = 0; r < count; ++r) {
-          const float *source = output.data() + o * pixels + r * width;
-          float *target = y + ((sample * g.o + o) * g.ho + first + r) * g.wo;
-          const float b = bias[o];
-#pragma omp simd
-          for (int64_t q = 0; q < g.wo; ++q) target[q] = source[q] + b;
-        }
-    }
-  });
 }
 
 // Winograd F(2×2, 3×3) (Lavin and Gray, 2016) for 3×3 stride-1 convolutions: each 2×2 output tile from a
@@ -743,17 +706,18 @@ void conv_winograd(const float *x, const float *weight, const float *bias, const
   });
 }
 
-void conv_strided(const float *x, const float *weight, const float *bias, const ConvGeometry &g, float *y) {
+void conv_im2col(const float *x, const float *weight, const float *bias, const ConvGeometry &g, float *y) {
   const int64_t depth = g.c * g.kh * g.kw;
+  const bool pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.top + g.bottom + g.left + g.right == 0;
   const int64_t rows = balanced_rows(g.ho, g.wo);
   const int64_t blocks = (g.ho + rows - 1) / rows;
   parallel_for(g.n * blocks, g.o * depth * rows * g.wo, [&](int64_t begin, int64_t end) {
-    std::vector<float> columns(depth * rows * g.wo);
+    std::vector<float> columns(pointwise ? 0 : depth * rows * g.wo);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t sample = item / blocks, first = (item % blocks) * rows, count = std::min(rows, g.ho - first);
       const int64_t pixels = count * g.wo;
       const float *xs = x + sample * g.c * g.h * g.w;
-      for (int64_t ci = 0; ci < g.c; ++ci)
+      for (int64_t ci = 0; !pointwise && ci < g.c; ++ci)
         for (int64_t i = 0; i < g.kh; ++i)
           for (int64_t j = 0; j < g.kw; ++j) {
             float *column = columns.data() + ((ci * g.kh + i) * g.kw + j) * pixels;
@@ -768,8 +732,12 @@ void conv_strided(const float *x, const float *weight, const float *bias, const 
           }
       float *ys = y + sample * g.o * g.ho * g.wo + first * g.wo;
       for (int64_t o = 0; o < g.o; ++o) std::fill(ys + o * g.ho * g.wo, ys + o * g.ho * g.wo + pixels, bias[o]);
-      LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, g.o, pixels, depth, 1.0f, weight, depth, columns.data(), pixels,
-                  1.0f, ys, g.ho * g.wo);
+      if (pointwise)
+        LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, g.o, pixels, g.c, 1.0f, weight, g.c, xs + first * g.w,
+                    g.h * g.w, 1.0f, ys, g.ho * g.wo);
+      else
+        LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, g.o, pixels, depth, 1.0f, weight, depth, columns.data(), pixels,
+                    1.0f, ys, g.ho * g.wo);
     }
   });
 }
@@ -783,10 +751,9 @@ int latte_conv2d_forward(AOT_ARGS) {
   const ConvGeometry g(shapes, CF32(3));
   Timed timed(kConv2dForward, 2 * g.n * g.o * g.ho * g.wo * g.c * g.kh * g.kw);
   BlasSection blas;
-  if (g.stride == 1 && g.kh == 3 && g.kw == 3 && g.c >= kShiftedMinChannels)
+  if (g.stride == 1 && g.kh == 3 && g.kw == 3 && g.c >= kWinogradMinChannels)
     conv_winograd(CF32(0), CF32(1), CF32(2), g, F32(4));
-  else if (g.stride == 1 && g.c >= kShiftedMinChannels) conv_stride1(CF32(0), CF32(1), CF32(2), g, F32(4));
-  else conv_strided(CF32(0), CF32(1), CF32(2), g, F32(4));
+  else conv_im2col(CF32(0), CF32(1), CF32(2), g, F32(4));
   return 0;
 }
 #endif

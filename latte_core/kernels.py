@@ -14,8 +14,9 @@ these, each a MindSpore custom op (`ops.Custom(func_type="aot")`) with its backw
     squared_sum        Σ x² over many tensors in one op (the gradient norm)
     group_norm         GroupNorm, optionally fused with the SiLU that follows it in every VAE resnet
     conv2d             the VAE's convolutions, inference only (no backward): Winograd F(2x2, 3x3) on
-                       sgemm for 3x3 stride 1, sgemm over padded or im2col blocks otherwise (MindSpore's
-                       oneDNN convolutions are capped at AVX2 on AVX-512 CPUs: runtime.py)
+                       sgemm for 3x3 stride 1, one sgemm on the input itself for unpadded 1x1, sgemm on
+                       im2col blocks otherwise (MindSpore's oneDNN convolutions are capped at AVX2 on
+                       AVX-512 CPUs: runtime.py)
 
 The library is compiled with g++ on first use (-O3 -march=native, or $LATTE_KERNEL_MARCH) into a cache folder
 (`$LATTE_KERNEL_CACHE`, default ~/.cache/latte-toolkit/kernels) under a name that hashes the source,

@@ -122,10 +122,12 @@ def test_group_norm(shape, groups, silu):
 
 
 # the VAE's convolutions (3x3 stride 1 pad 1 with many and with 3 input channels, the downsampler's stride 2
-# with bottom/right padding, 1x1) and odd sizes: rows that end mid-block, more than one block of rows
+# with bottom/right padding, 1x1 with many and with few channels), others by im2col (1x1 padded, 5x5) and odd
+# sizes: rows that end mid-block, more than one block of rows
 @pytest.mark.parametrize("shape, out_channels, kernel_size, stride, padding", [
     ((2, 20, 9, 13), 7, 3, 1, 1), ((1, 3, 31, 17), 16, 3, 1, 1), ((3, 17, 12, 10), 5, 3, 2, (0, 1, 0, 1)),
-    ((2, 24, 5, 6), 11, 1, 1, 0), ((1, 32, 70, 45), 8, 3, 1, 1)])
+    ((2, 24, 5, 6), 11, 1, 1, 0), ((1, 32, 70, 45), 8, 3, 1, 1), ((2, 4, 50, 41), 4, 1, 1, 0),
+    ((1, 20, 7, 9), 6, 1, 1, 1), ((2, 6, 11, 8), 5, 5, 1, 2)])
 def test_conv2d_inference(shape, out_channels, kernel_size, stride, padding):
     def build():
         cell = Conv2d(shape[1], out_channels, kernel_size, stride=stride, padding=padding)
