@@ -30,7 +30,7 @@ global plan already handed out, so a loader restored from it yields exactly the 
 uninterrupted run would have, whatever num_parallel_workers is, and a run restarted with another
 world size continues the same plan spread over the new ranks.
 """
-import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -301,51 +301,62 @@ def _check_image_num(use_image_num, videos, where):
                          f"clip's, and there is {videos} usable video")
 
 
-def _in_order(function, items, workers):
-    """function(*item) of each item, in order, computed on `workers` threads, at most 2 x workers
-    items ahead of the consumer (numpy's Gaussian draws and array arithmetic release the GIL)."""
-    if workers == 1:
-        yield from (function(*item) for item in items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        pending = collections.deque()
-        for item in items:
-            pending.append(pool.submit(function, *item))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def _batched(samples, row_size):
-    """Rows of `row_size` samples stacked, then the rest (the callers' counts are whole batches)."""
-    batch = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == row_size:
-            yield _stack(batch)
-            batch = []
-    if batch:
-        yield _stack(batch)
-
-
-def _row_slots(items, row_size, row_shape):
-    """Each item with the place its sample's latent goes: one slot of a (row_size, ...) float32 array
-    per row, once row_shape[0] (a sample latent's shape, recorded by the caller) is known; None before."""
+def _sample_rows(make_sample, items, row_size, workers):
+    """Rows of `row_size` samples (the last may be shorter), make_sample(*item, latent) of each item,
+    stacked, in item order. A row's latents are computed straight into one (row_size, ...) float32
+    array (once the first row, stacked, has shown their shape): the row's largest column is never
+    copied. With several workers, a row is one task per worker thread, the threads taking its samples
+    in turn (a thread hand-off per task, not per sample), and the next row's tasks are queued before
+    the current row is handed on, so the workers need not wait for the consuming thread (numpy's
+    Gaussian draws and array arithmetic release the GIL). The first error in item order is raised
+    after the rows before it."""
     items = iter(items)
-    while True:
-        row = list(itertools.islice(items, row_size))
-        if not row:
-            return
-        latents = np.empty((len(row),) + row_shape[0], np.float32) if row_shape else None
-        for place, item in enumerate(row):
-            yield item + (None if latents is None else latents[place],)
+    shape = []
+
+    def fill(row, latents, claims, results):
+        while (place := next(claims)) < len(row):
+            try:
+                results[place] = make_sample(*row[place], None if latents is None else latents[place])
+            except Exception as err:  # every later place is claimed by another thread or left unset
+                results[place] = err
+                return
+
+    def start(pool, row):
+        latents = np.empty((len(row),) + shape[0], np.float32) if shape else None
+        results, claims = [None] * len(row), itertools.count()
+        if pool is None:
+            fill(row, latents, claims, results)
+            return results, ()
+        return results, [pool.submit(fill, row, latents, claims, results) for _ in range(workers)]
+
+    def finish(results, tasks):
+        for task in tasks:
+            task.result()
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        if not shape:
+            shape.append(results[0][0].shape)
+        return _stack(results)
+
+    with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        pending = None
+        while row := list(itertools.islice(items, row_size)):
+            if pending is not None and not shape:  # the first row's latents size the rest
+                yield finish(*pending)
+                pending = None
+            current = start(pool, row)
+            if pending is not None:
+                yield finish(*pending)
+            pending = current
+        if pending is not None:
+            yield finish(*pending)
 
 
 def _stack(samples):
     """Samples (tuples of arrays) -> one tuple of batched arrays. A dataset row per batch, not per
     sample: MindSpore's per-row cost (about 3 ms here) would otherwise exceed the sample's own. A column
-    whose arrays are the consecutive slots of one array (_row_slots) is that array, not a copy."""
+    whose arrays are the consecutive slots of one array (_sample_rows) is that array, not a copy."""
     return tuple(_whole_of(column) for column in zip(*samples))
 
 
@@ -455,21 +466,13 @@ class CacheLoader(_ClipLoader):
         return _dataset_batches(dataset, self.columns, self.batch_size, failures)
 
     def _read_batches(self, video, start, positions):
-        """Batches of samples each read (read_frames) and sampled on one of the workers' threads, in plan
-        order: one generator rather than a GeneratorDataset's parallel workers, which were 10-15 % slower
-        here and at times several times slower."""
+        """Rows of batches, each sample read (read_frames) and sampled on one of the workers' threads, in
+        plan order (_sample_rows): one generator rather than a GeneratorDataset's parallel workers, which
+        were 10-15 % slower here and at times several times slower."""
         if self.stream is not None:
             self.stream.schedule([self.entries[video[p]]["shard"] for p in positions])
-        # the workers compute each latent straight into its row's array: no copy of the largest column
-        row_size, row_shape = self.batch_size * BATCHES_PER_ROW, []
-        items = _row_slots(((video[p], start[p], p) for p in positions), row_size, row_shape)
-
-        def samples():
-            for sample in _in_order(self._clip_sample, items, self.num_parallel_workers):
-                if not row_shape:
-                    row_shape.append(sample[0].shape)
-                yield sample
-        return _batched(samples(), row_size)
+        items = ((video[p], start[p], p) for p in positions)
+        return _sample_rows(self._clip_sample, items, self.batch_size * BATCHES_PER_ROW, self.num_parallel_workers)
 
     def read_clip(self, entry, frame_indices):
         """{field: (F, C, h, w)} of one video's frames at `frame_indices`, in the cache dtype."""

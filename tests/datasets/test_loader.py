@@ -1,4 +1,5 @@
 import json
+import time
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from click.testing import CliRunner
 from conftest import all_batches, assert_same_batches
 from latte_toolkit.datasets.cache import CorruptCache, open_cache
 from latte_toolkit.datasets.formats import FORMAT_NAMES
-from latte_toolkit.datasets.loader import CacheLoader, ClipPlan, VideoLoader
+from latte_toolkit.datasets.loader import CacheLoader, ClipPlan, VideoLoader, _sample_rows
 from latte_toolkit.cli import main
 
 CLIP = dict(num_frames=4, sample_stride=2)  # a clip spans 7 frames
@@ -254,3 +255,29 @@ def test_bench_loader_prints_its_figures(caches, tmp_path):
         assert figures["loader_to_latent_arithmetic"] == pytest.approx(
             loader["samples_per_s"] / figures["latent_arithmetic"]["samples_per_s"], abs=2e-3)  # 3-decimal rounding
         assert figures["plain_read"]["bytes"] > 0 and figures["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sample_rows_keep_item_order_and_raise_the_first_failing_items_error_after_the_rows_before_it(workers):
+    """The workers finish samples out of order (uneven delays); rows still come in item order, the rows
+    after the first get their latents computed into slots of one array, and of two failing items in one
+    row the earlier one's error is raised, after the whole rows before it."""
+    slots = []
+
+    def make_sample(value, latent):
+        time.sleep((value % 3) * 0.002)
+        if value in (21, 23):
+            raise ValueError(f"item {value}")
+        slots.append((value, latent is not None))
+        out = np.empty(3, np.float32) if latent is None else latent
+        out[:] = value
+        return out, np.int64(value)
+
+    rows = _sample_rows(make_sample, ((value,) for value in range(40)), 8, workers)
+    for first in (0, 8):
+        latents, values = next(rows)
+        assert values.tolist() == list(range(first, first + 8))
+        np.testing.assert_array_equal(latents, np.repeat(values[:, None], 3, 1).astype(np.float32))
+    with pytest.raises(ValueError, match="item 21"):
+        next(rows)
+    assert {value: slotted for value, slotted in slots if value < 16} == {v: v >= 8 for v in range(16)}
