@@ -235,9 +235,10 @@ def bench_loader_command(config):
     MB/s counts the stored bytes of the frames the loader delivers; the plain read is warm (page
     cache). Also timed: the loader's own latent arithmetic (posterior sampling, scaling) on samples
     already in memory, no I/O, on as many threads as the loader's workers (the floor of its
-    per-sample work: loader_to_latent_arithmetic) and on one thread. The rates count the batches after
-    the first (its wait, the dataset engine's start, is first_batch_seconds). The loader runs in a
-    fresh process, whose peak RSS is reported.
+    per-sample work: loader_to_latent_arithmetic) and on one thread. `loader` is the second epoch whole
+    (the rate a run sustains); `loader_first_epoch` the first after its first batch (whose wait, the
+    dataset engine's start, is first_batch_seconds). The loader runs in a fresh process, whose peak RSS
+    is reported.
 
     \b
     Example:
