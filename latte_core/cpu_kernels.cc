@@ -717,27 +717,26 @@ void conv_im2col(const float *x, const float *weight, const float *bias, const C
       const int64_t sample = item / blocks, first = (item % blocks) * rows, count = std::min(rows, g.ho - first);
       const int64_t pixels = count * g.wo;
       const float *xs = x + sample * g.c * g.h * g.w;
-      for (int64_t ci = 0; !pointwise && ci < g.c; ++ci)
-        for (int64_t i = 0; i < g.kh; ++i)
-          for (int64_t j = 0; j < g.kw; ++j) {
-            float *column = columns.data() + ((ci * g.kh + i) * g.kw + j) * pixels;
-            for (int64_t r = 0; r < count; ++r) {
-              const int64_t source = (first + r) * g.stride + i - g.top;
-              for (int64_t q = 0; q < g.wo; ++q) {
-                const int64_t at = q * g.stride + j - g.left;
-                column[r * g.wo + q] = (source < 0 || source >= g.h || at < 0 || at >= g.w)
-                                           ? 0.0f : xs[(ci * g.h + source) * g.w + at];
+      if (!pointwise)
+        for (int64_t ci = 0; ci < g.c; ++ci)
+          for (int64_t i = 0; i < g.kh; ++i)
+            for (int64_t j = 0; j < g.kw; ++j) {
+              float *column = columns.data() + ((ci * g.kh + i) * g.kw + j) * pixels;
+              for (int64_t r = 0; r < count; ++r) {
+                const int64_t source = (first + r) * g.stride + i - g.top;
+                for (int64_t q = 0; q < g.wo; ++q) {
+                  const int64_t at = q * g.stride + j - g.left;
+                  column[r * g.wo + q] = (source < 0 || source >= g.h || at < 0 || at >= g.w)
+                                             ? 0.0f : xs[(ci * g.h + source) * g.w + at];
+                }
               }
             }
-          }
+      // a 1x1 convolution's columns are the input's own rows (depth = C), read in place
+      const float *columns_of_block = pointwise ? xs + first * g.w : columns.data();
       float *ys = y + sample * g.o * g.ho * g.wo + first * g.wo;
       for (int64_t o = 0; o < g.o; ++o) std::fill(ys + o * g.ho * g.wo, ys + o * g.ho * g.wo + pixels, bias[o]);
-      if (pointwise)
-        LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, g.o, pixels, g.c, 1.0f, weight, g.c, xs + first * g.w,
-                    g.h * g.w, 1.0f, ys, g.ho * g.wo);
-      else
-        LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, g.o, pixels, depth, 1.0f, weight, depth, columns.data(), pixels,
-                    1.0f, ys, g.ho * g.wo);
+      LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, g.o, pixels, depth, 1.0f, weight, depth, columns_of_block,
+                  pointwise ? g.h * g.w : pixels, 1.0f, ys, g.ho * g.wo);
     }
   });
 }

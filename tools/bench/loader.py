@@ -57,8 +57,10 @@ def _timed_batches(batches, max_batches, first_number):
 
 
 def _loader_figures(cache_dir, loader_options, max_batches, queue):
-    """Child process: a warm plain read of every shard file, then the loader, then the loader's own
-    latent arithmetic alone, on as many threads as the loader has workers and on one; reports figures."""
+    """Child process: a warm plain read of every shard file, then two epochs of the loader (the first
+    after its first batch, then the second whole), then the loader's own latent arithmetic alone over as
+    many samples as the second delivered, on as many threads as the loader has workers and on one;
+    reports figures."""
     os.environ.setdefault("GLOG_v", "3")
 
     files = sorted(os.path.join(root, name) for root, _, names in os.walk(os.path.join(cache_dir, "shards"))

@@ -58,17 +58,15 @@ def bench_sampler(checkpoint=LATTE, vae_dir=VAE, videos=64, fast_steps=20, refer
         runs = {name: (sampler, steps, _sample(sampler, steps, checkpoint, vae_dir, videos, batch,
                                                os.path.join(folder, name)))
                 for name, sampler, steps in (("fast", "dpm-solver++", fast_steps), ("reference", "ddpm", reference_steps))}
-        fast_samples = read_sample_gifs(os.path.join(folder, "fast"))  # read once: its size sizes the real clips
+        samples = {name: read_sample_gifs(os.path.join(folder, name)) for name in runs}
         clips, ingest = os.path.join(folder, "real"), os.path.join(folder, "ingest")
-        write_demo_clips(clips, videos=videos, size=fast_samples.shape[2], seed=REAL_CLIPS_SEED)
+        write_demo_clips(clips, videos=videos, size=samples["fast"].shape[2], seed=REAL_CLIPS_SEED)
         run_ingest_job(INGEST_KEYS.load(None, {"sources": [clips], "out": ingest, "num_frames": 8, "workers": 0}),
                        progress=False)
         vae = load_vae(vae_dir)
         figures = {}
         for name, (sampler, steps, seconds) in runs.items():
-            out = os.path.join(folder, name)
-            samples = fast_samples if name == "fast" else read_sample_gifs(out)
-            figures[name] = _figures(sampler, steps, seconds, samples, out, ingest, vae)
+            figures[name] = _figures(sampler, steps, seconds, samples[name], os.path.join(folder, name), ingest, vae)
     ratio = figures["fast"]["frechet_distance"] / figures["reference"]["frechet_distance"]
     return {"bench": "sampler", "checkpoint": checkpoint, "videos": videos, **figures, "fd_ratio": round(ratio, 4),
             "speedup": round(figures["reference"]["seconds"] / figures["fast"]["seconds"], 2),
