@@ -49,8 +49,11 @@ logger = logging.getLogger(__name__)
 POSTERIOR_MODES = ("sample", "mean")
 PLAN_KEYS = ("seed", "num_frames", "sample_stride", "clips_per_video", "shuffle", "shuffle_window", "videos")
 # A GeneratorDataset row costs 0.1-0.5 ms of CPU whatever its size (its thread hand-offs; 0.1 ms on a
-# Zen 4 EPYC): the cached path's rows hold this many batches, which the iterator hands out one by one.
-BATCHES_PER_ROW = 4
+# Zen 4 EPYC) and a fixed share of the workers' time at its ends: the cached path's rows hold this many
+# batches, which the iterator hands out one by one; its pipeline queues PREFETCH_ROWS rows, the batches
+# MindSpore's default 16-row queue held at 4 batches a row (the same memory).
+BATCHES_PER_ROW = 8
+PREFETCH_ROWS = 8
 IMAGE_STREAM = 2  # keeps the image draws apart from the clip's noise (and the loop's diffusion stream, 1)
 
 
@@ -258,13 +261,28 @@ class _ClipLoader:
         raise NotImplementedError
 
 
-def _dataset_rows(dataset, failures):
-    """The rows of a GeneratorDataset (numpy). Its source runs in MindSpore's threads, and MindSpore
-    re-raises a source's error as a RuntimeError whose one message embeds its Python traceback and C++
-    stack: a source records its error in `failures` instead, and it is raised here as it was, after
-    the rows before it."""
+@contextlib.contextmanager
+def _prefetch_size(rows):
+    """MindSpore's queue size for the pipelines built inside (a global setting, read as an iterator is
+    built; restored at once), or its default with rows None."""
+    previous = ds.config.get_prefetch_size()
+    if rows is not None:
+        ds.config.set_prefetch_size(rows)
     try:
-        yield from dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
+        yield
+    finally:
+        ds.config.set_prefetch_size(previous)
+
+
+def _dataset_rows(dataset, failures, prefetch_rows=None):
+    """The rows of a GeneratorDataset (numpy), MindSpore queueing `prefetch_rows` of them (None: its
+    default). Its source runs in MindSpore's threads, and MindSpore re-raises a source's error as a
+    RuntimeError whose one message embeds its Python traceback and C++ stack: a source records its
+    error in `failures` instead, and it is raised here as it was, after the rows before it."""
+    try:
+        with _prefetch_size(prefetch_rows):
+            rows = dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
+        yield from rows
     except RuntimeError:
         if not failures:
             raise
@@ -284,7 +302,7 @@ def _recording(source, failures):
 
 def _dataset_batches(dataset, columns, batch_size, failures):
     """The batches of a dataset whose rows each hold one or more whole batches (views, no copy)."""
-    for row in _dataset_rows(dataset, failures):
+    for row in _dataset_rows(dataset, failures, PREFETCH_ROWS):
         for first in range(0, len(row[columns[0]]), batch_size):
             yield {column: row[column][first:first + batch_size] for column in columns}
 
@@ -313,23 +331,24 @@ def _sample_rows(make_sample, items, row_size, workers):
     items = iter(items)
     shape = []
 
-    def fill(row, latents, claims, results):
+    def fill(row, slots, claims, results):
         while (place := next(claims)) < len(row):
             try:
-                results[place] = make_sample(*row[place], None if latents is None else latents[place])
+                results[place] = make_sample(*row[place], slots[place])
             except Exception as err:  # every later place is claimed by another thread or left unset
                 results[place] = err
                 return
 
     def start(pool, row):
         latents = np.empty((len(row),) + shape[0], np.float32) if shape else None
+        slots = [None] * len(row) if latents is None else list(latents)
         results, claims = [None] * len(row), itertools.count()
         if pool is None:
-            fill(row, latents, claims, results)
-            return results, ()
-        return results, [pool.submit(fill, row, latents, claims, results) for _ in range(workers)]
+            fill(row, slots, claims, results)
+            return latents, slots, results, ()
+        return latents, slots, results, [pool.submit(fill, row, slots, claims, results) for _ in range(workers)]
 
-    def finish(results, tasks):
+    def finish(latents, slots, results, tasks):
         for task in tasks:
             task.result()
         for result in results:
@@ -337,7 +356,10 @@ def _sample_rows(make_sample, items, row_size, workers):
                 raise result
         if not shape:
             shape.append(results[0][0].shape)
-        return _stack(results)
+        columns = list(zip(*results))
+        # a latent computed into its slot is that slot itself (the identity check costs nothing)
+        in_place = latents is not None and all(a is b for a, b in zip(columns[0], slots))
+        return (latents if in_place else np.stack(columns[0]),) + tuple(np.stack(c) for c in columns[1:])
 
     with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         pending = None
@@ -355,18 +377,8 @@ def _sample_rows(make_sample, items, row_size, workers):
 
 def _stack(samples):
     """Samples (tuples of arrays) -> one tuple of batched arrays. A dataset row per batch, not per
-    sample: MindSpore's per-row cost (about 3 ms here) would otherwise exceed the sample's own. A column
-    whose arrays are the consecutive slots of one array (_sample_rows) is that array, not a copy."""
-    return tuple(_whole_of(column) for column in zip(*samples))
-
-
-def _whole_of(column):
-    base = column[0].base
-    if (base is not None and len(base) == len(column) and base.shape[1:] == column[0].shape
-            and all(array.base is base and array.ctypes.data == base[place].ctypes.data
-                    for place, array in enumerate(column))):
-        return base
-    return np.stack(column)
+    sample: MindSpore's per-row cost would otherwise add to each sample's."""
+    return tuple(np.stack(column) for column in zip(*samples))
 
 
 class CacheLoader(_ClipLoader):

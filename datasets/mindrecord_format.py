@@ -249,7 +249,7 @@ class Reader(ChunkedShardReader):
         return self.read_direct([(entry, k) for k in range(entry["frames"])], fields)
 
     def read_frames(self, entry, frame_indices, fields=None):
-        return self.read_direct([(entry, k) for k in frame_indices], fields)
+        return self.read_video_frames(entry, frame_indices, fields)
 
     def read_single_frames(self, frames, fields=None):
         return self.read_direct(frames, fields)
