@@ -297,8 +297,8 @@ class ChunkedShardReader(ShardReader):
         """read_direct of frames of one video (a clip), its shard's layout and chunk rows looked up once
         rather than frame by frame: the loader's reading threads share the GIL this holds."""
         layout, first_row = self.layout(entry["shard"]), self._first_rows[(entry["shard"], entry["offset"])]
-        runs = []
-        for place, index in enumerate(np.asarray(frame_indices).tolist()):
+        indices, runs = np.asarray(frame_indices).tolist(), []
+        for place, index in enumerate(indices):
             if not 0 <= index < entry["frames"]:
                 raise IndexError(f"frame {index} of a video of {entry['frames']} frames")
             row, within = divmod(index, self.chunk_frames)
@@ -306,7 +306,7 @@ class ChunkedShardReader(ShardReader):
                 runs[-1][4] = place + 1
             else:
                 runs.append([layout, first_row + row, within, place, place + 1])
-        return self._read_runs(runs, len(runs) and runs[-1][4], fields)
+        return self._read_runs(runs, len(indices), fields)
 
     def _read_runs(self, runs, count, fields):
         """{field: (count, C, h, w)} filled by runs (layout, chunk row, first frame in the chunk, first

@@ -34,6 +34,7 @@ import contextlib
 import itertools
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import mindspore.dataset as ds
@@ -261,17 +262,21 @@ class _ClipLoader:
         raise NotImplementedError
 
 
+_PREFETCH_SETTING = threading.Lock()  # two loaders building at once must not restore each other's setting
+
+
 @contextlib.contextmanager
 def _prefetch_size(rows):
     """MindSpore's queue size for the pipelines built inside (a global setting, read as an iterator is
     built; restored at once), or its default with rows None."""
-    previous = ds.config.get_prefetch_size()
-    if rows is not None:
-        ds.config.set_prefetch_size(rows)
-    try:
-        yield
-    finally:
-        ds.config.set_prefetch_size(previous)
+    with _PREFETCH_SETTING:
+        previous = ds.config.get_prefetch_size()
+        if rows is not None:
+            ds.config.set_prefetch_size(rows)
+        try:
+            yield
+        finally:
+            ds.config.set_prefetch_size(previous)
 
 
 def _dataset_rows(dataset, failures, prefetch_rows=None):

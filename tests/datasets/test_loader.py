@@ -69,6 +69,23 @@ def test_samples_are_reproducible_and_differ_between_epochs(caches):
     assert not np.allclose(first[0]["latent"], other_seed[0]["latent"])
 
 
+def test_the_users_prefetch_setting_is_back_once_the_loaders_pipelines_are_built(caches):
+    """The cached path builds its pipeline with a queue of PREFETCH_ROWS rows, a global MindSpore setting:
+    the user's value is restored, also when two loaders build theirs from two threads at once."""
+    import mindspore.dataset as ds
+    from concurrent.futures import ThreadPoolExecutor
+    previous = ds.config.get_prefetch_size()
+    ds.config.set_prefetch_size(5)
+    try:
+        loaders = [CacheLoader(caches[fmt], batch_size=2, **CLIP) for fmt in ("numpy", "mindrecord")]
+        with ThreadPoolExecutor(2) as pool:
+            batches = list(pool.map(all_batches, loaders))
+        assert_same_batches(*batches)
+        assert ds.config.get_prefetch_size() == 5
+    finally:
+        ds.config.set_prefetch_size(previous)
+
+
 def test_shuffle_visits_shards_in_windows():
     groups = np.repeat(np.arange(12), 5)  # 12 shards of 5 videos
     plan = ClipPlan(np.full(60, 20), groups, num_frames=4, clips_per_video=2, seed=0, shuffle_window=3)

@@ -114,18 +114,20 @@ def test_the_shipped_v_model_beats_the_mean_latent_at_every_band(cloud_cache, tm
     out = tmp_path / "diagnosis"
     run = subprocess.run([os.path.join(BIN, "latte"), "diagnose", "--checkpoint", os.path.join(PRETRAINED, "latte-clouds"),
                           "--cache", str(cloud_cache / "cache"), "--out", str(out), "--timesteps", "50,300,900,975",
-                          "--round-trip-from", "200"],
+                          "--round-trip-from", "200", "--clips", "8"],  # 8 of the 16: 29 s, not 49
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     report = json.loads((out / "diagnose.json").read_text(), parse_constant=_refuse)  # strict JSON
     bands = report["bands"]
-    # measured on 16 held-out clips: x0 MSE 0.019 at t = 0-249 and 0.56 at t = 750-999 (mean latent 0.87)
+    # measured on 16 held-out clips: x0 MSE 0.019 at t = 0-249 and 0.56 at t = 750-999 (mean latent 0.87);
+    # on these 8: 0.007 x the latent variance at t = 0-249, 0.64 x the mean latent's error at 750-999
     assert bands["0-249"]["x0_mse"] < 0.1 * report["latent_variance"], bands
     assert bands["750-999"]["x0_mse"] < 0.9 * bands["750-999"]["mean_mse"], bands
     assert "Warning" not in run.stderr and "Error" not in run.stderr, run.stderr
     assert (out / "x0_predictions.png").stat().st_size > 1000
     assert report["prediction_type"] == "v_prediction" and len(report["timesteps"]) == 4
-    # from t = 200 the clouds are plain in x_t: measured drift_kept 0.99 on 16 other held-out clips (EXPERIMENTS #20)
+    # from t = 200 the clouds are plain in x_t: measured drift_kept 0.99 on 16 other held-out clips (EXPERIMENTS #20),
+    # 0.98 on these 8 (x0 MSE 0.05 x the variance)
     (trip,) = report["round_trips"]
     assert trip["from_t"] == 200 and trip["drift_kept"] > 0.8 and trip["x0_mse"] < 0.2 * report["latent_variance"], trip
 
