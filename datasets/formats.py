@@ -275,48 +275,28 @@ class ChunkedShardReader(ShardReader):
     def read_direct(self, frames, fields=None):
         """{field: (len(frames), C, h, w)}: frame k of the video of each (entry, k), its shard's layout
         known, read straight into place: one pread per field for each run of frames that lie one after
-        another in one chunk."""
-        places = []
-        for entry, index in frames:
-            index = int(index)
-            if not 0 <= index < entry["frames"]:
-                raise IndexError(f"frame {index} of a video of {entry['frames']} frames")
-            row = self._first_rows[(entry["shard"], entry["offset"])] + index // self.chunk_frames
-            places.append((self.layout(entry["shard"]), row, index % self.chunk_frames))
-        runs, first = [], 0
-        while first < len(places):
-            layout, row, within = places[first]
-            last = first + 1
-            while last < len(places) and places[last] == (layout, row, within + last - first):
-                last += 1
-            runs.append((layout, row, within, first, last))
-            first = last
-        return self._read_runs(runs, len(places), fields)
-
-    def read_video_frames(self, entry, frame_indices, fields=None):
-        """read_direct of frames of one video (a clip), its shard's layout and chunk rows looked up once
-        rather than frame by frame: the loader's reading threads share the GIL this holds."""
-        layout, first_row = self.layout(entry["shard"]), self._first_rows[(entry["shard"], entry["offset"])]
-        indices, runs = np.asarray(frame_indices).tolist(), []
-        for place, index in enumerate(indices):
-            if not 0 <= index < entry["frames"]:
-                raise IndexError(f"frame {index} of a video of {entry['frames']} frames")
-            row, within = divmod(index, self.chunk_frames)
-            if runs and runs[-1][1] == first_row + row and runs[-1][2] + place - runs[-1][3] == within:
-                runs[-1][4] = place + 1
-            else:
-                runs.append([layout, first_row + row, within, place, place + 1])
-        return self._read_runs(runs, len(indices), fields)
-
-    def _read_runs(self, runs, count, fields):
-        """{field: (count, C, h, w)} filled by runs (layout, chunk row, first frame in the chunk, first
-        place, end place): the places' frames lie one after another in the chunk."""
+        another in one chunk. A video's layout and first chunk row are looked up as its frames begin, not
+        for every frame: the loader's reading threads share the GIL this loop holds."""
         fields = tuple(fields or self.frame_fields)
+        runs, entry = [], None  # runs: [layout, chunk row, first frame in the chunk, first place, end place]
+        for place, (frame_entry, index) in enumerate(frames):
+            index = int(index)
+            if not 0 <= index < frame_entry["frames"]:
+                raise IndexError(f"frame {index} of a video of {frame_entry['frames']} frames")
+            if frame_entry is not entry:
+                entry = frame_entry
+                layout, first_row = self.layout(entry["shard"]), self._first_rows[(entry["shard"], entry["offset"])]
+            chunk, within = divmod(index, self.chunk_frames)
+            run = runs[-1] if runs else None
+            if run and run[0] is layout and run[1] == first_row + chunk and run[2] + place - run[3] == within:
+                run[4] = place + 1
+            else:
+                runs.append([layout, first_row + chunk, within, place, place + 1])
         frame_shape = runs[0][0].frame_shape
         if any(run[0].frame_shape != frame_shape for run in runs):
             raise IOError(f"{self.shards_dir}: frames of shapes {sorted({run[0].frame_shape for run in runs})} "
                           f"asked for as one array")
-        out = {field: np.empty((count,) + frame_shape, self.dtype) for field in fields}
+        out = {field: np.empty((len(frames),) + frame_shape, self.dtype) for field in fields}
         columns = [self.frame_fields.index(field) for field in fields]
         for layout, row, within, first, last in runs:
             descriptor = os.open(layout.path, os.O_RDONLY)

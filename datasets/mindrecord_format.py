@@ -246,10 +246,10 @@ class Reader(ChunkedShardReader):
     def _read_video(self, entry, fields):
         if not entry["frames"]:
             return {field: np.zeros((0,), self.dtype) for field in fields}
-        return self.read_video_frames(entry, range(entry["frames"]), fields)
+        return self.read_direct([(entry, k) for k in range(entry["frames"])], fields)
 
     def read_frames(self, entry, frame_indices, fields=None):
-        return self.read_video_frames(entry, frame_indices, fields)
+        return self.read_direct([(entry, k) for k in frame_indices], fields)
 
     def read_single_frames(self, frames, fields=None):
         return self.read_direct(frames, fields)

@@ -152,7 +152,7 @@ class Reader(ChunkedShardReader):
     def read_frames(self, entry, frame_indices, fields=None):
         """The frames at `frame_indices`: read directly, or from the decoded chunk rows that hold them."""
         if self.layout(entry["shard"]) is not None:
-            return self.read_video_frames(entry, frame_indices, fields)
+            return self.read_direct([(entry, k) for k in frame_indices], fields)
         fields = tuple(fields or self.frame_fields)
         chunks = range(min(frame_indices) // self.chunk_frames, max(frame_indices) // self.chunk_frames + 1)
         parts = [self._chunk(entry, chunk, fields) for chunk in chunks]
