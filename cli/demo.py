@@ -38,11 +38,11 @@ def demo(config):
     out = summary["out"]
     click.echo(f"demo finished in {summary['total_seconds']} s ({summary['seconds']}):")
     click.echo(f"  {summary['videos']} videos: {out}/videos, manifest {out}/ingest/manifest.parquet")
-    click.echo(f"  cache: {out}/cache ({summary['cached_frames']} frames), report {out}/cache_report.json")
     if summary["train_steps"]:
+        click.echo(f"  cache: {out}/cache ({summary['cached_frames']} frames), report {out}/cache_report.json")
         click.echo(f"  training: {summary['train_steps']} steps, loss curve {summary['loss_curve']}")
     else:
-        click.echo("  training: none (--train-steps 0): the shipped weights as they are")
+        click.echo("  cache and training: none (--train-steps 0): the shipped weights as they are")
     click.echo(f"  samples: {len(summary['samples'])} in {out}/samples (sample_NNN.gif / .mp4 / .npy)")
     click.echo(f"  quality check {'passed' if summary['quality_passed'] else 'FAILED'}: {out}/quality.json")
     for group, parts in summary.get("prompts", {}).items():

@@ -21,6 +21,13 @@ prefer_avx2_onednn()
 ms.set_device("CPU")
 
 
+def pytest_collection_modifyitems(items):
+    """Modules holding slow tests run first, each module's tests together and in their order: with `-n 2`
+    the workers then finish on short tests rather than one waiting for the other's last long one."""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_modules)
+
+
 @pytest.fixture(autouse=True)
 def graph_mode_on_cpu(tmp_path, monkeypatch):
     # MindSpore writes compile reports (rank_0/, rewritten_network/) into the working directory.

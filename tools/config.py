@@ -10,8 +10,8 @@ DEVICES = ("CPU", "GPU", "Ascend")
 DEMO_KEYS = KeyTable([
     Key("out", str, "latte-demo", "folder for everything the demo makes (re-running resumes)"),
     Key("videos", int, 48, "procedural cloud clips to generate", range=AT_LEAST_1),
-    Key("train_steps", int, 200, "training steps from the shipped Latte; 0: sample and check the shipped Latte "
-                                 "as it is", range=NON_NEGATIVE),
+    Key("train_steps", int, 200, "training steps from the shipped Latte; 0: no cache or training, sample and "
+                                 "check the shipped Latte as it is", range=NON_NEGATIVE),
     Key("sample_steps", (int, type(None)), None, "DPM-Solver++ steps of the samples; null: 20", range=AT_LEAST_1),
     Key("num_videos", (int, type(None)), None, "videos to sample; null: 16, or with text one per prompt of the "
                                                "demo's 20 (fewer: its first ones)", range=AT_LEAST_1),

@@ -135,6 +135,7 @@ def test_bad_image_settings_are_refused(caches, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ training
+@pytest.mark.slow
 def test_joint_training_resumes_bit_identically_and_samples_videos_only(caches, tmp_path):
     """6 steps in one go, and 3 + resume + 3, with images, accumulation, an fp16 loss scale and recompute:
     the same losses and state. Then `latte sample` of the joint-trained checkpoint
@@ -166,6 +167,7 @@ def test_joint_training_resumes_bit_identically_and_samples_videos_only(caches, 
     assert [np.load(out / f"sample_00{i}.npy").shape for i in range(2)] == [(4, 4, 8, 8)] * 2
 
 
+@pytest.mark.slow
 def test_a_tiny_joint_run_learns(caches, tmp_path):
     """A 2-block Latte on 4 frames + 3 images of the 7-clip cache: the loss over all 7 frames falls from
     ~1 to below 0.4 (mean of the last 20 of 200 steps; measured 0.2-0.3)."""

@@ -89,6 +89,7 @@ def test_checkpoints_beyond_ckpt_max_keep_are_deleted(caches, tmp_path):
     assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["step-00000003", "step-00000004"]
 
 
+@pytest.mark.slow
 def test_a_tiny_latte_overfits_a_tiny_cache(caches, tmp_path):
     """Documented in README: on the 7-clip test cache, a 2-block Latte's loss falls from ~1 to below
     0.25 (mean of the last 20 of 300 steps)."""
