@@ -108,13 +108,14 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
     ingest = run_ingest_job(INGEST_KEYS.load(None, {"sources": [listing], "out": os.path.join(out, "ingest"),
                                                     "num_frames": CLIP_FRAMES, "workers": 0}), progress)
     stage("ingest")
-    report = {"frames": 0}
+    cached_frames = 0
     if train_steps:  # only training reads the latents: --train-steps 0 samples the shipped weights as they are
         run_cache_job(CACHE_KEYS.load(None, {"manifest": os.path.join(out, "ingest"), "vae": vae_dir,
                                              "out": os.path.join(out, "cache"), "format": "numpy", "image_size": size,
                                              "workers": 0, "text_encoder": TEXT_ENCODER if text else None}), progress)
         report = cache_report(os.path.join(out, "cache"), verify=True)
         write_figures_json(report, os.path.join(out, "cache_report.json"))
+        cached_frames = report["frames"]
     stage("cache")
     if train_steps:
         architecture = {k: shipped[k] for k in ARCHITECTURE_KEYS}
@@ -151,7 +152,7 @@ def run_demo(out="latte-demo", videos=48, train_steps=200, sample_steps=None, nu
                             prompt_check=check_prompts_against_manifest, latents=read_sample_latents(samples_dir))
     write_figures_json(quality, os.path.join(out, "quality.json"))
     stage("quality")
-    summary = {"out": out, "videos": ingest["ok"], "cached_frames": report["frames"], "train_steps": trained["steps"],
+    summary = {"out": out, "videos": ingest["ok"], "cached_frames": cached_frames, "train_steps": trained["steps"],
                "loss_curve": trained["loss_curve"], "samples": sampled["files"], "quality_passed": quality["passed"],
                "seconds": timings, "total_seconds": round(time.perf_counter() - started, 1)}
     if text:
