@@ -4,8 +4,9 @@
 // Every entry point has MindSpore's AOT signature:
 //   int f(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra)
 // params holds the inputs, then the outputs; all tensors are contiguous float32. A non-zero return makes
-// MindSpore raise. Dense layers call the sgemm of the BLAS named at build time (numpy's OpenBLAS) through
-// LATTE_SGEMM; everything else is plain loops the compiler vectorises (-O3 -march=native, omp simd).
+// MindSpore raise. Products call sgemm(): oneDNN's dnnl_sgemm once latte_use_onednn has loaded it (the
+// default, kernels.py), else the BLAS named at build time (numpy's OpenBLAS, LATTE_SGEMM); everything else
+// is plain loops the compiler vectorises (-O3 -march=native, omp simd).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -15,6 +16,7 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#include <dlfcn.h>
 #include <sched.h>
 
 namespace {
@@ -158,7 +160,23 @@ void latte_kernel_stats_reset() {
 void LATTE_SGEMM(int order, int trans_a, int trans_b, LATTE_BLAS_INT m, LATTE_BLAS_INT n, LATTE_BLAS_INT k,
                  float alpha, const float *a, LATTE_BLAS_INT lda, const float *b, LATTE_BLAS_INT ldb, float beta,
                  float *c, LATTE_BLAS_INT ldc);
-enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+
+// oneDNN's row-major sgemm, once latte_use_onednn has loaded it; until then (or if it cannot) the BLAS's
+using OnednnSgemm = int (*)(char, char, int64_t, int64_t, int64_t, float, const float *, int64_t, const float *,
+                            int64_t, float, float *, int64_t);
+OnednnSgemm g_onednn_sgemm = nullptr;
+
+// Row-major c = alpha·op(a)·op(b) + beta·c on the calling thread (oneDNN without a threadpool runs on it)
+inline void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+  if (g_onednn_sgemm) {
+    g_onednn_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+  LATTE_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb, beta,
+              c, ldc);
+}
 #ifdef LATTE_BLAS_SET_THREADS
 void LATTE_BLAS_SET_THREADS(int threads);
 int LATTE_BLAS_GET_THREADS(void);
@@ -197,8 +215,9 @@ class BlasSection {
 // Row-major c = op(a)·op(b), plus bias (n) on every row if given, recorded in g_shapes, inside a
 // BlasSection. The rows of c are cut into one block per thread (at most `threads`; multiples of 64 rows,
 // whole register tiles), each block a one-thread sgemm on its own thread, which first writes the bias
-// into its rows (while they are in its cache). Results depend on the core count only: on AVX-512 kernels
-// 1 and 2 cores give the same bits, on OpenBLAS's Haswell kernels they differ by float32 rounding.
+// into its rows (while they are in its cache). Results depend on the core count only: with oneDNN, and
+// OpenBLAS's AVX-512 kernels, 1 and 2 cores give the same bits but for long K (~4000: float32 rounding),
+// on OpenBLAS's Haswell kernels they differ by float32 rounding.
 void dense_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const float *a, const float *b,
                 const float *bias, float *c, int64_t threads = kCores) {
   {
@@ -217,7 +236,7 @@ void dense_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const
     const int64_t first = begin * kRowTile, rows = std::min(m, end * kRowTile) - first;
     if (bias)
       for (int64_t i = first; i < first + rows; ++i) std::memcpy(c + i * n, bias, n * sizeof(float));
-    LATTE_SGEMM(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, rows, n, k, 1.0f,
+    sgemm(trans_a, trans_b, rows, n, k, 1.0f,
                 a + (trans_a ? first : first * lda), lda, b, ldb, bias ? 1.0f : 0.0f, c + first * n, n);
   }, threads);
 }
@@ -231,6 +250,25 @@ int latte_gemm_shape(int i, int64_t *m, int64_t *n, int64_t *k, int *trans_a, in
 }
 
 int latte_has_blas() { return 1; }
+
+// Route every sgemm of the kernels to dnnl_sgemm of the oneDNN library at `path`, capped at oneDNN ISA
+// `max_isa` (0: the CPU's best). `path` must be a private copy of MindSpore's libdnnl: loaded with
+// RTLD_DEEPBIND it keeps its own settings, so MindSpore's own oneDNN stays capped at AVX2 for its
+// convolutions (runtime.prefer_avx2_onednn) while these products run the CPU's widest kernels.
+// Returns 0, or non-zero (and the BLAS stays in use) when the library or its symbols cannot be loaded.
+int latte_use_onednn(const char *path, int max_isa) {
+  if (g_onednn_sgemm) return 0;
+  void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+  if (!handle) return 1;
+  auto set_max_isa = reinterpret_cast<int (*)(int)>(dlsym(handle, "dnnl_set_max_cpu_isa"));
+  auto onednn_sgemm = reinterpret_cast<OnednnSgemm>(dlsym(handle, "dnnl_sgemm"));
+  if (!set_max_isa || !onednn_sgemm) return 2;
+  if (set_max_isa(max_isa) != 0) return 3;  // dnnl_success is 0; fails once its ISA has been read
+  g_onednn_sgemm = onednn_sgemm;
+  return 0;
+}
+
+int latte_gemm_backend() { return g_onednn_sgemm ? 1 : 0; }
 
 // y = x·wᵀ + b.   x (..., K), w (N, K), b (N) -> y (..., N)
 int latte_dense_forward(AOT_ARGS) {
@@ -498,7 +536,7 @@ int latte_attention_forward(AOT_ARGS) {
     std::vector<float> scores(n * n);
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t b = pair / g.heads, h = pair % g.heads;
-      LATTE_SGEMM(kRowMajor, kNoTrans, kTrans, n, n, d, g.scale, qkv + g.offset(b, h, 0), ld, qkv + g.offset(b, h, 1),
+      sgemm(false, true, n, n, d, g.scale, qkv + g.offset(b, h, 0), ld, qkv + g.offset(b, h, 1),
                   ld, 0.0f, scores.data(), n);
       for (int64_t i = 0; i < n; ++i) {
         float *s = scores.data() + i * n;
@@ -515,7 +553,7 @@ int latte_attention_forward(AOT_ARGS) {
         for (int64_t j = 0; j < n; ++j) s[j] *= inverse;
         lse[pair * n + i] = top + std::log(total);
       }
-      LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, n, d, n, 1.0f, scores.data(), n, qkv + g.offset(b, h, 2), ld, 0.0f,
+      sgemm(false, false, n, d, n, 1.0f, scores.data(), n, qkv + g.offset(b, h, 2), ld, 0.0f,
                   out + b * n * g.channels + h * d, g.channels);
     }
   });
@@ -537,8 +575,8 @@ int latte_attention_backward(AOT_ARGS) {
       const int64_t b = pair / g.heads, h = pair % g.heads;
       const float *q = qkv + g.offset(b, h, 0), *k = qkv + g.offset(b, h, 1), *v = qkv + g.offset(b, h, 2);
       const float *dor = dout + b * n * c + h * d, *orow = out + b * n * c + h * d;
-      LATTE_SGEMM(kRowMajor, kNoTrans, kTrans, n, n, d, g.scale, q, ld, k, ld, 0.0f, probs.data(), n);
-      LATTE_SGEMM(kRowMajor, kNoTrans, kTrans, n, n, d, 1.0f, dor, c, v, ld, 0.0f, dscores.data(), n);  // dP
+      sgemm(false, true, n, n, d, g.scale, q, ld, k, ld, 0.0f, probs.data(), n);
+      sgemm(false, true, n, n, d, 1.0f, dor, c, v, ld, 0.0f, dscores.data(), n);  // dP
       for (int64_t i = 0; i < n; ++i) {
         float *p = probs.data() + i * n, *ds = dscores.data() + i * n;
         const float row_lse = lse[pair * n + i];
@@ -552,9 +590,9 @@ int latte_attention_backward(AOT_ARGS) {
         }
       }
       float *dq = dqkv + g.offset(b, h, 0), *dk = dqkv + g.offset(b, h, 1), *dv = dqkv + g.offset(b, h, 2);
-      LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, n, d, n, 1.0f, dscores.data(), n, k, ld, 0.0f, dq, ld);
-      LATTE_SGEMM(kRowMajor, kTrans, kNoTrans, n, d, n, 1.0f, dscores.data(), n, q, ld, 0.0f, dk, ld);
-      LATTE_SGEMM(kRowMajor, kTrans, kNoTrans, n, d, n, 1.0f, probs.data(), n, dor, c, 0.0f, dv, ld);
+      sgemm(false, false, n, d, n, 1.0f, dscores.data(), n, k, ld, 0.0f, dq, ld);
+      sgemm(true, false, n, d, n, 1.0f, dscores.data(), n, q, ld, 0.0f, dk, ld);
+      sgemm(true, false, n, d, n, 1.0f, probs.data(), n, dor, c, 0.0f, dv, ld);
     }
   });
   return 0;
@@ -674,7 +712,7 @@ void conv_winograd(const float *x, const float *weight, const float *bias, const
         }
       }
       for (int64_t xi = 0; xi < 16; ++xi)
-        LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, g.o, tiles, g.c, 1.0f, u.data() + xi * oc, g.c,
+        sgemm(false, false, g.o, tiles, g.c, 1.0f, u.data() + xi * oc, g.c,
                     v.data() + xi * g.c * tiles, tiles, 0.0f, m.data() + xi * g.o * tiles, tiles);
       for (int64_t o = 0; o < g.o; ++o) {
         const float b = bias[o];
@@ -735,7 +773,7 @@ void conv_im2col(const float *x, const float *weight, const float *bias, const C
       const float *columns_of_block = pointwise ? xs + first * g.w : columns.data();
       float *ys = y + sample * g.o * g.ho * g.wo + first * g.wo;
       for (int64_t o = 0; o < g.o; ++o) std::fill(ys + o * g.ho * g.wo, ys + o * g.ho * g.wo + pixels, bias[o]);
-      LATTE_SGEMM(kRowMajor, kNoTrans, kNoTrans, g.o, pixels, depth, 1.0f, weight, depth, columns_of_block,
+      sgemm(false, false, g.o, pixels, depth, 1.0f, weight, depth, columns_of_block,
                   pointwise ? g.h * g.w : pixels, 1.0f, ys, g.ho * g.wo);
     }
   });

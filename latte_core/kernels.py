@@ -6,7 +6,7 @@ MindSpore's own matmul near the cores' peak, and the time lost elsewhere: GroupN
 and gate) and of the gradient norm, bias gradients. `cpu_kernels.cc` holds fused float32 kernels for
 these, each a MindSpore custom op (`ops.Custom(func_type="aot")`) with its backward (but conv2d):
 
-    dense              y = x·wᵀ + b through numpy's OpenBLAS sgemm; backward dx, dw and db in one op
+    dense              y = x·wᵀ + b through an sgemm (below); backward dx, dw and db in one op
     norm_modulate      LayerNorm without affine, then the adaLN modulation x·(1 + scale) + shift
     gated_residual     x + gate·h, the adaLN-Zero residual
     gelu_tanh          the tanh-approximated GELU
@@ -20,7 +20,14 @@ these, each a MindSpore custom op (`ops.Custom(func_type="aot")`) with its backw
 
 The library is compiled with g++ on first use (-O3 -march=native, or $LATTE_KERNEL_MARCH) into a cache folder
 (`$LATTE_KERNEL_CACHE`, default ~/.cache/latte-toolkit/kernels) under a name that hashes the source,
-the compiler, the CPU and the BLAS, and is reused afterwards. The kernels are used only on CPU, only
+the compiler, the CPU and the BLAS, and is reused afterwards.
+
+The products (dense, attention, conv2d) call oneDNN's sgemm by default: the libdnnl MindSpore ships, as a
+private copy in the same cache folder loaded with RTLD_DEEPBIND, so that it runs the CPU's widest
+kernels while MindSpore's own oneDNN stays capped at AVX2 for its convolutions (runtime.py). On the
+step's shapes it reached 109 GFLOP/s on one Zen 4 core against 94 for numpy's OpenBLAS (the core's FMA
+peak: 114). LATTE_GEMM=openblas calls numpy's OpenBLAS instead (also the fallback, with a logged
+reason, where MindSpore has no libdnnl or the copy cannot be made). The kernels are used only on CPU, only
 for float32 tensors, and only when `enabled()`: set LATTE_CPU_KERNELS=0 (or call set_enabled(False)
 before building a model) to use MindSpore's ops everywhere. If the library cannot be built, one
 warning is logged and the models use MindSpore's ops. Cells decide when they are built, so switch
@@ -32,6 +39,7 @@ import glob
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sysconfig
 import tempfile
@@ -40,12 +48,16 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 # (symbol, C type of its integer arguments) of the sgemm entry points numpy's OpenBLAS builds export
 _SGEMM_SYMBOLS = (("cblas_sgemm64_", "int64_t"), ("scipy_cblas_sgemm64_", "int64_t"),
                   ("cblas_sgemm", "int"), ("scipy_cblas_sgemm", "int"))
+
+GEMM_BACKENDS = ("onednn", "openblas")
 
 _state = {"enabled": os.environ.get("LATTE_CPU_KERNELS", "1").lower() not in ("0", "false", "off", "no"),
           "library": None, "failed": False, "ops": {}}
@@ -104,8 +116,8 @@ def find_blas():
 
 @contextlib.contextmanager
 def blas_threads(count):
-    """Run the block with numpy's OpenBLAS (the BLAS of the dense and attention kernels) on `count`
-    threads, then restore its previous count. OpenBLAS's sgemm rounds differently with 1 and 2 threads
+    """Run the block with numpy's OpenBLAS (numpy's matmuls, and the kernels' sgemm with LATTE_GEMM=openblas)
+    on `count` threads, then restore its previous count. OpenBLAS's sgemm rounds differently with 1 and 2 threads
     for the same operands on some CPUs (its Haswell kernels, i.e. every AVX2-only x86 machine: 5-20 % of
     the elements of a 256x64x64 product differ by one float32 ulp; on AVX-512 CPUs only products with a
     long K), so a job whose bytes must not depend on its runner pins the count. Does nothing where no
@@ -140,9 +152,78 @@ def _cpu_flags():
 
 def _target_cpu():
     """g++'s -march: this CPU's (native) unless LATTE_KERNEL_MARCH names another, e.g. `haswell` to build
-    and test the AVX2 code an AVX2-only machine runs on an AVX-512 one (with OPENBLAS_CORETYPE=Haswell
-    for numpy's OpenBLAS)."""
+    and test the AVX2 code an AVX2-only machine runs on an AVX-512 one (any march but native also caps
+    oneDNN's sgemm at AVX2; OPENBLAS_CORETYPE=Haswell does so for numpy's OpenBLAS)."""
     return os.environ.get("LATTE_KERNEL_MARCH", "native")
+
+
+def find_onednn():
+    """Path of the oneDNN library MindSpore ships (its CPU backend's), if it exports dnnl_sgemm, or None."""
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(ms.__file__)), "lib", "libdnnl.so*"))):
+        try:
+            if hasattr(ctypes.CDLL(path), "dnnl_sgemm"):
+                return os.path.realpath(path)
+        except OSError:
+            continue
+    return None
+
+
+def gemm_backend():
+    """The sgemm the kernels are asked to call: $LATTE_GEMM, `onednn` (default: MindSpore's oneDNN, at the
+    CPU's widest ISA) or `openblas` (numpy's)."""
+    choice = os.environ.get("LATTE_GEMM", "onednn").lower()
+    if choice not in GEMM_BACKENDS:
+        raise UserError(f"LATTE_GEMM must be one of {', '.join(GEMM_BACKENDS)}, not {choice!r}")
+    return choice
+
+
+def _private_onednn(folder):
+    """A copy of MindSpore's libdnnl in the kernel cache (made once), or None without one. The kernels load
+    the copy, not MindSpore's file: a second file is a second instance with its own ISA setting."""
+    source = find_onednn()
+    if source is None:
+        return None
+    stat = os.stat(source)
+    key = hashlib.sha256(f"{source}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    path = os.path.join(folder, f"libdnnl-private-{key}.so")
+    if not os.path.isfile(path):
+        handle, staging = tempfile.mkstemp(prefix=".copying-", suffix=".so", dir=folder)
+        os.close(handle)
+        try:
+            shutil.copyfile(source, staging)
+            os.chmod(staging, 0o644)
+            os.replace(staging, path)  # atomic, as the kernel library itself
+        finally:
+            if os.path.exists(staging):
+                os.remove(staging)
+    return path
+
+
+def _use_onednn(path, folder):
+    """Point the kernel library's sgemm at a private oneDNN when $LATTE_GEMM asks for it; the backend in use."""
+    if gemm_backend() != "onednn":
+        return "openblas"
+    try:
+        onednn = _private_onednn(folder)
+    except OSError as err:  # a full or read-only cache: the kernels still run, on OpenBLAS
+        logger.warning("could not copy MindSpore's oneDNN into %s (%s); the kernels use numpy's OpenBLAS", folder, err)
+        return "openblas"
+    if onednn is None:
+        logger.info("MindSpore ships no oneDNN with dnnl_sgemm here; the kernels use numpy's OpenBLAS")
+        return "openblas"
+    # oneDNN's ISA codes: 0 the CPU's best; 0x7 AVX2, the code of an AVX2-only machine (LATTE_KERNEL_MARCH)
+    max_isa = 0 if _target_cpu() == "native" else 0x7
+    status = ctypes.CDLL(path).latte_use_onednn(onednn.encode(), max_isa)
+    if status != 0:
+        logger.warning("oneDNN's sgemm did not load from %s (status %d); the kernels use numpy's OpenBLAS", onednn, status)
+        return "openblas"
+    return "onednn"
+
+
+def gemm_in_use():
+    """`onednn` or `openblas`: the sgemm the kernels call in this process, or None without the kernels
+    or a BLAS."""
+    return _state.get("gemm") if library() else None
 
 
 def _build_command(output, blas):
@@ -189,6 +270,7 @@ def library():
             logger.info("built the CPU kernels: %s%s", path, "" if blas else " (no BLAS found: dense layers "
                         "keep MindSpore's matmul)")
         ctypes.CDLL(path)  # fail here, not inside a graph, if it does not load
+        _state["gemm"] = _use_onednn(path, folder) if blas else None
         _state["library"] = path
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         _state["failed"] = True

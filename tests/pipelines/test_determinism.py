@@ -2,9 +2,10 @@
 for any --workers (and so for any resume point, since each shard is encoded whole by one runner), and a
 small measured bound across CPU types.
 
-OpenBLAS (numpy's, which the dense and attention kernels call) rounds differently with 1 and 2 threads
-on its Haswell kernels, the ones every AVX2-only x86 CPU runs; OPENBLAS_CORETYPE=Haswell selects them on
-any x86 machine with AVX2, so these tests reproduce an AVX2-only machine on an AVX-512 one too."""
+The kernels' products run oneDNN's sgemm by default and numpy's OpenBLAS with LATTE_GEMM=openblas (also
+the fallback where MindSpore has no oneDNN). OpenBLAS rounds differently with 1 and 2 threads on its
+Haswell kernels, the ones every AVX2-only x86 CPU runs; OPENBLAS_CORETYPE=Haswell selects them on any
+x86 machine with AVX2, so the OpenBLAS case reproduces an AVX2-only machine on an AVX-512 one too."""
 import os
 import subprocess
 import sys
@@ -39,10 +40,12 @@ def _cache_in_subprocess(manifest, vae, out, workers, **env):
 
 
 @pytest.mark.slow
-def test_the_cache_is_bit_identical_for_every_runner_on_avx2_kernels(manifest, fixtures_dir, tmp_path):
+@pytest.mark.parametrize("gemm", [{"LATTE_GEMM": "onednn"}, {"LATTE_GEMM": "openblas", "OPENBLAS_CORETYPE": "Haswell"}],
+                         ids=["onednn", "openblas-avx2"])
+def test_the_cache_is_bit_identical_for_every_runner(manifest, fixtures_dir, tmp_path, gemm):
     vae = fixtures_dir / "vae" / "vae_small_diffusers"
-    in_process = _cache_in_subprocess(manifest, vae, tmp_path / "w0", 0, OPENBLAS_CORETYPE="Haswell")
-    two_workers = _cache_in_subprocess(manifest, vae, tmp_path / "w2", 2, OPENBLAS_CORETYPE="Haswell")
+    in_process = _cache_in_subprocess(manifest, vae, tmp_path / "w0", 0, **gemm)
+    two_workers = _cache_in_subprocess(manifest, vae, tmp_path / "w2", 2, **gemm)
     assert sorted(in_process) == sorted(two_workers) == ["clip_0.mp4", "clip_1.mp4", "clip_2.mp4"]
     for video_id in in_process:
         np.testing.assert_array_equal(in_process[video_id], two_workers[video_id])
@@ -51,12 +54,13 @@ def test_the_cache_is_bit_identical_for_every_runner_on_avx2_kernels(manifest, f
 @pytest.mark.slow
 def test_across_blas_kernels_latents_differ_by_float32_rounding_only(manifest, fixtures_dir, tmp_path):
     """Another CPU type runs other sgemm kernels (other blocking, FMA order): the latents may differ,
-    by float32 rounding only. Measured over these clips: at most a few ulp of the latents' scale
+    by float32 rounding only. Here oneDNN's kernels for this CPU against OpenBLAS's AVX2 ones. Measured over these clips: at most a few ulp of the latents' scale
     (max |Δ| / max |mean| ≈ 1e-7); the bound of 1e-5 leaves room for deeper VAEs, whose rounding
     grows with depth, while any real error (a wrong frame, channel or kernel) is > 1e-2."""
     vae = fixtures_dir / "vae" / "vae_small_diffusers"
-    haswell = _cache_in_subprocess(manifest, vae, tmp_path / "haswell", 0, OPENBLAS_CORETYPE="Haswell")
-    native = _cache_in_subprocess(manifest, vae, tmp_path / "native", 0)
+    haswell = _cache_in_subprocess(manifest, vae, tmp_path / "haswell", 0, LATTE_GEMM="openblas",
+                                   OPENBLAS_CORETYPE="Haswell")
+    native = _cache_in_subprocess(manifest, vae, tmp_path / "native", 0, LATTE_GEMM="onednn")
     for video_id in haswell:
         scale = np.abs(native[video_id]).max()
         assert np.abs(haswell[video_id] - native[video_id]).max() / scale < 1e-5

@@ -72,6 +72,7 @@ def _forward_path(model_name, frames, latent, batch, repeats, seed, device, kern
                "median_forward_s": round(median, 6), "forward_times_s": [round(s, 4) for s in times[1:]],
                "gflops": round(flops / median / 1e9, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
     if active:  # numpy's sgemm on the same products, in the same process, right after
+        figures["gemm"] = kernels.gemm_in_use()
         figures["kernel_ms_per_call"] = {name: round(1000 * entry["seconds"] / repeats, 1)
                                          for name, entry in kernels.stats().items() if entry["calls"]}
         numpy_seconds = sum(_numpy_batched_gemm_seconds(g["m"], g["n"], g["k"], g["count"]) for g in gemms)

@@ -38,7 +38,8 @@ def kernel_figures(steps):
     """Per-step milliseconds of each kernel, and the dense layers' matmul rate in the step against
     numpy's BLAS on the same sgemm problems, timed right after in the same process."""
     stats = {name: entry for name, entry in kernels.stats().items() if entry["calls"]}
-    figures = {"kernel_ms_per_step": {name: round(1000 * entry["seconds"] / steps, 2) for name, entry in stats.items()}}
+    figures = {"gemm": kernels.gemm_in_use(),
+               "kernel_ms_per_step": {name: round(1000 * entry["seconds"] / steps, 2) for name, entry in stats.items()}}
     dense = [stats[name] for name in ("dense_forward", "dense_backward") if name in stats]
     shapes = kernels.gemm_shapes()
     if dense and shapes:

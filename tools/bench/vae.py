@@ -74,6 +74,7 @@ def _vae_path(size, batch, repeats, dtype, seed, device, kernels_on, queue):
                "decode_frames_per_s": round(batch / decode, 4),
                "encode_conv_gflops": round(flops / encode / 1e9, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
     if active:
+        figures["gemm"] = kernels.gemm_in_use()
         figures["kernel_ms_per_encode"] = {name: round(1000 * entry["seconds"] / repeats, 1)
                                            for name, entry in encode_stats.items() if entry["calls"]}
         numpy_seconds = sum(_numpy_gemm_seconds(g["m"], g["n"], g["k"]) for g in gemms)
