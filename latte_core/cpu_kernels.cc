@@ -12,11 +12,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
 #include <dlfcn.h>
+#include <pthread.h>
 #include <sched.h>
 
 namespace {
@@ -29,9 +32,99 @@ int available_cores() {
 
 const int kCores = available_cores();
 
+// kCores - 1 worker threads that stay for the process: a parallel_for hands them its chunks instead of
+// starting a std::thread per chunk (32-37 us for a start and join on the 2-core machines, ~450 times in
+// a Latte-S/2 training step). One caller at a time: a second, concurrent one (MindSpore may run two
+// kernels at once) gets false and starts its own threads. Workers sleep between calls (no spinning on a
+// core that MindSpore's own threads need). A forked child starts a new team (pthread_atfork below).
+class Team {
+ public:
+  // Runs task(i) for every i in [0, count) on the caller and the workers; false (nothing run) if busy
+  bool run(int64_t count, const std::function<void(int64_t)> &task) {
+    if (in_team_task) return false;  // a task's own parallel_for (more than 2 cores): not the team again
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    in_team_task = true;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      task_ = &task;
+      count_ = count;
+      next_.store(0);
+      checked_in_ = 0;
+      ++generation_;
+    }
+    wake_.notify_all();
+    for (int64_t i = next_.fetch_add(1); i < count; i = next_.fetch_add(1)) task(i);
+    in_team_task = false;
+    std::unique_lock<std::mutex> lock(mutex_);  // every worker has seen this call before the next one starts
+    done_.wait(lock, [&] { return checked_in_ == workers_; });
+    return true;
+  }
+
+  static Team *instance() {
+    static std::once_flag at_fork;
+    std::call_once(at_fork, [] { pthread_atfork(nullptr, nullptr, [] { team_ = nullptr; }); });
+    Team *team = team_.load();
+    if (!team) {
+      static std::mutex creating;
+      std::lock_guard<std::mutex> lock(creating);
+      if (!(team = team_.load())) team_.store(team = new Team(kCores - 1));  // kept for the process's life
+    }
+    return team;
+  }
+
+ private:
+  explicit Team(int workers) : workers_(workers) {
+    for (int i = 0; i < workers; ++i) std::thread([this] { work(); }).detach();
+  }
+
+  void work() {
+    in_team_task = true;
+    uint64_t seen = 0;
+    for (;;) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      const std::function<void(int64_t)> &task = *task_;
+      const int64_t count = count_;
+      lock.unlock();
+      for (int64_t i = next_.fetch_add(1); i < count; i = next_.fetch_add(1)) task(i);
+      lock.lock();
+      if (++checked_in_ == workers_) done_.notify_one();
+    }
+  }
+
+  static std::atomic<Team *> team_;
+  static thread_local bool in_team_task;
+  const int workers_;
+  std::mutex busy_, mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int64_t)> *task_ = nullptr;
+  int64_t count_ = 0;
+  std::atomic<int64_t> next_{0};
+  int checked_in_ = 0;
+  uint64_t generation_ = 0;
+};
+std::atomic<Team *> Team::team_{nullptr};
+thread_local bool Team::in_team_task = false;
+
+// task(i) for i in [0, count) on `count` threads at once: the team's, or started threads when it is busy
+void run_in_parallel(int64_t count, const std::function<void(int64_t)> &task) {
+  if (count <= 1) {
+    if (count == 1) task(0);
+    return;
+  }
+  if (count <= kCores && Team::instance()->run(count, task)) return;
+  std::vector<std::thread> workers;
+  for (int64_t i = 1; i < count; ++i) workers.emplace_back(task, i);
+  task(0);
+  for (auto &worker : workers) worker.join();
+}
+
 // Runs body(begin, end) over [0, n) in contiguous chunks, one per thread (at most `threads`, the cores by
-// default), when the work (n · cost_per_item elements) is large enough to pay for starting threads;
-// otherwise on the calling thread.
+// default), when the work (n · cost_per_item elements) is large enough to pay for waking threads;
+// otherwise on the calling thread. The chunks depend on n and the thread count only, not on which
+// thread runs which.
 template <class Body>
 void parallel_for(int64_t n, int64_t cost_per_item, Body body, int64_t max_threads = kCores) {
   const int64_t threads = std::min<int64_t>(max_threads, n);
@@ -39,12 +132,8 @@ void parallel_for(int64_t n, int64_t cost_per_item, Body body, int64_t max_threa
     body(int64_t{0}, n);
     return;
   }
-  std::vector<std::thread> workers;
-  const int64_t chunk = (n + threads - 1) / threads;
-  for (int64_t begin = chunk; begin < n; begin += chunk)
-    workers.emplace_back(body, begin, std::min(n, begin + chunk));
-  body(int64_t{0}, std::min(n, chunk));
-  for (auto &worker : workers) worker.join();
+  const int64_t chunk = (n + threads - 1) / threads, chunks = (n + chunk - 1) / chunk;
+  run_in_parallel(chunks, [&](int64_t i) { body(i * chunk, std::min(n, (i + 1) * chunk)); });
 }
 
 bool all_float32(int nparam, const char **dtypes) {
@@ -166,10 +255,17 @@ using OnednnSgemm = int (*)(char, char, int64_t, int64_t, int64_t, float, const 
                             int64_t, float, float *, int64_t);
 OnednnSgemm g_onednn_sgemm = nullptr;
 
+// Products of at most this many multiply-adds stay on OpenBLAS even with oneDNN loaded: the attention's
+// per-head products (64³ for 64 tokens, 8·8·64 for 8 frames) ran faster on OpenBLAS's small-matrix kernels
+// (one Zen 4 core, the step's attention: 8-frame forward 0.54 ms against 0.87-0.93, backward 1.5 against
+// 3.0-3.6; 64-token backward 4.4-4.9 against 5.5-5.9), the dense layers' and convolutions' (>= 64 rows ×
+// 384 × 384) on oneDNN's.
+constexpr int64_t kOnednnMinProduct = int64_t{64} * 64 * 64;
+
 // Row-major c = alpha·op(a)·op(b) + beta·c on the calling thread (oneDNN without a threadpool runs on it)
 inline void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
                   const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
-  if (g_onednn_sgemm) {
+  if (g_onednn_sgemm && m * n * k > kOnednnMinProduct) {
     g_onednn_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
@@ -293,12 +389,16 @@ int latte_dense_backward(AOT_ARGS) {
     // dx and dw (the same multiply-adds) side by side, each on half the cores: two whole products pack
     // their operands once each, where row blocks of each would pack the shared one on every core
     BlasSection blas;
-    const int64_t dx_threads = std::max<int64_t>(1, kCores / 2);
-    std::thread dx_thread;
-    if (kCores > 1) dx_thread = std::thread([=] { dense_gemm(0, 0, m, k, n, dy, w, nullptr, dx, dx_threads); });
-    else dense_gemm(0, 0, m, k, n, dy, w, nullptr, dx);
-    dense_gemm(1, 0, n, k, m, dy, x, nullptr, dw, std::max<int64_t>(1, kCores - dx_threads));
-    if (dx_thread.joinable()) dx_thread.join();
+    const int64_t dx_threads = std::max<int64_t>(1, kCores / 2), dw_threads = std::max<int64_t>(1, kCores - dx_threads);
+    if (kCores > 1) {
+      run_in_parallel(2, [=](int64_t i) {
+        if (i == 0) dense_gemm(1, 0, n, k, m, dy, x, nullptr, dw, dw_threads);
+        else dense_gemm(0, 0, m, k, n, dy, w, nullptr, dx, dx_threads);
+      });
+    } else {
+      dense_gemm(0, 0, m, k, n, dy, w, nullptr, dx);
+      dense_gemm(1, 0, n, k, m, dy, x, nullptr, dw);
+    }
   }
   // db: each thread sums all rows over its own slice of the columns
   parallel_for((n + 63) / 64, 64 * m, [=](int64_t begin, int64_t end) {

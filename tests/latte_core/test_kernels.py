@@ -232,3 +232,45 @@ def test_an_unknown_gemm_backend_is_a_user_error(monkeypatch):
     monkeypatch.setenv("LATTE_GEMM", "mkl")
     with pytest.raises(UserError, match="LATTE_GEMM must be one of onednn, openblas, not 'mkl'"):
         kernels.gemm_backend()
+
+
+_TEAM_SCRIPT = """
+import ctypes, os, threading, numpy as np
+from latte_core import kernels
+lib = ctypes.CDLL(kernels.library())
+
+def dense(x, w, b):
+    y = np.empty((x.shape[0], w.shape[0]), np.float32)
+    arrays = [x, w, b, y]
+    shapes = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
+    status = lib.latte_dense_forward(4, (ctypes.c_void_p * 4)(*[a.ctypes.data for a in arrays]),
+                                     (ctypes.c_int * 4)(*[a.ndim for a in arrays]),
+                                     (ctypes.POINTER(ctypes.c_int64) * 4)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64)) for s in shapes]),
+                                     (ctypes.c_char_p * 4)(*[b"float32"] * 4), None, None)
+    assert status == 0
+    return y
+
+rng = np.random.default_rng(0)
+x, w, b = (rng.standard_normal(s, dtype=np.float32) for s in [(1024, 384), (1152, 384), (1152,)])
+expected = dense(x, w, b)
+results = [None] * 4  # four callers at once: one gets the team, the others start their own threads
+def call(i):
+    results[i] = dense(x, w, b)
+threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert all(np.array_equal(r, expected) for r in results), "concurrent callers differ"
+pid = os.fork()  # a child has no team threads: it must start its own, and compute the same
+if pid == 0:
+    os._exit(0 if np.array_equal(dense(x, w, b), expected) else 3)
+assert os.waitpid(pid, 0)[1] == 0, "the forked child failed"
+print("ok")
+"""
+
+
+def test_the_kernels_thread_team_serves_concurrent_callers_and_forked_children():
+    """parallel_for hands its chunks to a team of threads that stays for the process; a concurrent caller
+    starts its own threads, and a forked child (whose copy of the team has no threads) starts a new team.
+    Every caller gets the bits of a lone call (the chunks do not depend on the thread running them)."""
+    result = subprocess.run([sys.executable, "-c", _TEAM_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
