@@ -332,8 +332,8 @@ void dense_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, const
     const int64_t first = begin * kRowTile, rows = std::min(m, end * kRowTile) - first;
     if (bias)
       for (int64_t i = first; i < first + rows; ++i) std::memcpy(c + i * n, bias, n * sizeof(float));
-    sgemm(trans_a, trans_b, rows, n, k, 1.0f,
-                a + (trans_a ? first : first * lda), lda, b, ldb, bias ? 1.0f : 0.0f, c + first * n, n);
+    sgemm(trans_a, trans_b, rows, n, k, 1.0f, a + (trans_a ? first : first * lda), lda, b, ldb, bias ? 1.0f : 0.0f,
+          c + first * n, n);
   }, threads);
 }
 
@@ -363,8 +363,6 @@ int latte_use_onednn(const char *path, int max_isa) {
   g_onednn_sgemm = onednn_sgemm;
   return 0;
 }
-
-int latte_gemm_backend() { return g_onednn_sgemm ? 1 : 0; }
 
 // y = x·wᵀ + b.   x (..., K), w (N, K), b (N) -> y (..., N)
 int latte_dense_forward(AOT_ARGS) {
