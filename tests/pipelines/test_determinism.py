@@ -54,9 +54,10 @@ def test_the_cache_is_bit_identical_for_every_runner(manifest, fixtures_dir, tmp
 @pytest.mark.slow
 def test_across_blas_kernels_latents_differ_by_float32_rounding_only(manifest, fixtures_dir, tmp_path):
     """Another CPU type runs other sgemm kernels (other blocking, FMA order): the latents may differ,
-    by float32 rounding only. Here oneDNN's kernels for this CPU against OpenBLAS's AVX2 ones. Measured over these clips: at most a few ulp of the latents' scale
-    (max |Δ| / max |mean| ≈ 1e-7); the bound of 1e-5 leaves room for deeper VAEs, whose rounding
-    grows with depth, while any real error (a wrong frame, channel or kernel) is > 1e-2."""
+    by float32 rounding only. Here oneDNN's kernels for this CPU against OpenBLAS's AVX2 ones. Measured
+    over these clips: at most a few ulp of the latents' scale (max |Δ| / max |mean| ≈ 1e-7); the bound of
+    1e-5 leaves room for deeper VAEs, whose rounding grows with depth, while any real error (a wrong
+    frame, channel or kernel) is > 1e-2."""
     vae = fixtures_dir / "vae" / "vae_small_diffusers"
     haswell = _cache_in_subprocess(manifest, vae, tmp_path / "haswell", 0, LATTE_GEMM="openblas",
                                    OPENBLAS_CORETYPE="Haswell")
