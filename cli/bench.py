@@ -24,7 +24,12 @@ def _check_variant(name):
 
 
 def _kernel_paths(choice):
-    return ("on", "off") if choice == "both" else (choice,)
+    paths = ("on", "off") if choice == "both" else (choice,)
+    if "on" in paths:
+        # checked here: the paths run in child processes, whose UserError would reach us as a traceback
+        from latte_core.kernels import gemm_backend
+        gemm_backend()
+    return paths
 
 
 @bench.command("step")

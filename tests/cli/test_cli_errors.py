@@ -174,6 +174,16 @@ def test_a_user_error_is_one_error_line_naming_the_input_and_exit_2(workspace, t
     assert not out.exists() and not (tmp_path / "out.ckpt").exists(), "a refused command wrote its output"
 
 
+@pytest.mark.parametrize("argv", [["bench", "step", "--steps", "2"], ["bench", "forward", "--frames", "2"],
+                                  ["bench", "vae", "--size", "64", "--batch", "1"]], ids=["step", "forward", "vae"])
+def test_an_unknown_gemm_backend_is_one_error_line_before_the_benchmark_process_starts(monkeypatch, argv):
+    # these benchmarks build their models in a child process; its UserError would reach the user as a traceback
+    monkeypatch.setenv("LATTE_GEMM", "mkl")
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert result.stderr.splitlines() == ["Error: LATTE_GEMM must be one of onednn, openblas, not 'mkl'"]
+
+
 @pytest.mark.parametrize("raised, code, text", [
     (UserError("frames.csv: no 'video' column"), 2, "Error: frames.csv: no 'video' column"),
     (DiskFull("no space left on /data"), 1, "Error: no space left on /data"),
