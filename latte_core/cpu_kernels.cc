@@ -414,19 +414,43 @@ int latte_dense_backward(AOT_ARGS) {
 int latte_has_blas() { return 0; }
 #endif
 
+// ------------------------------------------------------------------- adaLN modulation by group
+// The modulation (shift, scale, gate) has G rows for x's N = G·R: one per sample, x's rows being the
+// sample's R frames or token positions (or one per row, G = N). Row i of x uses modulation row i / R,
+// so the model never materialises the (N, D) broadcast, nor MindSpore the reduction of its gradient.
+
+// (N, D) per-row sums -> (G, D) sums over each group's R consecutive rows, in row order (the same bits
+// whatever the thread count)
+static void sum_row_groups(const float *rows, int64_t n, int64_t groups, int64_t d, float *out) {
+  const int64_t per_group = n / groups;
+  parallel_for(groups, n / groups * d, [=](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      float *o = out + g * d;
+      std::copy(rows + g * per_group * d, rows + (g * per_group + 1) * d, o);
+      for (int64_t i = g * per_group + 1; i < (g + 1) * per_group; ++i) {
+        const float *r = rows + i * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) o[c] += r[c];
+      }
+    }
+  });
+}
+
 // ------------------------------------------------------------------- LayerNorm + adaLN modulation
 // y = LN(x)·(1 + scale) + shift, LN without affine parameters.
-// x (N, T, D), shift and scale (N, D), eps (1) -> y (N, T, D), stats (N, T, 2) = (mean, 1/std)
+// x (N, T, D), shift and scale (G, D), eps (1) -> y (N, T, D), stats (N, T, 2) = (mean, 1/std)
 int latte_norm_modulate_forward(AOT_ARGS) {
   REQUIRE_F32;
   Timed timed(kNormModulateForward);
   const float *x = CF32(0), *shift = CF32(1), *scale = CF32(2);
   const float eps = CF32(3)[0];
   float *y = F32(4), *stats = F32(5);
-  const int64_t n = shapes[0][0], t = shapes[0][1], d = shapes[0][2];
+  const int64_t n = shapes[0][0], t = shapes[0][1], d = shapes[0][2], groups = shapes[1][0];
+  if (groups <= 0 || n % groups) return 1;
+  const int64_t per_group = n / groups;
   parallel_for(n, t * d, [=](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const float *sh = shift + i * d, *sc = scale + i * d;
+      const float *sh = shift + i / per_group * d, *sc = scale + i / per_group * d;
       for (int64_t j = 0; j < t; ++j) {
         const int64_t row = i * t + j;
         const float *xr = x + row * d;
@@ -449,18 +473,23 @@ int latte_norm_modulate_forward(AOT_ARGS) {
   return 0;
 }
 
-// dy, x, scale, stats -> dx (N, T, D), dshift (N, D), dscale (N, D)
+// dy, x, scale, stats -> dx (N, T, D), dshift (G, D), dscale (G, D)
 int latte_norm_modulate_backward(AOT_ARGS) {
   REQUIRE_F32;
   Timed timed(kNormModulateBackward);
   const float *dy = CF32(0), *x = CF32(1), *scale = CF32(2), *stats = CF32(3);
   float *dx = F32(4), *dshift = F32(5), *dscale = F32(6);
-  const int64_t n = shapes[1][0], t = shapes[1][1], d = shapes[1][2];
+  const int64_t n = shapes[1][0], t = shapes[1][1], d = shapes[1][2], groups = shapes[2][0];
+  if (groups <= 0 || n % groups) return 1;
+  const int64_t per_group = n / groups;
+  // per-row sums of dshift and dscale, summed over each group afterwards (unless a group is one row)
+  std::vector<float> row_sums(groups == n ? 0 : 2 * n * d);
+  float *dshift_rows = groups == n ? dshift : row_sums.data(), *dscale_rows = groups == n ? dscale : dshift_rows + n * d;
   parallel_for(n, t * d, [=](int64_t begin, int64_t end) {
     std::vector<float> g(d), xhat(d);
     for (int64_t i = begin; i < end; ++i) {
-      const float *sc = scale + i * d;
-      float *dsh = dshift + i * d, *dsc = dscale + i * d;
+      const float *sc = scale + i / per_group * d;
+      float *dsh = dshift_rows + i * d, *dsc = dscale_rows + i * d;
       std::fill(dsh, dsh + d, 0.0f);
       std::fill(dsc, dsc + d, 0.0f);
       for (int64_t j = 0; j < t; ++j) {
@@ -484,20 +513,26 @@ int latte_norm_modulate_backward(AOT_ARGS) {
       }
     }
   });
+  if (groups != n) {
+    sum_row_groups(dshift_rows, n, groups, d, dshift);
+    sum_row_groups(dscale_rows, n, groups, d, dscale);
+  }
   return 0;
 }
 
 // -------------------------------------------------------------------------------- gated residual
-// out = x + gate·h.   x, h (N, T, D), gate (N, D) -> out (N, T, D)
+// out = x + gate·h.   x, h (N, T, D), gate (G, D) -> out (N, T, D)
 int latte_gated_residual_forward(AOT_ARGS) {
   REQUIRE_F32;
   Timed timed(kGatedResidualForward);
   const float *x = CF32(0), *gate = CF32(1), *h = CF32(2);
   float *out = F32(3);
-  const int64_t n = shapes[0][0], t = shapes[0][1], d = shapes[0][2];
+  const int64_t n = shapes[0][0], t = shapes[0][1], d = shapes[0][2], groups = shapes[1][0];
+  if (groups <= 0 || n % groups) return 1;
+  const int64_t per_group = n / groups;
   parallel_for(n, t * d, [=](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const float *gr = gate + i * d;
+      const float *gr = gate + i / per_group * d;
       for (int64_t j = 0; j < t; ++j) {
         const int64_t offset = (i * t + j) * d;
 #pragma omp simd
@@ -508,17 +543,22 @@ int latte_gated_residual_forward(AOT_ARGS) {
   return 0;
 }
 
-// dy, gate, h -> dgate (N, D) = Σ_t dy·h, dh (N, T, D) = gate·dy   (dx = dy needs no kernel)
+// dy, gate, h -> dgate (G, D) = Σ over the group's rows and t of dy·h, dh (N, T, D) = gate·dy
+// (dx = dy needs no kernel)
 int latte_gated_residual_backward(AOT_ARGS) {
   REQUIRE_F32;
   Timed timed(kGatedResidualBackward);
   const float *dy = CF32(0), *gate = CF32(1), *h = CF32(2);
   float *dgate = F32(3), *dh = F32(4);
-  const int64_t n = shapes[2][0], t = shapes[2][1], d = shapes[2][2];
+  const int64_t n = shapes[2][0], t = shapes[2][1], d = shapes[2][2], groups = shapes[1][0];
+  if (groups <= 0 || n % groups) return 1;
+  const int64_t per_group = n / groups;
+  std::vector<float> row_sums(groups == n ? 0 : n * d);
+  float *dgate_rows = groups == n ? dgate : row_sums.data();
   parallel_for(n, t * d, [=](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const float *gr = gate + i * d;
-      float *dg = dgate + i * d;
+      const float *gr = gate + i / per_group * d;
+      float *dg = dgate_rows + i * d;
       std::fill(dg, dg + d, 0.0f);
       for (int64_t j = 0; j < t; ++j) {
         const int64_t offset = (i * t + j) * d;
@@ -530,6 +570,7 @@ int latte_gated_residual_backward(AOT_ARGS) {
       }
     }
   });
+  if (groups != n) sum_row_groups(dgate_rows, n, groups, d, dgate);
   return 0;
 }
 

@@ -358,7 +358,8 @@ def dense_op():
 
 @_cached
 def norm_modulate_op():
-    """(x (N, T, D), shift (N, D), scale (N, D), eps (1)) -> (LN(x)·(1 + scale) + shift, stats (N, T, 2))."""
+    """(x (N, T, D), shift (G, D), scale (G, D), eps (1)) -> (LN(x)·(1 + scale) + shift, stats (N, T, 2));
+    G divides N, row i of x takes modulation row i // (N / G)."""
     backward = _aot("latte_norm_modulate_backward", lambda dy, x, scale, stats: (x, scale, scale),
                     lambda dy, x, scale, stats: (x, x, x))
 
@@ -372,7 +373,7 @@ def norm_modulate_op():
 
 @_cached
 def gated_residual_op():
-    """(x (N, T, D), gate (N, D), h (N, T, D)) -> x + gate·h."""
+    """(x (N, T, D), gate (G, D), h (N, T, D)) -> x + gate·h, G dividing N as for norm_modulate_op."""
     backward = _aot("latte_gated_residual_backward", lambda dy, gate, h: (gate, h),
                     lambda dy, gate, h: (gate, h))
 

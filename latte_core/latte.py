@@ -104,19 +104,13 @@ class LabelEmbedder(nn.Cell):
 #                                 Core Latte model                               #
 #################################################################################
 
-def per_row(modulation, rows):
-    """(B, K) per-sample modulation -> (rows, K), each sample's row repeated for its rows // B
-    consecutive token groups (x is sample-major: B·F frames, or B·T token positions)."""
-    b, k = modulation.shape
-    return ops.broadcast_to(modulation.expand_dims(1), (b, rows // b, k)).reshape(rows, k)
-
-
 class TransformerBlock(nn.Cell):
     """A transformer block with adaptive LayerNorm-Zero conditioning (DiT).
 
-    The conditioning c is per sample (B, D): the modulation is computed once per sample and then
-    repeated over the sample's frames or token positions (the reference computes the same values on
-    every repeated row: 8-64x the adaLN matmul work here)."""
+    The conditioning c is per sample (B, D) (or per frame): the modulation is computed once per sample
+    and applied to each of the sample's frames or token positions by the norm and residual layers,
+    which never expand it (the reference computes the same values on every repeated row: 8-64x the
+    adaLN matmul work here)."""
 
     def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, attention_backend="plain"):
         super().__init__()
@@ -129,7 +123,7 @@ class TransformerBlock(nn.Cell):
 
     def construct(self, x, c):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(
-            per_row(self.adaLN_modulation(c), x.shape[0]), 6, axis=1)  # each (N, D)
+            self.adaLN_modulation(c), 6, axis=1)  # each (B, D), for x's N = B·R rows
         x = self.residual(x, gate_msa, self.attn(self.norm1(x, shift_msa, scale_msa)))  # x + gate·attn(...)
         x = self.residual(x, gate_mlp, self.mlp(self.norm2(x, shift_mlp, scale_mlp)))
         return x  # (N, T, D)
@@ -143,7 +137,7 @@ class FinalLayer(nn.Cell):
         self.adaLN_modulation = nn.SequentialCell(nn.SiLU(), Dense(hidden_size, 2 * hidden_size))
 
     def construct(self, x, c):
-        shift, scale = ops.chunk(per_row(self.adaLN_modulation(c), x.shape[0]), 2, axis=1)  # c (B, D)
+        shift, scale = ops.chunk(self.adaLN_modulation(c), 2, axis=1)  # c (B, D) or (N, D)
         return self.linear(self.norm_final(x, shift, scale))  # (N, T, p·p·C_out)
 
 

@@ -25,9 +25,16 @@ def gelu_tanh(x):
     return x * ops.sigmoid(x * (2 * _SQRT_2_OVER_PI + (2 * _SQRT_2_OVER_PI * 0.044715) * (x * x)))
 
 
+def per_row(modulation, rows):
+    """(G, K) modulation -> (rows, 1, K), each of its rows repeated for rows // G consecutive rows of x
+    (x is sample-major: B·F frames, or B·T token positions, for a modulation per sample)."""
+    g, k = modulation.shape
+    return ops.broadcast_to(modulation.expand_dims(1), (g, rows // g, k)).reshape(rows, 1, k)
+
+
 def modulate(x, shift, scale):
-    """adaLN modulation: x (N, T, D), shift/scale (N, D)."""
-    return x * (1 + scale.expand_dims(1)) + shift.expand_dims(1)
+    """adaLN modulation: x (N, T, D), shift/scale (G, D) with G dividing N (see per_row)."""
+    return x * (1 + per_row(scale, x.shape[0])) + per_row(shift, x.shape[0])
 
 
 class Dense(nn.Dense):
@@ -62,7 +69,8 @@ class LayerNormNoAffine(nn.Cell):
 
 class ModulatedLayerNorm(LayerNormNoAffine):
     """adaLN's input: modulate(LayerNorm(x), shift, scale), fused into one kernel on CPU.
-    x (N, T, D), shift/scale (N, D) -> (N, T, D)."""
+    x (N, T, D), shift/scale (G, D), G dividing N: row i of x takes modulation row i // (N / G)
+    -> (N, T, D)."""
 
     def __init__(self, hidden_size, eps=1e-6):
         super().__init__(hidden_size, eps)
@@ -76,7 +84,8 @@ class ModulatedLayerNorm(LayerNormNoAffine):
 
 
 class GatedResidual(nn.Cell):
-    """adaLN-Zero's residual: x + gate·h with x, h (N, T, D) and gate (N, D)."""
+    """adaLN-Zero's residual: x + gate·h with x, h (N, T, D) and gate (G, D), G dividing N (as
+    ModulatedLayerNorm's shift and scale)."""
 
     def __init__(self):
         super().__init__()
@@ -85,7 +94,7 @@ class GatedResidual(nn.Cell):
     def construct(self, x, gate, h):
         if self.kernel is not None and x.dtype == ms.float32:
             return self.kernel(x, gate, h)
-        return x + gate.expand_dims(1) * h
+        return x + per_row(gate, x.shape[0]) * h
 
 
 class GELUTanh(nn.Cell):

@@ -89,17 +89,23 @@ def test_dense(shape, out_features):
     _assert_same(build, [_random(*shape)], shape[:-1] + (out_features,))
 
 
-@pytest.mark.parametrize("shape", [(3, 7, 37), (1, 1, 5), (4, 13, 384)])
-def test_layer_norm_with_adaln_modulation(shape):
-    n, _, d = shape
-    inputs = [_random(*shape) * 3 + 1, _random(n, d, seed=1), _random(n, d, seed=2)]
+# (x's shape, rows of the modulation): one per row of x, or one per sample for its frames or token
+# positions (the last shapes are large enough to run on both cores)
+MODULATION_SHAPES = [((3, 7, 37), 3), ((1, 1, 5), 1), ((4, 13, 384), 4), ((6, 7, 37), 2), ((6, 7, 37), 1),
+                     ((128, 16, 96), 2), ((96, 24, 64), 96)]
+
+
+@pytest.mark.parametrize("shape, groups", MODULATION_SHAPES)
+def test_layer_norm_with_adaln_modulation(shape, groups):
+    _, _, d = shape
+    inputs = [_random(*shape) * 3 + 1, _random(groups, d, seed=1), _random(groups, d, seed=2)]
     _assert_same(lambda: ModulatedLayerNorm(d), inputs, shape)
 
 
-@pytest.mark.parametrize("shape", [(3, 7, 37), (2, 64, 48)])
-def test_gated_residual(shape):
-    n, _, d = shape
-    _assert_same(GatedResidual, [_random(*shape), _random(n, d, seed=1), _random(*shape, seed=2)], shape)
+@pytest.mark.parametrize("shape, groups", MODULATION_SHAPES + [((2, 64, 48), 2)])
+def test_gated_residual(shape, groups):
+    _, _, d = shape
+    _assert_same(GatedResidual, [_random(*shape), _random(groups, d, seed=1), _random(*shape, seed=2)], shape)
 
 
 @pytest.mark.parametrize("shape", [(5, 37), (2, 3, 1031)])
