@@ -136,10 +136,16 @@ class AscendFlashAttention(nn.Cell):
 
 
 class Attention(nn.Cell):
-    """Self-attention with a fused qkv projection; parameter names follow timm (qkv, proj)."""
+    """Self-attention with a fused qkv projection; parameter names follow timm (qkv, proj).
 
-    def __init__(self, dim, num_heads, qkv_bias=True, backend="plain", block_size=512):
+    x (B, N, D) attends over its N tokens. With over_frames, x is (B·F, T, D) in the spatial blocks'
+    layout and each sample attends over its F frames at every one of the T token positions (Latte's
+    temporal blocks): construct takes the sample count B. The CPU kernel reads that layout in place;
+    the other paths move x to (B·T, F, D) and back."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True, backend="plain", block_size=512, over_frames=False):
         super().__init__()
+        self.over_frames = over_frames
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
         if backend not in ATTENTION_BACKENDS:
@@ -165,7 +171,19 @@ class Attention(nn.Cell):
                                  f"and at most 512, got {self.head_dim}")
             self.core = AscendFlashAttention(num_heads, scale)
 
-    def construct(self, x):
+    def construct(self, x, samples=1):
+        if not self.over_frames:
+            return self._over_tokens(x)
+        rows, tokens, c = x.shape
+        frames = rows // samples
+        if self.kernel is not None and x.dtype == ms.float32:
+            qkv = self.qkv(x).reshape(samples, frames, tokens, 3 * c)
+            return self.proj(self.kernel(qkv, self.heads_marker)[0].reshape(rows, tokens, c))
+        x = x.reshape(samples, frames, tokens, c).swapaxes(1, 2).reshape(samples * tokens, frames, c)
+        out = self._over_tokens(x)  # (B·T, F, D)
+        return out.reshape(samples, tokens, frames, c).swapaxes(1, 2).reshape(rows, tokens, c)
+
+    def _over_tokens(self, x):
         if self.kernel is not None and x.dtype == ms.float32:
             return self.proj(self.kernel(self.qkv(x), self.heads_marker)[0])
         b, n, c = x.shape

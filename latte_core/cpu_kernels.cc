@@ -644,76 +644,91 @@ int latte_squared_sum(AOT_ARGS) {
 }
 
 // ---------------------------------------------------------------------------------- attention
-// Multi-head softmax attention straight from the fused qkv projection, one (sample, head) pair at a
+// Multi-head softmax attention straight from the fused qkv projection, one (sequence, head) pair at a
 // time with BLAS calls on strided views of qkv: no (B, H, N, d) transposes and no (B, H, N, N) score
 // tensor (one N×N buffer per thread).
+//   qkv (B, N, 3C): one sequence per sample, over its N rows (tokens);
+//   qkv (B, N, P, 3C): one sequence per (sample, position p), over rows p of the sample's N groups: the
+//   temporal blocks' attention across N frames for each of P token positions, read in the spatial
+//   blocks' (B·N, P, ·) layout, so that x is never transposed to (B·P, N, ·) and back.
 #ifdef LATTE_SGEMM
 namespace {
 
 struct Heads {
-  int64_t batch, tokens, channels, heads, head_dim;
+  int64_t samples, tokens, positions, channels, heads, head_dim;
   float scale;
-  Heads(const int64_t *qkv_shape, int64_t num_heads)
-      : batch(qkv_shape[0]), tokens(qkv_shape[1]), channels(qkv_shape[2] / 3), heads(num_heads),
-        head_dim(channels / num_heads), scale(1.0f / std::sqrt(static_cast<float>(channels / num_heads))) {}
-  // offset of head h of part (0 q, 1 k, 2 v) of sample b in qkv; its rows are 3·channels apart
-  int64_t offset(int64_t b, int64_t h, int part) const { return b * tokens * 3 * channels + part * channels + h * head_dim; }
+  Heads(int ndim, const int64_t *qkv_shape, int64_t num_heads)
+      : samples(qkv_shape[0]), tokens(qkv_shape[1]), positions(ndim == 4 ? qkv_shape[2] : 1),
+        channels(qkv_shape[ndim - 1] / 3), heads(num_heads), head_dim(channels / num_heads),
+        scale(1.0f / std::sqrt(static_cast<float>(channels / num_heads))) {}
+  int64_t sequences() const { return samples * positions; }
+  // distance between a sequence's consecutive rows in qkv, and in the output (C wide)
+  int64_t qkv_ld() const { return positions * 3 * channels; }
+  int64_t out_ld() const { return positions * channels; }
+  // head h of part (0 q, 1 k, 2 v) of sequence s in qkv; in the output (and its gradient)
+  int64_t offset(int64_t s, int64_t h, int part) const {
+    return (s / positions) * tokens * qkv_ld() + (s % positions) * 3 * channels + part * channels + h * head_dim;
+  }
+  int64_t out_offset(int64_t s, int64_t h) const {
+    return (s / positions) * tokens * out_ld() + (s % positions) * channels + h * head_dim;
+  }
 };
 
 }  // namespace
 
-// qkv (B, N, 3C), heads (H) -> out (B, N, C), logsumexp (B, H, N); the heads input only carries H in its shape
+// qkv (B, N, 3C) or (B, N, P, 3C), heads (H) -> out (B, N, C) or (B, N, P, C), logsumexp (B, H, N) or
+// (B, P, H, N); the heads input only carries H in its shape
 int latte_attention_forward(AOT_ARGS) {
   REQUIRE_F32;
   Timed timed(kAttentionForward);
   const float *qkv = CF32(0);
   float *out = F32(2), *lse = F32(3);
-  const Heads g(shapes[0], shapes[1][0]);
-  const int64_t n = g.tokens, d = g.head_dim, ld = 3 * g.channels;
+  const Heads g(ndims[0], shapes[0], shapes[1][0]);
+  const int64_t n = g.tokens, d = g.head_dim, ld = g.qkv_ld();
   BlasSection blas;
-  parallel_for(g.batch * g.heads, n * n * d, [&](int64_t begin, int64_t end) {
+  parallel_for(g.sequences() * g.heads, n * n * d, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(n * n);
     for (int64_t pair = begin; pair < end; ++pair) {
-      const int64_t b = pair / g.heads, h = pair % g.heads;
-      sgemm(false, true, n, n, d, g.scale, qkv + g.offset(b, h, 0), ld, qkv + g.offset(b, h, 1),
+      const int64_t s = pair / g.heads, h = pair % g.heads;
+      sgemm(false, true, n, n, d, g.scale, qkv + g.offset(s, h, 0), ld, qkv + g.offset(s, h, 1),
                   ld, 0.0f, scores.data(), n);
       for (int64_t i = 0; i < n; ++i) {
-        float *s = scores.data() + i * n;
-        float top = s[0];
-        for (int64_t j = 1; j < n; ++j) top = std::max(top, s[j]);
+        float *row = scores.data() + i * n;
+        float top = row[0];
+        for (int64_t j = 1; j < n; ++j) top = std::max(top, row[j]);
         float total = 0.0f;
 #pragma omp simd reduction(+ : total)
         for (int64_t j = 0; j < n; ++j) {
-          s[j] = fast_exp(s[j] - top);
-          total += s[j];
+          row[j] = fast_exp(row[j] - top);
+          total += row[j];
         }
         const float inverse = 1.0f / total;
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) s[j] *= inverse;
+        for (int64_t j = 0; j < n; ++j) row[j] *= inverse;
         lse[pair * n + i] = top + std::log(total);
       }
-      sgemm(false, false, n, d, n, 1.0f, scores.data(), n, qkv + g.offset(b, h, 2), ld, 0.0f,
-                  out + b * n * g.channels + h * d, g.channels);
+      sgemm(false, false, n, d, n, 1.0f, scores.data(), n, qkv + g.offset(s, h, 2), ld, 0.0f,
+                  out + g.out_offset(s, h), g.out_ld());
     }
   });
   return 0;
 }
 
-// dout (B, N, C), qkv, out, logsumexp -> dqkv (B, N, 3C)
+// dout (as out), qkv, out, logsumexp -> dqkv (as qkv)
 int latte_attention_backward(AOT_ARGS) {
   REQUIRE_F32;
   Timed timed(kAttentionBackward);
   const float *dout = CF32(0), *qkv = CF32(1), *out = CF32(2), *lse = CF32(3);
   float *dqkv = F32(4);
-  const Heads g(shapes[1], shapes[3][1]);
-  const int64_t n = g.tokens, d = g.head_dim, ld = 3 * g.channels, c = g.channels;
+  const Heads g(ndims[1], shapes[1], shapes[3][ndims[3] - 2]);
+  const int64_t n = g.tokens, d = g.head_dim, ld = g.qkv_ld(), c = g.out_ld();
   BlasSection blas;
-  parallel_for(g.batch * g.heads, 2 * n * n * d, [&](int64_t begin, int64_t end) {
+  parallel_for(g.sequences() * g.heads, 2 * n * n * d, [&](int64_t begin, int64_t end) {
     std::vector<float> probs(n * n), dscores(n * n);
     for (int64_t pair = begin; pair < end; ++pair) {
-      const int64_t b = pair / g.heads, h = pair % g.heads;
-      const float *q = qkv + g.offset(b, h, 0), *k = qkv + g.offset(b, h, 1), *v = qkv + g.offset(b, h, 2);
-      const float *dor = dout + b * n * c + h * d, *orow = out + b * n * c + h * d;
+      const int64_t s = pair / g.heads, h = pair % g.heads;
+      const float *q = qkv + g.offset(s, h, 0), *k = qkv + g.offset(s, h, 1), *v = qkv + g.offset(s, h, 2);
+      const float *dor = dout + g.out_offset(s, h), *orow = out + g.out_offset(s, h);
       sgemm(false, true, n, n, d, g.scale, q, ld, k, ld, 0.0f, probs.data(), n);
       sgemm(false, true, n, n, d, 1.0f, dor, c, v, ld, 0.0f, dscores.data(), n);  // dP
       for (int64_t i = 0; i < n; ++i) {
@@ -728,7 +743,7 @@ int latte_attention_backward(AOT_ARGS) {
           ds[j] = p[j] * (ds[j] - delta) * g.scale;  // dS, with the score scale folded in
         }
       }
-      float *dq = dqkv + g.offset(b, h, 0), *dk = dqkv + g.offset(b, h, 1), *dv = dqkv + g.offset(b, h, 2);
+      float *dq = dqkv + g.offset(s, h, 0), *dk = dqkv + g.offset(s, h, 1), *dv = dqkv + g.offset(s, h, 2);
       sgemm(false, false, n, d, n, 1.0f, dscores.data(), n, k, ld, 0.0f, dq, ld);
       sgemm(true, false, n, d, n, 1.0f, dscores.data(), n, q, ld, 0.0f, dk, ld);
       sgemm(true, false, n, d, n, 1.0f, probs.data(), n, dor, c, 0.0f, dv, ld);

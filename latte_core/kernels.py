@@ -398,13 +398,15 @@ def gelu_tanh_op():
 @_cached
 def attention_op():
     """(qkv (B, N, 3C), heads (H)) -> (softmax attention output (B, N, C), logsumexp (B, H, N)); `heads`
-    is a placeholder whose length is the head count."""
+    is a placeholder whose length is the head count. qkv (B, N, P, 3C) attends over the N axis for each of
+    the P positions: output (B, N, P, C), logsumexp (B, P, H, N)."""
     backward = _aot("latte_attention_backward", lambda dy, qkv, out, lse: qkv, _same_dtype)
 
     def bprop(qkv, heads, out, dout):
         return backward(dout[0], qkv, out[0], out[1]), ops.zeros_like(heads)
 
-    return _aot("latte_attention_forward", lambda qkv, heads: ([qkv[0], qkv[1], qkv[2] // 3], [qkv[0], heads[0], qkv[1]]),
+    return _aot("latte_attention_forward",
+                lambda qkv, heads: (list(qkv[:-1]) + [qkv[-1] // 3], [qkv[0]] + list(qkv[2:-1]) + [heads[0], qkv[1]]),
                 lambda qkv, heads: (qkv, qkv), bprop)
 
 

@@ -110,12 +110,15 @@ class TransformerBlock(nn.Cell):
     The conditioning c is per sample (B, D) (or per frame): the modulation is computed once per sample
     and applied to each of the sample's frames or token positions by the norm and residual layers,
     which never expand it (the reference computes the same values on every repeated row: 8-64x the
-    adaLN matmul work here)."""
+    adaLN matmul work here). x is (B·F, T, D) for both kinds of block; a temporal block (over_frames)
+    attends across each sample's F frames at every token position, its c per sample (B, D)."""
 
-    def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, attention_backend="plain"):
+    def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, attention_backend="plain", over_frames=False):
         super().__init__()
+        self.over_frames = over_frames
         self.norm1 = ModulatedLayerNorm(hidden_size)
-        self.attn = Attention(hidden_size, num_heads, qkv_bias=True, backend=attention_backend)
+        self.attn = Attention(hidden_size, num_heads, qkv_bias=True, backend=attention_backend,
+                              over_frames=over_frames)
         self.norm2 = ModulatedLayerNorm(hidden_size)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.SequentialCell(nn.SiLU(), Dense(hidden_size, 6 * hidden_size))
@@ -124,7 +127,9 @@ class TransformerBlock(nn.Cell):
     def construct(self, x, c):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(
             self.adaLN_modulation(c), 6, axis=1)  # each (B, D), for x's N = B·R rows
-        x = self.residual(x, gate_msa, self.attn(self.norm1(x, shift_msa, scale_msa)))  # x + gate·attn(...)
+        h = self.norm1(x, shift_msa, scale_msa)
+        h = self.attn(h, c.shape[0]) if self.over_frames else self.attn(h)
+        x = self.residual(x, gate_msa, h)  # x + gate·attn(norm1(x))
         x = self.residual(x, gate_mlp, self.mlp(self.norm2(x, shift_mlp, scale_mlp)))
         return x  # (N, T, D)
 
@@ -210,7 +215,8 @@ class Latte(nn.Cell):
             Tensor(get_1d_sincos_temp_embed(hidden_size, num_frames)[None], ms.float32),
             name="temp_embed", requires_grad=False)
         self.blocks = nn.CellList([
-            TransformerBlock(hidden_size, num_heads, mlp_ratio, attention_backend) for _ in range(depth)])
+            TransformerBlock(hidden_size, num_heads, mlp_ratio, attention_backend, over_frames=i % 2 == 1)
+            for i in range(depth)])  # spatial, temporal, spatial, ...
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
@@ -305,20 +311,21 @@ class Latte(nn.Cell):
                 if self.condition == "class":
                     cond_final = cond_spatial
 
+        # x stays frame-major, (B·(F+I), T, D): the temporal blocks attend across frames in this layout
+        temp_embed = self.temp_embed.expand_dims(2)  # (1, F, 1, D)
         for i in range(0, len(self.blocks), 2):
             x = self.blocks[i](x, cond_spatial)  # (B·(F+I), T, D)
-            x = x.reshape(b, f, tokens, d).swapaxes(1, 2).reshape(b * tokens, f, d)  # (B·T, F+I, D)
             if use_image_num:
-                x_video, x_image = x[:, :frames], x[:, frames:]  # (B·T, F, D), (B·T, I, D)
+                x = x.reshape(b, f, tokens, d)
+                x_video, x_image = x[:, :frames], x[:, frames:]  # (B, F, T, D), (B, I, T, D)
                 if i == 0:
-                    x_video = x_video + self.temp_embed
-                x_video = self.blocks[i + 1](x_video, cond_temporal)
-                x = ops.concat([x_video, x_image], axis=1)  # (B·T, F+I, D)
+                    x_video = x_video + temp_embed
+                x_video = self.blocks[i + 1](x_video.reshape(b * frames, tokens, d), cond_temporal)
+                x = ops.concat([x_video.reshape(b, frames, tokens, d), x_image], axis=1).reshape(b * f, tokens, d)
             else:
                 if i == 0:
-                    x = x + self.temp_embed
-                x = self.blocks[i + 1](x, cond_temporal)
-            x = x.reshape(b, tokens, f, d).swapaxes(1, 2).reshape(b * f, tokens, d)  # (B·(F+I), T, D)
+                    x = (x.reshape(b, f, tokens, d) + temp_embed).reshape(b * f, tokens, d)
+                x = self.blocks[i + 1](x, cond_temporal)  # (B·F, T, D)
 
         x = self.final_layer(x, cond_final)  # (B·(F+I), T, p·p·C_out)
         x = self.unpatchify(x)  # (B·(F+I), C_out, H, W)

@@ -118,6 +118,26 @@ def test_attention_from_the_qkv_projection(batch, tokens, dim, heads):
     _assert_same(lambda: Attention(dim, heads), [_random(batch, tokens, dim)], (batch, tokens, dim))
 
 
+class _AcrossFrames(nn.Cell):
+    """Attention over each sample's frames of x (B·F, T, D), B fixed (the temporal blocks')."""
+
+    def __init__(self, dim, heads, samples):
+        super().__init__(auto_prefix=False)
+        self.attention = Attention(dim, heads, over_frames=True)
+        self.kernel, self.samples = self.attention.kernel, samples
+
+    def construct(self, x):
+        return self.attention(x, self.samples)
+
+
+# the kernel reads the frame-major layout in place; MindSpore's path transposes to (B·T, F, D) and back
+@pytest.mark.parametrize("samples, frames, tokens, dim, heads", [(2, 8, 5, 48, 4), (1, 3, 7, 32, 2),
+                                                                 (3, 4, 64, 96, 6), (2, 1, 3, 16, 1)])
+def test_attention_across_frames_in_the_spatial_layout(samples, frames, tokens, dim, heads):
+    shape = (samples * frames, tokens, dim)
+    _assert_same(lambda: _AcrossFrames(dim, heads, samples), [_random(*shape)], shape)
+
+
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("shape, groups", [((2, 6, 5, 7), 3), ((1, 32, 9, 9), 8), ((3, 8, 1, 3), 4)])
 def test_group_norm(shape, groups, silu):
