@@ -423,7 +423,7 @@ int latte_has_blas() { return 0; }
 // whatever the thread count)
 static void sum_row_groups(const float *rows, int64_t n, int64_t groups, int64_t d, float *out) {
   const int64_t per_group = n / groups;
-  parallel_for(groups, n / groups * d, [=](int64_t begin, int64_t end) {
+  parallel_for(groups, per_group * d, [=](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       float *o = out + g * d;
       std::copy(rows + g * per_group * d, rows + (g * per_group + 1) * d, o);
@@ -435,6 +435,20 @@ static void sum_row_groups(const float *rows, int64_t n, int64_t groups, int64_t
     }
   });
 }
+
+// A (G, D) gradient of the modulation: the kernel writes one sum per row of x into rows (the output
+// itself when every group is one row, else scratch), then finish() sums each group's rows into it
+struct GroupedGradient {
+  GroupedGradient(float *out, int64_t n, int64_t groups, int64_t d)
+      : scratch(groups == n ? 0 : n * d), rows(groups == n ? out : scratch.data()), out(out), n(n), groups(groups),
+        d(d) {}
+  void finish() const {
+    if (rows != out) sum_row_groups(rows, n, groups, d, out);
+  }
+  std::vector<float> scratch;
+  float *rows, *out;
+  int64_t n, groups, d;
+};
 
 // ------------------------------------------------------------------- LayerNorm + adaLN modulation
 // y = LN(x)·(1 + scale) + shift, LN without affine parameters.
@@ -482,9 +496,8 @@ int latte_norm_modulate_backward(AOT_ARGS) {
   const int64_t n = shapes[1][0], t = shapes[1][1], d = shapes[1][2], groups = shapes[2][0];
   if (groups <= 0 || n % groups) return 1;
   const int64_t per_group = n / groups;
-  // per-row sums of dshift and dscale, summed over each group afterwards (unless a group is one row)
-  std::vector<float> row_sums(groups == n ? 0 : 2 * n * d);
-  float *dshift_rows = groups == n ? dshift : row_sums.data(), *dscale_rows = groups == n ? dscale : dshift_rows + n * d;
+  const GroupedGradient dshift_grad(dshift, n, groups, d), dscale_grad(dscale, n, groups, d);
+  float *dshift_rows = dshift_grad.rows, *dscale_rows = dscale_grad.rows;
   parallel_for(n, t * d, [=](int64_t begin, int64_t end) {
     std::vector<float> g(d), xhat(d);
     for (int64_t i = begin; i < end; ++i) {
@@ -513,10 +526,8 @@ int latte_norm_modulate_backward(AOT_ARGS) {
       }
     }
   });
-  if (groups != n) {
-    sum_row_groups(dshift_rows, n, groups, d, dshift);
-    sum_row_groups(dscale_rows, n, groups, d, dscale);
-  }
+  dshift_grad.finish();
+  dscale_grad.finish();
   return 0;
 }
 
@@ -553,8 +564,8 @@ int latte_gated_residual_backward(AOT_ARGS) {
   const int64_t n = shapes[2][0], t = shapes[2][1], d = shapes[2][2], groups = shapes[1][0];
   if (groups <= 0 || n % groups) return 1;
   const int64_t per_group = n / groups;
-  std::vector<float> row_sums(groups == n ? 0 : n * d);
-  float *dgate_rows = groups == n ? dgate : row_sums.data();
+  const GroupedGradient dgate_grad(dgate, n, groups, d);
+  float *dgate_rows = dgate_grad.rows;
   parallel_for(n, t * d, [=](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float *gr = gate + i / per_group * d;
@@ -570,7 +581,7 @@ int latte_gated_residual_backward(AOT_ARGS) {
       }
     }
   });
-  if (groups != n) sum_row_groups(dgate_rows, n, groups, d, dgate);
+  dgate_grad.finish();
   return 0;
 }
 

@@ -115,7 +115,6 @@ class TransformerBlock(nn.Cell):
 
     def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, attention_backend="plain", over_frames=False):
         super().__init__()
-        self.over_frames = over_frames
         self.norm1 = ModulatedLayerNorm(hidden_size)
         self.attn = Attention(hidden_size, num_heads, qkv_bias=True, backend=attention_backend,
                               over_frames=over_frames)
@@ -127,8 +126,7 @@ class TransformerBlock(nn.Cell):
     def construct(self, x, c):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.chunk(
             self.adaLN_modulation(c), 6, axis=1)  # each (B, D), for x's N = B·R rows
-        h = self.norm1(x, shift_msa, scale_msa)
-        h = self.attn(h, c.shape[0]) if self.over_frames else self.attn(h)
+        h = self.attn(self.norm1(x, shift_msa, scale_msa), c.shape[0])  # samples: used across frames only
         x = self.residual(x, gate_msa, h)  # x + gate·attn(norm1(x))
         x = self.residual(x, gate_mlp, self.mlp(self.norm2(x, shift_mlp, scale_mlp)))
         return x  # (N, T, D)
