@@ -16,7 +16,8 @@ from PIL import Image
 
 from latte_core.errors import UserError
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
+                    ".3gp", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # "unsupported": the file decodes, but not into frames the toolkit can show as a player would (a flip or a
 # rotation by other than a multiple of 90 degrees in its display matrix, a sample aspect ratio, size or
@@ -202,11 +203,17 @@ class _Video:
         self._first = None  # decord's frame 0, when decord is the decoder
         if not use_decord:  # PyAV alone, up to the frame count its container declares
             self._read_head()
-            self.claimed, self.fast = self.declared, False
+            self.fps, self.claimed, self.fast = self.rate, self.declared, False
             if self.claimed == 0:
                 raise UnusableInput("unreadable", f"{path}: the container declares no frame count for PyAV alone")
             return
-        self.reader = _open_decord(path)  # first, so broken files keep decord's categories
+        try:
+            self.reader = _open_decord(path)  # first, so broken files keep decord's categories
+        except UnusableInput as refused:
+            if refused.category != "unreadable":
+                raise
+            self._pyav_alone(refused)
+            return
         self.claimed = len(self.reader)
         if self.claimed == 0:
             raise UnusableInput("empty", f"{path}: the container holds no frames")
@@ -219,6 +226,32 @@ class _Video:
         if first is not None and self._right(first) and _max_difference(first, self.head) <= DECODERS_AGREE:
             self._first = first
         self.fast = self._first is not None
+
+    def _pyav_alone(self, refused):
+        """PyAV decodes a file decord cannot open at all: a codec or container decord's own FFmpeg lacks
+        (decord 0.6.0: AV1 in any container), counting the frames from the container's declared
+        count or, without one, its video packets (demuxed, not decoded: a packet is a frame in these
+        formats). A file PyAV cannot decode either keeps decord's verdict."""
+        try:
+            self._read_head()
+        except UnusableInput as err:
+            if err.category == "unreadable":
+                raise refused from None
+            raise
+        self.fps = self.rate
+        self.claimed, self.fast = self.declared or self._count_packets(), False
+        if self.claimed == 0:
+            raise UnusableInput("empty", f"{self.path}: the container holds no frames")
+
+    def _count_packets(self):
+        container, stream = _open_pyav(self.path)
+        try:
+            return sum(1 for packet in container.demux(stream) if packet.size)
+        except av.FFmpegError as err:
+            raise UnusableInput("truncated", f"{self.path}: its packets cannot be read to the end "
+                                             f"({_first_line(err)})") from None
+        finally:
+            container.close()
 
     def _read_head(self):
         """Frame 0 through PyAV: the coded size, pixel format, sample aspect ratio, display matrix and the
@@ -236,6 +269,8 @@ class _Video:
             self.coded = (frame.height, frame.width)
             self.format = frame.format.name
             self.declared = stream.frames  # the container's count (0: unknown), PyAV's own decode's limit
+            rate = stream.average_rate or stream.guessed_rate
+            self.rate = float(rate) if rate else None
             self.turns = quarter_turns(self.path, frame)
             # the codec's ratio (from the stream's parameter sets), else the container's (an mp4 pasp box)
             self.codec_ratio = stream.codec_context.sample_aspect_ratio

@@ -173,6 +173,48 @@ def test_non_square_pixels_decode_at_the_size_a_player_shows(media, name):
     np.testing.assert_array_equal(read_frames_at(path, "video", [0, 5]), frames[[0, 5]])
 
 
+# (file name, codec, container format or None for the name's): files decord 0.6.0 cannot decode, AV1 (its
+# FFmpeg lacks the decoder: it cannot even open them) and MPEG-TS (it opens them, then fails on frame 0);
+# PyAV decodes them
+DECORD_CANNOT_DECODE = [("av1.mkv", "libsvtav1", None), ("av1.webm", "libsvtav1", None), ("av1.mp4", "libsvtav1", None),
+                      ("clip.ts", "libx264", "mpegts"), ("clip.m2ts", "libx264", "mpegts")]
+
+
+@pytest.mark.parametrize("name, codec, container_format", DECORD_CANNOT_DECODE)
+def test_videos_decord_cannot_decode_decode_with_pyav(tmp_path, name, codec, container_format):
+    path = str(write_mp4_pyav(tmp_path / name, moving_square_frames(12, height=64, width=96, seed=3),
+                              container_format=container_format, codec=codec))
+    with av.open(path) as container:
+        reference = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    assert len(reference) == 12
+    expected = {"num_frames": 12, "fps": 8.0, "height": 64, "width": 96}
+    assert probe_video(path) == expected and probe_video(path, verify=True) == expected
+    np.testing.assert_array_equal(np.stack(list(iter_frames(path, "video"))), reference)  # the same decoder: exact
+    np.testing.assert_array_equal(read_frames_at(path, "video", [2, 7, 11]), reference[[2, 7, 11]])
+    with pytest.raises(UnusableInput) as caught:
+        read_frames_at(path, "video", [2, 12])
+    assert caught.value.category == "too short" and caught.value.message.startswith(path)
+
+
+def test_ingest_finds_every_common_video_container(tmp_path):
+    """Camcorder, broadcast and phone containers next to mp4: none is skipped as "not a video"."""
+    frames = moving_square_frames(FRAMES, height=48, width=64)
+    for name, codec, container_format in (("a.m4v", "libx264", "mp4"), ("b.mpg", "mpeg2video", "mpeg"),
+                                          ("c.mpeg", "mpeg2video", "mpeg"), ("d.MTS", "libx264", "mpegts"),
+                                          ("e.flv", "flv", "flv"), ("f.wmv", "wmv2", "asf"), ("g.3gp", "libx264", "3gp"),
+                                          ("h.ts", "libx264", "mpegts")):
+        write_mp4_pyav(tmp_path / "in" / name, frames, container_format=container_format, codec=codec)
+    summary = run_ingest([tmp_path / "in"], tmp_path / "out", num_frames=FRAMES, workers=0, progress=False)
+    rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    assert summary["failed"] == 0
+    assert [(row["video_id"], row["num_frames"], row["height"], row["width"]) for row in rows] == [
+        (name, FRAMES, 48, 64) for name in ("a.m4v", "b.mpg", "c.mpeg", "d.MTS", "e.flv", "f.wmv", "g.3gp", "h.ts")]
+    for row in rows:  # every frame as PyAV decodes it (mpeg2video and wmv2 through decord, within its bound)
+        with av.open(row["path"]) as container:
+            reference = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+        assert largest_difference(np.stack(list(iter_frames(row["path"], "video"))), reference) <= DECODERS_AGREE
+
+
 def test_decoder_errors_name_the_file(media, tmp_path):
     text = tmp_path / "text.mp4"
     text.write_text("this is not a video\n")
