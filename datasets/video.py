@@ -164,7 +164,8 @@ def _open_pyav(path):
     if not container.streams.video:
         container.close()
         raise UnusableInput("unreadable", f"{path}: the file holds no video stream")
-    stream = container.streams.video[0]
+    # FFmpeg's own choice, as decord's and a player's: the video, not a cover picture stored before it
+    stream = container.streams.best("video")
     stream.codec_context.thread_count = 1
     return container, stream
 

@@ -18,6 +18,7 @@ import imageio_ffmpeg
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from latte_toolkit.datasets.video import DECODERS_AGREE, UnusableInput, iter_frames, probe_video, read_frames_at
 from latte_toolkit.pipelines.ingest import run_ingest
@@ -194,6 +195,23 @@ def test_videos_decord_cannot_decode_decode_with_pyav(tmp_path, name, codec, con
     with pytest.raises(UnusableInput) as caught:
         read_frames_at(path, "video", [2, 12])
     assert caught.value.category == "too short" and caught.value.message.startswith(path)
+
+
+def test_a_cover_picture_stored_before_the_video_is_not_taken_for_it(tmp_path):
+    """yt-dlp's --embed-thumbnail and taggers store cover art as a one-picture video stream, in a Matroska
+    file possibly first and without the attached-picture flag: the toolkit decodes the video stream."""
+    video = write_mp4(tmp_path / "clip.mp4", moving_square_frames(FRAMES, height=48, width=64))
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 160, 3), np.uint8)).save(tmp_path / "cover.png")
+    covered = tmp_path / "covered.mkv"
+    ffmpeg("-i", video, "-i", tmp_path / "cover.png", "-map", "1", "-map", "0", "-c", "copy", "-c:v:0", "mjpeg",
+           "-disposition:v:0", "attached_pic", covered)
+    with av.open(str(covered)) as container:
+        assert [stream.codec_context.name for stream in container.streams.video] == ["mjpeg", "h264"]
+    expected = np.stack(list(iter_frames(str(video), "video")))
+    for verify in (False, True):
+        assert probe_video(str(covered), verify=verify) == {"num_frames": FRAMES, "fps": 8.0, "height": 48, "width": 64}
+    np.testing.assert_array_equal(np.stack(list(iter_frames(str(covered), "video"))), expected)  # the same stream
+    np.testing.assert_array_equal(read_frames_at(str(covered), "video", [1, 6]), expected[[1, 6]])
 
 
 def test_ingest_finds_every_common_video_container(tmp_path):
