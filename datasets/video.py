@@ -204,9 +204,9 @@ class _Video:
         self._first = None  # decord's frame 0, when decord is the decoder
         if not use_decord:  # PyAV alone, up to the frame count its container declares
             self._read_head()
-            self.fps, self.claimed, self.fast = self.rate, self.declared, False
-            if self.claimed == 0:
+            if self.declared == 0:
                 raise UnusableInput("unreadable", f"{path}: the container declares no frame count for PyAV alone")
+            self.fps, self.claimed, self.fast = self.rate, self.declared - self._dropped(), False
             return
         try:
             self.reader = _open_decord(path)  # first, so broken files keep decord's categories
@@ -220,10 +220,14 @@ class _Video:
             raise UnusableInput("empty", f"{path}: the container holds no frames")
         self.fps = float(self.reader.get_avg_fps())
         self._read_head()
-        try:
-            first = self.reader.next().asnumpy()
-        except Exception:  # decord cannot decode it: PyAV decodes the file
+        if self.trimmed:  # decord counts and hands out the frames the edit list drops: PyAV decodes the file
+            self.claimed -= self._dropped()
             first = None
+        else:
+            try:
+                first = self.reader.next().asnumpy()
+            except Exception:  # decord cannot decode it: PyAV decodes the file
+                first = None
         if first is not None and self._right(first) and _max_difference(first, self.head) <= DECODERS_AGREE:
             self._first = first
         self.fast = self._first is not None
@@ -240,33 +244,45 @@ class _Video:
                 raise refused from None
             raise
         self.fps = self.rate
-        self.claimed, self.fast = self.declared or self._count_packets(), False
-        if self.claimed == 0:
+        packets, dropped = self._count_packets() if self.trimmed or not self.declared else (self.declared, 0)
+        self.claimed, self.fast = packets - dropped, False
+        if self.claimed <= 0:
             raise UnusableInput("empty", f"{self.path}: the container holds no frames")
 
     def _count_packets(self):
+        """(video packets, those the edit list drops), demuxed, not decoded."""
         container, stream = _open_pyav(self.path)
+        packets = dropped = 0
         try:
-            return sum(1 for packet in container.demux(stream) if packet.size)
+            for packet in container.demux(stream):
+                if packet.size:
+                    packets += 1
+                    dropped += packet.is_discard
         except av.FFmpegError as err:
             raise UnusableInput("truncated", f"{self.path}: its packets cannot be read to the end "
                                              f"({_first_line(err)})") from None
         finally:
             container.close()
+        return packets, dropped
+
+    def _dropped(self):
+        """Frames the edit list drops before the first frame a player shows: an mp4 cut with `ffmpeg -ss
+        ... -c copy` keeps the frames from the keyframe before the cut, flagged to be discarded; FFmpeg's
+        decode (PyAV's) skips them, decord and the declared count do not."""
+        return self._count_packets()[1] if self.trimmed else 0
 
     def _read_head(self):
         """Frame 0 through PyAV: the coded size, pixel format, sample aspect ratio, display matrix and the
         displayed frame."""
         container, stream = _open_pyav(self.path)
         try:
-            frames = container.decode(stream)
             try:
-                frame = next(frames)
-            except StopIteration:
-                raise UnusableInput("unreadable", f"{self.path}: no frame decodes") from None
+                frame, self.trimmed = _first_shown_frame(container, stream)
             except Exception as err:
                 raise UnusableInput("unreadable", f"{self.path}: cannot decode the first frame "
                                                   f"({_first_line(err)})") from None
+            if frame is None:
+                raise UnusableInput("unreadable", f"{self.path}: no frame decodes")
             self.coded = (frame.height, frame.width)
             self.format = frame.format.name
             self.declared = stream.frames  # the container's count (0: unknown), PyAV's own decode's limit
@@ -431,6 +447,18 @@ class _Video:
             asked = "" if wanted is None else f" (frame {last} asked for)"
             raise UnusableInput("truncated", f"{self.path}: only {index} of the {self.claimed} frames the "
                                              f"container declares decode{asked}")
+
+
+def _first_shown_frame(container, stream):
+    """(frame 0 as FFmpeg's decode shows it or None, whether the stream's first packet is one its edit list
+    drops)."""
+    trimmed = None
+    for packet in container.demux(stream):
+        if trimmed is None and packet.size:
+            trimmed = packet.is_discard
+        for frame in packet.decode():
+            return frame, bool(trimmed)
+    return None, bool(trimmed)
 
 
 def display_width(coded_width, ratio):

@@ -214,6 +214,26 @@ def test_a_cover_picture_stored_before_the_video_is_not_taken_for_it(tmp_path):
     np.testing.assert_array_equal(read_frames_at(str(covered), "video", [1, 6]), expected[[1, 6]])
 
 
+@pytest.mark.parametrize("cut", ["-ss 1.3", "-ss 1.3 -t 3"])
+def test_a_clip_cut_without_re_encoding_has_the_frames_a_player_shows(tmp_path, cut):
+    """`ffmpeg -ss ... -c copy` (how clips are often cut, video2dataset's clipping among them) keeps the frames
+    from the keyframe before the cut in the mp4, flagged by its edit list as not shown: they are not frames of
+    the clip, although decord decodes them and the container counts them."""
+    whole = write_mp4(tmp_path / "whole.mp4", moving_square_frames(64, height=48, width=64, seed=5))
+    clip = tmp_path / "clip.mp4"
+    ffmpeg(*cut.split()[:2], "-i", whole, *cut.split()[2:], "-c", "copy", clip)
+    raw = subprocess.run([FFMPEG, "-loglevel", "error", "-i", str(clip), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         check=True, capture_output=True).stdout
+    shown = np.frombuffer(raw, np.uint8).reshape(-1, 48, 64, 3)  # ffmpeg's own decode, as a player
+    with av.open(str(clip)) as container:
+        assert container.streams.video[0].frames > len(shown) >= 20  # the container counts the dropped frames
+    for verify in (False, True):
+        assert probe_video(str(clip), verify=verify)["num_frames"] == len(shown)
+    np.testing.assert_array_equal(np.stack(list(iter_frames(str(clip), "video"))), shown)
+    np.testing.assert_array_equal(read_frames_at(str(clip), "video", [0, 9, len(shown) - 1]),
+                                  shown[[0, 9, len(shown) - 1]])
+
+
 def test_ingest_finds_every_common_video_container(tmp_path):
     """Camcorder, broadcast and phone containers next to mp4: none is skipped as "not a video"."""
     frames = moving_square_frames(FRAMES, height=48, width=64)
