@@ -3,6 +3,7 @@
 A probe returns {"num_frames", "fps", "height", "width"} or raises `UnusableInput` with a category
 from FAILURE_CATEGORIES, so callers can record why an input cannot be used.
 """
+import functools
 import os
 import re
 from fractions import Fraction
@@ -138,6 +139,11 @@ def probe_video(path, verify=False, check_keyframes=True):
 # frame is checked again (shape, dtype), and a frame decord gets wrong or fails on hands the rest of
 # the file to PyAV. A frame neither decoder gets right fails the file with UnusableInput naming it.
 DECODERS_AGREE = 2
+# A clip starting this many frames or more into a file PyAV decodes is reached by seeking (see _pyav_frames).
+# Numbering a file's frames demuxes it once (kept per file): measured on a 720p 10-bit H.264, a packet
+# demuxes in 1/67 of a frame's decode, so the first seek in a 3,000-frame file costs as much as decoding
+# about 45 frames from the start, and later seeks nothing
+SEEK_FROM = 48
 _ROTATIONS = {(1, 0, 0, 1): 0, (0, -1, 1, 0): 1, (-1, 0, 0, -1): 2, (0, 1, -1, 0): 3}  # (a, b, c, d) -> quarter turns
 
 
@@ -419,21 +425,48 @@ class _Video:
             yield index, frame
 
     def _pyav_frames(self, start, last, wanted, convert=True):
+        """(index, frame) with PyAV from `start` to `last` (of `wanted` only, if given). A first wanted frame
+        SEEK_FROM or more frames in is reached by seeking to the keyframe before it, frames numbered by their
+        timestamps; wherever that numbering fails, decoding starts again from frame 0 at the next frame due."""
         wanted = None if wanted is None else set(wanted)
+        first = start if wanted is None else max(start, min(wanted))
+        if first >= SEEK_FROM:
+            try:
+                yield from self._pyav_decode(start, last, wanted, convert, seek_to=first)
+                return
+            except _SeekMissed as missed:
+                start = missed.next_index
+        yield from self._pyav_decode(start, last, wanted, convert)
+
+    def _pyav_decode(self, start, last, wanted, convert, seek_to=None):
         reformatter = _reformatter()
         container, stream = _open_pyav(self.path)
         index = 0
         try:
+            if seek_to is not None:
+                stamps = _frame_stamps(self.path)
+                if stamps is None or len(stamps) <= last:
+                    raise _SeekMissed(start)
+                container.seek(int(stamps[seek_to]), stream=stream, backward=True)  # to the keyframe before it
+                index = None
             frames = container.decode(stream)
-            while index <= last:
+            while index is None or index <= last:
                 try:
                     frame = next(frames)
                 except StopIteration:
                     break
                 except Exception as err:
+                    if seek_to is not None:
+                        raise _SeekMissed(start if index is None else max(start, index)) from None
                     raise UnusableInput("truncated" if index else "unreadable",
                                         f"{self.path}: frame {index} of {self.claimed} fails to decode "
                                         f"({_first_line(err)})") from None
+                if seek_to is not None:  # after the seek: each frame must be the one its timestamp numbers
+                    number = _frame_number(stamps, frame.pts)
+                    landed_after = index is None and (number is None or number > seek_to)
+                    if landed_after or (index is not None and number != index):
+                        raise _SeekMissed(start if index is None else max(start, index))
+                    index = number
                 if index >= start and (wanted is None or index in wanted):
                     if convert:
                         yield index, self._pyav_rgb(frame, index, reformatter, stream)
@@ -443,10 +476,51 @@ class _Video:
                 index += 1
         finally:
             container.close()
+        if seek_to is not None and (index is None or index <= last):  # the seek's end may not be the file's
+            raise _SeekMissed(start if index is None else max(start, index))
         if index <= last:
             asked = "" if wanted is None else f" (frame {last} asked for)"
             raise UnusableInput("truncated", f"{self.path}: only {index} of the {self.claimed} frames the "
                                              f"container declares decode{asked}")
+
+
+class _SeekMissed(Exception):
+    """Seeking could not number the frames: decode from frame 0, handing out frames from `next_index` on."""
+
+    def __init__(self, next_index):
+        super().__init__(next_index)
+        self.next_index = next_index
+
+
+def _frame_stamps(path):
+    """The presentation timestamps of the frames a player shows, in order (int64; frame i's is [i]), or None
+    when a packet has no timestamp or two share one (frames cannot be found by time). Kept per file version:
+    a loader reads many clips of one file."""
+    stat = os.stat(path)
+    return _frame_stamps_of(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)  # 8 bytes a frame: 256 files of 10 minutes at 30 fps take 37 MB
+def _frame_stamps_of(path, size, mtime_ns):
+    container, stream = _open_pyav(path)
+    try:
+        stamps = [packet.pts for packet in container.demux(stream) if packet.size and not packet.is_discard]
+    except av.FFmpegError:
+        return None
+    finally:
+        container.close()
+    if any(stamp is None for stamp in stamps):
+        return None
+    stamps = np.sort(np.array(stamps, np.int64))
+    return None if np.any(stamps[1:] == stamps[:-1]) else stamps
+
+
+def _frame_number(stamps, stamp):
+    """The number of the frame with this timestamp, or None."""
+    if stamp is None:
+        return None
+    number = int(np.searchsorted(stamps, stamp))
+    return number if number < len(stamps) and stamps[number] == stamp else None
 
 
 def _first_shown_frame(container, stream):

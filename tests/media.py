@@ -27,16 +27,17 @@ def write_captioned_clips(folder, captions, lengths, height=40, width=56):
     return folder / "captions.csv"
 
 
-def write_mp4_pyav(path, frames, sample_aspect_ratio=None, fps=8, container_format=None, codec="libx264"):
-    """H.264 (or `codec`; yuv420p) of uint8 (F, H, W, 3) frames through PyAV, its stream's pixels of the
-    given sample aspect ratio (a Fraction) as broadcast and DV footage has them; the container from the
-    file's name unless container_format names one ("h264" writes a raw Annex B stream, which can be
+def write_mp4_pyav(path, frames, sample_aspect_ratio=None, fps=8, container_format=None, codec="libx264",
+                   pix_fmt="yuv420p", options=None):
+    """H.264 (or `codec`, with its `options`) of uint8 (F, H, W, 3) frames through PyAV, its stream's pixels
+    of the given sample aspect ratio (a Fraction) as broadcast and DV footage has them; the container from
+    the file's name unless container_format names one ("h264" writes a raw Annex B stream, which can be
     concatenated with another; "mpegts" an MPEG transport stream)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with av.open(str(path), "w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = container.add_stream(codec, rate=fps, options=options or {})
         stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = pix_fmt
         if sample_aspect_ratio is not None:
             stream.codec_context.sample_aspect_ratio = sample_aspect_ratio
         for frame in frames:

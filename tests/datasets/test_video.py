@@ -20,7 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from latte_toolkit.datasets.video import DECODERS_AGREE, UnusableInput, iter_frames, probe_video, read_frames_at
+import latte_toolkit.datasets.video as video_module
+from latte_toolkit.datasets.video import (DECODERS_AGREE, SEEK_FROM, UnusableInput, iter_frames, probe_video,
+                                          read_frames_at)
 from latte_toolkit.pipelines.ingest import run_ingest
 
 from media import moving_square_frames, snapshot, truncate, write_mp4, write_mp4_pyav
@@ -232,6 +234,57 @@ def test_a_clip_cut_without_re_encoding_has_the_frames_a_player_shows(tmp_path, 
     np.testing.assert_array_equal(np.stack(list(iter_frames(str(clip), "video"))), shown)
     np.testing.assert_array_equal(read_frames_at(str(clip), "video", [0, 9, len(shown) - 1]),
                                   shown[[0, 9, len(shown) - 1]])
+
+
+# (file, codec, pixel format, options, container format): files PyAV decodes (10-bit, AV1, a cut mp4) with
+# keyframes every 10-16 frames, B-frames and an open GOP; MPEG-TS seeks land after the frame asked for
+# (FFmpeg seeks it by bytes), so its clips are decoded from the start
+SEEKABLE = [("h264_10bit.mp4", "libx264", "yuv420p10le", {"g": "10", "bf": "2"}, None),
+            ("hevc_10bit_open_gop.mkv", "libx265", "yuv420p10le", {"x265-params": "keyint=16:open-gop=1:log-level=0"},
+             None),
+            ("av1.mkv", "libsvtav1", "yuv420p", {"g": "12"}, None),
+            ("h264.ts", "libx264", "yuv420p", {"g": "12"}, "mpegts")]
+
+
+@pytest.mark.parametrize("name, codec, pix_fmt, options, container_format", SEEKABLE)
+def test_clips_deep_in_a_file_pyav_decodes_are_its_frames(tmp_path, monkeypatch, name, codec, pix_fmt, options,
+                                                          container_format):
+    """A clip far into a file is reached by seeking to the keyframe before it (a loader reading clips of long
+    10-bit phone videos would otherwise decode each from frame 0); its frames are those of a decode from the
+    start, exactly."""
+    restarts, original = [], video_module._SeekMissed.__init__  # seeks that fell back to decoding from frame 0
+
+    def counted(missed, next_index):
+        restarts.append(next_index)
+        original(missed, next_index)
+    monkeypatch.setattr(video_module._SeekMissed, "__init__", counted)
+    path = str(write_mp4_pyav(tmp_path / name, moving_square_frames(120, height=48, width=64, seed=4),
+                              container_format=container_format, codec=codec, pix_fmt=pix_fmt, options=options))
+    with av.open(path) as container:
+        everything = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    assert len(everything) == 120
+    rng = np.random.default_rng(1)
+    clips = [range(start, start + 8) for start in (SEEK_FROM, 71, 112)] + [
+        sorted(rng.choice(np.arange(SEEK_FROM, 120), 5, replace=False)) for _ in range(3)]
+    for indices in clips:
+        np.testing.assert_array_equal(read_frames_at(path, "video", list(indices)), everything[list(indices)])
+    assert restarts == [] or container_format == "mpegts"
+    with pytest.raises(UnusableInput) as caught:
+        read_frames_at(path, "video", [100, 120])
+    assert caught.value.category == "too short"
+
+
+@pytest.mark.parametrize("cut", ["-ss 1.3", "-ss 1.3 -t 9"])
+def test_a_clip_cut_without_re_encoding_can_be_read_from_its_middle(tmp_path, cut):
+    whole = write_mp4_pyav(tmp_path / "whole.mp4", moving_square_frames(120, height=48, width=64, seed=5),
+                           options={"g": "12", "bf": "3"})
+    clip = tmp_path / "clip.mp4"
+    ffmpeg(*cut.split()[:2], "-i", whole, *cut.split()[2:], "-c", "copy", clip)
+    with av.open(str(clip)) as container:
+        shown = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    indices = list(range(len(shown) - 6, len(shown)))
+    assert indices[0] >= SEEK_FROM
+    np.testing.assert_array_equal(read_frames_at(str(clip), "video", indices), shown[indices])
 
 
 def test_ingest_finds_every_common_video_container(tmp_path):
