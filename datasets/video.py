@@ -13,12 +13,12 @@ import imageio_ffmpeg
 import numpy as np
 import pyarrow.parquet as pq
 from av.video.reformatter import VideoReformatter
-from PIL import Image
+from PIL import Image, ImageOps
 
 from latte_core.errors import UserError
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
-                    ".3gp", ".gif")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv",
+                    ".wmv", ".3gp", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # "unsupported": the file decodes, but not into frames the toolkit can show as a player would (a flip or a
 # rotation by other than a multiple of 90 degrees in its display matrix, a sample aspect ratio, size or
@@ -590,7 +590,7 @@ def probe_frame_folder(folder, verify=False):
         raise UnusableInput("empty", f"{folder}: no jpg/png frames")
     try:
         with Image.open(files[0]) as image:
-            width, height = image.size
+            width, height = _displayed_size(image)
     except Exception as err:
         raise UnusableInput("corrupt frame", f"{files[0]}: unreadable image ({_first_line(err)})") from None
     if verify:
@@ -598,7 +598,7 @@ def probe_frame_folder(folder, verify=False):
             try:
                 with Image.open(path) as image:
                     image.load()
-                    size = image.size
+                    size = _displayed_size(image)
             except Exception as err:
                 raise UnusableInput("corrupt frame", f"{path}: unreadable image ({_first_line(err)})") from None
             if size != (width, height):
@@ -681,9 +681,26 @@ def _video(path, use_decord=True):
     return _Video(path, use_decord)
 
 
+_EXIF_ORIENTATION = 0x0112
+_SIXTEEN_BIT_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # Pillow's modes of a 16-bit greyscale PNG
+
+
+def _displayed_size(image):
+    """(width, height) of a frame image as a viewer shows it: turned by its EXIF orientation (a phone's
+    JPEGs are stored sideways with a tag saying so), read without decoding the pixels."""
+    turned = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    return image.size[::-1] if turned else image.size
+
+
 def _image_frame(file):
+    """uint8 (H, W, 3) of a frame image as a viewer shows it: turned by its EXIF orientation, and a 16-bit
+    greyscale PNG scaled to 8 bits (Pillow's convert("RGB") clips its values at 255: a white frame)."""
     try:
         with Image.open(file) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in _SIXTEEN_BIT_GREY:
+                grey = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+                return np.repeat(((grey + 128) // 257).astype(np.uint8)[..., None], 3, axis=2)
             return np.asarray(image.convert("RGB"))
     except Exception as err:
         raise UnusableInput("corrupt frame", f"{file}: unreadable image ({_first_line(err)})") from None

@@ -287,13 +287,43 @@ def test_a_clip_cut_without_re_encoding_can_be_read_from_its_middle(tmp_path, cu
     np.testing.assert_array_equal(read_frames_at(str(clip), "video", indices), shown[indices])
 
 
+def test_frame_images_are_read_as_a_viewer_shows_them(tmp_path):
+    """A 16-bit greyscale PNG sequence (renders, scientific footage) is scaled to 8 bits, not clipped white by
+    Pillow's RGB conversion; a JPEG sequence with an EXIF orientation (a phone's, stored sideways) is turned."""
+    ramp = np.linspace(0, 65535, 64).astype(np.uint16)[None, :].repeat(48, 0)
+    deep, sideways = tmp_path / "deep", tmp_path / "sideways"
+    os.makedirs(deep)
+    for i in range(FRAMES):
+        Image.fromarray(ramp).save(deep / f"f_{i}.png")
+    assert Image.open(deep / "f_0.png").mode.startswith("I")  # Pillow reads it as 16-bit greyscale
+    expected = np.repeat(np.round(ramp / 257).astype(np.uint8)[..., None], 3, axis=2)  # 65535 -> 255, exactly
+    frames = np.stack(list(iter_frames(str(deep), "frames")))
+    assert frames.shape == (FRAMES, 48, 64, 3)
+    np.testing.assert_array_equal(frames, np.broadcast_to(expected, frames.shape))
+    stored = moving_square_frames(FRAMES, height=48, width=64, seed=6)
+    os.makedirs(sideways)
+    for i, frame in enumerate(stored):
+        image = Image.fromarray(frame)
+        exif = image.getexif()
+        exif[0x0112] = 6  # EXIF orientation 6: show the stored picture turned 90 degrees clockwise
+        image.save(sideways / f"f_{i}.jpg", exif=exif)
+    decoded = np.stack([np.asarray(Image.open(sideways / f"f_{i}.jpg").convert("RGB")) for i in range(FRAMES)])
+    summary = run_ingest([tmp_path], tmp_path / "out", num_frames=FRAMES, verify=True, workers=0, progress=False)
+    rows = {row["video_id"]: row for row in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
+    assert summary["failed"] == 0 and (rows["sideways"]["height"], rows["sideways"]["width"]) == (64, 48)
+    np.testing.assert_array_equal(np.stack(list(iter_frames(str(sideways), "frames"))),
+                                  np.rot90(decoded, -1, axes=(1, 2)))  # the same JPEG decode, turned: exact
+    np.testing.assert_array_equal(read_frames_at(str(sideways), "frames", [2, 5]),
+                                  np.rot90(decoded[[2, 5]], -1, axes=(1, 2)))
+
+
 def test_ingest_finds_every_common_video_container(tmp_path):
     """Camcorder, broadcast and phone containers next to mp4: none is skipped as "not a video"."""
     frames = moving_square_frames(FRAMES, height=48, width=64)
     for name, codec, container_format in (("a.m4v", "libx264", "mp4"), ("b.mpg", "mpeg2video", "mpeg"),
                                           ("c.mpeg", "mpeg2video", "mpeg"), ("d.MTS", "libx264", "mpegts"),
-                                          ("e.flv", "flv", "flv"), ("f.wmv", "wmv2", "asf"), ("g.3gp", "libx264", "3gp"),
-                                          ("h.ts", "libx264", "mpegts")):
+                                          ("e.flv", "flv", "flv"), ("f.wmv", "wmv2", "asf"),
+                                          ("g.3gp", "libx264", "3gp"), ("h.ts", "libx264", "mpegts")):
         write_mp4_pyav(tmp_path / "in" / name, frames, container_format=container_format, codec=codec)
     summary = run_ingest([tmp_path / "in"], tmp_path / "out", num_frames=FRAMES, workers=0, progress=False)
     rows = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
