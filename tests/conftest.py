@@ -34,6 +34,9 @@ def graph_mode_on_cpu(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ms.set_context(mode=ms.GRAPH_MODE)
     yield
+    # A library that switched this worker to a real-time policy (SVT-AV1 does, as root) would pass it to every
+    # process started later, whose spinning MindSpore threads then starve a 2-core machine: a hung suite
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER, "this test left the worker on a real-time scheduling policy"
 
 
 @pytest.fixture(params=["kernels-on", "kernels-off"])
