@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 import mindspore.dataset as ds
 import numpy as np
 
-from latte_core.errors import UserError, is_integer
+from latte_core.errors import UserError, first_line, is_integer
 
 from .cache import CorruptCache, check_cache, check_index, open_cache, read_ledger, unindexed_videos
 from .video import UnusableInput, center_crop_resize, read_clip_frames, read_manifest, to_pixels
@@ -471,8 +471,7 @@ class CacheLoader(_ClipLoader):
             return read(*args)
         except Exception as err:
             folders = ", ".join(self.cache.reader.shard_folder(shard) for shard in sorted(set(shards)))
-            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            raise CorruptCache(f"{folders}: cannot be read ({reason}); the shard changed after the loader checked it "
+            raise CorruptCache(f"{folders}: cannot be read ({first_line(err)}); the shard changed after the loader checked it "
                                f"against the ledger: restore it (latte report --verify names what differs) or re-run "
                                f"latte cache, then resume") from None
 

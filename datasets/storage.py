@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 
-from latte_core.errors import UserError
+from latte_core.errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def redact_config(config):
 
 def _reason(err):
     """The first line of an error, without anything that looks like a credential."""
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    text = first_line(err, limit=None)
     text = re.sub(r"(?i)(secret|key|token|signature)=[^&\s]+", r"\1=" + REDACTED, text)
     return text[:300]
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageOps
 
-from latte_core.errors import UserError
+from latte_core.errors import UserError, first_line
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv",
                     ".wmv", ".3gp", ".gif")
@@ -609,8 +609,7 @@ def probe_frame_folder(folder, verify=False):
 
 def _first_line(err):
     """The first line of an error, without decord's "[hh:mm:ss] file.cc:123: " log prefix."""
-    text = str(err).strip().splitlines()
-    return _LOG_PREFIX.sub("", text[0])[:200] if text else type(err).__name__
+    return _LOG_PREFIX.sub("", first_line(err, limit=None))[:200]
 
 
 def iter_frames(path, kind, pyav_only=False):

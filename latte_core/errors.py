@@ -21,6 +21,13 @@ class DiskFull(JobAborted):
     """No space left (or over quota) while writing; committed units stay valid."""
 
 
+def first_line(err, limit=300):
+    """The first line of an error's message, at most `limit` characters (None: all), or its type's name when
+    it has none: what an `Error:` line or a failure row quotes of an exception."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 def is_integer(value):
     """An int, and not a bool (a config's `true` is no count)."""
     return isinstance(value, int) and not isinstance(value, bool)

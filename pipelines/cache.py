@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from latte_core.atomic import sha256_of, write_atomically, write_json_atomically
 from latte_core.checkpoint import CheckpointError
-from latte_core.errors import DiskFull, UserError, bounded
+from latte_core.errors import DiskFull, UserError, bounded, first_line
 from latte_core.kernels import blas_threads
 from latte_core.text_encoder import TextEncoder, load_text_encoder
 from latte_core.vae import load_vae
@@ -372,7 +372,7 @@ def write_shard(spec, videos, timings, text=None):
                     continue
                 if isinstance(arrays, Exception):
                     failures.append({"video_id": item["video_id"], "path": item["path"], "category": "unreadable",
-                                     "message": f"{item['path']}: {_first_line(arrays)}"})
+                                     "message": f"{item['path']}: {first_line(arrays)}"})
                     continue
                 started = time.perf_counter()
                 video_arrays = None
@@ -429,10 +429,6 @@ def _naming(err, local, url):
     if isinstance(err, UnusableInput):
         return UnusableInput(err.category, err.message.replace(local, url))
     return RuntimeError(str(err).replace(local, url))
-
-
-def _first_line(err):
-    return str(err).splitlines()[0][:300] if str(err) else repr(err)
 
 
 def _allocated_bytes(folder):

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latte_core.atomic import sha256_of, write_atomically
-from latte_core.errors import UserError
+from latte_core.errors import UserError, first_line
 from latte_toolkit.datasets.storage import is_url, local_copy, local_job_tables, normalized
 from latte_toolkit.datasets.video import UnusableInput, iter_frames_to_damage, read_manifest
 
@@ -128,7 +128,7 @@ def scan_video(item, spec, timings):
                 error = err
                 break
             except Exception as err:  # a decoder's own error fails this video, not the unit
-                error = UnusableInput("unreadable", f"{item['path']}: frame {count}: {_first_line(err)}")
+                error = UnusableInput("unreadable", f"{item['path']}: frame {count}: {first_line(err)}")
                 break
             finally:
                 timings["decode"] += time.perf_counter() - started
@@ -167,10 +167,6 @@ def curate_unit(spec):
             "cuts": cuts, "clips": kept, "filtered": len(rows) - kept, "bytes": os.path.getsize(part),
             "sha256": sha256_of(part),
             "seconds": {phase: round(value, 4) for phase, value in timings.items()}, "failures": failures}
-
-
-def _first_line(err):
-    return str(err).splitlines()[0][:200] if str(err) else repr(err)
 
 
 # ------------------------------------------------------------------------------------------ the job
