@@ -471,8 +471,8 @@ class CacheLoader(_ClipLoader):
             return read(*args)
         except Exception as err:
             folders = ", ".join(self.cache.reader.shard_folder(shard) for shard in sorted(set(shards)))
-            raise CorruptCache(f"{folders}: cannot be read ({first_line(err)}); the shard changed after the loader checked it "
-                               f"against the ledger: restore it (latte report --verify names what differs) or re-run "
+            raise CorruptCache(f"{folders}: cannot be read ({first_line(err)}); the shard changed after the loader "
+                               f"checked it against the ledger: restore it (latte report --verify names what differs) or re-run "
                                f"latte cache, then resume") from None
 
     def _batches(self, video, start, positions):

@@ -256,19 +256,10 @@ class _Video:
             raise UnusableInput("empty", f"{self.path}: the container holds no frames")
 
     def _count_packets(self):
-        """(video packets, those the edit list drops), demuxed, not decoded."""
-        container, stream = _open_pyav(self.path)
-        packets = dropped = 0
-        try:
-            for packet in container.demux(stream):
-                if packet.size:
-                    packets += 1
-                    dropped += packet.is_discard
-        except av.FFmpegError as err:
-            raise UnusableInput("truncated", f"{self.path}: its packets cannot be read to the end "
-                                             f"({_first_line(err)})") from None
-        finally:
-            container.close()
+        """(video packets, those the edit list drops), demuxed, not decoded (once per file version)."""
+        packets, dropped, _, error = _demuxed(self.path)
+        if error is not None:
+            raise UnusableInput("truncated", f"{self.path}: its packets cannot be read to the end ({error})")
         return packets, dropped
 
     def _dropped(self):
@@ -494,25 +485,40 @@ class _SeekMissed(Exception):
 
 def _frame_stamps(path):
     """The presentation timestamps of the frames a player shows, in order (int64; frame i's is [i]), or None
-    when a packet has no timestamp or two share one (frames cannot be found by time). Kept per file version:
-    a loader reads many clips of one file."""
+    when a packet has no timestamp or two share one (frames cannot be found by time)."""
+    return _demuxed(path)[2]
+
+
+def _demuxed(path):
+    """What one demux of a file's video packets finds (see _demuxed_version): kept per file version, as a
+    loader reads many clips of one file."""
     stat = os.stat(path)
-    return _frame_stamps_of(path, stat.st_size, stat.st_mtime_ns)
+    return _demuxed_version(path, stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=256)  # 8 bytes a frame: 256 files of 10 minutes at 30 fps take 37 MB
-def _frame_stamps_of(path, size, mtime_ns):
+def _demuxed_version(path, size, mtime_ns):
+    """(packets, those the edit list drops, _frame_stamps' timestamps or None, the first line of a demux error
+    or None), demuxed, not decoded."""
     container, stream = _open_pyav(path)
+    packets = dropped = 0
+    stamps, error = [], None
     try:
-        stamps = [packet.pts for packet in container.demux(stream) if packet.size and not packet.is_discard]
-    except av.FFmpegError:
-        return None
+        for packet in container.demux(stream):
+            if packet.size:
+                packets += 1
+                if packet.is_discard:
+                    dropped += 1
+                else:
+                    stamps.append(packet.pts)
+    except av.FFmpegError as err:
+        error = _first_line(err)
     finally:
         container.close()
-    if any(stamp is None for stamp in stamps):
-        return None
+    if error is not None or any(stamp is None for stamp in stamps):
+        return packets, dropped, None, error
     stamps = np.sort(np.array(stamps, np.int64))
-    return None if np.any(stamps[1:] == stamps[:-1]) else stamps
+    return packets, dropped, None if np.any(stamps[1:] == stamps[:-1]) else stamps, None
 
 
 def _frame_number(stamps, stamp):
