@@ -3,9 +3,11 @@
 A probe returns {"num_frames", "fps", "height", "width"} or raises `UnusableInput` with a category
 from FAILURE_CATEGORIES, so callers can record why an input cannot be used.
 """
+import collections
 import functools
 import os
 import re
+import threading
 from fractions import Fraction
 
 import av
@@ -203,11 +205,26 @@ def quarter_turns(path, frame):
 
 
 class _Video:
-    """One video file: container metadata, the displayed size and the decoder that decodes it right."""
+    """One video file: container metadata, the displayed size and the decoder that decodes it right. The probe's
+    facts are kept per file version (_PROBED): a file opened again is not probed again."""
 
     def __init__(self, path, use_decord=True):
         self.path = path
         self._first = None  # decord's frame 0, when decord is the decoder
+        key = (path, *_version(path), use_decord)
+        known = _PROBED.get(key)
+        if known is None:
+            self._probe(use_decord)
+            _PROBED.put(key, {name: getattr(self, name) for name in _PROBE_FACTS})
+            return
+        self.__dict__.update(known)
+        if self.fast:
+            self.reader = _open_decord(path)
+
+    def _probe(self, use_decord):
+        """Find the facts of _PROBE_FACTS: decord's count and rate, PyAV's frame 0, and whether decord's frame 0
+        is the same picture (then decord decodes the file)."""
+        path = self.path
         if not use_decord:  # PyAV alone, up to the frame count its container declares
             self._read_head()
             if self.declared == 0:
@@ -483,6 +500,40 @@ class _SeekMissed(Exception):
         self.next_index = next_index
 
 
+# What a probe found that the frames depend on: a loader reads many clips of one file, and probing it again
+# (PyAV's frame 0 decoded and converted, decord's frame 0 decoded and compared) was a third of a 720p clip's read
+_PROBE_FACTS = ("claimed", "fps", "fast", "trimmed", "coded", "format", "declared", "rate", "turns", "codec_ratio",
+                "ratio", "stretched", "height", "width")
+
+
+class _KeptProbes:
+    """The probes' facts of the files last opened, by file version (path, size, mtime): a changed file is
+    probed again. Thread-safe, as the loader's threads share it; a failed probe is not kept."""
+
+    def __init__(self, size):
+        self.size, self.items, self.lock = size, collections.OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+            return self.items.get(key)
+
+    def put(self, key, facts):
+        with self.lock:
+            self.items[key] = facts
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_PROBED = _KeptProbes(4096)  # ~1 kB each
+
+
+def _version(path):
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
 def _frame_stamps(path):
     """The presentation timestamps of the frames a player shows, in order (int64; frame i's is [i]), or None
     when a packet has no timestamp or two share one (frames cannot be found by time)."""
@@ -492,8 +543,7 @@ def _frame_stamps(path):
 def _demuxed(path):
     """What one demux of a file's video packets finds (see _demuxed_version): kept per file version, as a
     loader reads many clips of one file."""
-    stat = os.stat(path)
-    return _demuxed_version(path, stat.st_size, stat.st_mtime_ns)
+    return _demuxed_version(path, *_version(path))
 
 
 @functools.lru_cache(maxsize=256)  # 8 bytes a frame: 256 files of 10 minutes at 30 fps take 37 MB

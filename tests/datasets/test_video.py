@@ -287,6 +287,31 @@ def test_clips_deep_in_a_file_pyav_decodes_are_its_frames(tmp_path, monkeypatch,
     assert caught.value.category == "too short"
 
 
+def test_a_file_is_probed_once_per_version(tmp_path, monkeypatch):
+    """A loader reads many clips of one file: its probe (PyAV's frame 0, decord's compared with it) is kept
+    per file version and the clips are still its frames; a file rewritten in place is probed again."""
+    probes, original = [], video_module._Video._read_head
+
+    def counted(video):
+        probes.append(video.path)
+        original(video)
+    monkeypatch.setattr(video_module._Video, "_read_head", counted)
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, moving_square_frames(24, height=48, width=64, seed=3))
+    shown = ffmpeg_frames(path, 48, 64, count=24)
+    for start in (0, 8, 16, 4):
+        indices = list(range(start, start + 8))
+        assert largest_difference(read_frames_at(str(path), "video", indices), shown[indices]) <= DECODERS_AGREE
+    # a whole read after the clips: decord (no frame 0 kept from a probe) starts at frame 0
+    assert largest_difference(np.stack(list(iter_frames(str(path), "video"))), shown) <= DECODERS_AGREE
+    assert probes == [str(path)]
+    write_mp4(path, moving_square_frames(12, height=32, width=32, seed=4))  # another size and length, in place
+    assert probe_video(str(path))["num_frames"] == 12
+    assert largest_difference(read_frames_at(str(path), "video", [11]), ffmpeg_frames(path, 32, 32, count=12)[[11]]) \
+        <= DECODERS_AGREE
+    assert probes == [str(path)] * 2
+
+
 @pytest.mark.parametrize("cut", ["-ss 1.3", "-ss 1.3 -t 9"])
 def test_a_clip_cut_without_re_encoding_can_be_read_from_its_middle(tmp_path, cut):
     whole = write_mp4_pyav(tmp_path / "whole.mp4", moving_square_frames(120, height=48, width=64, seed=5),
