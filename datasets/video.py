@@ -435,18 +435,27 @@ class _Video:
     def _pyav_frames(self, start, last, wanted, convert=True):
         """(index, frame) with PyAV from `start` to `last` (of `wanted` only, if given). A first wanted frame
         SEEK_FROM or more frames in is reached by seeking to the keyframe before it, frames numbered by their
-        timestamps; wherever that numbering fails, decoding starts again from frame 0 at the next frame due."""
+        timestamps. A seek that lands after that frame (MPEG-TS, which FFmpeg seeks by bytes, lands on the
+        keyframe after the place it estimates) is tried again from SEEK_FROM, then 4x as many, ... frames
+        earlier, down to frame 0; wherever the numbering fails, decoding starts again from frame 0 at the next
+        frame due."""
         wanted = None if wanted is None else set(wanted)
         first = start if wanted is None else max(start, min(wanted))
-        if first >= SEEK_FROM:
+        margin = 0
+        while first >= SEEK_FROM:
             try:
-                yield from self._pyav_decode(start, last, wanted, convert, seek_to=first)
+                yield from self._pyav_decode(start, last, wanted, convert, seek_to=first, margin=margin)
                 return
             except _SeekMissed as missed:
                 start = missed.next_index
+                if not missed.landed_late or margin == first:
+                    break
+            margin = min(first, max(SEEK_FROM, 4 * margin))
         yield from self._pyav_decode(start, last, wanted, convert)
 
-    def _pyav_decode(self, start, last, wanted, convert, seek_to=None):
+    def _pyav_decode(self, start, last, wanted, convert, seek_to=None, margin=0):
+        """_pyav_frames' decode: from frame 0, or from the keyframe before frame `seek_to` - `margin` (a seek
+        must land at `seek_to` or before it)."""
         to_rgb = _ToRGB()
         container, stream = _open_pyav(self.path)
         index = 0
@@ -455,7 +464,7 @@ class _Video:
                 stamps = _frame_stamps(self.path)
                 if stamps is None or len(stamps) <= last:
                     raise _SeekMissed(start)
-                container.seek(int(stamps[seek_to]), stream=stream, backward=True)  # to the keyframe before it
+                container.seek(int(stamps[seek_to - margin]), stream=stream, backward=True)  # the keyframe before
                 index = None
             frames = container.decode(stream)
             while index is None or index <= last:
@@ -465,7 +474,7 @@ class _Video:
                     break
                 except Exception as err:
                     if seek_to is not None:
-                        raise _SeekMissed(start if index is None else max(start, index)) from None
+                        raise _SeekMissed.at(start, index) from None
                     raise UnusableInput("truncated" if index else "unreadable",
                                         f"{self.path}: frame {index} of {self.claimed} fails to decode "
                                         f"({_first_line(err)})") from None
@@ -473,7 +482,7 @@ class _Video:
                     number = _frame_number(stamps, frame.pts)
                     landed_after = index is None and (number is None or number > seek_to)
                     if landed_after or (index is not None and number != index):
-                        raise _SeekMissed(start if index is None else max(start, index))
+                        raise _SeekMissed.at(start, index)
                     index = number
                 if index >= start and (wanted is None or index in wanted):
                     if convert:
@@ -485,7 +494,7 @@ class _Video:
         finally:
             container.close()
         if seek_to is not None and (index is None or index <= last):  # the seek's end may not be the file's
-            raise _SeekMissed(start if index is None else max(start, index))
+            raise _SeekMissed.at(start, index)
         if index <= last:
             asked = "" if wanted is None else f" (frame {last} asked for)"
             raise UnusableInput("truncated", f"{self.path}: only {index} of the {self.claimed} frames the "
@@ -493,11 +502,17 @@ class _Video:
 
 
 class _SeekMissed(Exception):
-    """Seeking could not number the frames: decode from frame 0, handing out frames from `next_index` on."""
+    """Seeking could not number the frames: decode from frame 0, handing out frames from `next_index` on;
+    `landed_late`: no frame was numbered (none handed out), so a seek to an earlier place may still do."""
 
-    def __init__(self, next_index):
+    def __init__(self, next_index, landed_late=False):
         super().__init__(next_index)
-        self.next_index = next_index
+        self.next_index, self.landed_late = next_index, landed_late
+
+    @classmethod
+    def at(cls, start, index):
+        """The miss of a decode handing out frames from `start`, at frame `index` (None: before numbering one)."""
+        return cls(start, landed_late=True) if index is None else cls(max(start, index))
 
 
 # What a probe found that the frames depend on: a loader reads many clips of one file, and probing it again

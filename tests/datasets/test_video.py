@@ -253,7 +253,7 @@ def test_a_clip_cut_without_re_encoding_has_the_frames_a_player_shows(tmp_path, 
 
 # (file, codec, pixel format, options, container format): files PyAV decodes (10-bit, AV1, a cut mp4) with
 # keyframes every 10-16 frames, B-frames and an open GOP; MPEG-TS seeks land after the frame asked for
-# (FFmpeg seeks it by bytes), so its clips are decoded from the start
+# (FFmpeg seeks it by bytes), so its clips are sought again from earlier
 SEEKABLE = [("h264_10bit.mp4", "libx264", "yuv420p10le", {"g": "10", "bf": "2"}, None),
             ("hevc_10bit_open_gop.mkv", "libx265", "yuv420p10le", {"x265-params": "keyint=16:open-gop=1:log-level=0"},
              None),
@@ -266,13 +266,13 @@ def test_clips_deep_in_a_file_pyav_decodes_are_its_frames(tmp_path, monkeypatch,
                                                           container_format):
     """A clip far into a file is reached by seeking to the keyframe before it (a loader reading clips of long
     10-bit phone videos would otherwise decode each from frame 0); its frames are those of a decode from the
-    start, exactly."""
-    restarts, original = [], video_module._SeekMissed.__init__  # seeks that fell back to decoding from frame 0
+    start, exactly; none is decoded from frame 0."""
+    decodes, original = [], video_module._Video._pyav_decode  # where each decode starts: None is frame 0
 
-    def counted(missed, next_index):
-        restarts.append(next_index)
-        original(missed, next_index)
-    monkeypatch.setattr(video_module._SeekMissed, "__init__", counted)
+    def recorded(video, *args, **seek):
+        decodes.append(seek["seek_to"] - seek.get("margin", 0) if seek.get("seek_to") is not None else None)
+        return original(video, *args, **seek)
+    monkeypatch.setattr(video_module._Video, "_pyav_decode", recorded)
     path = str(write_video(tmp_path / name, moving_square_frames(120, height=48, width=64, seed=4), codec,
                            container_format=container_format, pix_fmt=pix_fmt, options=options))
     everything = ffmpeg_frames(path, 48, 64, count=120)
@@ -281,7 +281,8 @@ def test_clips_deep_in_a_file_pyav_decodes_are_its_frames(tmp_path, monkeypatch,
         sorted(rng.choice(np.arange(SEEK_FROM, 120), 5, replace=False)) for _ in range(3)]
     for indices in clips:
         np.testing.assert_array_equal(read_frames_at(path, "video", list(indices)), everything[list(indices)])
-    assert restarts == [] or container_format == "mpegts"
+    assert decodes and None not in decodes, decodes
+    assert len(decodes) == len(clips) or container_format == "mpegts", decodes  # a seek from earlier: MPEG-TS only
     with pytest.raises(UnusableInput) as caught:
         read_frames_at(path, "video", [100, 120])
     assert caught.value.category == "too short"
