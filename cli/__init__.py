@@ -205,8 +205,11 @@ def main(ctx, verbose):
       latte eval fvd --real work/ingest --fake samples/ --i3d i3d_pretrained_400.pt
       latte bench step --model Latte-S/2 --frames 8 --latent 16 --batch 2
     """
-    # MindSpore's C++ warnings are noise for users; set before mindspore is first imported.
+    # MindSpore's C++ warnings are noise for users; set before mindspore is first imported. So are the ~25 INFO
+    # lines a local dask run's scheduler logs of its own start and stop (dask reads this when first imported).
     os.environ.setdefault("GLOG_v", "3")
+    if not verbose:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     ctx.obj = {"verbose": verbose}
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

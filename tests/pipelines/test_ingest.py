@@ -133,6 +133,22 @@ def test_killed_run_resumes_without_losing_or_duplicating_rows(tmp_path):
     assert not [name for name in os.listdir(out / "units") if name.startswith(".staging-")]
 
 
+def test_a_local_dask_run_prints_its_own_lines_not_the_schedulers(tmp_path):
+    """The default runner (one local dask worker) starts and stops a scheduler in the command's process, which
+    logs ~25 INFO lines of its own (addresses, a dashboard URL, worker retirement): shown with -v only."""
+    write_mp4(tmp_path / "src" / "a.mp4", moving_square_frames(10))
+    # as a user's shell has it: not the setting an in-process `latte` command of another test left here
+    env = {name: value for name, value in os.environ.items() if name != "DASK_LOGGING__DISTRIBUTED"}
+    quiet = subprocess.run([LATTE, "ingest", "--source", tmp_path / "src", "--out", tmp_path / "quiet"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    verbose = subprocess.run([LATTE, "-v", "ingest", "--source", tmp_path / "src", "--out", tmp_path / "verbose"],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert quiet.returncode == verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert "1 usable, 0 failed of 1 inputs" in quiet.stdout
+    assert " distributed." not in quiet.stderr, quiet.stderr
+    assert " distributed.scheduler" in verbose.stderr  # the run did use dask, so there was something to quiet
+
+
 def test_retry_failed_retries_only_the_failures(tmp_path):
     src = tmp_path / "src"
     write_mp4(src / "good.mp4", moving_square_frames(10))
