@@ -1,9 +1,12 @@
 """Media for tests: the package's procedural clips and frame folders, plus broken inputs and a small
 random-weight VAE folder; and the checks bad-input tests share (one Error line, nothing changed)."""
 import csv
+import gc
+import glob
 import hashlib
 import os
 import signal
+import subprocess
 import time
 
 import av
@@ -98,3 +101,31 @@ def one_error_line(proc, code, *names):
     for name in names:
         assert os.fspath(name) in errors[0], errors[0]
     return errors[0]
+
+
+def unmount(folder, attempts=20):
+    """umount a test's tmpfs. A mount still busy (a file a finished job's last thread or child process is
+    closing) is tried again after a garbage collection, every 0.25 s for 5 s; then the error names what
+    holds it (processes with a file, map or working folder under it), so a leak is seen, not hidden."""
+    for _ in range(attempts):
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode == 0:
+            return
+        gc.collect()
+        time.sleep(0.25)
+    raise AssertionError(f"{folder} stays busy: {holders(folder)}")
+
+
+def holders(folder):
+    """{pid: [paths under `folder` it holds open, maps or works in]}."""
+    found = {}
+    for proc in glob.glob("/proc/[0-9]*"):
+        try:
+            links = [os.readlink(fd) for fd in glob.glob(f"{proc}/fd/*")] + [os.readlink(f"{proc}/cwd")]
+            with open(f"{proc}/maps") as maps:
+                links += [line.split()[-1] for line in maps]
+        except OSError:
+            continue
+        held = sorted({link for link in links if link.startswith(str(folder))})
+        if held:
+            found[int(os.path.basename(proc))] = held
+    return found

@@ -16,7 +16,7 @@ from latte_core.errors import DiskFull, UserError
 from latte_toolkit.cli import LatteGroup, main
 from latte_toolkit.pipelines.ingest import run_ingest
 
-from media import moving_square_frames, write_mp4
+from media import moving_square_frames, unmount, write_mp4
 
 TINY_TRAIN = {"model_name": "Latte-S/2", "depth": 2, "hidden_size": 64, "num_heads": 4, "image_size": 32,
               "num_frames": 4, "amp_level": "O0", "train_batch_size": 2, "max_steps": 1, "seed": 0}
@@ -266,4 +266,4 @@ def test_an_output_folder_on_a_read_only_mount_is_one_error_naming_it(workspace,
         assert sorted(p.name for p in disk.iterdir()) == ["kept.txt"]
         assert (disk / "kept.txt").read_text() == "kept" and (disk / "kept.txt").stat().st_mtime_ns == stat.st_mtime_ns
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        unmount(disk)

@@ -18,7 +18,7 @@ from latte_toolkit.cli import main
 from latte_toolkit.pipelines.ingest import run_ingest
 from latte_toolkit.pipelines.report import cache_report
 
-from media import moving_square_frames, write_frame_folder, write_mp4, write_vae_folder
+from media import holders, moving_square_frames, unmount, write_frame_folder, write_mp4, write_vae_folder
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 
@@ -215,6 +215,7 @@ def test_a_full_disk_stops_the_job_and_keeps_committed_shards(ingested, tmp_path
     try:
         with pytest.raises(DiskFull, match="no space left"):
             _cache(ingested, mount / "cache", fmt=fmt, dtype="float32", shard_videos=1)
+        assert os.getpid() not in holders(mount), holders(mount)  # the failed job closed what it wrote
         ledger = mount / "cache" / "ledger.jsonl"
         records = [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.exists() else []
         assert len(records) < 7
@@ -224,4 +225,4 @@ def test_a_full_disk_stops_the_job_and_keeps_committed_shards(ingested, tmp_path
         assert report["corrupt_shards"] == [] and report["verified_shards"] == len(records)
         assert not [n for n in os.listdir(mount / "cache" / "shards") if n.startswith(".staging-")]
     finally:
-        subprocess.run(["umount", str(mount)], check=True)
+        unmount(mount)

@@ -16,7 +16,7 @@ from latte_toolkit.cli import main
 from latte_toolkit.pipelines.curate import CurateError, run_curate
 from latte_toolkit.pipelines.ingest import run_ingest
 
-from media import kill_after_ledger_lines, moving_square_frames, truncate, write_frame_folder, write_mp4
+from media import kill_after_ledger_lines, moving_square_frames, truncate, unmount, write_frame_folder, write_mp4
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 
@@ -230,4 +230,4 @@ def test_a_full_disk_stops_the_job_and_a_rerun_completes_it(ingested, tmp_path):
         for name in ("clips.parquet", "filtered.parquet", "failures.parquet"):
             assert pq.read_table(out / name).equals(pq.read_table(reference / name)), name
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        unmount(disk)

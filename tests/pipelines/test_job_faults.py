@@ -17,7 +17,7 @@ from latte_toolkit.pipelines.ingest import IngestError, latest_rows, run_ingest
 from latte_toolkit.pipelines.ledger import Ledger
 from latte_toolkit.pipelines.runners import run_units
 
-from media import moving_square_frames, one_error_line, write_frame_folder, write_mp4
+from media import moving_square_frames, one_error_line, unmount, write_frame_folder, write_mp4
 
 LATTE = os.path.join(os.path.dirname(sys.executable), "latte")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
@@ -288,7 +288,7 @@ def mounted(tmp_path):
         return folder
     yield mount
     for folder in reversed(mounts):
-        subprocess.run(["umount", str(folder)], check=True)
+        unmount(folder)
 
 
 @needs_root
