@@ -117,7 +117,7 @@ def unmount(folder, attempts=20):
 
 def holders(folder):
     """{pid: [paths under `folder` it holds open, maps or works in]}."""
-    found = {}
+    root, found = os.fspath(folder), {}
     for proc in glob.glob("/proc/[0-9]*"):
         try:
             links = [os.readlink(fd) for fd in glob.glob(f"{proc}/fd/*")] + [os.readlink(f"{proc}/cwd")]
@@ -125,7 +125,8 @@ def holders(folder):
                 links += [line.split()[-1] for line in maps]
         except OSError:
             continue
-        held = sorted({link for link in links if link.startswith(str(folder))})
+        # the folder or below it: mount1 is not a prefix match of mount10
+        held = sorted({link for link in links if link == root or link.startswith(root + os.sep)})
         if held:
             found[int(os.path.basename(proc))] = held
     return found
